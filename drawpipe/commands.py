@@ -1,0 +1,107 @@
+"""The scripts' bodies: turn parsed arguments into a stage run and an exit code.
+
+Each function takes the parsed arguments and the project folder (for the
+bundled payloads/ and prompts/), prints what the user should see, and returns
+the exit code; errors are raised as DrawpipeError and printed by cli.run_main.
+"""
+
+import sys
+from pathlib import Path
+
+from .claims import ClaimStore
+from .cli import CommonSettings, resolve_settings
+from .errors import UsageError
+from .generation import GenerateStage
+from .payloads import load_payload
+from .prompts import ask_queue, format_queue, load_prompt_sets, load_queue, merge_queue, parse_add
+from .stage import EngineSettings, Job, output_exists, run_stage
+
+
+def engine_settings(settings: CommonSettings, args, servers=None) -> EngineSettings:
+    return EngineSettings(
+        root=settings.root,
+        servers=tuple(servers if servers is not None else settings.servers),
+        lease_seconds=settings.lease_seconds,
+        poll_seconds=settings.poll_seconds,
+        watch=getattr(args, "watch", False),
+        server_process_name=settings.server_process_name,
+        show_progress=False if args.no_progress else None,
+    )
+
+
+def job_states(root: Path, stage_name: str, jobs: list[Job], lease_seconds: float) -> list[str]:
+    """For --dry-run: "done", "to do", or "claimed by <worker> (<age> s ago)" per job."""
+    store = ClaimStore(root, stage_name, "dry-run", lease_seconds, read_only=True)
+    states = []
+    for job in jobs:
+        if output_exists(job.output):
+            states.append("done")
+            continue
+        holder = store.holder(job.key)
+        if holder is None:
+            states.append("to do")
+        else:
+            stale = ", stale: will be taken over" if holder["stale"] else ""
+            states.append(f"claimed by {holder.get('worker', '?')} "
+                          f"({holder['age_seconds']:.0f} s ago{stale})")
+    return states
+
+
+def print_summary(summary, out) -> None:
+    for line in summary.lines():
+        print(line, file=out)
+
+
+def generate(args, project_dir: Path, stdin=None, stdout=None) -> int:
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    settings = resolve_settings(args, project_dir, stdin, stdout)
+    prompt_sets = load_prompt_sets(Path(args.prompts) if args.prompts
+                                   else project_dir / "prompts" / "variable_sets.json")
+    payload_path = Path(args.payload) if args.payload else project_dir / "payloads" / "txt2img.json"
+    template = load_payload(payload_path)
+
+    if args.list_nations:
+        for number, nation in enumerate(prompt_sets.nations, 1):
+            print(f"{number:3d}. {nation}", file=stdout)
+        return 0
+    queue = []
+    for queue_file in args.queue or []:
+        queue += load_queue(Path(queue_file), prompt_sets)
+    queue += [parse_add(spec, prompt_sets) for spec in args.add or []]
+    if not queue:
+        queue = ask_queue(prompt_sets, stdin, stdout)
+    queue = merge_queue(queue)
+    print(format_queue(queue), file=stdout)
+
+    stage = GenerateStage(settings.root, queue, prompt_sets, template, settings.client,
+                          settings.seed_offset)
+    if args.dry_run:
+        return _print_generate_plan(stage, settings, stdout)
+    summary = run_stage(stage, engine_settings(settings, args))
+    print_summary(summary, stdout)
+    print(f"images are in {settings.root / 'GENERATIONS'}", file=stdout)
+    return summary.exit_code
+
+
+def _print_generate_plan(stage: GenerateStage, settings: CommonSettings, out) -> int:
+    total_to_make = 0
+    for item, jobs in stage.jobs_by_entry():
+        states = job_states(settings.root, stage.name, jobs, settings.lease_seconds)
+        done = states.count("done")
+        to_do = states.count("to do")
+        claimed = len(states) - done - to_do
+        total_to_make += to_do + claimed
+        print(f"  {item.nation}/{item.category}: {to_do} to make, {done} already done"
+              + (f", {claimed} claimed by other workers" if claimed else ""), file=out)
+        for job, state in zip(jobs, states):
+            if state.startswith("claimed"):
+                print(f"    {job.key}: {state}", file=out)
+    print(f"dry run: {total_to_make} image(s) to make into {settings.root / 'GENERATIONS'}; "
+          "nothing was sent", file=out)
+    return 0
+
+
+def check_positive(value: int, what: str) -> None:
+    if value < 1:
+        raise UsageError(f"{what} must be a positive integer, got {value}")

@@ -1,0 +1,51 @@
+"""Errors a user can act on. Only the scripts print them and pick the exit code.
+
+    DrawpipeError                 base; ``exit_code`` says how a script ends
+    ├── UsageError                bad arguments or configuration (exit 2)
+    │   ├── InputFileError        a malformed prompts/queue/payload/config file
+    │   ├── ServerUnreachable     preflight ``GET /`` failed: wrong URL, app closed
+    │   └── ServerRejected        HTTP 422: the server refused the request (never retried)
+    ├── JobFailed                 one job failed after its retries (exit 1, the batch goes on)
+    │   └── TransientError        a failure worth retrying: network, 5xx, bad image
+    └── Interrupted               Ctrl-C (exit 130)
+"""
+
+
+class DrawpipeError(Exception):
+    exit_code = 1
+
+
+class UsageError(DrawpipeError):
+    exit_code = 2
+
+
+class InputFileError(UsageError):
+    """A file the user wrote is malformed; the message names the file and position."""
+
+
+class ServerUnreachable(UsageError):
+    pass
+
+
+class ServerRejected(UsageError):
+    """HTTP 422 from the server. ``detail`` is the server's own explanation."""
+
+    def __init__(self, url: str, detail: str):
+        self.url = url
+        self.detail = detail
+        super().__init__(
+            f"{url} rejected the request (HTTP 422): {detail} — fix the payload template "
+            "or the app's settings and run again"
+        )
+
+
+class JobFailed(DrawpipeError):
+    exit_code = 1
+
+
+class TransientError(JobFailed):
+    """Worth retrying: connection refused/reset, timeout, 5xx, empty or bad image."""
+
+
+class Interrupted(DrawpipeError):
+    exit_code = 130

@@ -1,0 +1,197 @@
+"""HTTP client for Draw Things' A1111-style ``sdapi`` endpoints.
+
+One ``requests.Session`` per client (one per server), an explicit timeout on
+every call, and one small retry loop. What a call returns is the server's PNG
+*bytes*, checked (signature, chunk CRCs via ``Image.verify()``, pixel size) but
+never decoded into pixels and re-encoded.
+
+Failure kinds, as the caller sees them (see errors.py):
+  ServerUnreachable  preflight ``GET /`` failed: URL wrong, app closed, API server off
+  ServerRejected     HTTP 422: a configuration error; never retried
+  TransientError     connection refused/reset, timeout, 5xx, empty ``images``,
+                     undecodable or wrong-size image; retried with backoff, then raised
+"""
+
+import binascii
+import io
+import json
+import time
+from dataclasses import dataclass
+
+import pybase64
+import requests
+from PIL import Image
+
+from .errors import ServerRejected, ServerUnreachable, TransientError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+ENABLE_API_HINT = (
+    "start Draw Things and turn on its HTTP API server (Settings > API Server: "
+    "protocol HTTP, port 7860), or pass the right --server URL"
+)
+
+ROUTES = {"txt2img": "/sdapi/v1/txt2img", "img2img": "/sdapi/v1/img2img"}
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    connect_timeout_seconds: float = 5.0
+    # A 2048 px tiled pass can take many minutes and the server answers only at the end.
+    read_timeout_seconds: float = 1800.0
+    retries: int = 4  # extra attempts after the first, for transient failures only
+    backoff_seconds: float = 2.0  # first wait; doubles each time
+    backoff_cap_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class ImageAnswer:
+    png: bytes  # the first image, exactly as the server encoded it
+    attempts: int  # HTTP attempts it took (1 = no retry)
+    seconds: float  # wall time of all attempts, waits included
+
+
+class SdapiClient:
+    """Talks to one Draw Things (or compatible) server, e.g. ``http://127.0.0.1:7860``."""
+
+    def __init__(self, base_url: str, settings: ClientSettings = ClientSettings(),
+                 sleep=time.sleep):
+        self.base_url = base_url.rstrip("/")
+        self.settings = settings
+        self.session = requests.Session()
+        self._sleep = sleep  # interruptible waits are the caller's choice (e.g. Event.wait)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def check_server(self) -> dict:
+        """``GET /``: the app's current configuration (flat JSON), or ServerUnreachable."""
+        url = self.base_url + "/"
+        try:
+            response = self.session.get(url, timeout=(self.settings.connect_timeout_seconds, 30))
+        except requests.RequestException as exc:
+            raise ServerUnreachable(
+                f"cannot reach {self.base_url} ({_reason(exc)}): {ENABLE_API_HINT}"
+            ) from None
+        if response.status_code != 200:
+            raise ServerUnreachable(
+                f"{url} answered HTTP {response.status_code}, not Draw Things' API: "
+                + ENABLE_API_HINT
+            )
+        try:
+            configuration = response.json()
+        except ValueError:
+            configuration = None
+        if not isinstance(configuration, dict):
+            raise ServerUnreachable(
+                f"{url} did not answer with Draw Things' configuration JSON: {ENABLE_API_HINT}"
+            )
+        return configuration
+
+    def generate(self, mode: str, payload: dict, expected_size: tuple[int, int] | None) -> ImageAnswer:
+        """POST ``payload`` to txt2img/img2img; retry transient failures.
+
+        ``expected_size``: (width, height) in px the answer must have, or None to
+        accept any size. Raises ServerRejected at once on 422, TransientError when
+        the retries are used up (its ``attempts`` attribute says how many).
+        """
+        url = self.base_url + ROUTES[mode]
+        body = json.dumps(payload).encode()
+        started = time.monotonic()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                png = self._post_once(url, body, expected_size)
+                return ImageAnswer(png, attempts, time.monotonic() - started)
+            except TransientError as exc:
+                if attempts > self.settings.retries:
+                    exc.attempts = attempts
+                    raise
+                wait = min(self.settings.backoff_seconds * 2 ** (attempts - 1),
+                           self.settings.backoff_cap_seconds)
+                self._sleep(wait)
+
+    def _post_once(self, url: str, body: bytes, expected_size) -> bytes:
+        try:
+            response = self.session.post(
+                url,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=(self.settings.connect_timeout_seconds, self.settings.read_timeout_seconds),
+            )
+        except requests.Timeout:
+            raise TransientError(
+                f"{url}: no answer within {self.settings.read_timeout_seconds:g} s "
+                "(raise read_timeout_seconds for long tiled passes)"
+            ) from None
+        except requests.RequestException as exc:
+            raise TransientError(f"{url}: {_reason(exc)}") from None
+        if response.status_code == 422:
+            raise ServerRejected(url, _error_detail(response))
+        if response.status_code != 200:
+            raise TransientError(f"{url}: HTTP {response.status_code} {_error_detail(response)}")
+        # Parse the JSON, never slice bytes: Swift escapes "/" as "\/" inside strings.
+        try:
+            images = json.loads(response.content)["images"]
+        except (ValueError, KeyError, TypeError):
+            raise TransientError(f"{url}: the answer is not {{\"images\": [...]}} JSON") from None
+        if not images:
+            raise TransientError(f"{url}: the server returned no image (empty \"images\")")
+        return checked_png(images[0], expected_size, url)
+
+
+def checked_png(image_base64: str, expected_size: tuple[int, int] | None, source: str) -> bytes:
+    """Base64 text -> PNG bytes, checked without decoding pixels.
+
+    Checks the PNG signature, every chunk's CRC and the stream's completeness
+    (``Image.verify()``), and the pixel size against ``expected_size`` (w, h).
+    """
+    try:
+        png = pybase64.b64decode(image_base64, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise TransientError(f"{source}: the image is not valid base64 (truncated answer?)") from None
+    if not png.startswith(PNG_SIGNATURE):
+        raise TransientError(f"{source}: the image is not a PNG")
+    try:
+        with Image.open(io.BytesIO(png)) as image:
+            size = image.size
+            image.verify()
+    except Exception as exc:  # Pillow raises many types for broken files
+        raise TransientError(f"{source}: the PNG is damaged ({exc})") from None
+    if expected_size is not None and tuple(size) != tuple(expected_size):
+        raise TransientError(
+            f"{source}: the image is {size[0]}x{size[1]} px, expected "
+            f"{expected_size[0]}x{expected_size[1]}"
+        )
+    return png
+
+
+def _error_detail(response: requests.Response) -> str:
+    """The server's own message: ``detail`` of Draw Things' JSON errors, else the text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:300]
+    if isinstance(body, dict):
+        for key in ("detail", "error", "message"):
+            if body.get(key):
+                return str(body[key])
+    return str(body)[:300]
+
+
+def _reason(exc: requests.RequestException) -> str:
+    """A short human reason for a requests exception (no nested reprs)."""
+    text = str(exc)
+    for marker, reason in (
+        ("Connection refused", "connection refused"),
+        ("Connection reset", "connection reset"),
+        ("RemoteDisconnected", "the server closed the connection without answering"),
+        ("Remote end closed", "the server closed the connection without answering"),
+        ("Name or service not known", "unknown host name"),
+        ("nodename nor servname", "unknown host name"),
+        ("timed out", "connection timed out"),
+    ):
+        if marker in text:
+            return reason
+    return type(exc).__name__

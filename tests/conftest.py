@@ -1,0 +1,95 @@
+"""Fixtures: a real simulator on loopback, real folders, real script subprocesses."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from drawpipe.simulator import Simulator
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+# Retries in tests: quick, so fault-injection tests stay fast.
+FAST_RETRY_ARGS = ["--backoff-seconds", "0.05", "--retries", "2", "--no-progress"]
+
+
+@pytest.fixture
+def simulator():
+    """A Draw Things stand-in on a free loopback port, stopped after the test."""
+    with Simulator() as server:
+        yield server
+
+
+@pytest.fixture
+def share(tmp_path) -> Path:
+    """An empty folder playing the shared network volume."""
+    folder = tmp_path / "share"
+    folder.mkdir()
+    return folder
+
+
+def script_command(script: str, *args) -> list[str]:
+    return [sys.executable, str(PROJECT_DIR / script), *map(str, args)]
+
+
+def run_script(script: str, *args, stdin: str = "", timeout: float = 120,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run generate.py/upscale.py/segment.py as a user would; text output captured."""
+    return subprocess.run(
+        script_command(script, *args), input=stdin, capture_output=True, text=True,
+        timeout=timeout, cwd=PROJECT_DIR, env={**os.environ, **(env or {})},
+    )
+
+
+def start_script(script: str, *args, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        script_command(script, *args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd=PROJECT_DIR, env={**os.environ, **(env or {})},
+    )
+
+
+def start_simulator_process(*args, log_path: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """``python -m drawpipe.simulator`` in its own process; returns (process, url)."""
+    command = [sys.executable, "-m", "drawpipe.simulator", "--port", "0", *map(str, args)]
+    if log_path is not None:
+        command += ["--request-log", str(log_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=PROJECT_DIR)
+    line = process.stdout.readline()
+    url = line.strip().rsplit(" ", 1)[-1]
+    assert url.startswith("http://"), line
+    return process, url
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def read_request_log(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def png_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.png") if not p.name.startswith("."))
+
+
+def wait_for(condition, timeout_seconds: float = 30, interval_seconds: float = 0.05):
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_seconds)
+    raise AssertionError("condition not met in time")
