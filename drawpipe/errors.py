@@ -6,7 +6,9 @@
     │   ├── ServerUnreachable     preflight ``GET /`` failed: wrong URL, app closed
     │   └── ServerRejected        HTTP 422: the server refused the request (never retried)
     ├── JobFailed                 one job failed after its retries (exit 1, the batch goes on)
-    │   └── TransientError        a failure worth retrying: network, 5xx, bad image
+    │   ├── TransientError        a failure worth retrying: network, 5xx, bad image
+    │   └── BadInput              the job's input is not a usable image: reported, never sent
+    ├── JobDeferred               the input is still being written: try again on a later pass
     └── Interrupted               Ctrl-C (exit 130)
 """
 
@@ -45,6 +47,14 @@ class JobFailed(DrawpipeError):
 
 class TransientError(JobFailed):
     """Worth retrying: connection refused/reset, timeout, 5xx, empty or bad image."""
+
+
+class BadInput(JobFailed):
+    pass
+
+
+class JobDeferred(DrawpipeError):
+    """Not a failure: the job cannot start yet (e.g. its input is still being copied)."""
 
 
 class Interrupted(DrawpipeError):

@@ -33,7 +33,7 @@ from typing import Callable, Protocol
 from tqdm import tqdm
 
 from .claims import ClaimStore
-from .errors import DrawpipeError, Interrupted, JobFailed, UsageError
+from .errors import DrawpipeError, Interrupted, JobDeferred, JobFailed, UsageError
 from .metrics import MetricsLog, ResourceSampler, host_name
 
 
@@ -119,6 +119,22 @@ class Summary:
         if self.interrupted:
             lines.append("interrupted; run the same command again to continue")
         return lines
+
+
+def scan_inputs(folder: Path, suffixes: tuple[str, ...] = (".png",)) -> list[Path]:
+    """Every file under ``folder`` with one of ``suffixes``, sorted; hidden files and
+    folders (temporary names, .claims) are skipped. Missing folder: empty list.
+
+    A listing can be a minute old on SMB; that only delays discovery (a later pass
+    or --watch finds new files), never decides whether a job is done.
+    """
+    found = []
+    for directory, folders, files in os.walk(folder):
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
+        for name in files:
+            if not name.startswith(".") and name.lower().endswith(suffixes):
+                found.append(Path(directory) / name)
+    return sorted(found)
 
 
 def output_exists(path: Path) -> bool:
@@ -280,6 +296,7 @@ class _Run:
         self.lock = threading.Lock()
         self.jobs: list[Job] = []
         self.in_flight: set[str] = set()
+        self.deferred_logged: set[str] = set()
         self.metrics = MetricsLog(settings.root / "logs", stage.name, self.host,
                                   extra_columns=stage.extra_columns)
         self.summary = Summary(stage.name)
@@ -403,6 +420,7 @@ def _worker_loop(run: _Run, store: ClaimStore, run_job: RunJob, server: str | No
             run.replan()
             continue
         worked = False
+        deferred_this_pass = False
         for job in pending:
             if run.stop.is_set():
                 return
@@ -414,7 +432,6 @@ def _worker_loop(run: _Run, store: ClaimStore, run_job: RunJob, server: str | No
             claim = store.try_claim(job.key)
             if claim is None:
                 continue
-            worked = True
             with run.lock:
                 run.in_flight.add(job.key)
             run.heartbeat.hold(store, claim)
@@ -422,7 +439,11 @@ def _worker_loop(run: _Run, store: ClaimStore, run_job: RunJob, server: str | No
                 # Won the claim; the job may have been finished since our scan.
                 if output_exists(job.output):
                     continue
+                worked = True
                 ok = _do_job(run, store.worker, run_job, job, server)
+                if ok is None:
+                    deferred_this_pass = True
+                    continue
             finally:
                 run.heartbeat.drop(claim)
                 store.release(claim)
@@ -433,21 +454,23 @@ def _worker_loop(run: _Run, store: ClaimStore, run_job: RunJob, server: str | No
             else:
                 failed_here.add(job.key)
                 consecutive_failures += 1
-                if consecutive_failures >= run.settings.max_consecutive_failures and (
-                    len(run.settings.servers) > 1
-                ):
-                    run.progress.log(f"worker for {server} stopped after "
-                                     f"{consecutive_failures} failures in a row; "
-                                     "the other workers go on")
+                if consecutive_failures >= run.settings.max_consecutive_failures:
+                    # A server that fails job after job is down or broken: stop sending
+                    # it work rather than burn the night failing every image in turn.
+                    run.progress.log(f"stopped sending to {server or 'this worker'} after "
+                                     f"{consecutive_failures} failed jobs in a row"
+                                     + ("; the other workers go on"
+                                        if len(run.settings.servers) > 1 else ""))
                     return
-        if not worked:
+        if not worked or deferred_this_pass:
             # Everything left is claimed by others: wait for them to finish, or for their
             # claims to go stale so the next pass takes them over.
             run.stop.wait(run.settings.poll_seconds)
 
 
-def _do_job(run: _Run, worker: str, run_job: RunJob, job: Job, server: str | None) -> bool:
-    """Run one claimed job and record it; True when its output was written."""
+def _do_job(run: _Run, worker: str, run_job: RunJob, job: Job, server: str | None) -> bool | None:
+    """Run one claimed job and record it: True when its output was written, False when
+    it failed, None when it was deferred (to be tried again on a later pass)."""
     settings = run.settings
     scratch = scratch_path(job.output, worker)
     started = time.monotonic()
@@ -474,6 +497,12 @@ def _do_job(run: _Run, worker: str, run_job: RunJob, job: Job, server: str | Non
             else:
                 write_atomically(job.output, result.data, worker)
             status = "done"
+    except JobDeferred as exc:
+        remove_quietly(scratch)
+        if job.key not in run.deferred_logged:
+            run.deferred_logged.add(job.key)
+            run.progress.log(f"waiting: {job.key}: {exc}")
+        return None
     except UsageError as exc:
         remove_quietly(scratch)
         with run.lock:
