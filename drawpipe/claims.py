@@ -11,8 +11,10 @@ unreliable on macOS SMB mounts, so none is used.
   crashed, slept or lost the share). Age is judged on the file server's clock:
   "now" is the mtime of a file this worker has just written on the share, so
   two machines' clocks are never compared.
-- Take-over: a stale claim is renamed to a unique name (only one rename of the
-  same file can succeed), then a fresh claim is created with ``O_EXCL``.
+- Take-over: contenders for a stale claim race for a take-over lock (``O_EXCL``
+  again); the winner checks the claim is still the stale one, deletes it and
+  creates a fresh claim with ``O_EXCL``. Renaming the stale claim away instead
+  would let a slow contender move a claim that another had just made fresh.
 """
 
 import json
@@ -122,32 +124,54 @@ class ClaimStore:
         return Claim(path, token, content)
 
     def _take_over(self, path: Path, seen: bytes) -> Claim | None:
-        """Replace the stale claim whose content was ``seen``; one contender wins."""
-        graveyard = path.with_name(f"{path.name}.stale-{self.worker}-{secrets.token_hex(4)}")
-        try:
-            os.rename(path, graveyard)
-        except FileNotFoundError:
-            return None  # another worker renamed it first
-        moved = graveyard.read_bytes()
-        if moved != seen:
-            # We renamed a *fresh* claim that a faster contender had just created in
-            # its place: put it back (it still holds the owner's token) and give up.
-            self._restore(path, moved)
-            os.unlink(graveyard)
-            return None
-        os.unlink(graveyard)
-        return self._try_create(path)
+        """Replace the stale claim whose content was ``seen``; one contender wins.
 
-    @staticmethod
-    def _restore(path: Path, content: bytes) -> None:
+        Contenders first create a take-over lock with O_EXCL, so only one of them
+        ever deletes the claim; the winner checks again, under the lock, that the
+        claim is still the stale one it judged, so a fresh claim is never removed.
+        """
+        lock = path.with_name(path.name + ".takeover")
+        if not self._try_lock(lock):
+            return None
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return
-        try:
-            os.write(fd, content)
+            try:
+                current = path.read_bytes()
+                age_seconds = self.server_now() - path.stat().st_mtime
+            except FileNotFoundError:
+                return self._try_create(path)
+            if current != seen or age_seconds <= self.lease_seconds:
+                return None  # taken over or refreshed since we looked
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            return self._try_create(path)
         finally:
-            os.close(fd)
+            try:
+                os.unlink(lock)
+            except FileNotFoundError:
+                pass
+
+    def _try_lock(self, lock: Path) -> bool:
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return True
+        except FileExistsError:
+            pass
+        try:
+            age_seconds = self.server_now() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if age_seconds > self.lease_seconds:
+            # Its holder died within the milliseconds a take-over lasts. Only one
+            # rename of it can succeed; the next pass competes for the lock again.
+            graveyard = lock.with_name(f"{lock.name}.stale-{self.worker}-{secrets.token_hex(4)}")
+            try:
+                os.rename(lock, graveyard)
+                os.unlink(graveyard)
+            except FileNotFoundError:
+                pass
+        return False
 
     def heartbeat(self, claim: Claim) -> bool:
         """Refresh the claim's mtime; False when it is no longer ours (taken over)."""

@@ -8,6 +8,8 @@ the exit code; errors are raised as DrawpipeError and printed by cli.run_main.
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from .claims import ClaimStore
 from .cli import CommonSettings, resolve_settings
 from .errors import UsageError
@@ -15,6 +17,7 @@ from .generation import GenerateStage
 from .payloads import load_payload
 from .prompts import ask_queue, format_queue, load_prompt_sets, load_queue, merge_queue, parse_add
 from .stage import EngineSettings, Job, output_exists, run_stage
+from .upscaling import DEFAULT_SETTLE_SECONDS, UpscaleStage, load_recipe
 
 
 def engine_settings(settings: CommonSettings, args, servers=None) -> EngineSettings:
@@ -105,3 +108,83 @@ def _print_generate_plan(stage: GenerateStage, settings: CommonSettings, out) ->
 def check_positive(value: int, what: str) -> None:
     if value < 1:
         raise UsageError(f"{what} must be a positive integer, got {value}")
+
+
+def upscale(args, project_dir: Path, stdin=None, stdout=None) -> int:
+    """upscale.py: every PNG under <root>/GENERATIONS through the recipe into UPSCALED_IMAGES."""
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    settings = resolve_settings(args, project_dir, stdin, stdout)
+    recipe = load_recipe(_recipe_path(args.recipe, project_dir))
+    settle_seconds = args.settle_seconds if args.settle_seconds is not None else DEFAULT_SETTLE_SECONDS
+    if settle_seconds < 0:
+        raise UsageError(f"--settle-seconds must be 0 or more, got {settle_seconds:g}")
+
+    def report_skipped(label: str, reason: str) -> None:
+        tqdm.write(f"skipped: {label}: {reason} (never sent)", file=sys.stderr)
+
+    stage = UpscaleStage(settings.root, recipe, settings.client, settings.seed_offset,
+                         settle_seconds, on_skipped=None if args.dry_run else report_skipped)
+    print(f"recipe {recipe.path}: {len(recipe.steps)} step(s) "
+          f"({', '.join(step.name for step in recipe.steps)}) -> "
+          f"{recipe.output_size[0]}x{recipe.output_size[1]} px", file=stdout)
+    if args.dry_run:
+        return _print_upscale_plan(stage, settings, stdout)
+    summary = run_stage(stage, engine_settings(settings, args))
+    print_summary(summary, stdout)
+    if stage.skipped:
+        print(f"{len(stage.skipped)} input(s) skipped, not usable PNG images (never sent):",
+              file=stdout)
+        for label, reason in stage.skipped.items():
+            print(f"  {label}: {reason}", file=stdout)
+        print("replace or remove them and run the same command again", file=stdout)
+    if stage.ignored:
+        print(f"{len(stage.ignored)} file(s) under GENERATIONS/ are not .png and were ignored",
+              file=stdout)
+    print(f"upscaled images are in {stage.output_folder}", file=stdout)
+    code = summary.exit_code
+    return 1 if code == 0 and stage.skipped else code
+
+
+def _recipe_path(recipe: str | None, project_dir: Path) -> Path:
+    """--recipe FILE as given, else a bundled one by file name (upscale_fast.json)."""
+    bundled = project_dir / "payloads"
+    if recipe is None:
+        return bundled / "upscale.json"
+    path = Path(recipe).expanduser()
+    if not path.exists():
+        for candidate in (bundled / recipe, bundled / f"{recipe}.json"):
+            if candidate.is_file():
+                return candidate
+    return path
+
+
+def _print_upscale_plan(stage: UpscaleStage, settings: CommonSettings, out) -> int:
+    """Per sub-folder of GENERATIONS/: to do, done, claimed by whom; then a total."""
+    jobs = stage.plan()
+    states = job_states(settings.root, stage.name, jobs, settings.lease_seconds)
+    folders: dict[str, list[tuple[Job, str]]] = {}
+    for job, state in zip(jobs, states):
+        folder = job.input.parent.relative_to(stage.input_folder).as_posix()
+        folders.setdefault(folder, []).append((job, state))
+    total_to_do = total_done = 0
+    for folder, entries in folders.items():
+        folder_states = [state for _, state in entries]
+        done = folder_states.count("done")
+        to_do = folder_states.count("to do")
+        claimed = len(folder_states) - done - to_do
+        total_to_do += to_do + claimed
+        total_done += done
+        print(f"  {folder if folder != '.' else '(top level)'}: {to_do} to upscale, "
+              f"{done} already done" + (f", {claimed} claimed" if claimed else ""), file=out)
+        for job, state in entries:
+            if state.startswith("claimed"):
+                print(f"    {job.key}: {state}", file=out)
+    for label, reason in stage.skipped.items():
+        print(f"  skipped: {label}: {reason}", file=out)
+    if stage.ignored:
+        print(f"  ignored: {len(stage.ignored)} file(s) that are not .png", file=out)
+    print(f"dry run: {total_to_do} image(s) to upscale, {total_done} already done, "
+          f"{len(stage.skipped)} skipped, into {stage.output_folder}; nothing was sent",
+          file=out)
+    return 0

@@ -158,80 +158,188 @@ def canonical_key(key: str) -> str:
     return ALIASES.get(key, key)
 
 
-def _number_text(value) -> str:
-    """30.0 -> "30", 0.25 -> "0.25": numbers as Draw Things prints them."""
+
+# --------------------------------------------------------------------------- validation
+# Shared by the client (templates are checked before the first request) and the
+# simulator (which answers 422 with the same ``detail``).
+
+class RequestRejected(Exception):
+    """The body is invalid: the server answers 422 with ``detail`` as its text."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
+class _WrongType(Exception):
+    """Raised by a coercer: the value is not of the parameter's kind."""
+
+
+def _format_number(value) -> str:
+    """``30.0`` -> ``"30"``, ``0.5`` -> ``"0.5"``: how the app prints numbers."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
 
 
-def _json_list(names) -> str:
-    return "[" + ", ".join(f'"{name}"' for name in names) + "]"
+def _format_value(value) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
-_KIND_CHECKS = {
-    "str": lambda v: isinstance(v, str),
-    "int": lambda v: (isinstance(v, int) and not isinstance(v, bool))
-    or (isinstance(v, float) and v.is_integer()),
-    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "bool": lambda v: isinstance(v, bool),
-    "list": lambda v: isinstance(v, list),
-    "image_list": lambda v: isinstance(v, list),
+def _as_str(value):
+    if not isinstance(value, str):
+        raise _WrongType
+    return value
+
+
+def _as_int(value):
+    # bool is an int in Python but not in JSON; integral floats (30.0) are accepted.
+    if isinstance(value, bool):
+        raise _WrongType
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise _WrongType
+
+
+def _as_float(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _WrongType
+    return float(value)
+
+
+def _as_bool(value):
+    if not isinstance(value, bool):
+        raise _WrongType
+    return value
+
+
+def _as_list(value):
+    if not isinstance(value, list):
+        raise _WrongType
+    return value
+
+
+def _as_image_list(value):
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _WrongType
+    return value
+
+
+# Param.kind -> (coercer, name used in "Invalid type" details)
+_KINDS = {
+    "str": (_as_str, "string"),
+    "int": (_as_int, "int"),
+    "float": (_as_float, "float"),
+    "bool": (_as_bool, "bool"),
+    "list": (_as_list, "array"),
+    "image_list": (_as_image_list, "array of strings"),
 }
 
-_ENTRY_FIELDS = {"controls": CONTROL_FIELDS, "loras": LORA_FIELDS}
+# list parameter -> the fields each of its entries may have
+_ENTRY_FIELDS = {"loras": LORA_FIELDS, "controls": CONTROL_FIELDS}
 
 
-def request_problem(body: dict) -> str | None:
-    """The first reason Draw Things would refuse ``body`` (its 422 ``detail``), or None.
-
-    Checks keys (unknown, key sent with its alias), JSON types, ranges, multiples
-    of 64, enumerations and the fields of ``controls``/``loras`` entries. It does
-    not check what only the app knows (model files) nor the init image.
-    """
+def _check_keys(body: dict) -> None:
     unknown = sorted(key for key in body if key not in KNOWN_KEYS)
     if unknown:
-        return f"Unrecognized keys: {_json_list(unknown)}"
+        raise RequestRejected(f"Unrecognized keys: {json.dumps(unknown)}")
     for alias, canonical in ALIASES.items():
         if alias in body and canonical in body:
-            return f'Duplicate keys: "{alias}" is an alias of "{canonical}"'
+            raise RequestRejected(f'Duplicate keys: "{alias}" is an alias of "{canonical}"')
+
+
+def _coerce_values(body: dict) -> dict:
+    """Canonical key -> value of the parameter's kind; RequestRejected on a wrong type."""
+    values = {}
     for key, value in body.items():
-        param = PARAMETERS[canonical_key(key)]
+        canonical = canonical_key(key)
+        param = PARAMETERS[canonical]
+        coerce, type_name = _KINDS[param.kind]
         if value is None and param.nullable:
+            values[canonical] = None
             continue
-        if not _KIND_CHECKS[param.kind](value):
-            return f"Invalid type for {key} (expected {param.kind}, was {json.dumps(value)[:60]})"
-        label = param.label or key
-        if param.choices is not None and value not in param.choices:
-            return f"Invalid value for {label} (options: {_json_list(param.choices)})"
-        if param.minimum is not None and not (param.minimum <= value <= param.maximum):
-            return (
-                f"Value for {label} must be between {_number_text(param.minimum)} and "
-                f"{_number_text(param.maximum)}, inclusive (was {_number_text(value)})"
+        try:
+            values[canonical] = coerce(value)
+        except _WrongType:
+            expected = f"{type_name} or null" if param.nullable else type_name
+            raise RequestRejected(
+                f"Invalid type for {key} (expected {expected}, was {_format_value(value)})"
+            ) from None
+        if canonical in _ENTRY_FIELDS:
+            _check_entries(canonical, values[canonical], _ENTRY_FIELDS[canonical])
+    return values
+
+
+def _check_entries(key: str, entries: list, allowed_fields: tuple[str, ...]) -> None:
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise RequestRejected(
+                f"Invalid type for {key}[{index}] (expected object, was {_format_value(entry)})"
             )
-        if param.multiple_of and int(value) % param.multiple_of:
-            return f"Value for {label} must be a multiple of {param.multiple_of} (was {_number_text(value)})"
-        fields = _ENTRY_FIELDS.get(canonical_key(key))
-        for index, entry in enumerate(value if fields else ()):
-            if not isinstance(entry, dict):
-                return f"Invalid type for {key}[{index}] (expected object)"
-            extra = sorted(set(entry) - set(fields))
-            if extra:
-                return f"Unrecognized keys in {key}[{index}]: {_json_list(extra)}"
-    upscaler = body.get("upscaler")
-    factor = body.get("upscaler_scale", body.get("upscaler_scale_factor"))
-    if upscaler and factor is not None and factor not in UPSCALER_FACTORS[1:]:
-        return f"Value for Upscaler Scale Factor must be 2 or 4 (was {_number_text(factor)})"
-    return None
+        unknown = sorted(name for name in entry if name not in allowed_fields)
+        if unknown:
+            raise RequestRejected(f"Unrecognized keys in {key}[{index}]: {json.dumps(unknown)}")
+
+
+def _check_ranges(values: dict) -> None:
+    for key, value in values.items():
+        param = PARAMETERS[key]
+        label = param.label or key
+        if value is None:
+            continue
+        if param.kind in ("int", "float"):
+            low, high = param.minimum, param.maximum
+            if (low is not None and value < low) or (high is not None and value > high):
+                raise RequestRejected(
+                    f"Value for {label} must be between {_format_number(low)} and "
+                    f"{_format_number(high)}, inclusive (was {_format_number(value)})"
+                )
+            if param.multiple_of and value % param.multiple_of:
+                raise RequestRejected(
+                    f"Value for {label} must be a multiple of {param.multiple_of} "
+                    f"(was {_format_number(value)})"
+                )
+        if param.choices is not None and value not in param.choices:
+            raise RequestRejected(
+                f"Invalid value for {label} (options: {json.dumps(list(param.choices))})"
+            )
+
+
+def upscale_factor(parameters: dict) -> int:
+    """1, or the upscaler's factor when an upscaler is named and its scale is 2 or 4."""
+    scale = parameters.get("upscaler_scale")
+    if parameters.get("upscaler") and scale in UPSCALER_FACTORS and scale > 1:
+        return scale
+    return 1
+
+
+def validate_values(body: dict) -> dict:
+    """Check a request body's keys and values as Draw Things does.
+
+    Returns {canonical key: value of the parameter's kind}; raises RequestRejected
+    whose ``detail`` is the app's 422 text. Order: unknown keys, a key sent with
+    its alias, types (and ``controls``/``loras`` entry fields), ranges, the
+    upscaler factor. What only the app can know (model files, the init image's
+    size against the effective width/height) is not checked here.
+    """
+    _check_keys(body)
+    values = _coerce_values(body)
+    _check_ranges(values)
+    scale = values.get("upscaler_scale")
+    if values.get("upscaler") and scale is not None and scale not in UPSCALER_FACTORS:
+        raise RequestRejected(
+            f"Value for {PARAMETERS['upscaler_scale'].label} must be one of "
+            f"{json.dumps(list(UPSCALER_FACTORS))} when an upscaler is set "
+            f"(was {_format_number(scale)})"
+        )
+    return values
 
 
 def output_size(parameters: dict) -> tuple[int, int]:
-    """(width, height) in px of the image a request with these *effective* parameters returns.
-
-    The upscaler runs after generation, multiplying the size by ``upscaler_scale``.
-    """
-    width, height = int(parameters["width"]), int(parameters["height"])
-    factor = parameters.get("upscaler_scale", parameters.get("upscaler_scale_factor")) or 0
-    if parameters.get("upscaler") and factor in UPSCALER_FACTORS[1:]:
-        return width * int(factor), height * int(factor)
-    return width, height
+    """(width, height) px of each image a request with these *effective* (canonical)
+    parameters returns: the upscaler runs after generation."""
+    factor = upscale_factor(parameters)
+    return int(parameters["width"]) * factor, int(parameters["height"]) * factor

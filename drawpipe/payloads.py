@@ -40,9 +40,11 @@ def without_notes(template: dict) -> dict:
 
 def check_payload(payload: dict, source: str) -> None:
     """InputFileError("<source>: <what Draw Things would say>") if the server would refuse it."""
-    problem = drawthings.request_problem(payload)
-    if problem is None:
+    try:
+        drawthings.validate_values(payload)
         return
+    except drawthings.RequestRejected as exc:
+        problem = exc.detail
     unknown = [key for key in payload if key not in drawthings.KNOWN_KEYS]
     hints = []
     for key in unknown:

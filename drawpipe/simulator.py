@@ -62,6 +62,7 @@ import pybase64
 from PIL import Image, ImageChops, ImageDraw
 
 from drawpipe import drawthings
+from drawpipe.drawthings import RequestRejected, upscale_factor, validate_values
 
 # What the app's window is set to on a fresh SDXL install: the values any key left
 # out of a request takes. Keys are PARAMETERS' canonical keys, minus the per-request
@@ -151,85 +152,6 @@ _ROUTES = {
 # --------------------------------------------------------------------------- validation
 
 
-class RequestRejected(Exception):
-    """The body is invalid: the server answers 422 with ``detail`` as its text."""
-
-    def __init__(self, detail: str):
-        super().__init__(detail)
-        self.detail = detail
-
-
-class _WrongType(Exception):
-    """Raised by a coercer: the value is not of the parameter's kind."""
-
-
-def _format_number(value) -> str:
-    """``30.0`` -> ``"30"``, ``0.5`` -> ``"0.5"``: how the app prints numbers."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _format_value(value) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _as_str(value):
-    if not isinstance(value, str):
-        raise _WrongType
-    return value
-
-
-def _as_int(value):
-    # bool is an int in Python but not in JSON; integral floats (30.0) are accepted.
-    if isinstance(value, bool):
-        raise _WrongType
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise _WrongType
-
-
-def _as_float(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _WrongType
-    return float(value)
-
-
-def _as_bool(value):
-    if not isinstance(value, bool):
-        raise _WrongType
-    return value
-
-
-def _as_list(value):
-    if not isinstance(value, list):
-        raise _WrongType
-    return value
-
-
-def _as_image_list(value):
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise _WrongType
-    return value
-
-
-# Param.kind -> (coercer, name used in "Invalid type" details)
-_KINDS = {
-    "str": (_as_str, "string"),
-    "int": (_as_int, "int"),
-    "float": (_as_float, "float"),
-    "bool": (_as_bool, "bool"),
-    "list": (_as_list, "array"),
-    "image_list": (_as_image_list, "array of strings"),
-}
-
-# list parameter -> the fields each of its entries may have
-_ENTRY_FIELDS = {"loras": drawthings.LORA_FIELDS, "controls": drawthings.CONTROL_FIELDS}
-
-
 def parse_body(raw: bytes) -> dict:
     """The request body as a dict; RequestRejected unless it is a JSON object."""
 
@@ -246,80 +168,6 @@ def parse_body(raw: bytes) -> dict:
             f"Invalid JSON body: expected an object, was {type(body).__name__}"
         )
     return body
-
-
-def _check_keys(body: dict) -> None:
-    unknown = sorted(key for key in body if key not in drawthings.KNOWN_KEYS)
-    if unknown:
-        raise RequestRejected(f"Unrecognized keys: {json.dumps(unknown)}")
-    for alias, canonical in drawthings.ALIASES.items():
-        if alias in body and canonical in body:
-            raise RequestRejected(f'Duplicate keys: "{alias}" is an alias of "{canonical}"')
-
-
-def _coerce_values(body: dict) -> dict:
-    """Canonical key -> value of the parameter's kind; RequestRejected on a wrong type."""
-    values = {}
-    for key, value in body.items():
-        canonical = drawthings.canonical_key(key)
-        param = drawthings.PARAMETERS[canonical]
-        coerce, type_name = _KINDS[param.kind]
-        if value is None and param.nullable:
-            values[canonical] = None
-            continue
-        try:
-            values[canonical] = coerce(value)
-        except _WrongType:
-            expected = f"{type_name} or null" if param.nullable else type_name
-            raise RequestRejected(
-                f"Invalid type for {key} (expected {expected}, was {_format_value(value)})"
-            ) from None
-        if canonical in _ENTRY_FIELDS:
-            _check_entries(canonical, values[canonical], _ENTRY_FIELDS[canonical])
-    return values
-
-
-def _check_entries(key: str, entries: list, allowed_fields: tuple[str, ...]) -> None:
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise RequestRejected(
-                f"Invalid type for {key}[{index}] (expected object, was {_format_value(entry)})"
-            )
-        unknown = sorted(name for name in entry if name not in allowed_fields)
-        if unknown:
-            raise RequestRejected(f"Unrecognized keys in {key}[{index}]: {json.dumps(unknown)}")
-
-
-def _check_ranges(values: dict) -> None:
-    for key, value in values.items():
-        param = drawthings.PARAMETERS[key]
-        label = param.label or key
-        if value is None:
-            continue
-        if param.kind in ("int", "float"):
-            low, high = param.minimum, param.maximum
-            if (low is not None and value < low) or (high is not None and value > high):
-                raise RequestRejected(
-                    f"Value for {label} must be between {_format_number(low)} and "
-                    f"{_format_number(high)}, inclusive (was {_format_number(value)})"
-                )
-            if param.multiple_of and value % param.multiple_of:
-                raise RequestRejected(
-                    f"Value for {label} must be a multiple of {param.multiple_of} "
-                    f"(was {_format_number(value)})"
-                )
-        if param.choices is not None and value not in param.choices:
-            raise RequestRejected(
-                f"Invalid value for {label} (options: {json.dumps(list(param.choices))})"
-            )
-
-
-def upscale_factor(parameters: dict) -> int:
-    """1, or the upscaler's factor when an upscaler is named and its scale is 2 or 4."""
-    scale = parameters.get("upscaler_scale")
-    if parameters.get("upscaler") and scale in drawthings.UPSCALER_FACTORS and scale > 1:
-        return scale
-    return 1
 
 
 @dataclass
@@ -346,20 +194,9 @@ def validate_request(route: str, body: dict, app_configuration: dict) -> Generat
     then ``init_images`` (forbidden for txt2img; for img2img exactly one plain
     base64 PNG/JPEG whose size equals the effective width x height).
     """
-    _check_keys(body)
-    values = _coerce_values(body)
-    _check_ranges(values)
-
+    values = validate_values(body)
     parameters = {"prompt": "", "negative_prompt": "", **app_configuration}
     parameters.update({k: v for k, v in values.items() if k != "init_images"})
-
-    scale = parameters.get("upscaler_scale")
-    if parameters.get("upscaler") and scale not in drawthings.UPSCALER_FACTORS:
-        raise RequestRejected(
-            f"Value for {drawthings.PARAMETERS['upscaler_scale'].label} must be one of "
-            f"{json.dumps(list(drawthings.UPSCALER_FACTORS))} when an upscaler is set "
-            f"(was {_format_number(scale)})"
-        )
 
     init_image = None
     if route == "txt2img":

@@ -296,6 +296,8 @@ class _Run:
         self.lock = threading.Lock()
         self.jobs: list[Job] = []
         self.in_flight: set[str] = set()
+        self.live_workers = len(settings.servers)
+        self.workers_done = threading.Event()
         self.deferred_logged: set[str] = set()
         self.metrics = MetricsLog(settings.root / "logs", stage.name, self.host,
                                   extra_columns=stage.extra_columns)
@@ -329,14 +331,15 @@ def run_stage(stage: Stage, settings: EngineSettings) -> Summary:
 
     Raises UsageError for configuration problems (unwritable root, HTTP 422 ...).
     """
-    run = _Run(stage, settings)
+    host = host_name()
     stores = [
-        ClaimStore(settings.root, stage.name, f"{run.host}-{os.getpid()}-{index}",
+        ClaimStore(settings.root, stage.name, f"{host}-{os.getpid()}-{index}",
                    settings.lease_seconds)
         for index in range(len(settings.servers))
     ]
     try:
         stores[0].prepare()
+        run = _Run(stage, settings)  # creates logs/
     except OSError as exc:
         raise UsageError(
             f"cannot write to {settings.root} ({exc.strerror or exc}): check that the folder "
@@ -352,7 +355,7 @@ def run_stage(stage: Stage, settings: EngineSettings) -> Summary:
     run.progress._refresh()
 
     threads = [
-        threading.Thread(target=_worker_loop, args=(run, store, runner, server),
+        threading.Thread(target=_worker_main, args=(run, store, runner, server),
                          name=f"worker-{index}", daemon=True)
         for index, (store, runner, server) in enumerate(zip(stores, runners, settings.servers))
     ]
@@ -361,7 +364,7 @@ def run_stage(stage: Stage, settings: EngineSettings) -> Summary:
     try:
         for thread in threads:
             thread.start()
-        _wait_for_workers(run, threads)
+        _wait_for_workers(run)
     finally:
         run.heartbeat.stop()
         run.heartbeat.release_all()
@@ -387,24 +390,40 @@ def _sigterm_as_interrupt():
     return signal.signal(signal.SIGTERM, handler)
 
 
-def _wait_for_workers(run: _Run, threads: list[threading.Thread]) -> None:
+def _wait_for_workers(run: _Run) -> None:
+    """Wait until every worker has returned; Ctrl-C once: finish in flight, twice: abandon."""
     interrupts = 0
-    while any(thread.is_alive() for thread in threads):
+    while True:
         try:
-            for thread in threads:
-                thread.join(0.2)
+            # An Event, not Thread.join(): a KeyboardInterrupt inside join() can leave a
+            # live thread reported as finished, and its image would be lost.
+            if run.workers_done.wait(0.2):
+                return
         except KeyboardInterrupt:
             interrupts += 1
             run.summary.interrupted = True
             run.stop.set()
-            if interrupts == 1 and run.in_flight:
+            with run.lock:
+                busy = bool(run.in_flight)
+            if interrupts == 1 and busy:
                 run.progress.log("stopping: finishing the images in flight "
                                  "(press Ctrl-C again to abandon them)")
-            elif interrupts > 1 or not run.in_flight:
+            else:
                 # Abandon: nothing partial can be left (outputs appear only by rename);
                 # releasing the claims lets any other worker redo those jobs now.
-                run.progress.log("abandoning the images in flight")
+                if busy:
+                    run.progress.log("abandoning the images in flight")
                 return
+
+
+def _worker_main(run: _Run, store: ClaimStore, run_job: RunJob, server: str | None) -> None:
+    try:
+        _worker_loop(run, store, run_job, server)
+    finally:
+        with run.lock:
+            run.live_workers -= 1
+            if run.live_workers == 0:
+                run.workers_done.set()
 
 
 def _worker_loop(run: _Run, store: ClaimStore, run_job: RunJob, server: str | None) -> None:
@@ -424,16 +443,23 @@ def _worker_loop(run: _Run, store: ClaimStore, run_job: RunJob, server: str | No
         for job in pending:
             if run.stop.is_set():
                 return
+            if output_exists(job.output):
+                continue
             with run.lock:
                 if job.key in run.in_flight:
                     continue
-            if output_exists(job.output):
-                continue
-            claim = store.try_claim(job.key)
-            if claim is None:
-                continue
-            with run.lock:
+                # Marked before claiming, so a Ctrl-C never misses a job being started.
                 run.in_flight.add(job.key)
+            try:
+                claim = store.try_claim(job.key)
+            except OSError as exc:
+                claim = None
+                failed_here.add(job.key)
+                run.progress.failed(job.key, describe_os_error(exc, store.claim_path(job.key)))
+            if claim is None:
+                with run.lock:
+                    run.in_flight.discard(job.key)
+                continue
             run.heartbeat.hold(store, claim)
             try:
                 # Won the claim; the job may have been finished since our scan.

@@ -1,0 +1,470 @@
+"""The upscale stage: every PNG under GENERATIONS/ -> a 2048 px PNG under UPSCALED_IMAGES/.
+
+``<root>/GENERATIONS/<sub-folders>/<stem>.png`` becomes
+``<root>/UPSCALED_IMAGES/<sub-folders>/<stem>_upscaled.png`` through a *recipe*: an
+ordered list of img2img requests, the answer of one being the init image of the
+next. Intermediate images stay in memory, never on the share; the engine
+(stage.py) writes only the final PNG, atomically.
+
+A recipe file (``payloads/upscale.json``, ``payloads/upscale_fast.json``)::
+
+    {
+      "_about": "any key starting with _ is a note for people",
+      "output_width": 2048, "output_height": 2048,      px the last step must return
+      "steps": [
+        {"name": "upscale 2x", "payload": {<img2img keys>}},
+        {"name": "refine",     "payload": {<img2img keys>}}
+      ]
+    }
+
+On every step the client sets ``init_images`` (the previous image as plain base64),
+``seed`` and, unless the step fixes them, ``width``/``height`` from the init image
+(Draw Things refuses an init image whose size differs from width x height). The
+answer's size is predicted from the request (``drawthings.output_size``: the
+upscaler multiplies it) and checked on arrival; before anything is sent, the
+whole chain is predicted from the input's size and must end at the recipe's
+output size.
+
+The seed: every step of an image uses ``seed_for(<input stem>, seed_offset)``, the
+same seed generate.py used for that image. One number per image is what the
+metrics' ``seed`` column and the infotext can hold, so any step can be re-run by
+hand from the output's metadata; the seed is stable across recipes (the fast and
+the creative recipe get the same noise, so they compare like for like); and it
+is what A1111's hires fix does for its second pass. Steps at strength 0 (the
+upscaler step) draw no noise at all.
+
+Inputs are checked before anything is sent (``inspect_png``: PNG signature, chunk
+list up to IEND, ``Image.verify()``, pixel size). A file that looks half-written
+(a PNG start without its end, or damaged) and was modified within
+``settle_seconds`` is *deferred* (errors.JobDeferred: tried again on a later
+pass); older, or not a PNG at all, it is *bad* (errors.BadInput): reported, never
+sent. ``plan()`` screens inputs cheaply (size, first 8 and last 12 bytes) and leaves
+clearly unusable files out of the plan, listing them in ``UpscaleStage.skipped``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pybase64
+from PIL import Image
+
+from . import drawthings
+from .errors import BadInput, InputFileError, JobDeferred, ServerRejected, TransientError
+from .generation import GENERATIONS_FOLDER, seed_for
+from .payloads import check_payload, effective_parameters, read_json_file, without_notes
+from .pngmeta import add_text_chunks, provenance_chunks, read_text_chunks
+from .sdapi import PNG_SIGNATURE, ClientSettings, SdapiClient
+from .stage import Job, JobResult, output_exists, scan_inputs
+
+UPSCALED_FOLDER = "UPSCALED_IMAGES"
+OUTPUT_SUFFIX = "_upscaled.png"
+DEFAULT_OUTPUT_SIZE = (2048, 2048)
+# An incomplete input younger than this is waited for; older, it is reported as damaged.
+DEFAULT_SETTLE_SECONDS = 60.0
+
+# Keys the chain sets on every request, with why a recipe must not set them.
+CHAIN_KEYS = {
+    "init_images": "the chain sets init_images (the input, then each step's answer)",
+    "seed": "the seed comes from each input's file name (use --seed-offset for another take)",
+}
+_RECIPE_KEYS = ("steps", "output_width", "output_height")
+_STEP_KEYS = ("name", "payload")
+
+# The last 12 bytes of every complete PNG without trailing data: IEND's length, type, CRC.
+IEND_CHUNK = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+# First bytes -> what the file is, for "not a PNG" messages.
+_FILE_KINDS = {
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"RIFF": "a RIFF file (WebP?)",
+    b"%PDF": "a PDF document",
+    b"II*\x00": "a TIFF image",
+    b"MM\x00*": "a TIFF image",
+    b"PK\x03\x04": "a zip archive",
+}
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+@dataclass(frozen=True)
+class RecipeStep:
+    name: str
+    payload: dict  # img2img keys, notes removed, validated; no init_images, no seed
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    steps: tuple[RecipeStep, ...]
+    output_size: tuple[int, int]  # (width, height) px the last step must return
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def load_recipe(path: Path) -> Recipe:
+    """A validated recipe; InputFileError naming the file (and the step) when malformed."""
+    path = Path(path)
+    data = read_json_file(path)
+    if not isinstance(data, dict):
+        raise InputFileError(f'{path}: a recipe must be a JSON object {{"steps": [...]}}')
+    _check_known_keys(data, _RECIPE_KEYS, str(path))
+    entries = data.get("steps")
+    if not isinstance(entries, list) or not entries:
+        raise InputFileError(
+            f'{path}: "steps" must be a non-empty list of {{"name": ..., "payload": {{...}}}}')
+    steps = []
+    for number, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict):
+            raise InputFileError(
+                f'{path}: step {number} must be an object {{"name": ..., "payload": {{...}}}}')
+        name = entry.get("name", f"step {number}")
+        if not isinstance(name, str) or not name.strip():
+            raise InputFileError(f'{path}: step {number}: "name" must be a non-empty string')
+        where = f"{path}: step {number} ({name})"
+        _check_known_keys(entry, _STEP_KEYS, where)
+        template = entry.get("payload")
+        if not isinstance(template, dict):
+            raise InputFileError(f'{where}: "payload" must be a JSON object of img2img keys')
+        payload = without_notes(template)
+        for key, reason in CHAIN_KEYS.items():
+            if key in payload:
+                raise InputFileError(f'{where}: remove "{key}": {reason}')
+        check_payload(payload, where)
+        steps.append(RecipeStep(name, payload))
+    output_size = (_output_side(data, "output_width", path, DEFAULT_OUTPUT_SIZE[0]),
+                   _output_side(data, "output_height", path, DEFAULT_OUTPUT_SIZE[1]))
+    return Recipe(path, tuple(steps), output_size)
+
+
+def _check_known_keys(data: dict, known: tuple[str, ...], where: str) -> None:
+    unknown = sorted(key for key in data if not key.startswith("_") and key not in known)
+    if unknown:
+        raise InputFileError(
+            f'{where}: unknown key "{unknown[0]}" (expected {", ".join(known)}; '
+            'keys starting with "_" are notes)')
+
+
+def _output_side(data: dict, key: str, path: Path, default: int) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 64 <= value <= 16384:
+        raise InputFileError(f'{path}: "{key}" must be a whole number of pixels, 64..16384')
+    return value
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    number: int  # 1-based
+    name: str
+    payload: dict  # the request without init_images: template + seed + width/height
+    expected_size: tuple[int, int]  # (width, height) px of the answer
+
+
+def plan_chain(recipe: Recipe, input_size: tuple[int, int], seed: int,
+               app_configuration: dict) -> list[PlannedStep]:
+    """Every step's request (without its init image) and answer size, for an input of
+    ``input_size`` (w, h) px. ValueError(reason) when this input cannot go through the
+    recipe: a step would be refused for its size, or the chain would not end at the
+    recipe's output size. ``app_configuration``: the server's GET / answer (keys a
+    step leaves out, such as the upscaler, take its values).
+    """
+    size = tuple(input_size)
+    planned = []
+    for number, step in enumerate(recipe.steps, 1):
+        payload = dict(step.payload)
+        payload.setdefault("width", size[0])
+        payload.setdefault("height", size[1])
+        payload["seed"] = seed
+        where = f"step {number} ({step.name})"
+        if number == 1 and (payload["width"], payload["height"]) != size:
+            raise ValueError(f"it is {size[0]}x{size[1]} px but {where} fixes "
+                             f"{payload['width']}x{payload['height']}")
+        try:
+            drawthings.validate_values(payload)
+        except drawthings.RequestRejected as exc:
+            raise ValueError(f"{where} would be refused: {exc.detail}") from None
+        size = drawthings.output_size(effective_parameters(payload, app_configuration))
+        planned.append(PlannedStep(number, step.name, payload, size))
+    if size != recipe.output_size:
+        raise ValueError(
+            f"{recipe.name} makes {size[0]}x{size[1]} px from a {input_size[0]}x{input_size[1]} "
+            f"px input, not the {recipe.output_size[0]}x{recipe.output_size[1]} it declares")
+    return planned
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+@dataclass(frozen=True)
+class PngCheck:
+    """What ``inspect_png`` found. ``problem`` None: a complete PNG of ``size`` (w, h) px
+    with text chunks ``texts``. Otherwise ``incomplete`` says whether the file may
+    still be being written (then it is worth waiting for)."""
+
+    problem: str | None
+    incomplete: bool = False
+    size: tuple[int, int] | None = None
+    texts: dict | None = None
+
+
+def inspect_png(data: bytes) -> PngCheck:
+    """Check PNG bytes without decoding pixels: signature, chunk list up to IEND,
+    ``Image.verify()`` (every chunk's CRC), pixel size."""
+    if not data:
+        return PngCheck("empty file (0 bytes)", incomplete=True)
+    if not data.startswith(PNG_SIGNATURE):
+        if PNG_SIGNATURE.startswith(data):
+            return PngCheck(f"only the first {len(data)} bytes of a PNG", incomplete=True)
+        return PngCheck(f"not a PNG file: {_file_kind(data)}")
+    try:
+        texts = read_text_chunks(data)  # walks the chunk headers up to IEND
+    except ValueError:
+        return PngCheck(f"truncated: no IEND end marker in its {len(data)} bytes",
+                        incomplete=True)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            size = image.size
+            image.verify()
+    except Exception as exc:  # Pillow raises many types for broken files
+        return PngCheck(f"damaged PNG ({exc})", incomplete=True)
+    return PngCheck(None, size=tuple(size), texts=texts)
+
+
+def _file_kind(data: bytes) -> str:
+    for magic, kind in _FILE_KINDS.items():
+        if data.startswith(magic):
+            return kind
+    head = data[:64]
+    if all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head):
+        return "text"
+    return "unknown content"
+
+
+@dataclass(frozen=True)
+class InputImage:
+    data: bytes  # the file's bytes, exactly as read
+    size: tuple[int, int]  # (width, height) px
+    texts: dict  # its PNG text chunks, e.g. generate's "parameters"
+
+
+def read_input(path: Path, label: str, settle_seconds: float) -> InputImage:
+    """Read an input PNG once and check it.
+
+    Raises JobDeferred when it looks half-written and was modified within
+    ``settle_seconds`` (local clock: Macs on NTP agree to well under a second), and
+    BadInput when it is not a usable PNG. ``label`` names the file in messages.
+    """
+    try:
+        modified = os.stat(path).st_mtime
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BadInput(f"{label} is gone (moved or deleted since the scan)") from None
+    except OSError as exc:
+        raise TransientError(f"cannot read {label}: {exc.strerror or exc}") from None
+    check = inspect_png(data)
+    if check.problem is None:
+        return InputImage(data, check.size, check.texts)
+    age_seconds = time.time() - modified
+    if check.incomplete and age_seconds < settle_seconds:
+        raise JobDeferred(f"{label} looks half-written ({check.problem}; modified "
+                          f"{max(0.0, age_seconds):.0f} s ago): tried again on a later pass")
+    raise BadInput(f"{label} is not a usable PNG ({check.problem}): not sent; "
+                   "replace or remove it")
+
+
+def png_size(png: bytes) -> tuple[int, int] | None:
+    """(width, height) px from a PNG's IHDR chunk (the first), without decoding."""
+    if len(png) >= 24 and png.startswith(PNG_SIGNATURE) and png[12:16] == b"IHDR":
+        return struct.unpack(">II", png[16:24])
+    return None
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+class StepRejected(ServerRejected):
+    """HTTP 422 for one step of a recipe: names the step and the recipe file."""
+
+    def __init__(self, url: str, detail: str, where: str):
+        self.url = url
+        self.detail = detail
+        Exception.__init__(
+            self, f"{url} rejected {where} (HTTP 422): {detail} — fix the recipe or the "
+                  "app's settings and run again")
+
+
+class UpscaleStage:
+    """Every PNG under ``<root>/GENERATIONS`` through ``recipe`` into ``<root>/UPSCALED_IMAGES``.
+
+    ``on_skipped(label, reason)``: called once per unusable input found by ``plan``
+    (e.g. to print it); ``skipped`` maps each such input's root-relative path to the
+    reason, as of the last plan. Non-PNG files are listed in ``ignored``.
+    """
+
+    name = "upscale"
+    extra_columns = ("server", "recipe", "steps", "step_seconds", "step_attempts")
+
+    def __init__(self, root: Path, recipe: Recipe, client_settings: ClientSettings,
+                 seed_offset: int = 0, settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+                 on_skipped: Callable[[str, str], None] | None = None):
+        self.root = Path(root)
+        self.recipe = recipe
+        self.client_settings = client_settings
+        self.seed_offset = seed_offset
+        self.settle_seconds = settle_seconds
+        self.on_skipped = on_skipped
+        self.skipped: dict[str, str] = {}
+        self.ignored: list[str] = []
+        self._lock = threading.Lock()  # plan() runs in every worker thread under --watch
+        self._screened: dict[Path, tuple[tuple, str | None]] = {}
+        self._reported: set[tuple[str, str]] = set()
+
+    @property
+    def input_folder(self) -> Path:
+        return self.root / GENERATIONS_FOLDER
+
+    @property
+    def output_folder(self) -> Path:
+        return self.root / UPSCALED_FOLDER
+
+    def output_for(self, input_path: Path) -> Path:
+        relative = input_path.relative_to(self.input_folder)
+        return self.output_folder / relative.parent / (input_path.stem + OUTPUT_SUFFIX)
+
+    def plan(self) -> list[Job]:
+        """One job per PNG under GENERATIONS/, sorted by path; unusable inputs left out.
+
+        Only inputs whose output is missing are screened (and each file once per
+        size and mtime), so a re-plan costs a stat per input, not a read.
+        """
+        with self._lock:
+            jobs, skipped, ignored = [], {}, []
+            for path in scan_inputs(self.input_folder, suffixes=("",)):
+                label = path.relative_to(self.root).as_posix()
+                if path.suffix.lower() != ".png":
+                    ignored.append(label)
+                    continue
+                output = self.output_for(path)
+                if not output_exists(output):
+                    reason = self._screen(path)
+                    if reason is not None:
+                        skipped[label] = reason
+                        continue
+                jobs.append(Job(key=output.relative_to(self.root).as_posix(), output=output,
+                                input=path, seed=seed_for(path.stem, self.seed_offset)))
+            self.skipped, self.ignored = skipped, ignored
+            new = [(label, reason) for label, reason in skipped.items()
+                   if (label, reason) not in self._reported]
+            self._reported.update(new)
+        for label, reason in new:
+            if self.on_skipped is not None:
+                self.on_skipped(label, reason)
+        return jobs
+
+    def _screen(self, path: Path) -> str | None:
+        """Why ``path`` is clearly unusable, or None to plan it (the job checks it fully).
+
+        Reads 20 bytes (the signature and the IEND at the end); the whole file only
+        when the end is not IEND. A file that may still be being written is planned:
+        its job defers it until it is complete or older than settle_seconds.
+        """
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None  # gone since the listing: the job will say so
+        version = (stat.st_size, stat.st_mtime_ns)
+        cached = self._screened.get(path)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        try:
+            with open(path, "rb") as stream:
+                head = stream.read(len(PNG_SIGNATURE))
+                stream.seek(max(0, stat.st_size - len(IEND_CHUNK)))
+                tail = stream.read(len(IEND_CHUNK))
+                if head == PNG_SIGNATURE and tail == IEND_CHUNK:
+                    check = PngCheck(None)  # the job verifies the CRCs
+                else:
+                    stream.seek(0)
+                    check = inspect_png(stream.read())
+        except OSError:
+            return None
+        if check.problem is not None and check.incomplete and (
+                time.time() - stat.st_mtime < self.settle_seconds):
+            return None  # may be being written: not cached, looked at again next plan
+        self._screened[path] = (version, check.problem)
+        return check.problem
+
+    def make_worker(self, server: str):
+        """Preflight the server (``GET /``) and return this worker's job runner."""
+        client = SdapiClient(server, self.client_settings)
+        app_configuration = client.check_server()
+        recipe = self.recipe
+
+        def run(job: Job, scratch: Path) -> JobResult:
+            label = job.input.relative_to(self.root).as_posix()
+            source = read_input(job.input, label, self.settle_seconds)
+            try:
+                chain = plan_chain(recipe, source.size, job.seed, app_configuration)
+            except ValueError as exc:
+                raise BadInput(f"{label} does not fit the recipe: {exc}; not sent") from None
+            png = source.data
+            seconds, attempts = [], []
+            for step in chain:
+                where = f"step {step.number} ({step.name}) of {recipe.name}"
+                request = dict(step.payload)
+                # Plain base64, no data: prefix, no line breaks: what Draw Things expects.
+                request["init_images"] = [pybase64.b64encode(png).decode("ascii")]
+                try:
+                    answer = client.generate("img2img", request, step.expected_size)
+                except ServerRejected as exc:
+                    raise StepRejected(exc.url, exc.detail, where) from None
+                except TransientError as exc:
+                    failed = TransientError(f"{where}: {exc}")
+                    failed.attempts = getattr(exc, "attempts", 1)
+                    raise failed from None
+                del request
+                png = answer.png
+                seconds.append(answer.seconds)
+                attempts.append(answer.attempts)
+            if png_size(png) != recipe.output_size:  # sdapi checked it; this guards the recipe
+                raise TransientError(f"{label}: the last step returned {png_size(png)}, "
+                                     f"not {recipe.output_size}")
+            png = add_text_chunks(png, provenance(chain, label, source.texts))
+            return JobResult(data=png, attempts=max(attempts), extra={
+                "server": server,
+                "recipe": recipe.name,
+                "steps": len(chain),
+                "step_seconds": ";".join(f"{value:.3f}" for value in seconds),
+                "step_attempts": ";".join(str(value) for value in attempts),
+            })
+
+        return run
+
+
+def provenance(chain: list[PlannedStep], label: str, source_texts: dict) -> dict[str, str]:
+    """PNG texts for an upscaled image.
+
+    ``parameters``: the last step's infotext (what PNG-info tools show); ``drawpipe``:
+    {"request": last step, "steps": [{"name", "request"}, ...]} without images;
+    ``drawpipe-source``: {"input": root-relative path, "parameters": the input's own
+    infotext (its prompt), when it had one}.
+    """
+    texts = provenance_chunks(chain[-1].payload, steps=[
+        {"name": step.name, "request": step.payload} for step in chain])
+    source = {"input": label}
+    if source_texts.get("parameters"):
+        source["parameters"] = source_texts["parameters"]
+    texts["drawpipe-source"] = json.dumps(source, sort_keys=True, ensure_ascii=False)
+    return texts

@@ -1,0 +1,392 @@
+"""generate.py end to end: real subprocesses, a real simulator on loopback, real files."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from drawpipe.generation import seed_for
+from drawpipe.pngmeta import read_text_chunks
+from drawpipe.simulator import Simulator
+
+from conftest import FAST_RETRY_ARGS, png_files, run_script, start_script, stop_process, wait_for
+
+
+def generate(share: Path, *args, stdin: str = "", **kwargs):
+    return run_script("generate.py", "--root", share, *FAST_RETRY_ARGS, *args, stdin=stdin,
+                      **kwargs)
+
+
+def posts(simulator) -> list[dict]:
+    return [r for r in simulator.requests if r["method"] == "POST"]
+
+
+def generated(share: Path) -> list[str]:
+    return [p.relative_to(share).as_posix() for p in png_files(share / "GENERATIONS")]
+
+
+def claim_path(share: Path, name: str) -> Path:
+    """The claim of GENERATIONS/Peru/family/<name>: it exists while a worker is on it.
+    (The simulator logs a request only when it answers, so claims say "in flight".)"""
+    return share / ".claims/generate/GENERATIONS/Peru/family" / (name + ".claim")
+
+
+def leftovers(share: Path) -> list[Path]:
+    """Temporary files or claims a run must not leave behind."""
+    temporary = [p for p in share.rglob(".*.tmp")]
+    claims = [p for p in (share / ".claims").rglob("*.claim*")] if (share / ".claims").exists() else []
+    return temporary + claims
+
+
+def test_generates_the_queue_with_provenance_and_metrics(share, simulator):
+    result = generate(share, "--server", simulator.url, "--add", "France:family:2",
+                      "--add", "japan:WORKING:1")
+    assert result.returncode == 0, result.stderr
+    assert generated(share) == [
+        "GENERATIONS/France/family/France_family_1.png",
+        "GENERATIONS/France/family/France_family_2.png",
+        "GENERATIONS/Japan/working/Japan_working_1.png",
+    ]
+    assert "generate: 3 made, 0 already done, 0 made by other workers, 0 failed, 0 left of 3" \
+        in result.stdout
+    image_path = share / "GENERATIONS/France/family/France_family_2.png"
+    with Image.open(image_path) as image:
+        assert image.size == (1024, 1024)
+        image.verify()
+    chunks = read_text_chunks(image_path)
+    seed = seed_for("France_family_2")
+    assert f"Seed: {seed}, Size: 1024x1024, Model: sd_xl_base_1.0_f16.ckpt" in chunks["parameters"]
+    assert "\nNegative prompt: " in chunks["parameters"]
+    request = json.loads(chunks["drawpipe"])["request"]
+    assert request["seed"] == seed and request["refiner_model"] == "sd_xl_refiner_1.0_f16.ckpt"
+    # What was sent is what the template says, with the prompt variant and the seed.
+    sent = [r for r in posts(simulator) if r["seed"] == seed][0]["payload"]
+    assert sent == request
+    assert sent["prompt"].endswith("shot on dslr, photorealistic, photographic, sharp")
+
+    logs = list((share / "logs").glob("generate-*.csv"))
+    assert len(logs) == 1
+    rows = list(csv.DictReader(logs[0].open()))
+    assert [row["status"] for row in rows] == ["done"] * 3
+    for row in rows:
+        assert float(row["seconds"]) > 0
+        assert 0 <= float(row["cpu_percent_peak"]) <= 100
+        assert float(row["ram_mb_peak"]) > 0
+        assert row["seed"] == str(seed_for(Path(row["output"]).stem))
+        assert len(",".join(row.values())) < 1000  # no base64 in the log
+    assert leftovers(share) == []
+
+
+def test_second_run_sends_nothing_and_a_larger_count_makes_only_the_missing(share, simulator):
+    assert generate(share, "--server", simulator.url, "--add", "Peru:family:2").returncode == 0
+    assert len(posts(simulator)) == 2
+    first_bytes = (share / "GENERATIONS/Peru/family/Peru_family_1.png").read_bytes()
+
+    again = generate(share, "--server", simulator.url, "--add", "Peru:family:2")
+    assert again.returncode == 0
+    assert "0 made, 2 already done" in again.stdout
+    assert len(posts(simulator)) == 2
+
+    more = generate(share, "--server", simulator.url, "--add", "Peru:family:4")
+    assert more.returncode == 0
+    assert [r["seed"] for r in posts(simulator)[2:]] == [
+        seed_for("Peru_family_3"), seed_for("Peru_family_4")]
+    assert (share / "GENERATIONS/Peru/family/Peru_family_1.png").read_bytes() == first_bytes
+
+
+def test_seed_offset_changes_every_seed(share, simulator):
+    assert generate(share, "--server", simulator.url, "--add", "Peru:family:1",
+                    "--seed-offset", "5").returncode == 0
+    assert posts(simulator)[0]["seed"] == seed_for("Peru_family_1") + 5
+
+
+def test_interactive_answers_through_a_pipe(share, simulator):
+    # Nation 12 of the numbered list, a wrong category re-asked, a bad count re-asked.
+    answers = "12\nfamly\nfamily\n0\n2\ndone\n"
+    result = generate(share, "--server", simulator.url, stdin=answers)
+    assert result.returncode == 0, result.stderr
+    assert " 12  Ghana " in result.stdout
+    assert "unknown category 'famly' (choose family or working)" in result.stdout
+    assert "count must be a positive integer, got '0'" in result.stdout
+    assert generated(share) == ["GENERATIONS/Ghana/family/Ghana_family_1.png",
+                                "GENERATIONS/Ghana/family/Ghana_family_2.png"]
+
+
+def test_end_of_input_after_one_item_means_done(share, simulator):
+    result = generate(share, "--server", simulator.url, stdin="Kenya\nworking\n1\n")
+    assert result.returncode == 0, result.stderr
+    assert generated(share) == ["GENERATIONS/Kenya/working/Kenya_working_1.png"]
+
+
+def test_nothing_queued_is_a_usage_error(share, simulator):
+    result = generate(share, "--server", simulator.url, stdin="")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: no images queued: the input ended before")
+    assert posts(simulator) == []
+
+
+def test_dry_run_prints_the_plan_and_sends_nothing(share, simulator):
+    assert generate(share, "--server", simulator.url, "--add", "Peru:family:1").returncode == 0
+    queue = share / "queue.json"
+    queue.write_text(json.dumps([{"nation": "Peru", "category": "family", "count": 3},
+                                 {"nation": "Chile", "category": "working", "count": 2}]))
+    result = generate(share, "--queue", queue, "--dry-run", "--server", "http://127.0.0.1:9")
+    assert result.returncode == 0, result.stderr
+    assert "Peru/family: 2 to make, 1 already done" in result.stdout
+    assert "Chile/working: 2 to make, 0 already done" in result.stdout
+    assert "dry run: 4 image(s) to make" in result.stdout
+    assert len(posts(simulator)) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--add", "Frnace:family:2"], "error: unknown nation 'Frnace' (did you mean: France?)"),
+    (["--add", "France:famly:2"], "error: unknown category 'famly' (choose family or working)"),
+    (["--add", "France:family:0"], "error: count must be a positive integer, got '0'"),
+    (["--add", "France:family:-1"], "error: count must be a positive integer, got '-1'"),
+    (["--add", "../x:family:1"], "error: unknown nation '../x'"),
+    (["--add", "a/b:family:1"], "error: unknown nation 'a/b'"),
+])
+def test_bad_queue_arguments(share, simulator, args, message):
+    result = generate(share, "--server", simulator.url, *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith(message)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert posts(simulator) == []
+    assert not (share / "GENERATIONS").exists()
+
+
+def test_malformed_files_name_the_file_and_position(share, simulator):
+    queue = share / "queue.json"
+    queue.write_text('[\n  {"nation": "Peru", "category": "family", "count": 1}\n  {"nation"}\n]')
+    result = generate(share, "--server", simulator.url, "--queue", queue)
+    assert result.returncode == 2
+    assert result.stderr == (f"error: {queue}: invalid JSON at line 3, column 3: "
+                             "Expecting ',' delimiter\n")
+
+    payload = share / "txt2img.json"
+    payload.write_text(json.dumps({"prompt": "{prompt}", "stpes": 20, "width": 1024}))
+    result = generate(share, "--server", simulator.url, "--add", "Peru:family:1",
+                      "--payload", payload)
+    assert result.returncode == 2
+    assert result.stderr == (f'error: {payload}: Unrecognized keys: ["stpes"] '
+                             '(did you mean "stpes" -> "steps"?)\n')
+
+    payload.write_text(json.dumps({"prompt": "{prompt}", "cfg_scale": 5, "guidance_scale": 5}))
+    result = generate(share, "--server", simulator.url, "--add", "Peru:family:1",
+                      "--payload", payload)
+    assert result.returncode == 2
+    assert result.stderr == (f'error: {payload}: Duplicate keys: "cfg_scale" is an alias of '
+                             '"guidance_scale"\n')
+    assert posts(simulator) == []
+
+
+def test_server_down_is_one_line_and_exit_2(share):
+    result = generate(share, "--server", "http://127.0.0.1:9", "--add", "Peru:family:1")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: cannot reach http://127.0.0.1:9 (connection refused)"
+                                    ": start Draw Things and turn on its HTTP API server")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_422_stops_the_run_at_once_with_the_servers_detail(share, simulator):
+    # The client cannot know this one: only the server checks init_images per route.
+    payload = json.loads(Path("payloads/txt2img.json").read_text())
+    payload["init_images"] = []
+    path = share / "bad.json"
+    path.write_text(json.dumps(payload))
+    result = generate(share, "--server", simulator.url, "--add", "Peru:family:5",
+                      "--payload", path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {simulator.url}/sdapi/v1/txt2img rejected the request (HTTP 422): init_images "
+        "is only accepted by /sdapi/v1/img2img — fix the payload template or the app's "
+        "settings and run again")
+    assert len(posts(simulator)) == 1
+    assert leftovers(share) == []
+
+
+def test_failed_jobs_are_logged_the_batch_goes_on_and_a_rerun_retries(share, simulator):
+    # Three attempts of the first image fail; the others succeed.
+    simulator.queue_faults(["503", "drop", "empty"])
+    result = generate(share, "--server", simulator.url, "--add", "Peru:family:3")
+    assert result.returncode == 1
+    assert "2 made, 0 already done, 0 made by other workers, 1 failed, 1 left of 3" in result.stdout
+    assert "1 failed; run the same command again to retry them" in result.stdout
+    assert 'failed: GENERATIONS/Peru/family/Peru_family_1.png: ' in result.stderr
+    rows = list(csv.DictReader(next((share / "logs").glob("generate-*.csv")).open()))
+    failed = [row for row in rows if row["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["attempt"] == "3"
+    assert "no image (empty" in failed[0]["error"]
+
+    retry = generate(share, "--server", simulator.url, "--add", "Peru:family:3")
+    assert retry.returncode == 0
+    assert "1 made, 2 already done" in retry.stdout
+
+
+def test_three_workers_request_every_image_exactly_once(share):
+    simulators = [Simulator(latency_seconds=0.15).start() for _ in range(3)]
+    try:
+        workers = [start_script("generate.py", "--root", share, "--server", sim.url,
+                                "--add", "Peru:family:8", "--add", "Chile:working:7",
+                                "--poll-seconds", "0.1", "--no-progress")
+                   for sim in simulators]
+        outputs = [worker.communicate(timeout=120) for worker in workers]
+        assert [worker.returncode for worker in workers] == [0, 0, 0], outputs
+    finally:
+        for sim in simulators:
+            sim.stop()
+    requests = [r for sim in simulators for r in posts(sim)]
+    per_seed = Counter(r["seed"] for r in requests)
+    assert len(per_seed) == 15 and set(per_seed.values()) == {1}
+    assert all(len(posts(sim)) > 0 for sim in simulators)  # the work was shared
+    assert len(generated(share)) == 15
+    assert leftovers(share) == []
+
+
+def test_killed_worker_is_taken_over_after_its_lease(share):
+    with Simulator(latency_seconds=2.0) as slow, Simulator() as fast:
+        crashing = start_script("generate.py", "--root", share, "--server", slow.url,
+                                "--add", "Peru:family:1", "--lease-seconds", "1.5",
+                                "--no-progress")
+        wait_for(claim_path(share, "Peru_family_1.png").exists)  # the request is in flight
+        crashing.send_signal(signal.SIGKILL)
+        crashing.wait()
+        started = time.monotonic()
+        result = run_script("generate.py", "--root", share, "--server", fast.url,
+                            "--add", "Peru:family:1", "--lease-seconds", "1.5",
+                            "--poll-seconds", "0.1", "--no-progress")
+        waited = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert "1 made" in result.stdout
+    assert waited > 0.5  # it waited for the lease rather than ignoring the claim
+    assert len(posts(fast)) == 1
+    assert generated(share) == ["GENERATIONS/Peru/family/Peru_family_1.png"]
+    assert leftovers(share) == []
+
+
+def test_worker_waits_for_images_claimed_by_others(share):
+    """B must not exit while A holds an image; when A is killed, B takes it over."""
+    with Simulator(latency_seconds=3.0) as slow, Simulator() as fast:
+        holder = start_script("generate.py", "--root", share, "--server", slow.url,
+                              "--add", "Peru:family:2", "--lease-seconds", "2", "--no-progress")
+        wait_for(claim_path(share, "Peru_family_1.png").exists)
+        helper = start_script("generate.py", "--root", share, "--server", fast.url,
+                              "--add", "Peru:family:2", "--lease-seconds", "2",
+                              "--poll-seconds", "0.1", "--no-progress")
+        wait_for(lambda: len(posts(fast)) == 1)  # B did the free image
+        time.sleep(0.5)
+        assert helper.poll() is None  # ... and still waits for A's image
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        out, err = helper.communicate(timeout=60)
+    assert helper.returncode == 0, err
+    assert len(generated(share)) == 2
+    assert len(posts(fast)) == 2
+
+
+def test_ctrl_c_finishes_the_image_in_flight_and_releases_its_claim(share):
+    with Simulator(latency_seconds=1.5) as simulator:
+        worker = start_script("generate.py", "--root", share, "--server", simulator.url,
+                              "--add", "Peru:family:5", "--no-progress")
+        wait_for(claim_path(share, "Peru_family_1.png").exists)
+        worker.send_signal(signal.SIGINT)
+        out, err = worker.communicate(timeout=30)
+    assert worker.returncode == 130
+    assert "stopping: finishing the images in flight" in err
+    assert "interrupted; run the same command again to continue" in out
+    assert "Traceback" not in err
+    assert generated(share) == ["GENERATIONS/Peru/family/Peru_family_1.png"]
+    assert leftovers(share) == []
+
+
+def mount_tmpfs(folder: Path, size: str, read_only: bool = False) -> None:
+    folder.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                            capture_output=True)
+    if result.returncode != 0:
+        pytest.skip("needs permission to mount a tmpfs (root on Linux)")
+    if read_only:
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
+
+def test_disk_full_fails_the_job_and_leaves_no_partial_file(tmp_path, simulator):
+    share = tmp_path / "small"
+    mount_tmpfs(share, "1600k")
+    try:
+        result = generate(share, "--server", simulator.url, "--add", "Peru:family:3")
+        assert result.returncode == 1, result.stderr
+        assert "disk full writing" in result.stderr
+        written = png_files(share / "GENERATIONS")
+        assert 1 <= len(written) < 3
+        for path in written:
+            with Image.open(path) as image:
+                image.verify()
+        assert list(share.rglob(".*.tmp")) == []
+    finally:
+        subprocess.run(["umount", str(share)])
+
+
+def test_read_only_root_is_a_usage_error(tmp_path, simulator):
+    share = tmp_path / "readonly"
+    mount_tmpfs(share, "1m", read_only=True)
+    try:
+        result = generate(share, "--server", simulator.url, "--add", "Peru:family:1")
+        assert result.returncode == 2
+        assert result.stderr == (f"error: cannot write to {share} (Read-only file system): check "
+                                 "that the folder exists and the share is mounted read-write\n")
+        assert posts(simulator) == []
+    finally:
+        subprocess.run(["umount", str(share)])
+
+
+def test_missing_root_is_a_usage_error(tmp_path, simulator):
+    result = generate(tmp_path / "not-mounted", "--server", simulator.url, "--add", "Peru:family:1")
+    assert result.returncode == 2
+    assert result.stderr == (f"error: root folder {tmp_path / 'not-mounted'} does not exist "
+                             "(is the share mounted?)\n")
+
+
+def test_profiles_choose_root_and_server_and_flags_override(tmp_path, share, simulator):
+    config = tmp_path / "drawpipe.toml"
+    config.write_text(f'''
+[profiles.macmini]
+root = "{share}"
+servers = ["{simulator.url}"]
+lease_seconds = 60
+
+[profiles.macbook]
+root = "{tmp_path}"
+servers = ["http://127.0.0.1:9"]
+''')
+    result = run_script("generate.py", "--config", config, "--profile", "macmini",
+                        "--add", "Peru:family:1", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert generated(share) == ["GENERATIONS/Peru/family/Peru_family_1.png"]
+
+    # Several profiles, none chosen, no terminal on stdin: say how to choose.
+    result = run_script("generate.py", "--config", config, "--add", "Peru:family:1")
+    assert result.returncode == 2
+    assert result.stderr == ("error: several profiles (macbook, macmini): choose one with "
+                             "--profile NAME\n")
+
+    config.write_text('[profiles.macmini]\nsevers = ["http://127.0.0.1:7860"]\n')
+    result = run_script("generate.py", "--config", config, "--add", "Peru:family:1")
+    assert result.returncode == 2
+    assert result.stderr == (f"error: {config}: profile 'macmini': unknown setting 'severs' "
+                             "(did you mean 'servers'?)\n")
+
+
+def test_two_servers_in_one_process_share_the_queue(share):
+    with Simulator(latency_seconds=0.2) as first, Simulator(latency_seconds=0.2) as second:
+        result = generate(share, "--server", first.url, "--server", second.url,
+                          "--add", "Peru:family:6", "--poll-seconds", "0.1")
+        assert result.returncode == 0, result.stderr
+        assert len(posts(first)) >= 1 and len(posts(second)) >= 1
+        assert len(posts(first)) + len(posts(second)) == 6

@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""Upscale every image under GENERATIONS/ to 2048 px with Draw Things' img2img, on one or more Macs.
+
+Examples:
+  python upscale.py --root /Volumes/share                 # GENERATIONS/ -> UPSCALED_IMAGES/
+  python upscale.py --root /Volumes/share --watch         # keep picking up new images; Ctrl-C stops
+  python upscale.py --recipe payloads/upscale_fast.json   # one request per image instead of two
+  python upscale.py --dry-run                             # to do, done, claimed by whom
+  python upscale.py --server http://10.0.0.5:7860 --server http://127.0.0.1:7860
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from drawpipe.cli import add_common_arguments, run_main
+from drawpipe.commands import upscale
+
+
+def parse_arguments(argv):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", metavar="FILE",
+                        help="the img2img steps (default payloads/upscale.json; "
+                             "payloads/upscale_fast.json does it in one request)")
+    parser.add_argument("--watch", action="store_true",
+                        help="keep polling GENERATIONS/ for new images until Ctrl-C")
+    parser.add_argument("--seed-offset", type=int, metavar="N",
+                        help="added to every file-name seed, for a different take (default 0)")
+    parser.add_argument("--settle-seconds", type=float, metavar="S",
+                        help="an incomplete input modified less than S seconds ago is waited "
+                             "for; older, it is reported as damaged (default 60)")
+    add_common_arguments(parser)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(upscale, parse_arguments(sys.argv[1:]), Path(__file__).resolve().parent))
