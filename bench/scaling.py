@@ -110,8 +110,8 @@ def parse_arguments(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=24, metavar="N",
                         help="images in the queue (default 24)")
-    parser.add_argument("--latency", type=float, default=0.5, metavar="SECONDS",
-                        help="each simulator's time per image (default 0.5)")
+    parser.add_argument("--latency", type=float, default=1.0, metavar="SECONDS",
+                        help="each simulator's time per image (default 1.0)")
     parser.add_argument("--workers", default="1,2,3", metavar="K,...",
                         help="worker counts to run (default 1,2,3)")
     parser.add_argument("--poll-seconds", type=float, default=0.2, metavar="S",

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import time
@@ -16,7 +15,7 @@ from drawpipe.generation import seed_for
 from drawpipe.pngmeta import read_text_chunks
 from drawpipe.simulator import Simulator
 
-from conftest import FAST_RETRY_ARGS, png_files, run_script, start_script, stop_process, wait_for
+from conftest import FAST_RETRY_ARGS, png_files, run_script, start_script, wait_for
 
 
 def generate(share: Path, *args, stdin: str = "", **kwargs):
@@ -390,3 +389,32 @@ def test_two_servers_in_one_process_share_the_queue(share):
         assert result.returncode == 0, result.stderr
         assert len(posts(first)) >= 1 and len(posts(second)) >= 1
         assert len(posts(first)) + len(posts(second)) == 6
+
+
+def test_a_nation_that_would_escape_the_root_is_refused(share, simulator):
+    prompts = share / "sets.json"
+    prompts.write_text(json.dumps([
+        {"nation": "Peru", "category": "family", "prompt": "a family"},
+        {"nation": "../../outside", "category": "family", "prompt": "a family"},
+    ]))
+    result = generate(share, "--server", simulator.url, "--prompts", prompts,
+                      "--add", "Peru:family:1")
+    assert result.returncode == 2
+    assert result.stderr == (f'error: {prompts}: entry 2: nation "../../outside" cannot be used '
+                             "as a folder name\n")
+    assert not (share.parent / "outside").exists() and posts(simulator) == []
+
+
+def test_a_local_servers_process_is_measured(share, tmp_path):
+    from conftest import start_simulator_process, stop_process
+    process, url = start_simulator_process()
+    try:
+        result = generate(share, "--server", url, "--add", "Peru:family:2",
+                          "--server-process-name", "drawpipe.simulator")
+    finally:
+        stop_process(process)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(next((share / "logs").glob("generate-*.csv")).open()))
+    assert all(float(row["server_rss_mb"]) > 10 for row in rows)
+    assert all(float(row["server_cpu_seconds"]) >= 0 for row in rows)
+    assert sum(float(row["server_cpu_seconds"]) for row in rows) > 0

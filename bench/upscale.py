@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""upscale.py against the original script's style: client cost, wall time, two workers.
+
+Every client runs as a subprocess against simulators in processes of their own
+(``python -m drawpipe.simulator --port 0 --latency L --request-log ...``), so the
+server's rendering is never counted as the client's. Inputs are N 1024 px PNGs;
+each answer is a 2048 px PNG (~4-5 MB).
+
+Part 1, one worker, simulator latency L. For the baseline
+(bench/baseline_upscale.py), upscale.py with the one-request recipe
+(payloads/upscale_fast.json: the same request as the baseline) and upscale.py
+with the bundled two-step recipe:
+  ms/image     client CPU (user + system, os.wait4) per image, start-up cancelled:
+               (cpu(N images) - cpu(0 images)) / N. Target: baseline/drawpipe >= 10
+               for the same requests.
+  wall/ideal   launch to exit, over ideal = requests x L. Target for one worker:
+               <= 1.03. Includes start-up (interpreter, imports, preflight: the
+               0-image run's wall, shown as "start s").
+  span/ideal   first POST received to last answered (request log), over ideal:
+               the same without start-up.
+  gap ms/req   per request, the time the server was not generating (span minus
+               the simulator's generation time, over requests): client work,
+               transfers and the server's own parsing of the init image.
+
+Part 2, two workers on one folder: two processes, each with its own simulator
+(latency L), M images. drawpipe's workers use --poll-seconds 0.2.
+  wall/ideal   ideal = M x L / 2 (target <= 1.10)
+  req/image    img2img POSTs in both request logs / M: drawpipe 1.00 exactly; the
+               baseline has no claims, so both processes upscale every image.
+  duplicates   images requested more than once.
+
+    .venv/bin/python bench/upscale.py                          # ~3 minutes
+    .venv/bin/python bench/upscale.py --images 6 --pair-images 8 --latency 1
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from client_overhead import print_table, start_simulator, stop_process
+
+BENCH_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = BENCH_DIR.parent
+sys.path.insert(0, str(PROJECT_DIR))
+
+from drawpipe.simulator import encode_png, render_scene  # noqa: E402
+
+RUN_TIMEOUT_SECONDS = 600.0
+TARGET_CPU_RATIO = 10.0
+TARGET_ONE_WORKER_WALL = 1.03
+TARGET_TWO_WORKERS_WALL = 1.10
+FAST_RECIPE = PROJECT_DIR / "payloads" / "upscale_fast.json"
+CREATIVE_RECIPE = PROJECT_DIR / "payloads" / "upscale.json"
+INPUT_FOLDER = Path("GENERATIONS") / "Bench" / "family"
+
+
+# --------------------------------------------------------------------------- harness
+
+
+@dataclass
+class Usage:
+    exit_code: int
+    cpu_seconds: float  # user + system of the child alone
+    wall_seconds: float
+    output_path: Path
+
+
+class Child:
+    """A subprocess whose own CPU time is read when it exits (os.wait4). ``answer`` is
+    typed on its stdin (the baseline asks which machine it runs on)."""
+
+    def __init__(self, command: list[str], output_path: Path, answer: str = ""):
+        self.output_path = output_path
+        self._output = open(output_path, "wb")
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=self._output,
+                                        stderr=subprocess.STDOUT, cwd=PROJECT_DIR)
+        self.process.stdin.write(answer.encode())
+        self.process.stdin.close()
+
+    def wait(self) -> Usage:
+        # wait4 has no timeout: a timer kills this child (by its Popen) if it hangs.
+        timer = threading.Timer(RUN_TIMEOUT_SECONDS, self.process.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(self.process.pid, 0)
+        finally:
+            timer.cancel()
+            self._output.close()
+        wall = time.monotonic() - self.started
+        self.process.returncode = os.waitstatus_to_exitcode(status)
+        if self.process.returncode != 0:
+            tail = self.output_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.process.args} exited {self.process.returncode}:\n{tail}")
+        return Usage(self.process.returncode, usage.ru_utime + usage.ru_stime, wall,
+                     self.output_path)
+
+
+def client_command(side: str, root: Path, server: str, config: Path, *extra) -> list[str]:
+    if side == "baseline":
+        return [sys.executable, str(BENCH_DIR / "baseline_upscale.py"), "--root", str(root),
+                "--server", server, "--recipe", str(FAST_RECIPE)]
+    recipe = FAST_RECIPE if side == "drawpipe fast" else CREATIVE_RECIPE
+    return [sys.executable, str(PROJECT_DIR / "upscale.py"), "--root", str(root),
+            "--server", server, "--recipe", str(recipe), "--config", str(config),
+            "--no-progress", *map(str, extra)]
+
+
+def steps_of(side: str) -> int:
+    return 2 if side == "drawpipe creative" else 1
+
+
+def make_inputs(folder: Path, count: int) -> Path:
+    """``count`` distinct 1024 px PNGs under folder/GENERATIONS/Bench/family."""
+    images = folder / INPUT_FOLDER
+    images.mkdir(parents=True)
+    for number in range(1, count + 1):
+        stem = f"Bench_family_{number}"
+        (images / f"{stem}.png").write_bytes(encode_png(render_scene(number, stem, 1024, 1024)))
+    return folder / "GENERATIONS"
+
+
+def fresh_root(work: Path, name: str, inputs: Path | None, count: int) -> Path:
+    root = work / name
+    target = root / INPUT_FOLDER
+    target.mkdir(parents=True)
+    for number in range(1, count + 1):
+        shutil.copyfile(inputs / "Bench" / "family" / f"Bench_family_{number}.png",
+                        target / f"Bench_family_{number}.png")
+    return root
+
+
+def read_posts(log_paths: list[Path]) -> list[dict]:
+    posts = []
+    for path in log_paths:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                entry = json.loads(line)
+                if entry["method"] == "POST" and entry["path"] == "/sdapi/v1/img2img":
+                    posts.append(entry)
+    return posts
+
+
+def count_outputs(root: Path) -> int:
+    return sum(1 for p in (root / "UPSCALED_IMAGES").rglob("*_upscaled.png")
+               if not p.name.startswith("."))
+
+
+# --------------------------------------------------------------------------- part 1
+
+
+@dataclass
+class OneWorker:
+    side: str
+    images: int
+    latency_seconds: float
+    cpu_seconds: float
+    cpu_empty_seconds: float
+    wall_seconds: float
+    start_seconds: float  # the 0-image run's wall: interpreter, imports, preflight
+    span_seconds: float
+    generation_seconds: float  # sum over requests of the simulator's generation time
+    posts: int
+    on_disk: int
+
+    @property
+    def ideal_seconds(self) -> float:
+        return self.images * steps_of(self.side) * self.latency_seconds
+
+    @property
+    def cpu_ms_per_image(self) -> float:
+        return (self.cpu_seconds - self.cpu_empty_seconds) / self.images * 1000
+
+
+def one_worker(side: str, images: int, latency: float, inputs: Path, work: Path,
+               config: Path) -> OneWorker:
+    slug = side.replace(" ", "-")
+    log_path = work / f"{slug}-simulator.jsonl"
+    simulator, server = start_simulator("--latency", latency, log_path=log_path)
+    try:
+        empty = fresh_root(work, f"{slug}-empty", inputs, 0)
+        empty_usage = Child(client_command(side, empty, server, config),
+                            work / f"{slug}-empty.log", answer="1\n").wait()
+        root = fresh_root(work, slug, inputs, images)
+        usage = Child(client_command(side, root, server, config), work / f"{slug}.log",
+                      answer="1\n").wait()
+    finally:
+        stop_process(simulator)
+    posts = read_posts([log_path])
+    result = OneWorker(
+        side, images, latency, usage.cpu_seconds, empty_usage.cpu_seconds, usage.wall_seconds,
+        empty_usage.wall_seconds,
+        max(p["finished"] for p in posts) - min(p["time"] for p in posts),
+        sum(p["finished"] - p["started"] for p in posts), len(posts), count_outputs(root))
+    if result.on_disk != images:
+        raise RuntimeError(f"{side} wrote {result.on_disk} images, expected {images}")
+    shutil.rmtree(root)
+    shutil.rmtree(empty)
+    return result
+
+
+# --------------------------------------------------------------------------- part 2
+
+
+@dataclass
+class TwoWorkers:
+    side: str
+    images: int
+    latency_seconds: float
+    wall_seconds: float
+    span_seconds: float
+    posts: int
+    duplicates: int  # images requested more than once
+    on_disk: int
+
+    @property
+    def ideal_seconds(self) -> float:
+        return self.images * self.latency_seconds / 2
+
+
+def two_workers(side: str, images: int, latency: float, poll_seconds: float, inputs: Path,
+                work: Path, config: Path) -> TwoWorkers:
+    slug = f"pair-{side.replace(' ', '-')}"
+    root = fresh_root(work, slug, inputs, images)
+    log_paths = [work / f"{slug}-simulator-{index}.jsonl" for index in range(2)]
+    simulators = [start_simulator("--latency", latency, log_path=path) for path in log_paths]
+    try:
+        launched = time.monotonic()
+        children = [Child(client_command(side, root, server, config,
+                                         *(["--poll-seconds", poll_seconds]
+                                           if side != "baseline" else [])),
+                          work / f"{slug}-{index}.log", answer=f"{index + 1}\n")
+                    for index, (_, server) in enumerate(simulators)]
+        for child in children:
+            child.wait()
+        wall = time.monotonic() - launched
+    finally:
+        for process, _ in simulators:
+            stop_process(process)
+    posts = read_posts(log_paths)
+    per_image = Counter(post["seed"] for post in posts)
+    result = TwoWorkers(side, images, latency, wall,
+                        max(p["finished"] for p in posts) - min(p["time"] for p in posts),
+                        len(posts), sum(1 for count in per_image.values() if count > 1),
+                        count_outputs(root))
+    shutil.rmtree(root)
+    return result
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_arguments(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=10, metavar="N",
+                        help="images of the one-worker runs (default 10)")
+    parser.add_argument("--pair-images", type=int, default=12, metavar="M",
+                        help="images of the two-worker runs (default 12)")
+    parser.add_argument("--latency", type=float, default=2.0, metavar="SECONDS",
+                        help="each simulator's time per request (default 2)")
+    parser.add_argument("--poll-seconds", type=float, default=0.2, metavar="S",
+                        help="drawpipe workers' --poll-seconds in part 2 (default 0.2)")
+    parser.add_argument("--skip-creative", action="store_true",
+                        help="leave out the two-step recipe's one-worker run")
+    return parser.parse_args(argv)
+
+
+def main(argv) -> int:
+    args = parse_arguments(argv)
+    work = Path(tempfile.mkdtemp(prefix="drawpipe-bench-upscale-"))
+    config = work / "empty.toml"  # a user's drawpipe.toml must not change the runs
+    config.write_text("")
+    started = time.monotonic()
+    inputs = make_inputs(work / "inputs", max(args.images, args.pair_images))
+    print(f"upscale bench: 1024 -> 2048 px, L={args.latency:g} s per request, N={args.images}, "
+          f"M={args.pair_images}; work folder {work}", flush=True)
+    try:
+        sides = ["baseline", "drawpipe fast"] + ([] if args.skip_creative else ["drawpipe creative"])
+        singles = []
+        for side in sides:
+            run = one_worker(side, args.images, args.latency, inputs, work, config)
+            singles.append(run)
+            print(f"  one worker, {side:17s}: wall {run.wall_seconds:6.2f} s, cpu "
+                  f"{run.cpu_seconds:6.2f} s (0 images: {run.cpu_empty_seconds:.2f} s), "
+                  f"{run.posts} POSTs", flush=True)
+        pairs = []
+        for side in ("baseline", "drawpipe fast"):
+            run = two_workers(side, args.pair_images, args.latency, args.poll_seconds, inputs,
+                              work, config)
+            pairs.append(run)
+            print(f"  two workers, {side:16s}: wall {run.wall_seconds:6.2f} s, {run.posts} "
+                  f"POSTs, {run.duplicates} images requested twice", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\nPart 1: one worker (total bench time {time.monotonic() - started:.0f} s)")
+    baseline_ms = singles[0].cpu_ms_per_image
+    rows = []
+    for run in singles:
+        ratio = baseline_ms / run.cpu_ms_per_image if run.side != "baseline" else None
+        wall_ratio = run.wall_seconds / run.ideal_seconds
+        verdict = ""
+        if run.side != "baseline":
+            cpu_ok = ratio >= TARGET_CPU_RATIO
+            wall_ok = wall_ratio <= TARGET_ONE_WORKER_WALL
+            verdict = (f"cpu {'met' if cpu_ok else 'MISSED'}, "
+                       f"wall {'met' if wall_ok else 'MISSED'}")
+        gap_ms = (run.span_seconds - run.generation_seconds) / run.posts * 1000
+        rows.append([run.side, run.images, run.posts, f"{run.cpu_ms_per_image:.1f}",
+                     f"{ratio:.1f}x" if ratio else "-", f"{run.ideal_seconds:.1f}",
+                     f"{run.wall_seconds:.2f}", f"{wall_ratio:.3f}", f"{run.start_seconds:.2f}",
+                     f"{run.span_seconds / run.ideal_seconds:.3f}", f"{gap_ms:.0f}", verdict])
+    print_table(["client", "N", "POSTs", "cpu ms/image", "baseline/this", "ideal s", "wall s",
+                 "wall/ideal", "start s", "span/ideal", "gap ms/req",
+                 f"target (>= {TARGET_CPU_RATIO:g}x, wall/ideal <= {TARGET_ONE_WORKER_WALL})"],
+                rows)
+
+    print("\nPart 2: two workers, two simulators, one folder")
+    rows = []
+    for run in pairs:
+        ratio = run.wall_seconds / run.ideal_seconds
+        verdict = ""
+        if run.side != "baseline":
+            ok = ratio <= TARGET_TWO_WORKERS_WALL and run.posts == run.images and not run.duplicates
+            verdict = "met" if ok else "MISSED"
+        rows.append([run.side, run.images, f"{run.ideal_seconds:.1f}", f"{run.wall_seconds:.2f}",
+                     f"{ratio:.3f}", f"{run.span_seconds / run.ideal_seconds:.3f}", run.posts,
+                     f"{run.posts / run.images:.2f}", run.duplicates, run.on_disk, verdict])
+    print_table(["client", "M", "ideal s", "wall s", "wall/ideal", "span/ideal", "POSTs",
+                 "req/image", "duplicates", "on disk",
+                 f"target (wall/ideal <= {TARGET_TWO_WORKERS_WALL}, req/image 1.00)"], rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
