@@ -331,6 +331,9 @@ def run_stage(stage: Stage, settings: EngineSettings) -> Summary:
 
     Raises UsageError for configuration problems (unwritable root, HTTP 422 ...).
     """
+    # Preflight first (e.g. GET / of every server): a configuration error must
+    # stop the run before anything is written to the share.
+    runners = [stage.make_worker(server) for server in settings.servers]
     host = host_name()
     stores = [
         ClaimStore(settings.root, stage.name, f"{host}-{os.getpid()}-{index}",
@@ -345,7 +348,6 @@ def run_stage(stage: Stage, settings: EngineSettings) -> Summary:
             f"cannot write to {settings.root} ({exc.strerror or exc}): check that the folder "
             "exists and the share is mounted read-write"
         ) from None
-    runners = [stage.make_worker(server) for server in settings.servers]
     jobs = run.replan()
     run.summary.total = len(jobs)
     run.summary.already_done = sum(1 for job in jobs if output_exists(job.output))
