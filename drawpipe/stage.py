@@ -235,11 +235,13 @@ class _Heartbeat:
 class _Progress:
     """The one progress bar (or log lines when not on a terminal) and the counts."""
 
-    def __init__(self, summary: Summary, enabled: bool | None):
+    def __init__(self, summary: Summary, already_done: set[str], enabled: bool | None):
         self.summary = summary
         self.lock = threading.Lock()
-        self.done_keys: set[str] = set()
-        self.bar = tqdm(total=summary.total, unit="img", desc=summary.stage,
+        self.done_keys = set(already_done)  # present at the start: not "made by others"
+        # initial=: what was done before must not inflate the rate and the ETA.
+        self.bar = tqdm(total=summary.total, initial=len(already_done), unit="img",
+                        desc=summary.stage,
                         disable=not enabled if enabled is not None else not sys.stderr.isatty(),
                         dynamic_ncols=True, smoothing=0.1)
         self.log_successes = self.bar.disable
@@ -349,12 +351,10 @@ def run_stage(stage: Stage, settings: EngineSettings) -> Summary:
             "exists and the share is mounted read-write"
         ) from None
     jobs = run.replan()
+    already_done = {job.key for job in jobs if output_exists(job.output)}
     run.summary.total = len(jobs)
-    run.summary.already_done = sum(1 for job in jobs if output_exists(job.output))
-    run.progress = _Progress(run.summary, settings.show_progress)
-    # Present at the start: "already done", not "made by others".
-    run.progress.done_keys = {job.key for job in jobs if output_exists(job.output)}
-    run.progress._refresh()
+    run.summary.already_done = len(already_done)
+    run.progress = _Progress(run.summary, already_done, settings.show_progress)
 
     threads = [
         threading.Thread(target=_worker_main, args=(run, store, runner, server),
