@@ -55,11 +55,21 @@ class ClaimStore:
         self._clock_offset_seconds = 0.0
         self._clock_measured_at = None
 
+    # Live workers rewrite their clock file every few seconds while busy; one this
+    # old belongs to a worker that was killed.
+    ABANDONED_CLOCK_SECONDS = 24 * 3600
+
     def prepare(self) -> None:
         """Create the claims folder; raises OSError when the share is not writable."""
         self.folder.mkdir(parents=True, exist_ok=True)
         self._clock_measured_at = None
-        self.server_now()
+        now = self.server_now()
+        for clock in self.folder.glob(".clock-*"):
+            try:
+                if now - clock.stat().st_mtime > self.ABANDONED_CLOCK_SECONDS:
+                    clock.unlink()
+            except FileNotFoundError:
+                pass
 
     def claim_path(self, key: str) -> Path:
         """``key`` is the job's output path relative to the root, with "/" separators."""

@@ -701,6 +701,22 @@ class Simulator:
         entry["keys"] = sorted(body)
         entry["payload"] = {k: v for k, v in body.items() if k != "init_images"}
         _note_parameters(entry, {**self.app_configuration, **_lenient_values(body)})
+
+        # One request at a time; waiters poll so that stop() frees them too.
+        while not self._generation_lock.acquire(timeout=0.1):
+            if self._stopping.is_set():
+                return _Reply(None, None)
+        try:
+            # Decoding the init image and encoding the answer happen inside the
+            # latency window, as all of the app's work does.
+            entry["started"] = time.time()
+            reply = self._generate_locked(route, body, entry)
+            entry["finished"] = time.time()
+        finally:
+            self._generation_lock.release()
+        return reply
+
+    def _generate_locked(self, route: str, body: dict, entry: dict) -> _Reply:
         try:
             request = validate_request(route, body, dict(self.app_configuration))
         except RequestRejected as exc:
@@ -709,20 +725,6 @@ class Simulator:
         entry["output_size"] = list(request.output_size)
         if request.init_image is not None:
             entry["init_size"] = list(request.init_image.size)
-
-        # One generation at a time; waiters poll so that stop() frees them too.
-        while not self._generation_lock.acquire(timeout=0.1):
-            if self._stopping.is_set():
-                return _Reply(None, None)
-        try:
-            entry["started"] = time.time()
-            reply = self._generate_locked(request, entry)
-            entry["finished"] = time.time()
-        finally:
-            self._generation_lock.release()
-        return reply
-
-    def _generate_locked(self, request: GenerationRequest, entry: dict) -> _Reply:
         fault = self._next_fault()
         entry["fault"] = fault
         if fault in ("500", "503"):
@@ -743,10 +745,11 @@ class Simulator:
         if fault == "truncate":
             images = [image[: len(image) // 2] for image in images]
 
+        answer = json_bytes({"images": images})
         # The app's generation time: the whole answer takes at least latency_seconds.
         if not self._pause(entry["started"] + self.latency_seconds - time.time()):
             return _Reply(None, None)
-        return _Reply(200, json_bytes({"images": images}))
+        return _Reply(200, answer)
 
 
 def _lenient_values(body: dict) -> dict:

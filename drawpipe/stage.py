@@ -33,7 +33,7 @@ from typing import Callable, Protocol
 from tqdm import tqdm
 
 from .claims import ClaimStore
-from .errors import DrawpipeError, Interrupted, JobDeferred, JobFailed, UsageError
+from .errors import BadInput, DrawpipeError, Interrupted, JobDeferred, JobFailed, UsageError
 from .metrics import MetricsLog, ResourceSampler, host_name
 
 
@@ -468,8 +468,8 @@ def _worker_loop(run: _Run, store: ClaimStore, run_job: RunJob, server: str | No
                 if output_exists(job.output):
                     continue
                 worked = True
-                ok = _do_job(run, store.worker, run_job, job, server)
-                if ok is None:
+                outcome = _do_job(run, store.worker, run_job, job, server)
+                if outcome == "deferred":
                     deferred_this_pass = True
                     continue
             finally:
@@ -477,11 +477,13 @@ def _worker_loop(run: _Run, store: ClaimStore, run_job: RunJob, server: str | No
                 store.release(claim)
                 with run.lock:
                     run.in_flight.discard(job.key)
-            if ok:
+            if outcome == "done":
                 consecutive_failures = 0
             else:
                 failed_here.add(job.key)
-                consecutive_failures += 1
+                # A bad input says nothing about the server; only server failures count.
+                if outcome == "failed":
+                    consecutive_failures += 1
                 if consecutive_failures >= run.settings.max_consecutive_failures:
                     # A server that fails job after job is down or broken: stop sending
                     # it work rather than burn the night failing every image in turn.
@@ -496,9 +498,10 @@ def _worker_loop(run: _Run, store: ClaimStore, run_job: RunJob, server: str | No
             run.stop.wait(run.settings.poll_seconds)
 
 
-def _do_job(run: _Run, worker: str, run_job: RunJob, job: Job, server: str | None) -> bool | None:
-    """Run one claimed job and record it: True when its output was written, False when
-    it failed, None when it was deferred (to be tried again on a later pass)."""
+def _do_job(run: _Run, worker: str, run_job: RunJob, job: Job, server: str | None) -> str:
+    """Run one claimed job and record it. Returns "done" (output written or found),
+    "failed", "bad_input" (failed because of its input) or "deferred" (try again on a
+    later pass)."""
     settings = run.settings
     scratch = scratch_path(job.output, worker)
     started = time.monotonic()
@@ -507,6 +510,7 @@ def _do_job(run: _Run, worker: str, run_job: RunJob, job: Job, server: str | Non
     error = None
     result = None
     fatal = False
+    outcome = "failed"
     sampler = ResourceSampler(settings.sample_interval_seconds,
                               settings.server_process_name if _is_local(server) else None)
     try:
@@ -530,7 +534,7 @@ def _do_job(run: _Run, worker: str, run_job: RunJob, job: Job, server: str | Non
         if job.key not in run.deferred_logged:
             run.deferred_logged.add(job.key)
             run.progress.log(f"waiting: {job.key}: {exc}")
-        return None
+        return "deferred"
     except UsageError as exc:
         remove_quietly(scratch)
         with run.lock:
@@ -543,6 +547,7 @@ def _do_job(run: _Run, worker: str, run_job: RunJob, job: Job, server: str | Non
         remove_quietly(scratch)
         row["attempt"] = getattr(exc, "attempts", 1)
         status, error = "failed", str(exc)
+        outcome = "bad_input" if isinstance(exc, BadInput) else "failed"
     except OSError as exc:
         remove_quietly(scratch)
         status, error = "failed", describe_os_error(exc, job.output)
@@ -566,9 +571,9 @@ def _do_job(run: _Run, worker: str, run_job: RunJob, job: Job, server: str | Non
     if status == "failed":
         if not fatal:
             run.progress.failed(job.key, error)
-        return False
+        return outcome
     run.progress.made(job.key, f"{status}: {job.key} ({seconds:.1f} s)")
-    return True
+    return "done"
 
 
 def _relative(path: Path | None, root: Path) -> str:
