@@ -9,8 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[segment,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,6 +23,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/client_overhead.py
 	$(PY) bench/scaling.py
+	$(PY) bench/upscale.py
+	$(PY) bench/segment.py
 
 clean:
 	rm -rf $(VENV) demo

@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from .errors import UsageError
 
-CHUNK_BYTES = 1024 * 1024
+# Small enough that a broken connection loses little of what it had brought.
+CHUNK_BYTES = 64 * 1024
 
 
 class CheckpointError(UsageError):
@@ -34,7 +35,11 @@ class CheckpointError(UsageError):
 
 
 class DownloadFailed(CheckpointError):
-    pass
+    """``reason``: what went wrong, in a few words (for a shorter line of one's own)."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,7 @@ def download_checkpoint(url: str, destination: Path, sha256: str | None, *,
                     raise DownloadFailed(
                         f"cannot download {url} ({_reason(exc)}); run the same command again "
                         f"to resume, or download {destination.name} by hand and pass "
-                        "--checkpoint") from None
+                        "--checkpoint", reason=_reason(exc)) from None
                 time.sleep(backoff_seconds * 2 ** max(0, failures - 1))
     finally:
         session.close()
@@ -125,7 +130,8 @@ def download_checkpoint(url: str, destination: Path, sha256: str | None, *,
             partial.unlink()
             raise DownloadFailed(
                 f"{url} downloaded with SHA-256 {actual}, expected {sha256}: the file was "
-                "deleted; run the same command again, or download it by hand")
+                "deleted; run the same command again, or download it by hand",
+                reason="SHA-256 mismatch")
     os.replace(partial, destination)
     return destination
 
@@ -140,8 +146,8 @@ def _fetch(session, url: str, partial: Path, show_progress: bool | None,
             # Nothing left to send: the earlier run had fetched every byte.
             return True
         if response.status_code not in (200, 206):
-            raise DownloadFailed(f"cannot download {url}: HTTP {response.status_code} "
-                                 f"{response.reason}")
+            reason = f"HTTP {response.status_code} {response.reason}"
+            raise DownloadFailed(f"cannot download {url}: {reason}", reason=reason)
         if response.status_code == 200:
             have = 0  # the server ignored Range: start again
         length = response.headers.get("Content-Length")
@@ -165,6 +171,22 @@ def _disabled(show_progress: bool | None) -> bool | None:
     return None if show_progress is None else not show_progress
 
 
+# requests' messages nest urllib3's: name the cause in words instead.
+_CAUSES = (
+    (("NameResolutionError", "Failed to resolve", "Name or service not known",
+      "nodename nor servname", "Temporary failure in name resolution"),
+     "the name lookup failed: no internet connection?"),
+    (("Network is unreachable",), "the network is unreachable"),
+    (("Connection refused",), "connection refused"),
+    (("timed out", "Timeout"), "timed out"),
+    (("Connection reset", "Connection aborted", "IncompleteRead", "connection closed"),
+     "the connection broke off"),
+)
+
+
 def _reason(exc: Exception) -> str:
     text = str(exc)
+    for needles, cause in _CAUSES:
+        if any(needle in text for needle in needles):
+            return cause
     return text if len(text) < 160 else text[:157] + "..."

@@ -32,13 +32,11 @@ class CommonSettings:
     profile: str | None
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser, server_options: bool = True) -> None:
+    """Options every script takes; ``server_options``: also those about Draw Things servers."""
     parser.add_argument("--root", metavar="FOLDER",
                         help="the (shared) folder holding GENERATIONS/, UPSCALED_IMAGES/, "
                              "CUTOUTS/, logs/ (default: the project folder)")
-    parser.add_argument("--server", action="append", metavar="URL", dest="servers",
-                        help=f"Draw Things API server; repeat for one worker per server "
-                             f"(default: {DEFAULT_SERVER})")
     parser.add_argument("--profile", metavar="NAME", help="a [profiles.NAME] of drawpipe.toml")
     parser.add_argument("--config", metavar="FILE",
                         help="config file (default: $DRAWPIPE_CONFIG, else drawpipe.toml "
@@ -48,6 +46,19 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poll-seconds", type=_positive_float, metavar="S",
                         help="wait between passes while others hold the remaining jobs "
                              "(default 5)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="show what would be done, what is done, what is claimed; "
+                             "contact no server, write nothing")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="log one line per job instead of a progress bar")
+    if server_options:
+        add_server_arguments(parser)
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", action="append", metavar="URL", dest="servers",
+                        help=f"Draw Things API server; repeat for one worker per server "
+                             f"(default: {DEFAULT_SERVER})")
     parser.add_argument("--connect-timeout-seconds", type=_positive_float, metavar="S")
     parser.add_argument("--read-timeout-seconds", type=_positive_float, metavar="S",
                         help="how long one request may take (default 1800)")
@@ -59,11 +70,6 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-process-name", metavar="NAME",
                         help="process whose CPU and RAM are logged when the server is local "
                              "(default 'Draw Things')")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="show what would be done, what is done, what is claimed; "
-                             "contact no server, write nothing")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="log one line per job instead of a progress bar")
 
 
 def _positive_float(text: str) -> float:
@@ -103,22 +109,25 @@ def resolve_settings(args: argparse.Namespace, project_dir: Path, stdin=None,
             return flag_value
         return profile.get(key, fallback)
 
+    def flag(name):
+        return getattr(args, name, None)  # segment.py has no server options
+
     root_text = args.root if args.root is not None else profile.get("root")
     root = Path(root_text).expanduser() if root_text else project_dir
     if not root.is_dir():
         raise UsageError(f"root folder {root} does not exist (is the share mounted?)")
-    servers = tuple(args.servers or profile.get("servers") or [DEFAULT_SERVER])
+    servers = tuple(flag("servers") or profile.get("servers") or [DEFAULT_SERVER])
     for server in servers:
         if not server.startswith(("http://", "https://")):
             raise UsageError(f"--server {server}: expected a URL like {DEFAULT_SERVER}")
     defaults = ClientSettings()
     client = ClientSettings(
-        connect_timeout_seconds=pick(args.connect_timeout_seconds, "connect_timeout_seconds",
+        connect_timeout_seconds=pick(flag("connect_timeout_seconds"), "connect_timeout_seconds",
                                      defaults.connect_timeout_seconds),
-        read_timeout_seconds=pick(args.read_timeout_seconds, "read_timeout_seconds",
+        read_timeout_seconds=pick(flag("read_timeout_seconds"), "read_timeout_seconds",
                                   defaults.read_timeout_seconds),
-        retries=pick(args.retries, "retries", defaults.retries),
-        backoff_seconds=pick(args.backoff_seconds, "backoff_seconds", defaults.backoff_seconds),
+        retries=pick(flag("retries"), "retries", defaults.retries),
+        backoff_seconds=pick(flag("backoff_seconds"), "backoff_seconds", defaults.backoff_seconds),
         backoff_cap_seconds=defaults.backoff_cap_seconds,
     )
     return CommonSettings(
@@ -127,7 +136,7 @@ def resolve_settings(args: argparse.Namespace, project_dir: Path, stdin=None,
         client=client,
         lease_seconds=pick(args.lease_seconds, "lease_seconds", 120.0),
         poll_seconds=pick(args.poll_seconds, "poll_seconds", 5.0),
-        server_process_name=pick(args.server_process_name, "server_process_name", "Draw Things"),
+        server_process_name=pick(flag("server_process_name"), "server_process_name", "Draw Things"),
         seed_offset=pick(getattr(args, "seed_offset", None), "seed_offset", 0),
         profile=profile_name,
     )

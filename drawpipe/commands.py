@@ -5,6 +5,8 @@ bundled payloads/ and prompts/), prints what the user should see, and returns
 the exit code; errors are raised as DrawpipeError and printed by cli.run_main.
 """
 
+import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -132,6 +134,9 @@ def upscale(args, project_dir: Path, stdin=None, stdout=None) -> int:
         return _print_upscale_plan(stage, settings, stdout)
     summary = run_stage(stage, engine_settings(settings, args))
     print_summary(summary, stdout)
+    if summary.total == 0 and not stage.skipped:
+        print(f"no .png images under {stage.input_folder} (run generate.py first, or pass "
+              "the right --root)", file=stdout)
     if stage.skipped:
         print(f"{len(stage.skipped)} input(s) skipped, not usable PNG images (never sent):",
               file=stdout)
@@ -188,3 +193,154 @@ def _print_upscale_plan(stage: UpscaleStage, settings: CommonSettings, out) -> i
           f"{len(stage.skipped)} skipped, into {stage.output_folder}; nothing was sent",
           file=out)
     return 0
+
+
+def segment(args, project_dir: Path, stdin=None, stdout=None) -> int:
+    """segment.py: every PNG under <root>/UPSCALED_IMAGES -> a folder of SAM cut-outs in CUTOUTS."""
+    from . import segmentation
+    from .checkpoints import default_cache_dir, download_checkpoint
+
+    stdout = stdout or sys.stdout
+    settings = resolve_settings(args, project_dir, stdin, stdout)
+    cache_dir = (Path(args.cache_dir).expanduser() if args.cache_dir
+                 else default_cache_dir(os.environ)) / "sam"
+    generator = _generator_settings(args)
+    cutouts = _cutout_settings(args)
+    if args.demo:
+        model_type, checkpoint = _demo_checkpoint(args, cache_dir, stdout)
+        if checkpoint is None:
+            return 0
+        if args.points_per_side is None:
+            # A 32 x 32 grid takes minutes per image on a CPU; 16 x 16 shows the step.
+            generator = dataclasses.replace(generator, points_per_side=16)
+    else:
+        model_type, checkpoint = _segment_checkpoint(args.model, args.checkpoint, cache_dir)
+    official = segmentation.MODEL_TYPES[model_type].official
+    if not checkpoint.is_file() and args.download and not args.dry_run:
+        if official is None:
+            raise UsageError(f"--download: {model_type} has no published checkpoint")
+        url = _download_url(official, args.download_from)
+        print(f"downloading {url} -> {checkpoint}", file=stdout, flush=True)
+        download_checkpoint(url, checkpoint, official.sha256,
+                            show_progress=False if args.no_progress else None)
+    if not checkpoint.is_file() and not args.dry_run:
+        raise segmentation.CheckpointError(
+            segmentation.missing_checkpoint_message(model_type, checkpoint))
+    model = segmentation.ModelSettings(model_type, checkpoint, args.device, args.precision)
+    stage = segmentation.SegmentStage(settings.root, model, generator, cutouts)
+    output_folder = settings.root / segmentation.CUTOUTS_FOLDER
+    if args.dry_run:
+        jobs = stage.plan()
+        states = job_states(settings.root, stage.name, jobs, settings.lease_seconds)
+        for job, state in zip(jobs, states):
+            if state.startswith("claimed"):
+                print(f"  {job.key}: {state}", file=stdout)
+        to_do = len(jobs) - states.count("done")
+        print(f"dry run: {to_do} image(s) to segment into {output_folder}, "
+              f"{states.count('done')} already done; nothing was loaded or written"
+              + ("" if checkpoint.is_file() else f" (the checkpoint {checkpoint} is missing)"),
+              file=stdout)
+        return 0
+    device = args.device
+    if any(not output_exists(job.output) for job in stage.plan()):
+        # Load now: a bad checkpoint stops the run before any claim is taken. Loaded once;
+        # every job of this process uses it.
+        device = stage.segmenter().device
+    print(f"SAM {model_type} from {checkpoint} on {device}, "
+          f"{generator.points_per_side} x {generator.points_per_side} points", file=stdout)
+    engine = dataclasses.replace(engine_settings(settings, args, servers=[None]),
+                                 server_process_name=None)
+    summary = run_stage(stage, engine)
+    print_summary(summary, stdout)
+    print(f"cut-outs are in {output_folder}", file=stdout)
+    return summary.exit_code
+
+
+def _generator_settings(args):
+    """GeneratorSettings from the flags the user set; the rest keep SAM's defaults."""
+    from .segmentation import GeneratorSettings
+
+    names = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
+             "stability_score_offset", "box_nms_thresh", "crop_n_layers", "min_mask_region_area")
+    chosen = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    for name in ("points_per_side", "points_per_batch"):
+        if name in chosen:
+            check_positive(chosen[name], "--" + name.replace("_", "-"))
+    for name in ("crop_n_layers", "min_mask_region_area"):
+        if chosen.get(name, 0) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {chosen[name]}")
+    return GeneratorSettings(**chosen)
+
+
+def _cutout_settings(args):
+    """CutoutSettings from the flags the user set; the rest keep their defaults."""
+    from .segmentation import CutoutSettings
+
+    chosen = {"keep_background": args.keep_background}
+    if args.margin is not None:
+        if not 0 <= args.margin <= 1:
+            raise UsageError(f"--margin is a fraction of the object's size, 0 to 1; got {args.margin:g}")
+        chosen["margin_fraction"] = args.margin
+    if args.min_area_fraction is not None:
+        if not 0 <= args.min_area_fraction < 1:
+            raise UsageError(f"--min-area-fraction must be 0 or more and below 1, got "
+                             f"{args.min_area_fraction:g}")
+        chosen["min_area_fraction"] = args.min_area_fraction
+    if args.max_cutouts is not None:
+        check_positive(args.max_cutouts, "--max-cutouts")
+        chosen["max_cutouts"] = args.max_cutouts
+    return CutoutSettings(**chosen)
+
+
+def _segment_checkpoint(model_type: str | None, checkpoint: str | None,
+                        cache_dir: Path) -> tuple[str, Path]:
+    """(model type, checkpoint path) from --model and --checkpoint: the type named in the
+    checkpoint's file name when --model is not given; the official file in the cache
+    when --checkpoint is not given (vit_b when neither is)."""
+    from .segmentation import MODEL_TYPES, model_type_for
+
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        model_type = model_type or model_type_for(path)
+        if model_type is None:
+            raise UsageError(f"cannot tell the model type from the file name {path.name}: "
+                             f"pass --model ({', '.join(MODEL_TYPES)})")
+        return model_type, path
+    model_type = model_type or "vit_b"
+    official = MODEL_TYPES[model_type].official
+    if official is None:
+        raise UsageError(f"--model {model_type} has no published checkpoint: pass --checkpoint")
+    return model_type, cache_dir / official.file_name
+
+
+def _demo_checkpoint(args, cache_dir: Path, out) -> tuple[str | None, Path | None]:
+    """For make demo: --checkpoint if given, else an official checkpoint already in the
+    cache (smallest first), else vit_b downloaded; (None, None) when none can be had
+    (then one line says how to add the step)."""
+    from .checkpoints import DownloadFailed, download_checkpoint
+    from .segmentation import MODEL_TYPES
+
+    if args.checkpoint is not None:
+        return _segment_checkpoint(args.model, args.checkpoint, cache_dir)
+    for model_type in ("vit_b", "vit_l", "vit_h"):
+        path = cache_dir / MODEL_TYPES[model_type].official.file_name
+        if path.is_file():
+            return model_type, path
+    official = MODEL_TYPES["vit_b"].official
+    path = cache_dir / official.file_name
+    url = _download_url(official, args.download_from)
+    print(f"no SAM checkpoint in {cache_dir}: downloading {url} (375 MB)", file=out, flush=True)
+    try:
+        download_checkpoint(url, path, official.sha256, retries=1,
+                            show_progress=False if args.no_progress else None)
+    except DownloadFailed as exc:
+        source = "" if url == official.url else f" from {official.url}"
+        print(f"segment step skipped: cannot download {url} ({exc.reason}); to add it, put "
+              f"{official.file_name}{source} into {cache_dir}/ and run make demo again", file=out)
+        return None, None
+    return "vit_b", path
+
+
+def _download_url(official, mirror: str | None) -> str:
+    """The official address, or the same file name under --download-from."""
+    return official.url if mirror is None else mirror.rstrip("/") + "/" + official.file_name

@@ -37,6 +37,7 @@ import math
 import types
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -51,43 +52,52 @@ from segment_anything.utils.amg import (
     remove_small_regions,
 )
 from segment_anything.utils.transforms import ResizeLongestSide
-from torchvision.ops.boxes import batched_nms, box_area
+from torchvision.ops.boxes import batched_nms
 
 from .segmentation import GeneratorSettings
 
 MIB = 1024 * 1024
-# Query tokens per block in the encoder's global attention: 512 x 4096 scores per head.
-ATTENTION_QUERY_TOKENS = 512
+# Query tokens per block in the encoder's global attention: 256 x 4096 scores per head.
+ATTENTION_QUERY_TOKENS = 256
 # Grid points per sub-batch of the decoder's output upscaling (~30 MB per point).
 UPSCALING_POINTS = 8
 # Candidate masks per chunk when upsampled to 1024 px for stability and boxes (4 MB each).
 SCORING_MASKS = 8
-# Measured with the lean decoder on the CPU (fp32, 256-d decoder): peak bytes per grid
-# point of a batch, transformer and upscaling together, rounded up.
-DECODER_BYTES_PER_POINT = 24 * MIB
+# Measured with the lean decoder on the CPU (fp32, 256-d decoder): ~15 MB per grid point
+# of a batch, transformer and upscaling together. Per point it runs as fast at 16 points
+# a batch as at 64 (stock's default, ~40 MB per point there).
+DECODER_BYTES_PER_POINT = 16 * MIB
 # Stored 256 x 256 logits of the candidates waiting for NMS: above this they are kept
 # as float16 (a 2-byte logit moves the 0-crossing of the upsampled mask by far less
 # than a pixel), so a degenerate image cannot exhaust memory.
 CANDIDATE_STORE_BYTES = 512 * MIB
 
 
-@dataclass
 class FoundMask:
     """One object mask, in the source image's pixels.
 
-    ``mask``: h x w bool, the mask inside ``box`` only; ``box``: (x, y, w, h) with
+    ``mask``: h x w bool, the mask inside ``box`` only (kept bit-packed: a mask whose
+    box spans a 2048 px image is 512 KB, not 4 MB); ``box``: (x, y, w, h) with
     exclusive extents (a mask covering 256 columns has w = 256); ``area``: mask
     pixels; ``point``: the grid point (x, y) that prompted it; ``crop_box``:
     (x, y, w, h) of the image crop the model saw.
     """
 
-    mask: np.ndarray
-    box: tuple[int, int, int, int]
-    area: int
-    predicted_iou: float
-    stability_score: float
-    point: tuple[float, float]
-    crop_box: tuple[int, int, int, int]
+    def __init__(self, mask: np.ndarray, box: tuple[int, int, int, int], area: int,
+                 predicted_iou: float, stability_score: float, point: tuple[float, float],
+                 crop_box: tuple[int, int, int, int]):
+        self._packed = np.packbits(mask, axis=None)
+        self.box = box
+        self.area = area
+        self.predicted_iou = predicted_iou
+        self.stability_score = stability_score
+        self.point = point
+        self.crop_box = crop_box
+
+    @property
+    def mask(self) -> np.ndarray:
+        _, _, w, h = self.box
+        return np.unpackbits(self._packed, count=w * h).reshape(h, w).astype(bool)
 
     def full_mask(self, height: int, width: int) -> np.ndarray:
         """The mask as height x width bool (the whole source image)."""
@@ -97,13 +107,13 @@ class FoundMask:
         return full
 
 
-def choose_points_per_batch(available_bytes: int, budget_fraction: float = 0.15,
-                            largest: int = 64, smallest: int = 4) -> int:
+def choose_points_per_batch(available_bytes: int, budget_fraction: float = 0.1,
+                            largest: int = 32, smallest: int = 4) -> int:
     """Grid points per decoder batch for a machine with ``available_bytes`` free.
 
-    Bigger batches are faster per point (fewer, larger matrix products) but cost
-    DECODER_BYTES_PER_POINT each; this spends at most ``budget_fraction`` of what
-    is free, between ``smallest`` and ``largest`` (stock's default).
+    Each point of a batch costs DECODER_BYTES_PER_POINT; this spends at most
+    ``budget_fraction`` of what is free, between ``smallest`` and ``largest`` (past
+    ~16 points a batch is no faster per point, only bigger).
     """
     fitting = int(available_bytes * budget_fraction // DECODER_BYTES_PER_POINT)
     return max(smallest, min(largest, fitting))
@@ -249,6 +259,19 @@ class _DecoderSession:
         return queries, keys
 
 
+class _Survivor(NamedTuple):
+    """A candidate that passed its crop's NMS."""
+
+    logits: torch.Tensor  # 256 x 256, on the CPU
+    iou: float
+    stability: float
+    box: torch.Tensor  # XYXY, inclusive, in source pixels (from the 1024 px scale)
+    point: tuple[float, float]  # in source pixels
+    crop_box: tuple[int, int, int, int]  # XYWH
+    input_size: tuple[int, int]  # (h, w) of the crop resized for the model
+    crop_size: tuple[int, int]  # (h, w) of the crop
+
+
 @dataclass
 class _Candidates:
     """Candidates of one crop that passed the per-batch filters, waiting for NMS."""
@@ -294,14 +317,15 @@ class LeanMaskGenerator:
         orig_h, orig_w = image.shape[:2]
         crop_boxes, layer_indexes = generate_crop_boxes(
             (orig_h, orig_w), settings.crop_n_layers, settings.crop_overlap_ratio)
-        survivors = []  # (logits, iou, stability, box XYXY in source px, point, crop_box)
+        survivors: list[_Survivor] = []
         for crop_box, layer_index in zip(crop_boxes, layer_indexes):
             survivors += self._process_crop(image, crop_box, layer_index)
         if len(crop_boxes) > 1 and survivors:
             # Prefer masks from smaller crops (stock's rule).
-            boxes = torch.stack([item[3] for item in survivors]).float()
-            crops = torch.tensor([item[5] for item in survivors], dtype=torch.float)
-            keep = batched_nms(boxes, 1 / box_area(crops), torch.zeros(len(boxes)),
+            boxes = torch.stack([item.box for item in survivors]).float()
+            crop_areas = torch.tensor([item.crop_box[2] * item.crop_box[3] for item in survivors],
+                                      dtype=torch.float)
+            keep = batched_nms(boxes, 1 / crop_areas, torch.zeros(len(boxes)),
                                iou_threshold=settings.crop_nms_thresh)
             survivors = [survivors[i] for i in keep.tolist()]
 
@@ -312,7 +336,8 @@ class LeanMaskGenerator:
         found.sort(key=lambda mask: mask.area, reverse=True)
         return found
 
-    def _process_crop(self, image: np.ndarray, crop_box: list[int], layer_index: int) -> list:
+    def _process_crop(self, image: np.ndarray, crop_box: list[int],
+                      layer_index: int) -> list[_Survivor]:
         settings = self.settings
         x0, y0, x1, y1 = crop_box
         crop = image[y0:y1, x0:x1, :]
@@ -354,10 +379,11 @@ class LeanMaskGenerator:
         keep = batched_nms(boxes, scores, torch.zeros(len(boxes)),
                            iou_threshold=settings.box_nms_thresh).tolist()
         offset = torch.tensor([x0, y0, x0, y0])
-        crop_xywh = [x0, y0, x1 - x0, y1 - y0]
-        return [(store.logits[i], store.iou[i], store.stability[i], store.boxes[i] + offset,
-                 (store.points[i][0] + x0, store.points[i][1] + y0), crop_xywh,
-                 (input_h, input_w), (crop_h, crop_w)) for i in keep]
+        crop_xywh = (x0, y0, x1 - x0, y1 - y0)
+        return [_Survivor(store.logits[i], store.iou[i], store.stability[i],
+                          store.boxes[i] + offset,
+                          (store.points[i][0] + x0, store.points[i][1] + y0), crop_xywh,
+                          (input_h, input_w), (crop_h, crop_w)) for i in keep]
 
     def _score(self, logits, iou, points, input_size, crop_size, crop_box, orig_size,
                store: _Candidates) -> None:
@@ -388,7 +414,8 @@ class LeanMaskGenerator:
             keep = keep.cpu() & ~is_box_near_crop_edge(boxes, crop_box,
                                                        [0, 0, orig_size[1], orig_size[0]])
             for index in keep.nonzero().flatten().tolist():
-                kept = chunk[index].cpu()
+                # A copy, not a view: a view would keep the whole batch's logits alive.
+                kept = chunk[index].to("cpu", copy=True)
                 if store.stored_bytes > CANDIDATE_STORE_BYTES:
                     kept = kept.half()
                 store.stored_bytes += kept.numel() * kept.element_size()
@@ -399,17 +426,17 @@ class LeanMaskGenerator:
                 store.points.append(tuple(float(v) for v in points[start + index]))
             del upscaled
 
-    def _full_resolution(self, item, orig_h: int, orig_w: int) -> FoundMask:
+    def _full_resolution(self, item: _Survivor, orig_h: int, orig_w: int) -> FoundMask:
         """Stock's postprocess_masks for one mask: 1024 px, drop the padding, the crop's
         size; then threshold, and keep only the part inside the mask's box."""
-        logits, iou, stability, _, point, crop_box, input_size, crop_size = item
         image_size = self.sam.image_encoder.img_size
-        low = logits.float()[None, None].to(self.device)
+        low = item.logits.float()[None, None].to(self.device)
         mask = F.interpolate(low, (image_size, image_size), mode="bilinear", align_corners=False)
-        mask = mask[..., :input_size[0], :input_size[1]]
-        mask = F.interpolate(mask, crop_size, mode="bilinear", align_corners=False)
+        mask = mask[..., :item.input_size[0], :item.input_size[1]]
+        mask = F.interpolate(mask, item.crop_size, mode="bilinear", align_corners=False)
         mask = (mask[0, 0] > self.sam.mask_threshold).cpu().numpy()
-        return _found_mask(mask, crop_box[0], crop_box[1], iou, stability, point, crop_box)
+        return _found_mask(mask, item.crop_box[0], item.crop_box[1], item.iou, item.stability,
+                           item.point, item.crop_box)
 
     def _remove_small_regions(self, found: list[FoundMask], orig_h: int,
                               orig_w: int) -> list[FoundMask]:

@@ -1,0 +1,498 @@
+"""segment.py end to end with a real (tiny, random-weight) SAM, the lean mask generator
+against stock SamAutomaticMaskGenerator, checkpoint loading and downloading."""
+
+import hashlib
+import http.server
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from segment_anything import SamAutomaticMaskGenerator
+from segment_anything.utils.amg import rle_to_mask
+
+from drawpipe.checkpoints import DownloadFailed, download_checkpoint
+from drawpipe.cutouts import mask_box, mask_from_polygons
+from drawpipe.errors import UsageError
+from drawpipe.mask_generator import LeanMaskGenerator, choose_points_per_batch
+from drawpipe.metrics import read_logs
+from drawpipe.segmentation import (GeneratorSettings, choose_device, detect_model_type, load_sam,
+                                   model_type_for, save_random_checkpoint)
+from drawpipe.simulator import render_scene
+
+from conftest import PROJECT_DIR, run_script, start_script, wait_for
+
+SIZE_PX = 512
+# The random-weight tiny model predicts IoUs below 0 and logits near +-0.1, so SAM's
+# thresholds would keep nothing: filters off, NMS off (its masks' boxes all span the
+# image), every mask kept, at most four cut-outs per image.
+FAST_ARGS = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
+             "--box-nms-thresh", "1.0", "--keep-background", "--min-area-fraction", "0",
+             "--max-cutouts", "4", "--no-progress"]
+ENTRY_KEYS = {"file", "bbox", "area", "predicted_iou", "stability_score", "point", "crop_box",
+              "canvas", "polygons"}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random-weight vit_tiny checkpoint file (a state_dict, like the official ones)."""
+    return save_random_checkpoint("vit_tiny", tmp_path_factory.mktemp("sam") / "sam_vit_tiny_test.pth")
+
+
+def add_upscaled(share: Path, *relative: str) -> list[Path]:
+    """Simulator scenes at UPSCALED_IMAGES/<relative>, SIZE_PX square."""
+    paths = []
+    for number, name in enumerate(relative, 1):
+        path = share / "UPSCALED_IMAGES" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        render_scene(number, "a family at home", SIZE_PX, SIZE_PX).save(path)
+        paths.append(path)
+    return paths
+
+
+def cutout_folder(share: Path, relative: str) -> Path:
+    relative = Path(relative)
+    return share / "CUTOUTS" / relative.parent / relative.stem
+
+
+def segment(share: Path, checkpoint: Path, *extra, timeout: float = 120):
+    return run_script("segment.py", "--root", share, "--checkpoint", checkpoint, *FAST_ARGS,
+                      *extra, timeout=timeout)
+
+
+def check_cutout_folder(folder: Path, source: Path, share: Path) -> dict:
+    """Files, cutouts.json and every pixel of every cut-out; returns the record."""
+    record = json.loads((folder / "cutouts.json").read_text())
+    entries = record["cutouts"]
+    stem = folder.name
+    assert record["source"] == source.relative_to(share).as_posix()
+    assert (record["width"], record["height"]) == (SIZE_PX, SIZE_PX)
+    assert record["model"] == "vit_tiny" and record["device"] == "cpu"
+    assert record["generator"]["points_per_side"] == 4
+    assert record["masks_found"] >= len(entries) >= 1
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["cutouts.json"] + [f"{stem}_cutout_{k}.png" for k in range(1, len(entries) + 1)])
+    areas = [entry["area"] for entry in entries]
+    assert areas == sorted(areas, reverse=True)
+    image = np.asarray(Image.open(source).convert("RGB"))
+    for entry in entries:
+        assert set(entry) == ENTRY_KEYS
+        mask = mask_from_polygons(entry["polygons"], SIZE_PX, SIZE_PX)
+        assert int(mask.sum()) == entry["area"]
+        assert mask_box(mask) == tuple(entry["bbox"])
+        picture = Image.open(folder / entry["file"])
+        assert picture.mode == "RGBA"
+        x, y, side = entry["canvas"]
+        assert picture.size == (side, side)
+        rgba = np.asarray(picture)
+        inside = np.zeros((side, side), dtype=bool)
+        colours = np.zeros((side, side, 3), dtype=np.uint8)
+        top, left = max(0, y), max(0, x)
+        bottom, right = min(SIZE_PX, y + side), min(SIZE_PX, x + side)
+        inside[top - y:bottom - y, left - x:right - x] = mask[top:bottom, left:right]
+        colours[top - y:bottom - y, left - x:right - x] = image[top:bottom, left:right]
+        np.testing.assert_array_equal(rgba[..., 3], np.where(inside, 255, 0))
+        assert not rgba[~inside].any()  # outside the mask: (0, 0, 0, 0) exactly
+        np.testing.assert_array_equal(rgba[inside][:, :3], colours[inside])
+    return record
+
+
+# ---------------------------------------------------------------- the script end to end
+
+
+def test_segment_makes_one_folder_per_image_and_a_rerun_does_nothing(share, tiny_checkpoint):
+    names = ["France/family/France_family_1_upscaled.png",
+             "Japan/working/Japan_working_1_upscaled.png"]
+    sources = add_upscaled(share, *names)
+    first = segment(share, tiny_checkpoint)
+    assert first.returncode == 0, first.stderr
+    assert "segment: 2 made, 0 already done" in first.stdout
+    for name, source in zip(names, sources):
+        record = check_cutout_folder(cutout_folder(share, name), source, share)
+        assert len(record["cutouts"]) == 4
+    assert not [p for p in (share / "CUTOUTS").rglob(".*")]  # no temporary leftovers
+
+    rows, skipped = read_logs(share / "logs", "segment")
+    assert skipped == 0 and len(rows) == 2
+    assert (share / "logs").glob("segment-*.csv")
+    for row in rows:
+        assert row["status"] == "done"
+        assert float(row["model_seconds"]) > 0 and float(row["cutout_seconds"]) > 0
+        assert float(row["seconds"]) >= float(row["model_seconds"])
+        assert int(row["masks_found"]) == 48 and int(row["cutouts_written"]) == 4
+        assert float(row["peak_rss_mb"]) > 100 and row["device"] == "cpu"
+
+    second = segment(share, tiny_checkpoint)
+    assert second.returncode == 0, second.stderr
+    assert "segment: 0 made, 2 already done" in second.stdout
+    assert len(read_logs(share / "logs", "segment")[0]) == 2
+
+
+def test_two_workers_split_the_images_and_never_do_one_twice(share, tiny_checkpoint):
+    names = [f"Kenya/family/Kenya_family_{n}_upscaled.png" for n in range(1, 5)]
+    add_upscaled(share, *names)
+    workers = [start_script("segment.py", "--root", share, "--checkpoint", tiny_checkpoint,
+                            *FAST_ARGS, "--poll-seconds", "0.2") for _ in range(2)]
+    outputs = [worker.communicate(timeout=180) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    made = [int(out.split("segment: ")[1].split(" made")[0]) for out, _ in outputs]
+    assert sum(made) == 4
+    rows, _ = read_logs(share / "logs", "segment")
+    done = [row["output"] for row in rows if row["status"] == "done"]
+    assert sorted(done) == sorted({cutout_folder(share, n).relative_to(share).as_posix()
+                                   for n in names})
+    assert all((cutout_folder(share, n) / "cutouts.json").is_file() for n in names)
+
+
+def test_a_killed_worker_leaves_nothing_half_made_and_its_image_is_taken_over(share, tiny_checkpoint):
+    names = ["France/family/France_family_1_upscaled.png",
+             "France/family/France_family_2_upscaled.png"]
+    sources = add_upscaled(share, *names)
+    first = start_script("segment.py", "--root", share, "--checkpoint", tiny_checkpoint,
+                         *FAST_ARGS, "--lease-seconds", "2")
+    claims = share / ".claims" / "segment"
+    try:
+        wait_for(lambda: list(claims.rglob("*.claim")), timeout_seconds=60, interval_seconds=0.01)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    for name in names:  # any folder under its final name is whole
+        folder = cutout_folder(share, name)
+        assert not folder.exists() or (folder / "cutouts.json").is_file()
+
+    second = segment(share, tiny_checkpoint, "--lease-seconds", "2", "--poll-seconds", "0.3")
+    assert second.returncode == 0, second.stderr
+    for name, source in zip(names, sources):
+        check_cutout_folder(cutout_folder(share, name), source, share)
+    assert not list(claims.rglob("*.claim"))
+
+
+def test_dry_run_loads_and_writes_nothing(share, tmp_path):
+    add_upscaled(share, "A/b/A_b_1_upscaled.png", "A/b/A_b_2_upscaled.png")
+    (cutout_folder(share, "A/b/A_b_2_upscaled.png")).mkdir(parents=True)
+    result = run_script("segment.py", "--root", share, "--cache-dir", tmp_path / "cache",
+                        "--dry-run")
+    assert result.returncode == 0, result.stderr
+    missing = tmp_path / "cache" / "sam" / "sam_vit_b_01ec64.pth"
+    assert (f"dry run: 1 image(s) to segment into {share / 'CUTOUTS'}, 1 already done; nothing "
+            f"was loaded or written (the checkpoint {missing} is missing)") in result.stdout
+    assert sorted(p.name for p in share.iterdir()) == ["CUTOUTS", "UPSCALED_IMAGES"]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_missing_checkpoint_names_the_official_file_and_address(share, tmp_path):
+    add_upscaled(share, "A/b/A_b_1_upscaled.png")
+    result = run_script("segment.py", "--root", share, "--cache-dir", tmp_path / "cache")
+    expected = tmp_path / "cache" / "sam" / "sam_vit_b_01ec64.pth"
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"error: SAM checkpoint {expected} not found: download sam_vit_b_01ec64.pth from "
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth and pass "
+        "--checkpoint PATH, or add --download\n")
+
+    result = run_script("segment.py", "--root", share, "--checkpoint", tmp_path / "sam_vit_h_4b8939.pth")
+    assert result.returncode == 2
+    assert "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth" in result.stderr
+    assert not (share / "CUTOUTS").exists()
+
+
+def test_corrupt_checkpoint_is_one_line_and_touches_nothing(share, tmp_path, tiny_checkpoint):
+    sources = add_upscaled(share, "A/b/A_b_1_upscaled.png")
+    before = sources[0].read_bytes()
+    cut_short = tmp_path / "sam_vit_b_01ec64.pth"
+    cut_short.write_bytes(tiny_checkpoint.read_bytes()[:50_000])
+    result = segment(share, cut_short)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: SAM checkpoint {cut_short} is not a readable PyTorch "
+                                    "file (")
+    assert result.stderr.endswith(
+        "it may be cut short or corrupt: delete it and download sam_vit_b_01ec64.pth again from "
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth\n")
+    assert result.stderr.count("\n") == 1
+    assert sources[0].read_bytes() == before
+    assert not (share / "CUTOUTS").exists() and not (share / ".claims").exists()
+
+
+def test_checkpoint_of_another_model_type_says_which_it_is(share, tmp_path, tiny_checkpoint):
+    add_upscaled(share, "A/b/A_b_1_upscaled.png")
+    misnamed = tmp_path / "sam_vit_b_01ec64.pth"
+    shutil.copy(tiny_checkpoint, misnamed)
+    result = segment(share, misnamed)
+    assert result.returncode == 2
+    assert result.stderr == (f"error: SAM checkpoint {misnamed} does not fit model type vit_b: "
+                             "it is a vit_tiny checkpoint: pass --model vit_tiny\n")
+
+
+def test_a_file_that_is_not_an_image_fails_alone_and_is_left_as_it_is(share, tiny_checkpoint):
+    add_upscaled(share, "A/b/A_b_1_upscaled.png")
+    broken = share / "UPSCALED_IMAGES" / "A" / "b" / "A_b_2_upscaled.png"
+    broken.write_bytes(b"this is not a PNG\n")
+    result = segment(share, tiny_checkpoint)
+    assert result.returncode == 1
+    assert "1 made, 0 already done, 0 made by other workers, 1 failed" in result.stdout
+    assert "run the same command again to retry them" in result.stdout
+    assert ("failed: CUTOUTS/A/b/A_b_2_upscaled: A_b_2_upscaled.png is not a readable image ("
+            in result.stderr)
+    assert broken.read_bytes() == b"this is not a PNG\n"
+    assert (cutout_folder(share, "A/b/A_b_1_upscaled.png") / "cutouts.json").is_file()
+    assert not cutout_folder(share, "A/b/A_b_2_upscaled.png").exists()
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+class _FileServer(http.server.ThreadingHTTPServer):
+    """Serves ``payload`` at any path on loopback, honouring Range; the first ``breaks``
+    answers stop after ``break_after`` bytes; ``ignore_range`` answers 200 always."""
+
+    def __init__(self, payload: bytes, breaks: int = 0, break_after: int = 0,
+                 ignore_range: bool = False):
+        super().__init__(("127.0.0.1", 0), _FileHandler)
+        self.payload, self.breaks, self.break_after = payload, breaks, break_after
+        self.ignore_range = ignore_range
+        self.ranges = []  # the Range header of each request (None: none)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/sam_vit_b_01ec64.pth"
+
+    def __enter__(self):
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.shutdown()
+        self.server_close()
+
+
+class _FileHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+    def do_GET(self):
+        server = self.server
+        header = self.headers.get("Range")
+        server.ranges.append(header)
+        start = 0
+        if header and not server.ignore_range:
+            start = int(header.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range",
+                             f"bytes {start}-{len(server.payload) - 1}/{len(server.payload)}")
+        else:
+            self.send_response(200)
+        body = server.payload[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if server.breaks > 0:
+            server.breaks -= 1
+            self.wfile.write(body[:server.break_after])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+        else:
+            self.wfile.write(body)
+
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+def test_download_resumes_a_broken_connection_and_verifies_the_sum(tmp_path):
+    destination = tmp_path / "cache" / "sam_vit_b_01ec64.pth"
+    with _FileServer(PAYLOAD, breaks=2, break_after=5 * 65536) as server:
+        result = download_checkpoint(server.url, destination, PAYLOAD_SHA256,
+                                     show_progress=False, backoff_seconds=0.01)
+    assert result == destination
+    assert destination.read_bytes() == PAYLOAD
+    assert server.ranges == [None, "bytes=327680-", "bytes=655360-"]
+    assert sorted(p.name for p in destination.parent.iterdir()) == [destination.name]
+
+
+def test_download_resumes_the_part_file_of_an_earlier_run(tmp_path):
+    destination = tmp_path / "sam_vit_b_01ec64.pth"
+    (tmp_path / "sam_vit_b_01ec64.pth.part").write_bytes(PAYLOAD[:1000])
+    with _FileServer(PAYLOAD) as server:
+        download_checkpoint(server.url, destination, PAYLOAD_SHA256, show_progress=False)
+    assert server.ranges == ["bytes=1000-"]
+    assert destination.read_bytes() == PAYLOAD
+
+
+def test_download_starts_again_when_the_server_ignores_range(tmp_path):
+    destination = tmp_path / "sam_vit_b_01ec64.pth"
+    (tmp_path / "sam_vit_b_01ec64.pth.part").write_bytes(b"x" * 500)
+    with _FileServer(PAYLOAD, ignore_range=True) as server:
+        download_checkpoint(server.url, destination, PAYLOAD_SHA256, show_progress=False)
+    assert destination.read_bytes() == PAYLOAD
+
+
+def test_download_with_a_wrong_sum_keeps_nothing(tmp_path):
+    destination = tmp_path / "sam_vit_b_01ec64.pth"
+    with _FileServer(PAYLOAD) as server:
+        with pytest.raises(DownloadFailed) as raised:
+            download_checkpoint(server.url, destination, "0" * 64, show_progress=False)
+    assert str(raised.value) == (
+        f"{server.url} downloaded with SHA-256 {PAYLOAD_SHA256}, expected {'0' * 64}: the file "
+        "was deleted; run the same command again, or download it by hand")
+    assert list(tmp_path.iterdir()) == []
+
+
+def closed_port_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_download_from_nowhere_fails_with_the_reason(tmp_path):
+    with pytest.raises(DownloadFailed) as raised:
+        download_checkpoint(closed_port_url() + "/x.pth", tmp_path / "x.pth", None,
+                            show_progress=False, retries=1, backoff_seconds=0.01)
+    assert raised.value.reason == "connection refused"
+
+
+def test_segment_download_verifies_the_official_sum(share, tmp_path):
+    add_upscaled(share, "A/b/A_b_1_upscaled.png")
+    with _FileServer(PAYLOAD) as server:
+        mirror = server.url.rsplit("/", 1)[0]
+        result = run_script("segment.py", "--root", share, "--cache-dir", tmp_path / "cache",
+                            "--download", "--download-from", mirror, "--no-progress")
+    assert result.returncode == 2
+    assert f"downloading {mirror}/sam_vit_b_01ec64.pth -> " in result.stdout
+    assert result.stderr == (
+        f"error: {mirror}/sam_vit_b_01ec64.pth downloaded with SHA-256 {PAYLOAD_SHA256}, "
+        "expected ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912: the file "
+        "was deleted; run the same command again, or download it by hand\n")
+    assert list((tmp_path / "cache" / "sam").iterdir()) == []
+
+
+def test_demo_without_a_checkpoint_or_internet_says_how_to_add_the_step(share, tmp_path):
+    add_upscaled(share, "A/b/A_b_1_upscaled.png")
+    mirror = closed_port_url()
+    result = run_script("segment.py", "--root", share, "--cache-dir", tmp_path / "cache",
+                        "--demo", "--download-from", mirror, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == (
+        f"segment step skipped: cannot download {mirror}/sam_vit_b_01ec64.pth (connection "
+        "refused); to add it, put sam_vit_b_01ec64.pth from "
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth into "
+        f"{tmp_path / 'cache' / 'sam'}/ and run make demo again")
+
+
+def test_demo_uses_a_checkpoint_already_in_the_cache(share, tmp_path, tiny_checkpoint):
+    # The tiny model under vit_b's name stands in for it: loading it shows the demo took
+    # the cached file (and checked it) instead of downloading.
+    cache = tmp_path / "cache" / "sam"
+    cache.mkdir(parents=True)
+    shutil.copy(tiny_checkpoint, cache / "sam_vit_b_01ec64.pth")
+    add_upscaled(share, "A/b/A_b_1_upscaled.png")
+    result = run_script("segment.py", "--root", share, "--cache-dir", tmp_path / "cache",
+                        "--demo", "--download-from", closed_port_url(), "--no-progress")
+    assert result.returncode == 2
+    assert "does not fit model type vit_b: it is a vit_tiny checkpoint" in result.stderr
+    assert "downloading" not in result.stdout
+
+
+def test_model_types_from_file_names_and_from_weights(tiny_checkpoint):
+    assert model_type_for(Path("/x/sam_vit_h_4b8939.pth")) == "vit_h"
+    assert model_type_for(Path("SAM_VIT_L_0b3195.pth")) == "vit_l"
+    assert model_type_for(Path("sam_vit_b_01ec64.pth")) == "vit_b"
+    assert model_type_for(tiny_checkpoint) == "vit_tiny"
+    assert model_type_for(Path("vit_base.pth")) is None
+    assert model_type_for(Path("model.pth")) is None
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    assert detect_model_type(state) == "vit_tiny"
+    assert detect_model_type({}) is None
+
+
+def test_loaded_model_is_float32_on_its_device_with_nothing_left_unloaded(tiny_checkpoint):
+    sam = load_sam("vit_tiny", tiny_checkpoint, "cpu")
+    tensors = list(sam.parameters()) + list(sam.buffers())
+    assert {t.dtype for t in tensors} == {torch.float32}
+    assert {t.device.type for t in tensors} == {"cpu"}
+    assert sum(p.numel() for p in sam.parameters()) < 500_000
+
+
+def test_device_choice():
+    assert choose_device("cpu") == "cpu"
+    assert choose_device("auto") in ("mps", "cuda", "cpu")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(UsageError, match="--device mps: this PyTorch sees no MPS device"):
+            choose_device("mps")
+        assert choose_device("auto") != "mps"
+
+
+def test_points_per_batch_follows_free_memory():
+    gib = 1024 ** 3
+    assert choose_points_per_batch(64 * gib) == 32
+    assert choose_points_per_batch(2 * gib) == 12
+    assert choose_points_per_batch(0) == 4
+
+
+def test_only_the_segmentation_code_imports_torch():
+    code = ("import sys, drawpipe.segmentation, drawpipe.commands, drawpipe.cutouts, "
+            "drawpipe.checkpoints; print('torch' in sys.modules)")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           cwd=PROJECT_DIR, check=True)
+    assert shown.stdout == "False\n"
+    for script in ("generate.py", "segment.py"):
+        traced = subprocess.run([sys.executable, "-X", "importtime", script, "--help"],
+                                capture_output=True, text=True, cwd=PROJECT_DIR, check=True)
+        assert " torch" not in traced.stderr
+
+
+# ---------------------------------------------------------------- lean vs stock generator
+
+
+def masks_by_point(records) -> dict:
+    grouped = {}
+    for point, mask in records:
+        grouped.setdefault((round(point[0], 2), round(point[1], 2)), []).append(mask)
+    return grouped
+
+
+@pytest.mark.parametrize("settings", [
+    dict(points_per_side=4, stability_score_offset=0.02, stability_score_thresh=0.5,
+         box_nms_thresh=1.0),
+    dict(points_per_side=3, stability_score_thresh=0.0, box_nms_thresh=1.0,
+         min_mask_region_area=3000),
+    dict(points_per_side=2, stability_score_thresh=0.0, crop_n_layers=1),
+], ids=["stability", "small-regions", "crops"])
+def test_lean_generator_gives_stock_masks(tiny_checkpoint, settings):
+    image = np.asarray(render_scene(3, "a family at home", SIZE_PX, 384).convert("RGB"))
+    height, width = image.shape[:2]
+    sam = load_sam("vit_tiny", tiny_checkpoint, "cpu")
+    stock = SamAutomaticMaskGenerator(sam, output_mode="uncompressed_rle", pred_iou_thresh=0.0,
+                                      points_per_batch=7, **settings).generate(image)
+
+    float64_inputs = []
+
+    def no_float64(module, inputs):
+        float64_inputs.extend(type(module).__name__ for t in inputs
+                              if torch.is_tensor(t) and t.dtype == torch.float64)
+
+    for module in sam.modules():
+        module.register_forward_pre_hook(no_float64)
+    lean = LeanMaskGenerator(sam, GeneratorSettings(pred_iou_thresh=0.0, points_per_batch=5,
+                                                    **settings), points_per_batch=5)
+    found = lean.generate(image)
+    assert float64_inputs == []  # what MPS cannot take never reaches the model
+    assert [mask.area for mask in found] == sorted((mask.area for mask in found), reverse=True)
+
+    assert len(found) == len(stock) > 0
+    stock_masks = masks_by_point((r["point_coords"][0], rle_to_mask(r["segmentation"]))
+                                 for r in stock)
+    lean_masks = masks_by_point((m.point, m.full_mask(height, width)) for m in found)
+    assert sorted(stock_masks) == sorted(lean_masks)
+    for point, masks in stock_masks.items():
+        for mask in masks:
+            best = max(np.count_nonzero(mask & other) / max(1, np.count_nonzero(mask | other))
+                       for other in lean_masks[point])
+            assert best >= 0.999
