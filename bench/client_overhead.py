@@ -25,52 +25,17 @@ the upscaler at 2x: the ~4-8 MB answers of DESIGN's "What a request costs").
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-BENCH_DIR = Path(__file__).resolve().parent
+from harness import (BENCH_DIR, PROJECT_DIR, ProcessUsage, print_table, run_measured,
+                     start_simulator, stop_process)
 QUEUE_NATION, QUEUE_CATEGORY = "Japan", "family"
-RUN_TIMEOUT_SECONDS = 600.0
 TARGET_CPU_RATIO = 10.0
 TARGET_RSS_RATIO = 1.2  # "flat": within 20 % of the small run's peak
-
-
-# --------------------------------------------------------------------------- harness
-# (scaling.py imports these)
-
-
-def start_simulator(*args, log_path: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """``python -m drawpipe.simulator --port 0 ARGS`` in its own process: (process, url)."""
-    command = [sys.executable, "-m", "drawpipe.simulator", "--port", "0", *map(str, args)]
-    if log_path is not None:
-        command += ["--request-log", str(log_path)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=PROJECT_DIR)
-    line = process.stdout.readline()
-    url = line.strip().rsplit(" ", 1)[-1]
-    if not url.startswith("http://"):
-        stop_process(process)
-        raise RuntimeError(f"the simulator did not start: {line!r}")
-    return process, url
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    """SIGTERM our own child (by its Popen), then kill it if it does not exit."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def generate_command(root: Path, server: str, images: int, payload: Path | None,
@@ -92,67 +57,8 @@ def baseline_command(root: Path, server: str, images: int, payload: Path | None)
     return command
 
 
-@dataclass
-class ProcessUsage:
-    exit_code: int
-    cpu_seconds: float  # user + system of the child alone
-    wall_seconds: float
-    max_rss_mb: float  # peak resident set, MiB
-    output_path: Path  # stdout and stderr, together
-
-
-def _max_rss_mb(ru_maxrss: int) -> float:
-    # Linux reports KiB, macOS bytes.
-    return ru_maxrss / (1024 * 1024) if sys.platform == "darwin" else ru_maxrss / 1024
-
-
-class Child:
-    """A subprocess whose own CPU time and peak RSS are read when it exits (os.wait4)."""
-
-    def __init__(self, command: list[str], output_path: Path):
-        self.output_path = output_path
-        self._output = open(output_path, "wb")
-        self.started = time.monotonic()
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._output,
-                                         stderr=subprocess.STDOUT, cwd=PROJECT_DIR)
-
-    def wait(self, timeout_seconds: float = RUN_TIMEOUT_SECONDS) -> ProcessUsage:
-        # wait4 has no timeout: a timer kills this child (by its pid) if it hangs.
-        timer = threading.Timer(timeout_seconds, self.process.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(self.process.pid, 0)
-        finally:
-            timer.cancel()
-            self._output.close()
-        wall = time.monotonic() - self.started
-        self.process.returncode = os.waitstatus_to_exitcode(status)
-        return ProcessUsage(self.process.returncode, usage.ru_utime + usage.ru_stime, wall,
-                            _max_rss_mb(usage.ru_maxrss), self.output_path)
-
-
-def run_measured(command: list[str], output_path: Path) -> ProcessUsage:
-    usage = Child(command, output_path).wait()
-    if usage.exit_code != 0:
-        tail = usage.output_path.read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"{' '.join(command)}\nexited {usage.exit_code}:\n{tail}")
-    return usage
-
-
 def count_pngs(folder: Path) -> int:
     return sum(1 for path in folder.rglob("*.png") if not path.name.startswith("."))
-
-
-def print_table(headers: list[str], rows: list[list]) -> None:
-    cells = [headers] + [[str(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for index, row in enumerate(cells):
-        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
-        if index == 0:
-            print("  ".join("-" * width for width in widths))
-
-
-# --------------------------------------------------------------------------- benchmark
 
 
 def write_templates(folder: Path) -> dict[int, Path | None]:

@@ -22,7 +22,6 @@ Figures, per run:
 """
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -30,8 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from client_overhead import (Child, baseline_command, count_pngs, generate_command,
-                             print_table, start_simulator, stop_process)
+from client_overhead import baseline_command, count_pngs, generate_command
+from harness import Child, print_table, read_posts, start_simulator, stop_process
 
 TARGET_WALL_RATIO = 1.10
 
@@ -51,18 +50,6 @@ class ScalingRun:
     @property
     def ideal_seconds(self) -> float:
         return self.images * self.latency_seconds / self.workers
-
-
-def read_posts(log_paths: list[Path]) -> list[dict]:
-    """Every txt2img POST in the simulators' JSON-lines request logs."""
-    posts = []
-    for path in log_paths:
-        if path.exists():
-            for line in path.read_text().splitlines():
-                entry = json.loads(line)
-                if entry["method"] == "POST" and entry["path"] == "/sdapi/v1/txt2img":
-                    posts.append(entry)
-    return posts
 
 
 def run_workers(side: str, workers: int, images: int, latency_seconds: float,
@@ -94,7 +81,7 @@ def run_workers(side: str, workers: int, images: int, latency_seconds: float,
         if usage.exit_code != 0:
             tail = usage.output_path.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"{side} worker {index} of {workers} exited {usage.exit_code}:\n{tail}")
-    posts = read_posts(log_paths)
+    posts = read_posts(log_paths, "/sdapi/v1/txt2img")
     if not posts:
         raise RuntimeError(f"{side} with {workers} workers sent no request")
     first_received = min(post["time"] for post in posts)

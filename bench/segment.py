@@ -33,7 +33,6 @@ Examples:
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys

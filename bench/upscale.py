@@ -39,27 +39,21 @@ each upscale every image). drawpipe's workers use --poll-seconds 0.2.
 """
 
 import argparse
-import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from client_overhead import print_table, start_simulator, stop_process
+from harness import (PROJECT_DIR, Child, print_table, read_posts, run_measured,
+                     start_simulator, stop_process)
+
+from drawpipe.simulator import encode_png, render_scene
 
 BENCH_DIR = Path(__file__).resolve().parent
-PROJECT_DIR = BENCH_DIR.parent
-sys.path.insert(0, str(PROJECT_DIR))
 
-from drawpipe.simulator import encode_png, render_scene  # noqa: E402
-
-RUN_TIMEOUT_SECONDS = 600.0
 TARGET_CPU_RATIO = 10.0
 TARGET_ONE_WORKER_WALL = 1.03
 TARGET_TWO_WORKERS_WALL = 1.10
@@ -69,45 +63,6 @@ INPUT_FOLDER = Path("GENERATIONS") / "Bench" / "family"
 
 
 # --------------------------------------------------------------------------- harness
-
-
-@dataclass
-class Usage:
-    exit_code: int
-    cpu_seconds: float  # user + system of the child alone
-    wall_seconds: float
-    output_path: Path
-
-
-class Child:
-    """A subprocess whose own CPU time is read when it exits (os.wait4). ``answer`` is
-    typed on its stdin (the baseline asks which machine it runs on)."""
-
-    def __init__(self, command: list[str], output_path: Path, answer: str = ""):
-        self.output_path = output_path
-        self._output = open(output_path, "wb")
-        self.started = time.monotonic()
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=self._output,
-                                        stderr=subprocess.STDOUT, cwd=PROJECT_DIR)
-        self.process.stdin.write(answer.encode())
-        self.process.stdin.close()
-
-    def wait(self) -> Usage:
-        # wait4 has no timeout: a timer kills this child (by its Popen) if it hangs.
-        timer = threading.Timer(RUN_TIMEOUT_SECONDS, self.process.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(self.process.pid, 0)
-        finally:
-            timer.cancel()
-            self._output.close()
-        wall = time.monotonic() - self.started
-        self.process.returncode = os.waitstatus_to_exitcode(status)
-        if self.process.returncode != 0:
-            tail = self.output_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{self.process.args} exited {self.process.returncode}:\n{tail}")
-        return Usage(self.process.returncode, usage.ru_utime + usage.ru_stime, wall,
-                     self.output_path)
 
 
 def client_command(side: str, root: Path, server: str, config: Path, *extra) -> list[str]:
@@ -142,17 +97,6 @@ def fresh_root(work: Path, name: str, inputs: Path | None, count: int) -> Path:
         shutil.copyfile(inputs / "Bench" / "family" / f"Bench_family_{number}.png",
                         target / f"Bench_family_{number}.png")
     return root
-
-
-def read_posts(log_paths: list[Path]) -> list[dict]:
-    posts = []
-    for path in log_paths:
-        if path.exists():
-            for line in path.read_text().splitlines():
-                entry = json.loads(line)
-                if entry["method"] == "POST" and entry["path"] == "/sdapi/v1/img2img":
-                    posts.append(entry)
-    return posts
 
 
 def count_outputs(root: Path) -> int:
@@ -193,14 +137,14 @@ def one_worker(side: str, images: int, latency: float, inputs: Path, work: Path,
     simulator, server = start_simulator("--latency", latency, log_path=log_path)
     try:
         empty = fresh_root(work, f"{slug}-empty", inputs, 0)
-        empty_usage = Child(client_command(side, empty, server, config),
-                            work / f"{slug}-empty.log", answer="1\n").wait()
+        empty_usage = run_measured(client_command(side, empty, server, config),
+                                   work / f"{slug}-empty.log", answer="1\n")
         root = fresh_root(work, slug, inputs, images)
-        usage = Child(client_command(side, root, server, config), work / f"{slug}.log",
-                      answer="1\n").wait()
+        usage = run_measured(client_command(side, root, server, config), work / f"{slug}.log",
+                             answer="1\n")
     finally:
         stop_process(simulator)
-    posts = read_posts([log_path])
+    posts = read_posts([log_path], "/sdapi/v1/img2img")
     result = OneWorker(
         side, images, latency, usage.cpu_seconds, empty_usage.cpu_seconds, usage.wall_seconds,
         empty_usage.wall_seconds,
@@ -246,12 +190,15 @@ def two_workers(side: str, images: int, latency: float, poll_seconds: float, inp
                           work / f"{slug}-{index}.log", answer=f"{index + 1}\n")
                     for index, (_, server) in enumerate(simulators)]
         for child in children:
-            child.wait()
+            usage = child.wait()
+            if usage.exit_code != 0:
+                tail = usage.output_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{child.process.args} exited {usage.exit_code}:\n{tail}")
         wall = time.monotonic() - launched
     finally:
         for process, _ in simulators:
             stop_process(process)
-    posts = read_posts(log_paths)
+    posts = read_posts(log_paths, "/sdapi/v1/img2img")
     per_image = Counter(post["seed"] for post in posts)
     result = TwoWorkers(side, images, latency, wall,
                         max(p["finished"] for p in posts) - min(p["time"] for p in posts),

@@ -11,22 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .simulator import start_process, stop_process
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEMO_ROOT = PROJECT_DIR / "demo"
 DEMO_QUEUE = ("France:family:2", "Japan:working:2", "Kenya:family:1")
 SIMULATED_LATENCY_SECONDS = "0.05"
-
-
-def start_simulator() -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "drawpipe.simulator", "--port", "0",
-         "--latency", SIMULATED_LATENCY_SECONDS],
-        stdout=subprocess.PIPE, text=True, cwd=PROJECT_DIR)
-    line = process.stdout.readline().strip()
-    if not line.startswith("drawpipe simulator listening on "):
-        process.kill()
-        raise SystemExit(f"error: the simulator did not start ({line or 'no output'})")
-    return process, line.rsplit(" ", 1)[-1]
 
 
 def run_step(title: str, command: list[str]) -> int:
@@ -41,7 +31,7 @@ def script(name: str, *args: str) -> list[str]:
 
 def main() -> int:
     DEMO_ROOT.mkdir(exist_ok=True)
-    simulator, url = start_simulator()
+    simulator, url = start_process("--latency", SIMULATED_LATENCY_SECONDS)
     print(f"simulated Draw Things at {url} (python -m drawpipe.simulator)")
     common = ["--root", str(DEMO_ROOT), "--server", url, "--no-progress"]
     try:
@@ -56,14 +46,15 @@ def main() -> int:
             if code != 0:
                 return code
     finally:
-        simulator.terminate()
-        simulator.wait()
+        stop_process(simulator)
     if (PROJECT_DIR / "segment.py").exists():
         code = run_step("segment: SAM cut-outs", script("segment.py", "--root", str(DEMO_ROOT),
                                                        "--demo", "--no-progress"))
         if code != 0:
             return code
-    print(f"\nall done: see {DEMO_ROOT} (GENERATIONS/, UPSCALED_IMAGES/, CUTOUTS/, logs/); "
+    made = [name + "/" for name in ("GENERATIONS", "UPSCALED_IMAGES", "CUTOUTS", "logs")
+            if (DEMO_ROOT / name).is_dir()]
+    print(f"\nall done: see {DEMO_ROOT} ({', '.join(made)}); "
           "run `make demo` again and nothing is redone")
     return 0
 

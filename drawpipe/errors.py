@@ -4,7 +4,10 @@
     ├── UsageError                bad arguments or configuration (exit 2)
     │   ├── InputFileError        a malformed prompts/queue/payload/config file
     │   ├── ServerUnreachable     preflight ``GET /`` failed: wrong URL, app closed
-    │   └── ServerRejected        HTTP 422: the server refused the request (never retried)
+    │   ├── ServerRejected        HTTP 422: the server refused the request (never retried)
+    │   │   └── StepRejected      ... naming the upscale recipe's step (upscaling.py)
+    │   └── CheckpointError       a SAM checkpoint missing, damaged or of another model
+    │       └── DownloadFailed    --download could not fetch or verify it (checkpoints.py)
     ├── JobFailed                 one job failed after its retries (exit 1, the batch goes on)
     │   ├── TransientError        a failure worth retrying: network, 5xx, bad image
     │   └── BadInput              the job's input is not a usable image: reported, never sent

@@ -51,11 +51,13 @@ import math
 import random
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pybase64
@@ -810,6 +812,39 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return arguments
 
 
+# --------------------------------------------------------------------------- as a process
+
+LISTENING = "drawpipe simulator listening on "
+
+
+def start_process(*args, request_log: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """``python -m drawpipe.simulator --port 0 ARGS`` in its own process: (process, url).
+
+    For tests, benchmarks and the demo, where the simulator's own work must not
+    share a process (or a GIL) with the client being measured.
+    """
+    command = [sys.executable, "-m", "drawpipe.simulator", "--port", "0", *map(str, args)]
+    if request_log is not None:
+        command += ["--request-log", str(request_log)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    line = process.stdout.readline()
+    if not line.startswith(LISTENING):
+        stop_process(process)
+        raise RuntimeError(f"the simulator did not start: {line.strip() or 'no output'}")
+    return process, line.strip()[len(LISTENING):]
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM our own child, then kill it if it does not exit within 10 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = _parse_arguments(argv)
     simulator = Simulator(
@@ -831,7 +866,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: cannot listen on {arguments.host}:{arguments.port}: {exc}", file=sys.stderr)
         return 2
-    print(f"drawpipe simulator listening on {simulator.url}", flush=True)
+    print(f"{LISTENING}{simulator.url}", flush=True)
     # A timed wait keeps the main thread responsive to signals on every platform.
     while not stop_requested.wait(0.5):
         pass

@@ -20,6 +20,7 @@ this module does the rest, the same way for all three:
 """
 
 import errno
+import glob
 import os
 import shutil
 import signal
@@ -146,6 +147,20 @@ def scratch_path(output: Path, worker: str) -> Path:
     """Temporary name beside ``output``: same folder, so the final rename is atomic.
     Leading dot: scanners skip it."""
     return output.with_name(f".{output.name}.{worker}.tmp")
+
+
+def remove_abandoned_scratch(output: Path, modified_before: float) -> None:
+    """Delete temporary files or folders a killed worker left beside ``output``.
+
+    Called once the job's claim is ours: one not modified since ``modified_before``
+    (epoch seconds, a lease ago) is nobody's.
+    """
+    for scratch in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
+        try:
+            if scratch.stat().st_mtime < modified_before:
+                remove_quietly(scratch)
+        except FileNotFoundError:
+            pass
 
 
 def write_atomically(path: Path, data: bytes, worker: str) -> None:
@@ -467,6 +482,9 @@ def _worker_loop(run: _Run, store: ClaimStore, run_job: RunJob, server: str | No
                 # Won the claim; the job may have been finished since our scan.
                 if output_exists(job.output):
                     continue
+                # File-server time, like claims: machines' clocks are never compared.
+                remove_abandoned_scratch(
+                    job.output, store.server_now() - run.settings.lease_seconds)
                 worked = True
                 outcome = _do_job(run, store.worker, run_job, job, server)
                 if outcome == "deferred":

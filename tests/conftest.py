@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from drawpipe import simulator as simulator_module
 from drawpipe.simulator import Simulator
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -53,26 +53,12 @@ def start_script(script: str, *args, env: dict | None = None) -> subprocess.Pope
     )
 
 
-def start_simulator_process(*args, log_path: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """``python -m drawpipe.simulator`` in its own process; returns (process, url)."""
-    command = [sys.executable, "-m", "drawpipe.simulator", "--port", "0", *map(str, args)]
-    if log_path is not None:
-        command += ["--request-log", str(log_path)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=PROJECT_DIR)
-    line = process.stdout.readline()
-    url = line.strip().rsplit(" ", 1)[-1]
-    assert url.startswith("http://"), line
-    return process, url
+def start_simulator_process(*args, log_path: Path | None = None):
+    """(process, url) of ``python -m drawpipe.simulator`` in its own process."""
+    return simulator_module.start_process(*args, request_log=log_path)
 
 
-def stop_process(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+stop_process = simulator_module.stop_process
 
 
 def read_request_log(path: Path) -> list[dict]:

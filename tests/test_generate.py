@@ -1,6 +1,7 @@
 """generate.py end to end: real subprocesses, a real simulator on loopback, real files."""
 
 import csv
+import os
 import json
 import signal
 import subprocess
@@ -418,3 +419,19 @@ def test_a_local_servers_process_is_measured(share, tmp_path):
     assert all(float(row["server_rss_mb"]) > 10 for row in rows)
     assert all(float(row["server_cpu_seconds"]) >= 0 for row in rows)
     assert sum(float(row["server_cpu_seconds"]) for row in rows) > 0
+
+
+def test_a_killed_workers_temporary_file_is_cleaned_by_the_next_owner(share, simulator):
+    folder = share / "GENERATIONS/Peru/family"
+    folder.mkdir(parents=True)
+    abandoned = folder / ".Peru_family_1.png.deadhost-1-0.tmp"
+    abandoned.write_bytes(b"\x89PNG half")
+    recent = folder / ".Peru_family_1.png.livehost-2-0.tmp"
+    recent.write_bytes(b"\x89PNG being written")
+    old = time.time() - 3600
+    os.utime(abandoned, (old, old))
+    result = generate(share, "--server", simulator.url, "--add", "Peru:family:1",
+                      "--lease-seconds", "60")
+    assert result.returncode == 0, result.stderr
+    assert not abandoned.exists()
+    assert recent.exists()  # within a lease: may belong to a live worker
