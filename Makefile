@@ -5,11 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[segment,test]'
+	$(PY) -m pip install --quiet -e '.[segment,report,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -17,14 +17,24 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m drawpipe.demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+# The report's browser test needs headless Chromium: Debian's package where apt exists
+# and none is installed; elsewhere that one test skips, saying why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+	  || ! command -v apt-get >/dev/null 2>&1 \
+	  || { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	       else sudo -n apt-get update -qq && sudo -n apt-get install -y -qq chromium >/dev/null; fi; } \
+	  || echo "note: could not install chromium; the report's browser test will skip"
 
 bench: $(STAMP)
 	$(PY) bench/client_overhead.py
 	$(PY) bench/scaling.py
 	$(PY) bench/upscale.py
 	$(PY) bench/segment.py
+	$(PY) bench/report.py
 
 clean:
 	rm -rf $(VENV) demo

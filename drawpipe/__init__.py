@@ -12,6 +12,11 @@ Modules, one job each:
   metrics     CPU/RAM sampling and the per-host CSV logs
   pngmeta     PNG text chunks written without re-encoding
   config      drawpipe.toml profiles
+  cli, commands   the scripts' edge: options, profiles, each script's body
+  generation, upscaling, segmentation   the three stages
+  mask_generator, cutouts, checkpoints  SAM without its waste; masks -> cut-outs; downloads
+  report, report_stats, report_html     python -m drawpipe.report
+  demo        make demo
 """
 
 __version__ = "0.1.0"

@@ -3,7 +3,8 @@
 Starts ``python -m drawpipe.simulator`` on a free loopback port, then runs the
 scripts exactly as a user would, into ``demo/`` in the project folder:
 generate.py (a small queue), upscale.py (creative upscale to 2048 px) and
-segment.py (SAM cut-outs, when a SAM checkpoint is at hand).
+segment.py (SAM cut-outs, when a SAM checkpoint is at hand), then the report
+with its gallery (demo/report/index.html).
 """
 
 import shlex
@@ -52,7 +53,11 @@ def main() -> int:
                                                        "--demo", "--no-progress"))
         if code != 0:
             return code
-    made = [name + "/" for name in ("GENERATIONS", "UPSCALED_IMAGES", "CUTOUTS", "logs")
+    code = run_step("report: progress, costs and the gallery",
+                    [sys.executable, "-m", "drawpipe.report", "--root", str(DEMO_ROOT), "--html"])
+    if code != 0:
+        return code
+    made = [name + "/" for name in ("GENERATIONS", "UPSCALED_IMAGES", "CUTOUTS", "logs", "report")
             if (DEMO_ROOT / name).is_dir()]
     print(f"\nall done: see {DEMO_ROOT} ({', '.join(made)}); "
           "run `make demo` again and nothing is redone")

@@ -1,0 +1,266 @@
+"""python -m drawpipe.report: how far each stage is, how long is left, what it cost; pictures.
+
+    python -m drawpipe.report --root SHARE                  the figures, on the terminal
+    python -m drawpipe.report --root SHARE --html           + SHARE/report/index.html
+    python -m drawpipe.report --root SHARE --contact-sheets + SHARE/report/contact_sheets/*.png
+    python -m drawpipe.report --root SHARE --csv [FILE]     + the per-image table (report/images.csv)
+    python -m drawpipe.report --root SHARE --queue q.json   + what generate.py still has to make
+
+Modules: this one is the command line and the per-image CSV export; report_stats.py
+reads the logs (figures, ETAs) and the folders (inventory, PNG metadata, work left,
+the cache); report_html.py makes thumbnails, charts, the page and contact sheets
+(Pillow and matplotlib are imported only there, only when needed).
+
+The report reads ``logs/`` and the image folders and never writes to them; all it
+writes is under ``SHARE/report/`` and the ``--csv FILE`` named (nothing at all
+without --html, --contact-sheets or --csv). ``report/cache.json`` remembers each file's (size, mtime_ns) with what was
+read from it (PNG metadata) or made from it (thumbnail), each chart's log files and
+each contact sheet's tiles, so a second run reads and redraws only what changed.
+Files are written atomically, and only when their content changed.
+
+*Work left* per stage, counted in the folders (a listing, not claims: a job being
+done right now still counts as left):
+
+- generate: unknown, because generate.py's queue lives on the command line, not in
+  the folder; with ``--queue FILE`` / ``--add NATION:CATEGORY:COUNT`` (as
+  generate.py takes them), the images of that queue missing from GENERATIONS/.
+- upscale: PNGs in GENERATIONS/ without ``UPSCALED_IMAGES/.../<stem>_upscaled.png``.
+- segment: PNGs in UPSCALED_IMAGES/ without a ``CUTOUTS/.../<stem>/`` folder.
+
+The ETA of each stage is that count at the combined recent rate of all hosts
+(report_stats.py: "done" rows of the last ``--eta-window-minutes``, default 60, of
+that stage's log).
+"""
+
+import argparse
+import csv
+import io
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cli import resolve_settings, run_main
+from .errors import UsageError
+from .generation import GENERATIONS_FOLDER
+from .prompts import QueueItem, load_prompt_sets, load_queue, merge_queue, parse_add
+from .report_stats import (DEFAULT_ETA_WINDOW_SECONDS, STAGES, ImageEntry, Inventory, Logs,
+                           ReportCache, build_stage_reports, format_summary, latest_done,
+                           load_logs, natural_key, read_metadata, scan_inventory, work_left,
+                           write_if_changed)
+from .segmentation import CUTOUTS_FOLDER
+from .upscaling import UPSCALED_FOLDER
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+REPORT_FOLDER = "report"
+CACHE_NAME = "cache.json"
+CSV_NAME = "images.csv"
+
+
+# --------------------------------------------------------------------------- per-image CSV
+
+CSV_COLUMNS = ("image", "group", "generated", "seed", "prompt", "generate_seconds",
+               "generate_host", "upscaled", "upscale_seconds", "upscale_host",
+               "cutouts_folder", "cutouts", "segment_seconds", "segment_host", "failed")
+
+
+def image_table(inventory: Inventory, logs: Logs, failures: dict[str, dict]) -> list[dict]:
+    """One row per image across stages (CSV_COLUMNS): images with a file, and images
+    only the logs know (a failed or since-deleted output). ``failures``: key ->
+    {stage: LogRow} of outstanding failures."""
+    done = {stage: latest_done(logs.rows.get(stage, [])) for stage in STAGES}
+    keys = set(inventory.entries)
+    for rows in done.values():
+        keys.update(rows)
+    keys.update(failures)
+    table = []
+    for key in sorted(keys, key=natural_key):
+        entry = inventory.entries.get(key) or ImageEntry(key)
+        row = {"image": entry.name, "group": entry.group,
+               "generated": entry.generated.path if entry.generated else "",
+               "upscaled": entry.upscaled.path if entry.upscaled else "",
+               "cutouts_folder": entry.cutouts_folder or "",
+               "cutouts": len(entry.cutouts) if entry.cutouts_folder else "",
+               "prompt": entry.meta.get("prompt", "")}
+        seed = entry.meta.get("seed", "")
+        for stage in STAGES:
+            logged = done[stage].get(key)
+            row[f"{stage}_seconds"] = logged.seconds if logged and logged.seconds is not None else ""
+            row[f"{stage}_host"] = logged.host if logged else ""
+            if not seed and logged and logged.seed:
+                seed = logged.seed
+        row["seed"] = seed
+        row["failed"] = "; ".join(f"{stage}: {failed.error or 'failed'}"
+                                  for stage, failed in failures.get(key, {}).items())
+        table.append(row)
+    return table
+
+
+def table_csv(table: list[dict]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    return buffer.getvalue().encode("utf-8")
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    root: Path
+    html: bool = False
+    contact_sheets: bool = False
+    csv_path: Path | None = None
+    queue: tuple[QueueItem, ...] | None = None  # None: generate's work left is unknown
+    eta_window_seconds: float = DEFAULT_ETA_WINDOW_SECONDS
+    processes: int = 1  # for thumbnails and contact sheets
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / REPORT_FOLDER
+
+
+def failures_by_image(root: Path, reports) -> dict[str, dict]:
+    """key -> {stage: LogRow} of failed jobs whose output still does not exist."""
+    found: dict[str, dict] = {}
+    for report in reports:
+        still = [row for row in report.failures if not os.path.lexists(root / row.output)]
+        report.failures[:] = still
+        for row in still:
+            key = row.key or row.output
+            found.setdefault(key, {})[report.stage] = row
+    return found
+
+
+def run_report(settings: ReportSettings, out=None, now: float | None = None) -> int:
+    """Print the figures; write what ``settings`` asks for under report/. Returns 0."""
+    out = out or sys.stdout
+    now = time.time() if now is None else now
+    root = settings.root
+    logs = load_logs(root / "logs")
+    inventory = scan_inventory(root)
+    if logs.file_count == 0 and not inventory.entries:
+        raise UsageError(f"nothing to report in {root}: no logs/*.csv and no images in "
+                         f"{GENERATIONS_FOLDER}/, {UPSCALED_FOLDER}/ or {CUTOUTS_FOLDER}/ "
+                         "(is --root the shared folder?)")
+    reports = build_stage_reports(logs, work_left(root, inventory, settings.queue),
+                                  settings.eta_window_seconds)
+    failures = failures_by_image(root, reports)
+    out.write(format_summary(root, logs, reports, settings.eta_window_seconds, now))
+    out.write(f"\nin the folder: {inventory.count('generated'):,} generated, "
+              f"{inventory.count('upscaled'):,} upscaled, {inventory.cutout_count:,} cut-outs "
+              f"in {inventory.count('cutouts_folder'):,} folders\n")
+    if not (settings.html or settings.contact_sheets or settings.csv_path):
+        return 0
+
+    report_dir = settings.report_dir
+    try:
+        report_dir.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {report_dir} ({exc.strerror or exc}): is the share "
+                         "mounted read-write?") from None
+    cache = ReportCache(report_dir / CACHE_NAME)
+    read_metadata(root, inventory, cache)
+    try:
+        if settings.html or settings.contact_sheets:
+            from . import report_html  # Pillow (and, for charts, matplotlib) only now
+
+            kinds = None if settings.html else ("generated", "upscaled")
+            made = report_html.update_thumbnails(root, report_dir, inventory, cache,
+                                                 settings.processes, kinds)
+            out.write(f"thumbnails: {made.made:,} made, {made.unchanged:,} unchanged"
+                      + (f", {made.failed:,} unreadable" if made.failed else "")
+                      + (f", {made.removed:,} removed" if made.removed else "") + "\n")
+            if settings.contact_sheets:
+                sheets = report_html.update_contact_sheets(report_dir, inventory, cache,
+                                                             settings.processes)
+                out.write(f"contact sheets: {sheets.made:,} made, {sheets.unchanged:,} unchanged "
+                          f"in {report_dir / report_html.SHEETS_FOLDER}\n")
+            if settings.html:
+                charts = report_html.update_charts(report_dir, logs, cache)
+                out.write(charts.sentence() + "\n")
+                written = report_html.write_page(report_dir, root, inventory, logs, reports,
+                                                 failures, charts, settings.eta_window_seconds,
+                                                 cache)
+                page = report_dir / report_html.PAGE_NAME
+                out.write(f"{'wrote' if written else 'unchanged:'} {page}\n")
+        if settings.csv_path:
+            table = image_table(inventory, logs, failures)
+            written = write_if_changed(settings.csv_path, table_csv(table))
+            out.write(f"{'wrote' if written else 'unchanged:'} {settings.csv_path} "
+                      f"({len(table):,} images)\n")
+    finally:
+        cache.save()
+    return 0
+
+
+def parse_arguments(argv) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m drawpipe.report",
+        description="Progress, ETA and costs of the three stages from the per-host logs; "
+                    "a gallery, contact sheets and a per-image table.")
+    parser.add_argument("--root", metavar="FOLDER",
+                        help="the (shared) folder holding GENERATIONS/, UPSCALED_IMAGES/, "
+                             "CUTOUTS/, logs/ (default: the project folder)")
+    parser.add_argument("--profile", metavar="NAME", help="a [profiles.NAME] of drawpipe.toml")
+    parser.add_argument("--config", metavar="FILE", help="config file (as the scripts take it)")
+    parser.add_argument("--html", action="store_true",
+                        help="write report/index.html: gallery, failures, charts")
+    parser.add_argument("--contact-sheets", action="store_true",
+                        help="write one PNG grid per nation and category to report/contact_sheets/")
+    parser.add_argument("--csv", nargs="?", const="", metavar="FILE",
+                        help=f"write the per-image table (default report/{CSV_NAME})")
+    parser.add_argument("--queue", action="append", metavar="FILE",
+                        help="generate.py's queue file, to count the images still to generate")
+    parser.add_argument("--add", action="append", metavar="NATION:CATEGORY:COUNT",
+                        help="a queue entry, as generate.py takes it; repeatable")
+    parser.add_argument("--prompts", metavar="FILE",
+                        help="prompt sets naming the nations (default prompts/variable_sets.json)")
+    parser.add_argument("--eta-window-minutes", type=float, metavar="M",
+                        help="the ETA's rate is measured over the last M minutes of each "
+                             "stage's log (default 60)")
+    parser.add_argument("--processes", type=int, metavar="N",
+                        help="processes making thumbnails (default: one per CPU core)")
+    return parser.parse_args(argv)
+
+
+def settings_from_arguments(args: argparse.Namespace, project_dir: Path) -> ReportSettings:
+    args.lease_seconds = args.poll_seconds = None  # resolve_settings reads them
+    common = resolve_settings(args, project_dir)
+    queue = None
+    if args.queue or args.add:
+        sets = load_prompt_sets(Path(args.prompts) if args.prompts
+                                else project_dir / "prompts" / "variable_sets.json")
+        items = [item for path in args.queue or [] for item in load_queue(Path(path), sets)]
+        items += [parse_add(spec, sets) for spec in args.add or []]
+        queue = tuple(merge_queue(items))
+    window = DEFAULT_ETA_WINDOW_SECONDS
+    if args.eta_window_minutes is not None:
+        if args.eta_window_minutes <= 0:
+            raise UsageError(f"--eta-window-minutes must be more than 0, got {args.eta_window_minutes:g}")
+        window = args.eta_window_minutes * 60
+    if args.processes is not None and args.processes < 1:
+        raise UsageError(f"--processes must be 1 or more, got {args.processes}")
+    csv_path = None
+    if args.csv is not None:
+        csv_path = Path(args.csv).resolve() if args.csv else common.root / REPORT_FOLDER / CSV_NAME
+        for folder in ("logs", GENERATIONS_FOLDER, UPSCALED_FOLDER, CUTOUTS_FOLDER):
+            if csv_path.is_relative_to(common.root / folder):
+                raise UsageError(f"--csv {args.csv}: the report never writes into {folder}/; "
+                                 "choose a file elsewhere (default: report/images.csv)")
+    return ReportSettings(
+        root=common.root, html=args.html, contact_sheets=args.contact_sheets, csv_path=csv_path,
+        queue=queue, eta_window_seconds=window,
+        processes=args.processes or min(os.cpu_count() or 1, 8))
+
+
+def main(argv=None, project_dir: Path = PROJECT_DIR) -> int:
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    return run_report(settings_from_arguments(args, project_dir))
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
