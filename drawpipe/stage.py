@@ -436,6 +436,14 @@ def _wait_for_workers(run: _Run) -> None:
 def _worker_main(run: _Run, store: ClaimStore, run_job: RunJob, server: str | None) -> None:
     try:
         _worker_loop(run, store, run_job, server)
+    except OSError as exc:
+        # The share itself failed (unmounted, server gone) outside any one job.
+        with run.lock:
+            if run.fatal is None:
+                run.fatal = UsageError(
+                    f"lost the shared folder {run.settings.root} ({exc.strerror or exc}): "
+                    "check the share is mounted, then run the same command again")
+        run.stop.set()
     finally:
         with run.lock:
             run.live_workers -= 1
