@@ -6,8 +6,8 @@ of square transparent PNGs, one per object (<stem>_cutout_<k>.png, largest first
 cutouts.json (bbox, area, scores, outline polygons of each).
 
 Examples:
-  python segment.py --root /Volumes/share --checkpoint sam_vit_h_4b8939.pth
-  python segment.py --root /Volumes/share --download        # vit_b, fetched into the cache
+  python segment.py --root SHARE --checkpoint sam_vit_h_4b8939.pth
+  python segment.py --root SHARE --download        # vit_b, fetched into the cache
   python segment.py --model vit_l --download --device mps   # the cache's sam_vit_l_0b3195.pth
   python segment.py --points-per-side 16 --max-cutouts 12 --watch
   python segment.py --dry-run                               # to do, done, claimed by whom

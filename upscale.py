@@ -2,8 +2,8 @@
 """Upscale every image under GENERATIONS/ to 2048 px with Draw Things' img2img, on one or more Macs.
 
 Examples:
-  python upscale.py --root /Volumes/share                 # GENERATIONS/ -> UPSCALED_IMAGES/
-  python upscale.py --root /Volumes/share --watch         # keep picking up new images; Ctrl-C stops
+  python upscale.py --root SHARE                 # GENERATIONS/ -> UPSCALED_IMAGES/
+  python upscale.py --root SHARE --watch         # keep picking up new images; Ctrl-C stops
   python upscale.py --recipe payloads/upscale_fast.json   # one request per image instead of two
   python upscale.py --dry-run                             # to do, done, claimed by whom
   python upscale.py --server http://10.0.0.5:7860 --server http://127.0.0.1:7860
