@@ -16,7 +16,8 @@ from drawpipe.generation import seed_for
 from drawpipe.pngmeta import read_text_chunks
 from drawpipe.simulator import Simulator
 
-from conftest import FAST_RETRY_ARGS, png_files, run_script, start_script, wait_for
+from conftest import (FAST_RETRY_ARGS, png_files, run_script, script_command, start_script,
+                      wait_for)
 
 
 def generate(share: Path, *args, stdin: str = "", **kwargs):
@@ -435,3 +436,24 @@ def test_a_killed_workers_temporary_file_is_cleaned_by_the_next_owner(share, sim
     assert result.returncode == 0, result.stderr
     assert not abandoned.exists()
     assert recent.exists()  # within a lease: may belong to a live worker
+
+
+def test_several_profiles_on_a_terminal_ask_which(tmp_path, share, simulator):
+    import pty
+    config = tmp_path / "drawpipe.toml"
+    config.write_text(f'[profiles.macbook]\nroot = "{tmp_path}"\n'
+                      f'[profiles.macmini]\nroot = "{share}"\nservers = ["{simulator.url}"]\n')
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            script_command("generate.py", "--config", config, "--add", "Peru:family:1",
+                           "--no-progress"),
+            stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        os.write(controller, b"2\n")  # the second profile of the numbered list
+        out, err = process.communicate(timeout=60)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert process.returncode == 0, err
+    assert "  1. macbook\n  2. macmini\n" in out
+    assert generated(share) == ["GENERATIONS/Peru/family/Peru_family_1.png"]
