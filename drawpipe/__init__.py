@@ -15,7 +15,7 @@ Modules, one job each:
   cli, commands   the scripts' edge: options, profiles, each script's body
   generation, upscaling, segmentation   the three stages
   mask_generator, cutouts, checkpoints  SAM without its waste; masks -> cut-outs; downloads
-  report, report_stats, report_html     python -m drawpipe.report
+  report, report_stats, report_data, report_html   python -m drawpipe.report
   demo        make demo
 """
 

@@ -7,9 +7,9 @@
     python -m drawpipe.report --root SHARE --queue q.json   + what generate.py still has to make
 
 Modules: this one is the command line and the per-image CSV export; report_stats.py
-reads the logs (figures, ETAs) and the folders (inventory, PNG metadata, work left,
-the cache); report_html.py makes thumbnails, charts, the page and contact sheets
-(Pillow and matplotlib are imported only there, only when needed).
+reads the logs (figures, ETAs); report_data.py the folders (inventory, PNG metadata,
+work left) and keeps the cache; report_html.py makes thumbnails, charts, the page and
+contact sheets (Pillow and matplotlib are imported only there, only when needed).
 
 The report reads ``logs/`` and the image folders and never writes to them; all it
 writes is under ``SHARE/report/`` and the ``--csv FILE`` named (nothing at all
@@ -45,10 +45,10 @@ from .cli import resolve_settings, run_main
 from .errors import UsageError
 from .generation import GENERATIONS_FOLDER
 from .prompts import QueueItem, load_prompt_sets, load_queue, merge_queue, parse_add
-from .report_stats import (DEFAULT_ETA_WINDOW_SECONDS, STAGES, ImageEntry, Inventory, Logs,
-                           ReportCache, build_stage_reports, format_summary, latest_done,
-                           load_logs, natural_key, read_metadata, scan_inventory, work_left,
-                           write_if_changed)
+from .report_data import (ImageEntry, Inventory, ReportCache, natural_key, read_metadata,
+                          scan_inventory, work_left, write_if_changed)
+from .report_stats import (DEFAULT_ETA_WINDOW_SECONDS, STAGES, Logs, build_stage_reports,
+                           format_summary, latest_done, load_logs)
 from .segmentation import CUTOUTS_FOLDER
 from .upscaling import UPSCALED_FOLDER
 

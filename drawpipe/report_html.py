@@ -11,7 +11,7 @@ opens from the share on any Mac with no server and no internet::
 Clicking a thumbnail opens the full-size original through a relative link
 (``../GENERATIONS/...``): it works wherever the share's folders sit side by side.
 
-What is redone on a second run (report.ReportCache remembers the rest):
+What is redone on a second run (report_data.ReportCache remembers the rest):
 - a thumbnail, when its source's (size, mtime_ns) changed or the thumbnail is gone;
   thumbnails of sources that are gone are deleted;
 - a chart, when its stage's log files (name, size, mtime_ns) changed; matplotlib
@@ -36,9 +36,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
-from .report_stats import (STAGES, ImageEntry, Logs, StageReport, eta_sentence, format_time,
-                           latest_done, natural_key, summary_table, temporary_name,
-                           write_if_changed)
+from .report_data import ImageEntry, natural_key, temporary_name, write_if_changed
+from .report_stats import (STAGES, Logs, StageReport, eta_sentence, format_time, latest_done,
+                           summary_table)
 
 PAGE_NAME = "index.html"
 THUMBS_FOLDER = "thumbs"

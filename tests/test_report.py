@@ -24,8 +24,9 @@ from PIL import Image
 from drawpipe.generation import seed_for
 from drawpipe.metrics import COMMON_COLUMNS
 from drawpipe.pngmeta import add_text_chunks, provenance_chunks
+from drawpipe.report_data import parse_infotext
 from drawpipe.report_stats import (LogRow, busy_seconds, estimate_eta, format_duration,
-                                   load_logs, parse_infotext, percentile, stage_figures)
+                                   load_logs, percentile, stage_figures)
 
 from chromium import find_chromium, open_page
 from conftest import PROJECT_DIR
