@@ -19,18 +19,27 @@ PROMPT_PLACEHOLDER = "{prompt}"
 
 
 def read_json_file(path: Path):
-    """Parse a JSON file; InputFileError naming the file, line and column on failure."""
+    """Parse a JSON file a user wrote (payloads, recipes, prompt sets, queues).
+
+    InputFileError naming the file, and for bad JSON the line and column.
+    """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise InputFileError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputFileError(f"{path}: cannot read it ({exc})") from None
+    except IsADirectoryError:
+        raise InputFileError(f"{path}: is a folder, not a file") from None
+    except OSError as error:
+        raise InputFileError(f"{path}: cannot read ({error.strerror or error})") from None
+    try:
+        text = raw.decode("utf-8-sig")  # editors on Windows may add a BOM
+    except UnicodeDecodeError as error:
+        raise InputFileError(f"{path}: not UTF-8 text (bad byte at offset {error.start})") from None
     try:
         return json.loads(text)
-    except json.JSONDecodeError as exc:
+    except json.JSONDecodeError as error:
         raise InputFileError(
-            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+            f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
         ) from None
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from drawpipe.errors import InputFileError, UsageError
+from drawpipe.payloads import read_json_file
 
 CATEGORIES = ("family", "working")
 
@@ -359,24 +360,7 @@ def _category_with_prompts(sets: PromptSets, nation: str, text: str) -> str:
 
 def _read_json_list(path: str | Path, fields: Sequence[str]) -> list:
     """The top-level JSON list of ``path``; InputFileError for anything else."""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputFileError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputFileError(f"{path}: is a folder, not a file") from None
-    except OSError as error:
-        raise InputFileError(f"{path}: cannot read ({error.strerror or error})") from None
-    try:
-        text = raw.decode("utf-8-sig")  # editors on Windows may add a BOM
-    except UnicodeDecodeError as error:
-        raise InputFileError(f"{path}: not UTF-8 text (bad byte at offset {error.start})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InputFileError(
-            f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
-        ) from None
+    data = read_json_file(path)
     shape = "{" + ", ".join(f'"{field}"' for field in fields) + "}"
     if not isinstance(data, list):
         raise InputFileError(f"{path}: expected a JSON list of {shape} objects, got {_type_name(data)}")

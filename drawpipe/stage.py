@@ -304,10 +304,10 @@ class _Progress:
 class _Run:
     """State shared by the worker threads of one process."""
 
-    def __init__(self, stage: Stage, settings: EngineSettings):
+    def __init__(self, stage: Stage, settings: EngineSettings, host: str):
         self.stage = stage
         self.settings = settings
-        self.host = host_name()
+        self.host = host
         self.stop = threading.Event()  # no new jobs (Ctrl-C, fatal error)
         self.fatal: DrawpipeError | None = None
         self.lock = threading.Lock()
@@ -359,7 +359,7 @@ def run_stage(stage: Stage, settings: EngineSettings) -> Summary:
     ]
     try:
         stores[0].prepare()
-        run = _Run(stage, settings)  # creates logs/
+        run = _Run(stage, settings, host)  # creates logs/
     except OSError as exc:
         raise UsageError(
             f"cannot write to {settings.root} ({exc.strerror or exc}): check that the folder "
@@ -388,10 +388,10 @@ def run_stage(stage: Stage, settings: EngineSettings) -> Summary:
         signal.signal(signal.SIGTERM, previous_sigterm)
         for store in stores:
             store.close()
-        remaining = [job for job in run.jobs if not output_exists(job.output)]
+        remaining = {job.key for job in run.jobs if not output_exists(job.output)}
         run.summary.remaining = len(remaining)
         run.summary.failed = {key: error for key, error in run.summary.failed.items()
-                              if key in {job.key for job in remaining}}
+                              if key in remaining}
         run.progress.close()
     if run.fatal is not None:
         raise run.fatal
