@@ -7,6 +7,7 @@ Examples:
   python generate.py --add France:family:10 --add Japan:working:10 --root /path/to/share
   python generate.py --queue prompts/example_queue.json --dry-run
   python generate.py --queue q.json --server http://10.0.0.5:7860 --server http://127.0.0.1:7860
+  python generate.py --add Japan:family:2 --set steps=40 --set sampler="DPM++ SDE Karras"
 """
 
 import argparse
@@ -29,6 +30,9 @@ def parse_arguments(argv):
                         help="added to every file-name seed, for a different take (default 0)")
     parser.add_argument("--payload", metavar="FILE", help="txt2img template "
                         "(default payloads/txt2img.json)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override one key of the template (a Draw Things API key; VALUE "
+                             "is JSON or text); repeatable. Images already made are not redone")
     parser.add_argument("--prompts", metavar="FILE", help="prompt sets "
                         "(default prompts/variable_sets.json)")
     parser.add_argument("--list-nations", action="store_true", help="print the nations and exit")

@@ -4,7 +4,9 @@
 Examples:
   python upscale.py --root SHARE                 # GENERATIONS/ -> UPSCALED_IMAGES/
   python upscale.py --root SHARE --watch         # keep picking up new images; Ctrl-C stops
-  python upscale.py --recipe payloads/upscale_fast.json   # one request per image instead of two
+  python upscale.py --recipe upscale_fast.json            # one request per image instead of two
+  python upscale.py --set strength=0.35                   # every step that sends strength
+  python upscale.py --set "refine 2048:steps=12"          # one step, by name or number
   python upscale.py --dry-run                             # to do, done, claimed by whom
   python upscale.py --server http://10.0.0.5:7860 --server http://127.0.0.1:7860
 """
@@ -22,8 +24,12 @@ def parse_arguments(argv):
         description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", metavar="FILE",
-                        help="the img2img steps (default payloads/upscale.json; "
-                             "payloads/upscale_fast.json does it in one request)")
+                        help="the img2img steps: a file, or a bundled recipe's name "
+                             "(default creative_upscale.json; see README 'Choosing a recipe')")
+    parser.add_argument("--set", action="append", metavar="[STEP:]KEY=VALUE",
+                        help="override a Draw Things API key in every step that sends it, or "
+                             "in one step (its name or number); VALUE is JSON or text; "
+                             "repeatable. Images already upscaled are not redone")
     parser.add_argument("--watch", action="store_true",
                         help="keep polling GENERATIONS/ for new images until Ctrl-C")
     parser.add_argument("--seed-offset", type=int, metavar="N",

@@ -58,7 +58,7 @@ TARGET_CPU_RATIO = 10.0
 TARGET_ONE_WORKER_WALL = 1.03
 TARGET_TWO_WORKERS_WALL = 1.10
 FAST_RECIPE = PROJECT_DIR / "payloads" / "upscale_fast.json"
-CREATIVE_RECIPE = PROJECT_DIR / "payloads" / "upscale.json"
+CREATIVE_RECIPE = PROJECT_DIR / "payloads" / "creative_upscale.json"
 INPUT_FOLDER = Path("GENERATIONS") / "Bench" / "family"
 
 

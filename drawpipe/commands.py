@@ -16,10 +16,14 @@ from .claims import ClaimStore
 from .cli import CommonSettings, resolve_settings
 from .errors import UsageError
 from .generation import GenerateStage
-from .payloads import load_payload
+from .payloads import (check_payload, load_payload, parse_override, sends,
+                       with_override)
 from .prompts import ask_queue, format_queue, load_prompt_sets, load_queue, merge_queue, parse_add
 from .stage import EngineSettings, Job, output_exists, run_stage
-from .upscaling import DEFAULT_SETTLE_SECONDS, UpscaleStage, load_recipe
+from .upscaling import DEFAULT_SETTLE_SECONDS, UpscaleStage, apply_overrides, load_recipe
+
+
+DEFAULT_RECIPE = "creative_upscale.json"
 
 
 def engine_settings(settings: CommonSettings, args, servers=None) -> EngineSettings:
@@ -52,6 +56,18 @@ def job_states(root: Path, stage_name: str, jobs: list[Job], lease_seconds: floa
     return states
 
 
+def warning_printer():
+    """A ``warn(line)`` printing each distinct warning once, above any progress bar."""
+    seen = set()
+
+    def warn(line: str) -> None:
+        if line not in seen:
+            seen.add(line)
+            tqdm.write(f"warning: {line}", file=sys.stderr)
+
+    return warn
+
+
 def print_summary(summary, out) -> None:
     for line in summary.lines():
         print(line, file=out)
@@ -64,7 +80,20 @@ def generate(args, project_dir: Path, stdin=None, stdout=None) -> int:
     prompt_sets = load_prompt_sets(Path(args.prompts) if args.prompts
                                    else project_dir / "prompts" / "variable_sets.json")
     payload_path = Path(args.payload) if args.payload else project_dir / "payloads" / "txt2img.json"
-    template = load_payload(payload_path)
+    template, warnings = load_payload(payload_path)
+    overrides = [parse_override(text) for text in args.set or []]
+    source = str(payload_path)
+    for override in overrides:
+        if override.step is not None:
+            raise UsageError(f"--set {override.text}: generate.py has one template, no steps: "
+                             "use --set KEY=VALUE")
+        template = with_override(template, override)
+    if overrides:
+        source = f"{payload_path} with {' '.join('--set ' + o.text for o in overrides)}"
+        warnings = check_payload(template, source)
+    warn = warning_printer()
+    for line in warnings:
+        warn(line)
 
     if args.list_nations:
         for number, nation in enumerate(prompt_sets.nations, 1):
@@ -80,7 +109,9 @@ def generate(args, project_dir: Path, stdin=None, stdout=None) -> int:
     print(format_queue(queue), file=stdout)
 
     stage = GenerateStage(settings.root, queue, prompt_sets, template, settings.client,
-                          settings.seed_offset)
+                          settings.seed_offset, source, tuple(o.text for o in overrides), warn)
+    if overrides:
+        print("overrides: " + ", ".join(f"--set {o.text}" for o in overrides), file=stdout)
     if args.dry_run:
         return _print_generate_plan(stage, settings, stdout)
     summary = run_stage(stage, engine_settings(settings, args))
@@ -118,6 +149,11 @@ def upscale(args, project_dir: Path, stdin=None, stdout=None) -> int:
     stdout = stdout or sys.stdout
     settings = resolve_settings(args, project_dir, stdin, stdout)
     recipe = load_recipe(_recipe_path(args.recipe, project_dir))
+    if args.set:
+        recipe = apply_overrides(recipe, [parse_override(text) for text in args.set])
+    warn = warning_printer()
+    for line in recipe.warnings:
+        warn(line)
     settle_seconds = args.settle_seconds if args.settle_seconds is not None else DEFAULT_SETTLE_SECONDS
     if settle_seconds < 0:
         raise UsageError(f"--settle-seconds must be 0 or more, got {settle_seconds:g}")
@@ -126,10 +162,16 @@ def upscale(args, project_dir: Path, stdin=None, stdout=None) -> int:
         tqdm.write(f"skipped: {label}: {reason} (never sent)", file=sys.stderr)
 
     stage = UpscaleStage(settings.root, recipe, settings.client, settings.seed_offset,
-                         settle_seconds, on_skipped=None if args.dry_run else report_skipped)
+                         settle_seconds, on_skipped=None if args.dry_run else report_skipped,
+                         on_warning=warn)
     print(f"recipe {recipe.path}: {len(recipe.steps)} step(s) "
           f"({', '.join(step.name for step in recipe.steps)}) -> "
           f"{recipe.output_size[0]}x{recipe.output_size[1]} px", file=stdout)
+    for override in recipe.overrides:
+        numbers = [str(n) for n, step in enumerate(recipe.steps, 1)
+                   if sends(step.payload, override.key)
+                   and step.payload[override.key] == override.value]
+        print(f"override --set {override.text}: step(s) {', '.join(numbers)}", file=stdout)
     if args.dry_run:
         return _print_upscale_plan(stage, settings, stdout)
     summary = run_stage(stage, engine_settings(settings, args))
@@ -155,7 +197,7 @@ def _recipe_path(recipe: str | None, project_dir: Path) -> Path:
     """--recipe FILE as given, else a bundled one by file name (upscale_fast.json)."""
     bundled = project_dir / "payloads"
     if recipe is None:
-        return bundled / "upscale.json"
+        return bundled / DEFAULT_RECIPE
     path = Path(recipe).expanduser()
     if not path.exists():
         for candidate in (bundled / recipe, bundled / f"{recipe}.json"):

@@ -4,6 +4,7 @@
     ├── UsageError                bad arguments or configuration (exit 2)
     │   ├── InputFileError        a malformed prompts/queue/payload/config file
     │   ├── ServerUnreachable     preflight ``GET /`` failed: wrong URL, app closed
+    │   ├── ServerIncompatible    the running app lacks a key the template sends (an older app)
     │   ├── ServerRejected        HTTP 422: the server refused the request (never retried)
     │   │   └── StepRejected      ... naming the upscale recipe's step (upscaling.py)
     │   └── CheckpointError       a SAM checkpoint missing, damaged or of another model
@@ -30,6 +31,10 @@ class InputFileError(UsageError):
 
 class ServerUnreachable(UsageError):
     pass
+
+
+class ServerIncompatible(UsageError):
+    """The app answering ``GET /`` does not have a key the template sends."""
 
 
 class ServerRejected(UsageError):

@@ -9,9 +9,10 @@ for the same file, and asking for a larger count makes only the missing ones.
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from . import drawthings
-from .payloads import effective_parameters, fill_prompt
+from .payloads import check_against_app, effective_parameters, fill_prompt
 from .pngmeta import add_text_chunks, provenance_chunks
 from .prompts import PromptSets, QueueItem
 from .sdapi import ClientSettings, SdapiClient
@@ -46,8 +47,16 @@ class GenerateStage:
     extra_columns = ("server",)
 
     def __init__(self, root: Path, queue: list[QueueItem], prompt_sets: PromptSets,
-                 template: dict, client_settings: ClientSettings, seed_offset: int = 0):
+                 template: dict, client_settings: ClientSettings, seed_offset: int = 0,
+                 template_source: str = "the txt2img template", overrides: tuple[str, ...] = (),
+                 on_warning: Callable[[str], None] | None = None):
+        """``template``: checked, with any --set ``overrides`` (their texts, kept in each
+        image's provenance) applied; ``on_warning(line)``: what the preflight finds the
+        app would do without a word."""
         self.root = root
+        self.template_source = template_source
+        self.overrides = tuple(overrides)
+        self.on_warning = on_warning
         self.queue = queue
         self.prompt_sets = prompt_sets
         self.template = template
@@ -89,13 +98,18 @@ class GenerateStage:
         """Preflight the server (``GET /``) and return this worker's job runner."""
         client = SdapiClient(server, self.client_settings)
         app_configuration = client.check_server()
+        for line in check_against_app(self.template, self.template_source, app_configuration,
+                                      server):
+            if self.on_warning is not None:
+                self.on_warning(line)
         expected_size = drawthings.output_size(
             effective_parameters(self.template, app_configuration))
 
         def run(job: Job, scratch: Path) -> JobResult:
             payload = self.payload_for(job)
             answer = client.generate("txt2img", payload, expected_size)
-            png = add_text_chunks(answer.png, provenance_chunks(payload))
+            png = add_text_chunks(answer.png,
+                                  provenance_chunks(payload, overrides=list(self.overrides)))
             return JobResult(data=png, attempts=answer.attempts, extra={"server": server})
 
         return run

@@ -1,21 +1,46 @@
-"""Payload templates: load, validate against Draw Things' keys, merge overrides.
+"""Payload templates: load them and check them as the app would take them.
 
-A template is a JSON object of request keys (see drawthings.py). Keys starting
-with "_" are notes for people and are never sent. Draw Things takes every key
-left out from whatever the app's window is set to, so templates name every field
-that matters, with null/[]/false where a feature must be off.
+A template is a JSON object of request keys (drawthings.py; the keys come from
+Draw Things' source). Keys starting with "_" are notes for people and are never
+sent. Draw Things takes every key left out from whatever the app's window is set
+to, so templates name every field that matters, with null/[]/false where a feature
+must be off.
 
 ``"prompt"`` may contain ``{prompt}``, replaced by the queue's prompt variant.
+
+Checks, all before the first request:
+- ``check_payload``: what the app would refuse (an unknown key, a key with its
+  alias, a wrong type, a value out of range, a sampler that is not one) and what it
+  would silently drop (a LoRA or ControlNet of another model family, a union
+  ControlNet without ``inputOverride``): an InputFileError naming the file. What
+  cannot be checked or is probably not meant comes back as warning lines.
+- ``check_against_app``: the same against the running app's ``GET /`` answer: a
+  key that app does not have (an older app) is a ServerIncompatible error, and the
+  app's current values stand in for the keys the template leaves out.
+
+Overrides (``--set KEY=VALUE``, ``--set STEP:KEY=VALUE``) change a template's values
+from the command line; ``parse_override`` checks each against the table at once,
+and the template it lands in is checked again as a whole.
 """
 
 import difflib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import drawthings
-from .errors import InputFileError
+from .errors import InputFileError, ServerIncompatible, UsageError
 
 PROMPT_PLACEHOLDER = "{prompt}"
+
+# Keys whose values the app floors to a multiple of 64 without a word (Invocation.swift).
+_FLOORED_TO_64 = ("width", "height", "hires_fix_width", "hires_fix_height")
+# Entry fields the app reads as one of a few words, taking a default for anything else
+# (ScriptModels.swift createControl/createLora): field -> (accepted, default).
+_ENTRY_WORDS = {
+    ("controls", "controlImportance"): (("balanced", "prompt", "control"), "balanced"),
+    ("loras", "mode"): (("all", "base", "refiner"), "all"),
+}
 
 
 def read_json_file(path: Path):
@@ -47,31 +72,107 @@ def without_notes(template: dict) -> dict:
     return {key: value for key, value in template.items() if not key.startswith("_")}
 
 
-def check_payload(payload: dict, source: str) -> None:
-    """InputFileError("<source>: <what Draw Things would say>") if the server would refuse it."""
-    try:
-        drawthings.validate_values(payload)
-        return
-    except drawthings.RequestRejected as exc:
-        problem = exc.detail
-    unknown = [key for key in payload if key not in drawthings.KNOWN_KEYS]
+def _similar_keys(key: str) -> list[str]:
+    """Known keys a mistyped or invented ``key`` may have meant: close spellings, else
+    keys sharing a word stem (``face_restoration`` -> ``restore_faces``)."""
+    known = sorted(drawthings.api_table().json_keys)
+    close = difflib.get_close_matches(key, known, n=2, cutoff=0.6)
+    if close:
+        return close
+    stems = {word[:4] for word in key.lower().split("_") if len(word) >= 4}
+    return [name for name in known
+            if stems and stems <= {word[:4] for word in name.split("_") if len(word) >= 4}][:2]
+
+
+def _rejection(exc: drawthings.RequestRejected, payload: dict, source: str) -> InputFileError:
+    unknown = [key for key in payload if key not in drawthings.api_table().json_keys]
+    if not unknown:
+        return InputFileError(f"{source}: {exc.reason}")
+    commit = drawthings.api_table().upstream["draw-things-community"]["commit"][:12]
     hints = []
     for key in unknown:
-        close = difflib.get_close_matches(key, sorted(drawthings.KNOWN_KEYS), n=1)
-        if close:
-            hints.append(f'"{key}" -> "{close[0]}"')
-    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
-    raise InputFileError(f"{source}: {problem}{hint}")
+        similar = _similar_keys(key)
+        if similar:
+            hints.append(f'"{key}" -> {" or ".join(json.dumps(s) for s in similar)}')
+    hint = f"; did you mean {', '.join(hints)}?" if hints else ""
+    names = ", ".join(json.dumps(key) for key in unknown)
+    return InputFileError(f"{source}: {names} {'is not a key' if len(unknown) == 1 else 'are not keys'}"
+                          f" of Draw Things' HTTP API (draw-things-community {commit}): the app "
+                          f"answers {exc.detail}{hint}")
 
 
-def load_payload(path: Path) -> dict:
-    """A validated single-request template (a JSON object), notes removed."""
+def check_payload(payload: dict, source: str, app_configuration: dict | None = None) -> list[str]:
+    """Check one request (a template, or a recipe step) before anything is sent.
+
+    Raises InputFileError("<source>: ...") for what the app would refuse or silently
+    drop; returns warning lines for what it would do without saying so and cannot be
+    checked here. ``app_configuration``: the app's GET / answer, whose values stand in
+    for keys the payload leaves out (the model, say); None before a server is known.
+    """
+    try:
+        decoded = drawthings.decode_body(payload)
+    except drawthings.RequestRejected as exc:
+        raise _rejection(exc, payload, source) from None
+    warnings = []
+    for key in _FLOORED_TO_64:
+        value = decoded.values.get(key)
+        if isinstance(value, int) and value % 64:
+            warnings.append(f"{source}: {key} {value} is not a multiple of 64: the app uses "
+                            f"{value // 64 * 64}")
+    for (list_key, field), (words, default) in _ENTRY_WORDS.items():
+        for index, entry in enumerate(decoded.values.get(list_key) or []):
+            word = entry.get(field)
+            if word is not None and word.lower() not in words:
+                warnings.append(f"{source}: {list_key}[{index}].{field} \"{word}\" is not one of "
+                                f"{', '.join(words)}: the app uses \"{default}\"")
+    parameters = drawthings.effective_parameters(app_configuration or {}, decoded.values)
+    for drop in drawthings.resolve_extras(parameters).dropped:
+        if drawthings.is_blocking(drop):
+            raise InputFileError(f"{source}: {drop.text}")
+        warnings.append(f"{source}: {drop.text}")
+    return warnings
+
+
+def check_against_app(payload: dict, source: str, app_configuration: dict, server: str) -> list[str]:
+    """``check_payload`` against the running app: its GET / answer lists every key that
+    version of the app knows (HTTPAPIServer.swift WelcomeResponse)."""
+    table = drawthings.api_table()
+    for key in payload:
+        parameter = table.parameter_of.get(key)
+        if parameter is not None and parameter.key not in app_configuration:
+            raise ServerIncompatible(
+                f'{source}: "{key}" is not a key of the Draw Things app at {server} (its GET / does '
+                "not list it: the app is older than this template): update Draw Things, or "
+                f'remove "{key}" from {source}')
+    return _window_only_warnings(app_configuration, server) + check_payload(
+        payload, source, app_configuration)
+
+
+def _window_only_warnings(app_configuration: dict, server: str) -> list[str]:
+    """Parameters only the app's window can set (drawthings.Parameter.sendable), left on:
+    every image gets them, and no request can say otherwise."""
+    warnings = []
+    for parameter in drawthings.api_table().parameters.values():
+        if parameter.sendable or parameter.key not in app_configuration:
+            continue
+        off = parameter.options[0] if parameter.options else (
+            False if parameter.type == "bool" else None)
+        value = app_configuration[parameter.key]
+        if off is not None and value != off:
+            warnings.append(f"the app at {server} has {parameter.key} {json.dumps(value)} set in "
+                            "its window, and requests cannot change it (the server refuses that "
+                            f"key): every image gets it; set it to {json.dumps(off)} in Draw Things "
+                            "if that is not meant")
+    return warnings
+
+
+def load_payload(path: Path) -> tuple[dict, list[str]]:
+    """(a checked single-request template without its notes, warning lines)."""
     template = read_json_file(path)
     if not isinstance(template, dict):
         raise InputFileError(f"{path}: a payload template must be a JSON object {{...}}")
     payload = without_notes(template)
-    check_payload(payload, str(path))
-    return payload
+    return payload, check_payload(payload, str(path))
 
 
 def fill_prompt(template_prompt: str, prompt: str) -> str:
@@ -82,7 +183,69 @@ def fill_prompt(template_prompt: str, prompt: str) -> str:
 
 
 def effective_parameters(payload: dict, app_configuration: dict) -> dict:
-    """What the server will use: its configuration, overridden by the payload (aliases mapped)."""
-    parameters = dict(app_configuration)
-    parameters.update({drawthings.canonical_key(key): value for key, value in payload.items()})
-    return parameters
+    """What the app will use: its configuration, overridden by the (valid) payload."""
+    return drawthings.effective_parameters(app_configuration,
+                                           drawthings.decode_body(payload).values)
+
+
+# Keys the client sets on every request: an override of them would be overwritten.
+CLIENT_KEYS = {
+    "seed": "the seed comes from each file's name (use --seed-offset for another take)",
+    "init_images": "the client sends the input image",
+}
+
+
+@dataclass(frozen=True)
+class Override:
+    """``--set [STEP:]KEY=VALUE``. ``key``: the parameter's key (an alias given on the
+    command line is resolved); ``step``: a recipe step's name or number, None for every
+    step that sends the key (or the template); ``text``: as the user wrote it."""
+
+    key: str
+    value: object
+    step: str | None
+    text: str
+
+
+def parse_override(text: str) -> Override:
+    """``"steps=20"``, ``"2:strength=0.35"``, ``"sampler=Euler a"`` -> Override.
+
+    VALUE is JSON when it parses as JSON (numbers, true, false, null, lists, quoted
+    strings), else the text itself. UsageError naming the option when the key or the
+    value would be refused by the app.
+    """
+    where, equals, value_text = text.partition("=")
+    step, colon, key = where.rpartition(":")
+    key = key.strip()
+    if not equals or not key:
+        raise UsageError(f"--set {text}: expected KEY=VALUE or STEP:KEY=VALUE")
+    try:
+        value = json.loads(value_text)
+    except ValueError:
+        value = value_text
+    if key in CLIENT_KEYS:
+        raise UsageError(f"--set {text}: {key} cannot be set: {CLIENT_KEYS[key]}")
+    try:
+        drawthings.decode_body({key: value})
+    except drawthings.RequestRejected as exc:
+        if key not in drawthings.api_table().json_keys:
+            similar = _similar_keys(key)
+            hint = f"; did you mean {' or '.join(similar)}?" if similar else ""
+            raise UsageError(f'--set {text}: "{key}" is not a key of Draw Things\' HTTP API{hint}') \
+                from None
+        raise UsageError(f"--set {text}: {exc.reason}") from None
+    return Override(drawthings.canonical_key(key), value, step.strip() if colon else None, text)
+
+
+def sends(payload: dict, key: str) -> bool:
+    """Whether ``payload`` sends parameter ``key`` under its name or an alias."""
+    return any(name in payload for name in drawthings.api_table().parameters[key].json_keys)
+
+
+def with_override(payload: dict, override: Override) -> dict:
+    """``payload`` with the override's value under the parameter's key (any alias the
+    payload used is removed: the app refuses a key sent with its alias)."""
+    aliases = drawthings.api_table().parameters[override.key].json_keys
+    result = {key: value for key, value in payload.items() if key not in aliases}
+    result[override.key] = override.value
+    return result

@@ -1,10 +1,17 @@
 """A local stand-in for Draw Things' HTTP API, faithful enough to test clients against.
 
-It answers like the app (see DESIGN.md, "Draw Things' HTTP API"): the same four
-routes, the same 422 details for bad bodies (checked against the tables in
-``drawpipe.drawthings``), one generation at a time, ``{"images": [...]}`` and
-nothing else on success, and "/" written as "\\/" in the JSON like Swift's
-encoder. Instead of a diffusion model it paints a photo-like picture with Pillow:
+It answers like the app, by the rules of the app's own source that
+``drawpipe.drawthings`` reads from the derived API table: the same four routes
+(anything else: a bare 404), the same checks in the same order with the same 422
+body ``{"error": "HTTPException", "detail": ..., "body": "", "errors": ""}``, the
+same null handling, sizes floored to a multiple of 64, an upscaler's native factor
+for ``upscaler_scale`` 0/1/3, an unknown model refused and a missing LoRA or
+upscaler file reported, ControlNets and LoRAs of another model family dropped
+without a word (but recorded in the request log's ``dropped``, so tests can tell
+what was really applied), one request at a time (validation included),
+``{"images": [...]}`` and nothing else on success, and "/" written as "\\/" in the
+JSON like Swift's encoder. ``--missing-keys`` makes it an older app without some
+keys; ``--missing-files`` an app without some files. Instead of a diffusion model it paints a photo-like picture with Pillow:
 a textured gradient background with 3-6 solid, well-separated objects, so that
 Segment Anything has real objects to find. Pictures are deterministic in
 (seed, prompt, width, height).
@@ -15,6 +22,7 @@ Run it::
         [--fault-rate P] [--faults 500,503,drop,truncate,empty,wrong_size,slow]
         [--fault-script ok,500,drop,...] [--slow-seconds S]
         [--request-log FILE.jsonl] [--random-seed N]
+        [--missing-keys KEY,...] [--missing-files FILE,...]
 
 ``--port 0`` picks a free port. On start it prints one line,
 ``drawpipe simulator listening on http://HOST:PORT``; it runs until SIGTERM or
@@ -30,7 +38,7 @@ probability ``fault_rate``, a kind drawn from ``fault_kinds`` by a random genera
 seeded with ``random_seed``:
 
     ok          no fault (for scripts)
-    500, 503    that HTTP status with a small JSON error body
+    500, 503    that HTTP status with a small JSON body (not the app's: a proxy's)
     drop        read the body, then close the connection without any answer
     truncate    200 whose base64 image is cut to half its length
     empty       200 with ``{"images": []}`` (a real Draw Things bug)
@@ -64,63 +72,39 @@ import pybase64
 from PIL import Image, ImageChops, ImageDraw
 
 from drawpipe import drawthings
-from drawpipe.drawthings import RequestRejected, upscale_factor, validate_values
+from drawpipe.drawthings import RequestRejected
 
-# What the app's window is set to on a fresh SDXL install: the values any key left
-# out of a request takes. Keys are PARAMETERS' canonical keys, minus the per-request
-# ones (prompts, init images), like the app's GET / answer.
-DEFAULT_APP_CONFIGURATION: dict = {
-    "model": "sd_xl_base_1.0_f16.ckpt",
-    "width": 1024,
-    "height": 1024,
-    "seed": 1234,
-    "seed_mode": "Scale Alike",
-    "steps": 30,
-    "guidance_scale": 7.5,
-    "sampler": "DPM++ 2M Karras",
-    "strength": 1.0,
-    "batch_count": 1,
-    "batch_size": 1,
-    "clip_skip": 1,
-    "sharpness": 0.0,
-    "shift": 1.0,
-    "hires_fix": False,
-    "hires_fix_width": 512,
-    "hires_fix_height": 512,
-    "hires_fix_strength": 0.7,
-    "refiner_model": None,
-    "refiner_start": 0.7,
-    "upscaler": None,
-    "upscaler_scale": 0,
-    "tiled_diffusion": False,
-    "diffusion_tile_width": 1024,
-    "diffusion_tile_height": 1024,
-    "diffusion_tile_overlap": 128,
-    "tiled_decoding": False,
-    "decoding_tile_width": 640,
-    "decoding_tile_height": 640,
-    "decoding_tile_overlap": 128,
-    "loras": [],
-    "controls": [],
-    "stochastic_sampling_gamma": 0.3,
-    "preserve_original_after_inpaint": True,
-    "image_guidance_scale": 1.5,
-    "mask_blur": 1.5,
-    "mask_blur_outset": 0,
-    "face_restoration": None,
-    "aesthetic_score": 6.0,
-    "negative_aesthetic_score": 2.5,
-    "zero_negative_prompt": False,
-    "original_width": 1024,
-    "original_height": 1024,
-    "target_width": 1024,
-    "target_height": 1024,
-    "crop_left": 0,
-    "crop_top": 0,
-    "tea_cache": False,
+def _neutral_value(parameter: drawthings.Parameter):
+    """A value of the parameter's type inside its range: 0 clamped, False, [], None or
+    the first option."""
+    if parameter.type in ("int", "double"):
+        low, high = parameter.range
+        value = min(max(0, low), high)
+        return float(value) if parameter.type == "double" else value
+    return {"bool": False, "json": [], "string": None,
+            "enum": parameter.options[0] if parameter.options else None}[parameter.type]
+
+
+# The simulated app's window: an SDXL install, for the parameters whose values shape
+# the simulated answer or the client's predictions; every other parameter gets a
+# neutral value of its type.
+_WINDOW_VALUES = {
+    "model": "sd_xl_base_1.0_f16.ckpt", "width": 1024, "height": 1024, "seed": 1234,
+    "seed_mode": "Scale Alike", "steps": 30, "guidance_scale": 7.5,
+    "sampler": "DPM++ 2M Karras", "strength": 1.0, "batch_count": 1, "batch_size": 1,
+    "clip_skip": 1, "shift": 1.0, "prompt": "", "negative_prompt": "",
 }
-_PER_REQUEST_KEYS = ("prompt", "negative_prompt", "init_images")
-assert set(DEFAULT_APP_CONFIGURATION) == set(drawthings.PARAMETERS) - set(_PER_REQUEST_KEYS)
+
+
+def default_app_configuration() -> dict:
+    """What GET / answers on a fresh install: every parameter key with a value."""
+    table = drawthings.api_table()
+    unknown = set(_WINDOW_VALUES) - set(table.parameters)
+    if unknown:
+        raise RuntimeError(f"_WINDOW_VALUES names keys the API table lacks: {sorted(unknown)}")
+    return {key: _WINDOW_VALUES.get(key, _neutral_value(parameter))
+            for key, parameter in table.parameters.items()}
+
 
 FAULT_KINDS: dict[str, str] = {
     "ok": "no fault",
@@ -134,15 +118,8 @@ FAULT_KINDS: dict[str, str] = {
 }
 DEFAULT_FAULT_KINDS = ("500", "503", "drop", "truncate", "empty", "wrong_size")
 
-_STATUS_TEXT = {
-    400: "Bad Request",
-    404: "Not Found",
-    422: "Unprocessable Entity",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
-
-# (method, path) -> what answers it.
+# (method, path) -> what answers it (HTTPAPIServer.swift); anything else is
+# cpp-httplib's bare 404.
 _ROUTES = {
     ("GET", "/"): "configuration",
     ("GET", "/sdapi/v1/options"): "configuration",
@@ -155,95 +132,125 @@ _ROUTES = {
 
 
 def parse_body(raw: bytes) -> dict:
-    """The request body as a dict; RequestRejected unless it is a JSON object."""
+    """The request body as a dict; RequestRejected (Swift's decoder text) unless it is
+    a JSON object."""
 
     def reject_constant(name):
-        # Python's json accepts NaN/Infinity; Swift's decoder does not.
-        raise ValueError(f"{name} is not valid JSON")
+        raise ValueError(f"{name} is not valid JSON")  # Python accepts NaN; Swift does not
 
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise RequestRejected(f"Invalid JSON body: {exc}") from None
+    except (UnicodeDecodeError, ValueError):
+        raise RequestRejected(
+            'dataCorrupted(Swift.DecodingError.Context(codingPath: [], debugDescription: "The '
+            'given data was not valid JSON.", underlyingError: nil))',
+            "the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise RequestRejected(
-            f"Invalid JSON body: expected an object, was {type(body).__name__}"
-        )
+            "typeMismatch(Swift.Dictionary<Swift.String, Any>, Swift.DecodingError.Context("
+            "codingPath: [], debugDescription: \"Expected to decode Dictionary<String, Any> but "
+            f"found {'an array' if isinstance(body, list) else 'a ' + type(body).__name__} "
+            'instead.\", underlyingError: nil))', "the body is not a JSON object")
     return body
+
+
+def _decode_image(data: bytes) -> Image.Image:
+    """Init image bytes -> RGB picture; ValueError when CGImageSource could not read them."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()  # a truncated file only fails here
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise ValueError("not an image") from None
+    return image.convert("RGB")
 
 
 @dataclass
 class GenerationRequest:
-    """A body that passed validation.
+    """A request the app runs.
 
-    ``parameters``: the app configuration updated by the body (canonical keys, plus
-    ``prompt``/``negative_prompt``, without ``init_images``). ``init_image``: the
-    decoded img2img input (RGB), else None. ``output_size``: (width, height) px of
-    each answered image, after the upscaler.
+    ``parameters``: the app configuration updated by the body's values (keys as in
+    GET /). ``init_image``: the img2img input (RGB), the canvas when the request had
+    none (``init_source`` "canvas"), None for txt2img. ``resolution``: the refiner,
+    LoRAs and ControlNets applied and what was dropped. ``output_size``: (width,
+    height) px of each answered image.
     """
 
     route: str
     parameters: dict
+    resolution: drawthings.Resolution
     init_image: Image.Image | None = None
+    init_source: str | None = None
     output_size: tuple[int, int] = (0, 0)
     image_count: int = 1
 
 
-def validate_request(route: str, body: dict, app_configuration: dict) -> GenerationRequest:
-    """Check a txt2img/img2img body the way Draw Things does; RequestRejected if bad.
+def validate_request(route: str, body: dict, app_configuration: dict,
+                     missing_keys: frozenset = frozenset(),
+                     missing_files: frozenset = frozenset()) -> GenerationRequest:
+    """Check a txt2img/img2img body as the app does, in its order; RequestRejected if bad.
 
-    Order: unknown keys, key sent with its alias, types, ranges, upscaler factor,
-    then ``init_images`` (forbidden for txt2img; for img2img exactly one plain
-    base64 PNG/JPEG whose size equals the effective width x height).
+    1. Decoding (drawthings.decode_body: restore_faces, init_images, every parameter,
+       unknown keys). 2. HTTPAPIServer.swift: txt2img refuses init_images; img2img with
+       exactly one init image checks its height, then its width, against the request
+       (before flooring); with none or several it silently uses the canvas. 3.
+       Invocation.swift: the model (file or display name), LoRA then upscaler files
+       ("/" and installed), the model's files, the prompt. ``missing_files``: files
+       this app lacks; ``missing_keys``: parameters it lacks (an older app).
     """
-    values = validate_values(body)
-    parameters = {"prompt": "", "negative_prompt": "", **app_configuration}
-    parameters.update({k: v for k, v in values.items() if k != "init_images"})
+    table = drawthings.api_table()
+    decoded = drawthings.decode_body(body, _decode_image, missing_keys)
+    parameters = drawthings.effective_parameters(app_configuration, decoded.values)
 
-    init_image = None
+    init_image, init_source = None, None
     if route == "txt2img":
-        if "init_images" in values:
-            raise RequestRejected("init_images is only accepted by /sdapi/v1/img2img")
+        if decoded.init_images is not None:
+            raise RequestRejected(table.message("init_images_txt2img"))
+    elif decoded.init_images is not None and len(decoded.init_images) == 1:
+        init_image, init_source = decoded.init_images[0], "request"
+        if init_image.height != parameters["height"]:
+            raise RequestRejected(table.message("init_height_mismatch", image=init_image.height,
+                                                request=parameters["height"]))
+        if init_image.width != parameters["width"]:
+            raise RequestRejected(table.message("init_width_mismatch", image=init_image.width,
+                                                request=parameters["width"]))
     else:
-        init_image = _decode_init_image(values.get("init_images"))
-        width, height = parameters["width"], parameters["height"]
-        if init_image.width != width:
-            raise RequestRejected(
-                f"init_images width doesn't match (image {init_image.width}, request {width})"
-            )
-        if init_image.height != height:
-            raise RequestRejected(
-                f"init_images height doesn't match (image {init_image.height}, request {height})"
-            )
+        # Over HTTP nothing says so: the app draws on whatever its canvas holds.
+        init_source = "canvas"
+        init_image = Image.new("RGB", (parameters["width"], parameters["height"]), (128, 128, 128))
 
-    factor = upscale_factor(parameters)
+    model = parameters.get("model")
+    if model is None:
+        raise RequestRejected(table.message("missing_model"))
+    models = table.files["models"]
+    if model not in models:
+        by_name = [file for file, entry in models.items() if entry.get("name") == model]
+        if not by_name:
+            raise RequestRejected(table.message("unrecognized_model", model=model))
+        parameters["model"] = model = by_name[0]
+
+    def installed(kind: str, file: str) -> bool:
+        return file in table.files[kind] and file not in missing_files
+
+    files = [("loras", lora["file"]) for lora in parameters.get("loras") or [] if lora.get("file")]
+    if parameters.get("upscaler"):
+        files.append(("upscalers", parameters["upscaler"]))
+    for kind, file in files:
+        if "/" in file or "\\" in file:
+            raise RequestRejected(table.message("file_name_with_slash"))
+        if not installed(kind, file):
+            raise RequestRejected(table.message("missing_file", file=file))
+    if not installed("models", model):
+        raise RequestRejected(table.message("missing_model_files"))
+    if parameters.get("prompt") is None:
+        raise RequestRejected(table.message("missing_prompt"))
+
+    resolution = drawthings.resolve_extras(parameters, installed)
+    size = drawthings.output_size(parameters)
     return GenerationRequest(
-        route=route,
-        parameters=parameters,
-        init_image=init_image,
-        output_size=(parameters["width"] * factor, parameters["height"] * factor),
+        route=route, parameters=parameters, resolution=resolution, init_image=init_image,
+        init_source=init_source, output_size=size,
         image_count=parameters["batch_count"] * parameters["batch_size"],
     )
-
-
-def _decode_init_image(images: list[str] | None) -> Image.Image:
-    if images is None:
-        raise RequestRejected("img2img needs init_images: a list with exactly one base64 image")
-    if len(images) != 1:
-        raise RequestRejected(f"init_images must hold exactly one image (was {len(images)})")
-    text = images[0]
-    if text.startswith("data:"):
-        raise RequestRejected('init_images[0] must be plain base64, without a "data:" prefix')
-    if "\n" in text or "\r" in text:
-        raise RequestRejected("init_images[0] must be plain base64, without line breaks")
-    try:
-        image = Image.open(io.BytesIO(pybase64.b64decode(text, validate=True)))
-        if image.format not in ("PNG", "JPEG"):
-            raise ValueError(image.format)
-        image.load()  # a truncated file only fails here
-    except (binascii.Error, ValueError, OSError, SyntaxError, Image.DecompressionBombError):
-        raise RequestRejected("init_images[0] is not a valid image") from None
-    return image.convert("RGB")
 
 
 # --------------------------------------------------------------------------- rendering
@@ -427,8 +434,14 @@ def json_bytes(value) -> bytes:
     return json.dumps(value, ensure_ascii=False).replace("/", "\\/").encode("utf-8")
 
 
-def error_body(status: int, detail: str) -> bytes:
-    return json_bytes({"error": _STATUS_TEXT[status], "detail": detail, "status": status})
+def error_body(detail: str) -> bytes:
+    """The app's error answer (HTTPAPIServer.swift createErrorResponse), sent with 422."""
+    return json_bytes({"error": "HTTPException", "detail": detail, "body": "", "errors": ""})
+
+
+def fault_body(status: int) -> bytes:
+    """A 5xx fault's body: what a proxy or a crashing server might send (not the app's)."""
+    return json_bytes({"error": "simulated fault", "detail": f"HTTP {status}"})
 
 
 @dataclass
@@ -496,7 +509,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raw = self._read_body()
         except ValueError as exc:
             self.close_connection = True
-            self._send(400, error_body(400, f"Bad request body: {exc}"))
+            self._send(400, b"")
             return
         except OSError:
             self.close_connection = True
@@ -550,15 +563,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class Simulator:
     """Draw Things' HTTP API on a loopback port, served from a daemon thread.
 
-    ``app_configuration`` updates DEFAULT_APP_CONFIGURATION; the result is a plain
-    mutable dict: what GET / answers and what keys left out of a POST default to.
+    ``app_configuration`` updates ``default_app_configuration()``; the result is a
+    plain mutable dict: what GET / answers and what keys left out of a POST default to.
+    ``missing_keys``: parameters this app lacks, as an older app would (GET / leaves
+    them out; a POST sending one is refused as unrecognised). ``missing_files``: model,
+    LoRA, ControlNet or upscaler files this app has not installed (every file of the
+    API table is installed otherwise).
+
     ``requests`` is the request log: one dict per request with ``time`` (received),
-    ``started``/``finished`` (epoch seconds the one-at-a-time generation held the
-    lock, or when a request that needs no generation was answered), ``method``,
-    ``path``, ``status`` (None when the connection was dropped), ``fault``,
-    ``seed``, ``prompt``, ``width``, ``height`` (effective, before the upscaler),
-    ``output_size``, ``init_size``, ``keys`` (sorted keys sent), ``payload`` (the
-    body without ``init_images``) and ``detail`` (of an error answer).
+    ``started``/``finished`` (epoch seconds the one-at-a-time queue held it),
+    ``method``, ``path``, ``status`` (None when the connection was dropped), ``fault``,
+    ``seed``, ``prompt``, ``width``, ``height`` (effective, as sent: before flooring
+    and the upscaler), ``output_size``, ``init_size``, ``init_source`` ("request",
+    or "canvas" when img2img had no single init image), ``keys`` (sorted keys sent),
+    ``payload`` (the body without ``init_images``), ``detail`` (of a 422),
+    ``applied`` ({"model", "refiner", "upscaler", "upscale_factor", "loras",
+    "controls"}: what the generation really used) and ``dropped`` (what the app left
+    out without a word: [{"kind", "index", "file", "reason"}]).
     """
 
     def __init__(
@@ -572,6 +593,8 @@ class Simulator:
         request_log_path=None,
         random_seed: int = 0,
         app_configuration: dict | None = None,
+        missing_keys=(),
+        missing_files=(),
     ):
         _check_fault_kinds(fault_kinds)
         if not 0.0 <= fault_rate <= 1.0:
@@ -584,7 +607,12 @@ class Simulator:
         self.fault_kinds = tuple(fault_kinds)
         self.slow_seconds = slow_seconds
         self.request_log_path = request_log_path
-        self.app_configuration = {**DEFAULT_APP_CONFIGURATION, **(app_configuration or {})}
+        unknown = set(missing_keys) - set(drawthings.api_table().parameters)
+        if unknown:
+            raise ValueError(f"missing_keys: not parameters of the API table: {sorted(unknown)}")
+        self.missing_keys = frozenset(missing_keys)
+        self.missing_files = frozenset(missing_files)
+        self.app_configuration = {**default_app_configuration(), **(app_configuration or {})}
         self._fault_random = random.Random(random_seed)
         self._scripted_faults: collections.deque[str] = collections.deque()
         self._generation_lock = threading.Lock()
@@ -674,37 +702,36 @@ class Simulator:
             "time": received, "started": received, "finished": None, "method": method,
             "path": path, "status": None, "fault": None, "seed": None, "prompt": None,
             "width": None, "height": None, "output_size": None, "init_size": None,
-            "keys": [], "payload": None, "detail": None,
+            "init_source": None, "keys": [], "payload": None, "detail": None,
+            "applied": None, "dropped": None,
         }
         route = _ROUTES.get((method, path))
         try:
             if route is None:
-                reply = _Reply(404, error_body(404, f"No route for {method} {path}"))
+                reply = _Reply(404, b"")  # cpp-httplib's answer to an unknown route
             elif route == "configuration":
-                reply = _Reply(200, json_bytes(self.app_configuration))
+                reply = _Reply(200, json_bytes(self.configuration()))
             else:
                 reply = self._generate(route, raw, entry)
-        except Exception as exc:  # a simulator bug: answer, and show it on stderr
+        except Exception:  # a simulator bug: answer, and show it on stderr
             traceback.print_exc()
-            reply = _Reply(500, error_body(500, f"simulator error: {exc!r}"))
+            reply = _Reply(500, fault_body(500))
         if entry["finished"] is None:
             entry["finished"] = time.time()
         entry["status"] = reply.status
-        if reply.status and reply.status != 200 and reply.body:
+        if reply.status == 422:
             entry["detail"] = json.loads(reply.body).get("detail")
         self._record(entry)  # before answering: a client reading the log sees its request
         return reply
 
-    def _generate(self, route: str, raw: bytes, entry: dict) -> _Reply:
-        try:
-            body = parse_body(raw)
-        except RequestRejected as exc:
-            return _Reply(422, error_body(422, exc.detail))
-        entry["keys"] = sorted(body)
-        entry["payload"] = {k: v for k, v in body.items() if k != "init_images"}
-        _note_parameters(entry, {**self.app_configuration, **_lenient_values(body)})
+    def configuration(self) -> dict:
+        """GET /: every parameter this app has, with its current value."""
+        return {key: value for key, value in self.app_configuration.items()
+                if key not in self.missing_keys}
 
-        # One request at a time; waiters poll so that stop() frees them too.
+    def _generate(self, route: str, raw: bytes, entry: dict) -> _Reply:
+        # One request at a time, validation included (HTTPAPIServer.swift runs the whole
+        # handler inside callbackQueue.sync); waiters poll so that stop() frees them too.
         while not self._generation_lock.acquire(timeout=0.1):
             if self._stopping.is_set():
                 return _Reply(None, None)
@@ -712,26 +739,27 @@ class Simulator:
             # Decoding the init image and encoding the answer happen inside the
             # latency window, as all of the app's work does.
             entry["started"] = time.time()
-            reply = self._generate_locked(route, body, entry)
+            reply = self._generate_locked(route, raw, entry)
             entry["finished"] = time.time()
         finally:
             self._generation_lock.release()
         return reply
 
-    def _generate_locked(self, route: str, body: dict, entry: dict) -> _Reply:
+    def _generate_locked(self, route: str, raw: bytes, entry: dict) -> _Reply:
         try:
-            request = validate_request(route, body, dict(self.app_configuration))
+            body = parse_body(raw)
+            entry["keys"] = sorted(body)
+            entry["payload"] = {k: v for k, v in body.items() if k != "init_images"}
+            request = validate_request(route, body, dict(self.configuration()),
+                                       self.missing_keys, self.missing_files)
         except RequestRejected as exc:
-            return _Reply(422, error_body(422, exc.detail))
-        _note_parameters(entry, request.parameters)
-        entry["output_size"] = list(request.output_size)
-        if request.init_image is not None:
-            entry["init_size"] = list(request.init_image.size)
+            return _Reply(422, error_body(exc.detail))
+        _note_request(entry, request)
         fault = self._next_fault()
         entry["fault"] = fault
         if fault in ("500", "503"):
             status = int(fault)
-            return _Reply(status, error_body(status, f"simulated fault {fault}"))
+            return _Reply(status, fault_body(status))
         if fault == "drop":
             return _Reply(None, None)
         if fault == "slow" and not self._pause(self.slow_seconds):
@@ -754,18 +782,24 @@ class Simulator:
         return _Reply(200, answer)
 
 
-def _lenient_values(body: dict) -> dict:
-    """Known keys of a body that may be invalid, by canonical key (for the log only)."""
-    return {
-        drawthings.canonical_key(k): v
-        for k, v in body.items()
-        if k in drawthings.KNOWN_KEYS and k != "init_images"
-    }
-
-
-def _note_parameters(entry: dict, parameters: dict) -> None:
+def _note_request(entry: dict, request: GenerationRequest) -> None:
+    parameters, resolution = request.parameters, request.resolution
     for key in ("seed", "prompt", "width", "height"):
         entry[key] = parameters.get(key)
+    entry["output_size"] = list(request.output_size)
+    entry["init_source"] = request.init_source
+    if request.init_image is not None:
+        entry["init_size"] = list(request.init_image.size)
+    entry["applied"] = {
+        "model": parameters["model"],
+        "refiner": resolution.refiner,
+        "upscaler": parameters.get("upscaler"),
+        "upscale_factor": drawthings.upscale_factor(parameters),
+        "loras": [lora["file"] for lora in resolution.loras],
+        "controls": [control["file"] for control in resolution.controls],
+    }
+    entry["dropped"] = [{"kind": drop.kind, "index": drop.index, "file": drop.file,
+                         "reason": drop.reason} for drop in resolution.dropped]
 
 
 def _check_fault_kinds(kinds) -> None:
@@ -784,6 +818,10 @@ def _kind_list(text: str) -> list[str]:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return kinds
+
+
+def _name_list(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -806,6 +844,10 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--slow-seconds", type=float, default=30.0, metavar="S")
     parser.add_argument("--request-log", default=None, metavar="FILE.jsonl")
     parser.add_argument("--random-seed", type=int, default=0, metavar="N")
+    parser.add_argument("--missing-keys", type=_name_list, default=[], metavar="KEYS",
+                        help="comma-separated parameters this app lacks (an older app)")
+    parser.add_argument("--missing-files", type=_name_list, default=[], metavar="FILES",
+                        help="comma-separated model/LoRA/ControlNet/upscaler files not installed")
     arguments = parser.parse_args(argv)
     if not 0.0 <= arguments.fault_rate <= 1.0:
         parser.error("--fault-rate must be between 0 and 1")
@@ -856,6 +898,8 @@ def main(argv: list[str] | None = None) -> int:
         slow_seconds=arguments.slow_seconds,
         request_log_path=arguments.request_log,
         random_seed=arguments.random_seed,
+        missing_keys=arguments.missing_keys,
+        missing_files=arguments.missing_files,
     )
     simulator.queue_faults(arguments.fault_script)
     stop_requested = threading.Event()

@@ -6,7 +6,8 @@ ordered list of img2img requests, the answer of one being the init image of the
 next. Intermediate images stay in memory, never on the share; the engine
 (stage.py) writes only the final PNG, atomically.
 
-A recipe file (``payloads/upscale.json``, ``payloads/upscale_fast.json``)::
+A recipe file (``payloads/creative_upscale.json``, the default, and the others in
+``payloads/``; README: "Choosing a recipe")::
 
     {
       "_about": "any key starting with _ is a note for people",
@@ -58,9 +59,11 @@ import pybase64
 from PIL import Image
 
 from . import drawthings
-from .errors import BadInput, InputFileError, JobDeferred, ServerRejected, TransientError
+from .errors import (BadInput, InputFileError, JobDeferred, ServerRejected, TransientError,
+                     UsageError)
 from .generation import GENERATIONS_FOLDER, seed_for
-from .payloads import check_payload, effective_parameters, read_json_file, without_notes
+from .payloads import (Override, check_against_app, check_payload, effective_parameters,
+                       read_json_file, sends, with_override, without_notes)
 from .pngmeta import add_text_chunks, provenance_chunks, read_text_chunks
 from .sdapi import PNG_SIGNATURE, ClientSettings, SdapiClient
 from .stage import Job, JobResult, output_exists, scan_inputs
@@ -108,14 +111,22 @@ class Recipe:
     path: Path
     steps: tuple[RecipeStep, ...]
     output_size: tuple[int, int]  # (width, height) px the last step must return
+    warnings: tuple[str, ...] = ()  # what the app would do without a word, per step
+    overrides: tuple[Override, ...] = ()  # --set options applied to the steps
 
     @property
     def name(self) -> str:
         return self.path.name
 
+    def where(self, number: int) -> str:
+        """``"<file>: step 2 (refine 2048)"``: names a step in messages."""
+        return f"{self.path}: step {number} ({self.steps[number - 1].name})"
+
 
 def load_recipe(path: Path) -> Recipe:
-    """A validated recipe; InputFileError naming the file (and the step) when malformed."""
+    """A checked recipe; InputFileError naming the file (and the step) when malformed,
+    or when a step would be refused or silently changed by the app (a LoRA or
+    ControlNet of another model family than the step's model, say)."""
     path = Path(path)
     data = read_json_file(path)
     if not isinstance(data, dict):
@@ -125,7 +136,7 @@ def load_recipe(path: Path) -> Recipe:
     if not isinstance(entries, list) or not entries:
         raise InputFileError(
             f'{path}: "steps" must be a non-empty list of {{"name": ..., "payload": {{...}}}}')
-    steps = []
+    steps, warnings = [], []
     for number, entry in enumerate(entries, 1):
         if not isinstance(entry, dict):
             raise InputFileError(
@@ -142,11 +153,52 @@ def load_recipe(path: Path) -> Recipe:
         for key, reason in CHAIN_KEYS.items():
             if key in payload:
                 raise InputFileError(f'{where}: remove "{key}": {reason}')
-        check_payload(payload, where)
+        warnings += check_payload(payload, where)
         steps.append(RecipeStep(name, payload))
     output_size = (_output_side(data, "output_width", path, DEFAULT_OUTPUT_SIZE[0]),
                    _output_side(data, "output_height", path, DEFAULT_OUTPUT_SIZE[1]))
-    return Recipe(path, tuple(steps), output_size)
+    return Recipe(path, tuple(steps), output_size, tuple(warnings))
+
+
+def apply_overrides(recipe: Recipe, overrides: list[Override]) -> Recipe:
+    """``recipe`` with ``--set`` values: a STEP:KEY override changes (or adds) KEY in that
+    step (by name or number); a plain KEY override changes every step that sends KEY.
+    UsageError when a step is not found or no step sends the key; each changed step is
+    checked again like the recipe itself."""
+    steps = list(recipe.steps)
+    for override in overrides:
+        if override.step is None:
+            numbers = [n for n, step in enumerate(steps, 1) if sends(step.payload, override.key)]
+            if not numbers:
+                raise UsageError(f"--set {override.text}: no step of {recipe.name} sends "
+                                 f"{override.key}; add it to one step with --set "
+                                 f"STEP:{override.text} ({_step_list(recipe)})")
+        else:
+            numbers = [_step_number(recipe, override)]
+        for number in numbers:
+            step = steps[number - 1]
+            if override.key in CHAIN_KEYS:
+                raise UsageError(f"--set {override.text}: {CHAIN_KEYS[override.key]}")
+            steps[number - 1] = RecipeStep(step.name, with_override(step.payload, override))
+    changed = Recipe(recipe.path, tuple(steps), recipe.output_size, (), tuple(overrides))
+    warnings = []
+    for number, step in enumerate(changed.steps, 1):
+        warnings += check_payload(step.payload, f"{changed.where(number)} with --set")
+    return Recipe(changed.path, changed.steps, changed.output_size, tuple(warnings),
+                  changed.overrides)
+
+
+def _step_list(recipe: Recipe) -> str:
+    return "steps: " + ", ".join(f"{n} '{step.name}'" for n, step in enumerate(recipe.steps, 1))
+
+
+def _step_number(recipe: Recipe, override: Override) -> int:
+    wanted = override.step
+    for number, step in enumerate(recipe.steps, 1):
+        if wanted == str(number) or wanted.lower() == step.name.lower():
+            return number
+    raise UsageError(f"--set {override.text}: {recipe.name} has no step \"{wanted}\" "
+                     f"({_step_list(recipe)})")
 
 
 def _check_known_keys(data: dict, known: tuple[str, ...], where: str) -> None:
@@ -192,10 +244,9 @@ def plan_chain(recipe: Recipe, input_size: tuple[int, int], seed: int,
             raise ValueError(f"it is {size[0]}x{size[1]} px but {where} fixes "
                              f"{payload['width']}x{payload['height']}")
         try:
-            drawthings.validate_values(payload)
+            size = drawthings.output_size(effective_parameters(payload, app_configuration))
         except drawthings.RequestRejected as exc:
-            raise ValueError(f"{where} would be refused: {exc.detail}") from None
-        size = drawthings.output_size(effective_parameters(payload, app_configuration))
+            raise ValueError(f"{where} would be refused: {exc.reason}") from None
         planned.append(PlannedStep(number, step.name, payload, size))
     if size != recipe.output_size:
         raise ValueError(
@@ -311,6 +362,7 @@ class UpscaleStage:
     ``on_skipped(label, reason)``: called once per unusable input found by ``plan``
     (e.g. to print it); ``skipped`` maps each such input's root-relative path to the
     reason, as of the last plan. Non-PNG files are listed in ``ignored``.
+    ``on_warning(line)``: what the preflight finds the app would do without a word.
     """
 
     name = "upscale"
@@ -318,8 +370,10 @@ class UpscaleStage:
 
     def __init__(self, root: Path, recipe: Recipe, client_settings: ClientSettings,
                  seed_offset: int = 0, settle_seconds: float = DEFAULT_SETTLE_SECONDS,
-                 on_skipped: Callable[[str, str], None] | None = None):
+                 on_skipped: Callable[[str, str], None] | None = None,
+                 on_warning: Callable[[str], None] | None = None):
         self.root = Path(root)
+        self.on_warning = on_warning
         self.recipe = recipe
         self.client_settings = client_settings
         self.seed_offset = seed_offset
@@ -411,6 +465,11 @@ class UpscaleStage:
         client = SdapiClient(server, self.client_settings)
         app_configuration = client.check_server()
         recipe = self.recipe
+        for number, step in enumerate(recipe.steps, 1):
+            for line in check_against_app(step.payload, recipe.where(number), app_configuration,
+                                          server):
+                if self.on_warning is not None:
+                    self.on_warning(line)
 
         def run(job: Job, scratch: Path) -> JobResult:
             label = job.input.relative_to(self.root).as_posix()
@@ -441,7 +500,7 @@ class UpscaleStage:
             if png_size(png) != recipe.output_size:  # sdapi checked it; this guards the recipe
                 raise TransientError(f"{label}: the last step returned {png_size(png)}, "
                                      f"not {recipe.output_size}")
-            png = add_text_chunks(png, provenance(chain, label, source.texts))
+            png = add_text_chunks(png, provenance(chain, label, source.texts, recipe.overrides))
             return JobResult(data=png, attempts=max(attempts), extra={
                 "server": server,
                 "recipe": recipe.name,
@@ -453,16 +512,18 @@ class UpscaleStage:
         return run
 
 
-def provenance(chain: list[PlannedStep], label: str, source_texts: dict) -> dict[str, str]:
+def provenance(chain: list[PlannedStep], label: str, source_texts: dict,
+               overrides: tuple[Override, ...] = ()) -> dict[str, str]:
     """PNG texts for an upscaled image.
 
     ``parameters``: the last step's infotext (what PNG-info tools show); ``drawpipe``:
-    {"request": last step, "steps": [{"name", "request"}, ...]} without images;
-    ``drawpipe-source``: {"input": root-relative path, "parameters": the input's own
-    infotext (its prompt), when it had one}.
+    {"request": last step, "steps": [{"name", "request"}, ...], "overrides": the --set
+    options, when any} without images; ``drawpipe-source``: {"input": root-relative
+    path, "parameters": the input's own infotext (its prompt), when it had one}.
     """
     texts = provenance_chunks(chain[-1].payload, steps=[
-        {"name": step.name, "request": step.payload} for step in chain])
+        {"name": step.name, "request": step.payload} for step in chain],
+        overrides=[override.text for override in overrides])
     source = {"input": label}
     if source_texts.get("parameters"):
         source["parameters"] = source_texts["parameters"]

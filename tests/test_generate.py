@@ -12,12 +12,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from drawpipe.drawthings import api_table
 from drawpipe.generation import seed_for
 from drawpipe.pngmeta import read_text_chunks
 from drawpipe.simulator import Simulator
 
 from conftest import (FAST_RETRY_ARGS, png_files, run_script, script_command, start_script,
                       wait_for)
+
+UPSTREAM_COMMIT = api_table().upstream["draw-things-community"]["commit"]
 
 
 def generate(share: Path, *args, stdin: str = "", **kwargs):
@@ -176,15 +179,17 @@ def test_malformed_files_name_the_file_and_position(share, simulator):
     result = generate(share, "--server", simulator.url, "--add", "Peru:family:1",
                       "--payload", payload)
     assert result.returncode == 2
-    assert result.stderr == (f'error: {payload}: Unrecognized keys: ["stpes"] '
-                             '(did you mean "stpes" -> "steps"?)\n')
+    assert result.stderr == (
+        f"error: {payload}: \"stpes\" is not a key of Draw Things' HTTP API (draw-things-community "
+        f"{UPSTREAM_COMMIT[:12]}): the app answers Unrecognized keys: [\"stpes\"]; did you mean "
+        '"stpes" -> "steps"?\n')
 
     payload.write_text(json.dumps({"prompt": "{prompt}", "cfg_scale": 5, "guidance_scale": 5}))
     result = generate(share, "--server", simulator.url, "--add", "Peru:family:1",
                       "--payload", payload)
     assert result.returncode == 2
-    assert result.stderr == (f'error: {payload}: Duplicate keys: "cfg_scale" is an alias of '
-                             '"guidance_scale"\n')
+    assert result.stderr == (f'error: {payload}: More than one key for guidance specified '
+                             '(must only specify one of ["guidance_scale", "cfg_scale"])\n')
     assert posts(simulator) == []
 
 
@@ -207,7 +212,7 @@ def test_a_422_stops_the_run_at_once_with_the_servers_detail(share, simulator):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {simulator.url}/sdapi/v1/txt2img rejected the request (HTTP 422): init_images "
-        "is only accepted by /sdapi/v1/img2img — fix the payload template or the app's "
+        "is not supported for text-to-image — fix the payload template or the app's "
         "settings and run again")
     assert len(posts(simulator)) == 1
     assert leftovers(share) == []

@@ -77,9 +77,9 @@ def test_422_is_not_retried_and_carries_the_servers_detail(simulator):
     client = SdapiClient(simulator.url, FAST)
     with pytest.raises(ServerRejected) as rejection:
         client.generate("txt2img", {**PAYLOAD, "steps": 0}, (512, 512))
-    assert rejection.value.detail == "Value for Steps must be between 1 and 150, inclusive (was 0)"
+    assert rejection.value.detail == "Value for steps must be between 1 and 150, inclusive (was 0)"
     assert str(rejection.value) == (
-        f"{simulator.url}/sdapi/v1/txt2img rejected the request (HTTP 422): Value for Steps "
+        f"{simulator.url}/sdapi/v1/txt2img rejected the request (HTTP 422): Value for steps "
         "must be between 1 and 150, inclusive (was 0) — fix the payload template or the "
         "app's settings and run again")
     assert len(simulator.requests) == 1

@@ -22,13 +22,14 @@ from drawpipe.claims import ClaimStore
 from drawpipe.errors import InputFileError
 from drawpipe.generation import seed_for
 from drawpipe.pngmeta import read_text_chunks
-from drawpipe.simulator import DEFAULT_APP_CONFIGURATION, Simulator, encode_png, render_scene
+from drawpipe.simulator import Simulator, default_app_configuration, encode_png, render_scene
 from drawpipe.upscaling import inspect_png, load_recipe, plan_chain
 
 from conftest import (FAST_RETRY_ARGS, PROJECT_DIR, png_files, run_script, start_script,
                       wait_for)
 
-BUNDLED = PROJECT_DIR / "payloads" / "upscale.json"
+BUNDLED = PROJECT_DIR / "payloads" / "creative_upscale.json"
+DEFAULT_APP_CONFIGURATION = default_app_configuration()
 BUNDLED_FAST = PROJECT_DIR / "payloads" / "upscale_fast.json"
 OLD_SECONDS = 600  # older than the 60 s settle time: an incomplete file is damaged, not in progress
 
@@ -130,7 +131,8 @@ def test_bundled_recipes_send_every_field_that_matters():
     for step in creative.steps + fast.steps:
         payload = step.payload
         assert payload["refiner_model"] is None and payload["hires_fix"] is False
-        assert payload["loras"] == [] and payload["model"] == "juggernaut_xl_v9_q6p_q8p.ckpt"
+        assert payload["model"] == "juggernaut_xl_v9_q6p_q8p.ckpt"
+        assert payload["restore_faces"] is False
         assert "upscaler" in payload and "upscaler_scale" in payload
         assert "width" not in payload and "height" not in payload  # from the init image
     upscale_step, refine_step = (step.payload for step in creative.steps)
@@ -141,7 +143,8 @@ def test_bundled_recipes_send_every_field_that_matters():
     assert [refine_step[f"{kind}_tile_{side}"] for kind in ("diffusion", "decoding")
             for side in ("width", "height", "overlap")] == [1024, 1024, 128] * 2
     (control,) = refine_step["controls"]
-    assert tuple(control) == drawthings.CONTROL_FIELDS and control["weight"] == 0.5
+    assert set(control) == set(drawthings.api_table().entry_types["JSControl"])
+    assert control["weight"] == 0.5 and control["inputOverride"] == "tile"
 
 
 def test_chain_sizes_follow_the_init_image_and_must_end_at_the_declared_size():
@@ -150,12 +153,15 @@ def test_chain_sizes_follow_the_init_image_and_must_end_at_the_declared_size():
     assert [(s.payload["width"], s.payload["height"]) for s in chain] == [(1024, 1024), (2048, 2048)]
     assert [s.expected_size for s in chain] == [(2048, 2048), (2048, 2048)]
     assert [s.payload["seed"] for s in chain] == [77, 77]
-    with pytest.raises(ValueError, match="upscale.json makes 1024x1024 px from a 512x512 px "
-                                         "input, not the 2048x2048 it declares"):
+    with pytest.raises(ValueError, match="creative_upscale.json makes 1024x1024 px from a 512x512 "
+                                         "px input, not the 2048x2048 it declares"):
         plan_chain(recipe, (512, 512), 77, DEFAULT_APP_CONFIGURATION)
-    with pytest.raises(ValueError, match=r"step 1 \(upscale 2x\) would be refused: "
-                                         "Value for Width must be a multiple of 64"):
+    # The app floors sizes to a multiple of 64: 1000 px comes back 960 x 2.
+    with pytest.raises(ValueError, match="makes 1920x1920 px from a 1000x1000 px input"):
         plan_chain(recipe, (1000, 1000), 77, DEFAULT_APP_CONFIGURATION)
+    with pytest.raises(ValueError, match=r"step 1 \(upscale 2x\) would be refused: "
+                                         "Value for width must be between 128 and 8192"):
+        plan_chain(recipe, (64, 64), 77, DEFAULT_APP_CONFIGURATION)
 
 
 def test_a_step_leaving_the_upscaler_out_takes_the_apps(tmp_path):
@@ -174,9 +180,9 @@ def test_a_step_leaving_the_upscaler_out_takes_the_apps(tmp_path):
      'unknown key "output_widht" (expected steps, output_width, output_height; '
      'keys starting with "_" are notes)'),
     ({"steps": [{"name": "a", "payload": {}}, {"name": "b", "payload": {"cfg_scal": 5}}]},
-     'step 2 (b): Unrecognized keys: ["cfg_scal"] (did you mean "cfg_scal" -> "cfg_scale"?)'),
+     'step 2 (b): "cfg_scal" is not a key of Draw Things\' HTTP API'),
     ({"steps": [{"name": "a", "payload": {"steps": 0}}]},
-     "step 1 (a): Value for Steps must be between 1 and 150, inclusive (was 0)"),
+     "step 1 (a): Value for steps must be between 1 and 150, inclusive (was 0)"),
     ({"steps": [{"name": "a", "payload": {"init_images": []}}]},
      'step 1 (a): remove "init_images": the chain sets init_images'),
     ({"steps": [{"name": "a", "payload": {"seed": 5}}]},
@@ -236,6 +242,12 @@ def test_two_step_chain_makes_2048_px_pngs_with_provenance_and_a_rerun_sends_not
         assert request["output_size"] == [2048, 2048]
         assert (request["payload"]["upscaler"] is not None) == (step == 1)
         assert request["payload"]["tiled_diffusion"] == (step == 2)
+        # The app really uses the SDXL ControlNet and LoRA: none is dropped.
+        assert request["dropped"] == []
+        assert request["applied"]["controls"] == (
+            ["controlnet_xinsir_union_promax_sdxl_1.0_f16.ckpt"] if step == 2 else [])
+        assert request["applied"]["loras"] == (
+            ["tcd_sd_xl_base_1.0_lora_f16.ckpt"] if step == 2 else [])
 
     output = share / "UPSCALED_IMAGES/France/family/France_family_1_upscaled.png"
     assert size_of(output) == (2048, 2048)
@@ -256,7 +268,7 @@ def test_two_step_chain_makes_2048_px_pngs_with_provenance_and_a_rerun_sends_not
     assert [row["status"] for row in rows] == ["done", "done"]
     for row in rows:
         assert row["steps"] == "2" and len(row["step_seconds"].split(";")) == 2
-        assert row["recipe"] == "upscale.json" and row["step_attempts"] == "1;1"
+        assert row["recipe"] == "creative_upscale.json" and row["step_attempts"] == "1;1"
         assert row["seed"] == str(seed_for(Path(row["input"]).stem))
         assert len(",".join(row.values())) < 1000  # no base64 in the log
     assert leftovers(share) == []
@@ -287,7 +299,7 @@ def test_a_422_from_a_wrong_step_stops_the_run_with_the_servers_detail(share, tm
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {simulator.url}/sdapi/v1/img2img rejected step 2 (refine 2048) of recipe.json "
-        "(HTTP 422): init_images width doesn't match (image 512, request 256) — fix the recipe "
+        "(HTTP 422): init_images height doesn't match 512 from the parameter 256 — fix the recipe "
         "or the app's settings and run again")
     assert "Traceback" not in result.stderr
     assert [r["status"] for r in posts] == [200, 422]  # stopped at once: nothing else sent
@@ -466,7 +478,7 @@ def test_dry_run_shows_to_do_done_and_claimed_by_whom_and_sends_nothing(share):
     result = upscale(share, "--server", "http://127.0.0.1:9", "--dry-run")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].endswith("payloads/upscale.json: 2 step(s) (upscale 2x, refine 2048) -> "
+    assert lines[0].endswith("payloads/creative_upscale.json: 2 step(s) (upscale 2x, refine 2048) -> "
                              "2048x2048 px")
     claimed = lines.pop(2)
     assert re.fullmatch(r"    UPSCALED_IMAGES/Chile/working/Chile_working_1_upscaled\.png: "
@@ -485,3 +497,66 @@ def test_unknown_recipe_file_is_one_line_and_exit_2(share):
     result = upscale(share, "--recipe", "nowhere.json", "--server", "http://127.0.0.1:9")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: nowhere.json: no such file"
+
+
+# --------------------------------------------------------------------------- other recipes, overrides
+
+
+def test_the_400_percent_recipe_makes_4096_px_and_applies_every_lora_and_controlnet(share):
+    add_input(share, "Peru/family/Peru_family_1.png", side_px=1024)
+    with Simulator() as simulator:
+        result = upscale(share, "--server", simulator.url, "--recipe",
+                         "creative_upscale_script_400")
+        requests = img2img(simulator)
+    assert result.returncode == 0, result.stderr
+    assert size_of(share / "UPSCALED_IMAGES/Peru/family/Peru_family_1_upscaled.png") == (4096, 4096)
+    assert [(r["init_size"], r["output_size"]) for r in requests] == [
+        ([1024, 1024], [2048, 2048]), ([2048, 2048], [4096, 4096]), ([4096, 4096], [4096, 4096])]
+    script_loras = ["add_more_details__detail_enhancer___tweaker__lora_f16.ckpt",
+                    "sdxl_render_v2.0_lora_f16.ckpt", "tcd_sd_v1.5_lora_f16.ckpt"]
+    for request in requests[1:]:
+        assert request["dropped"] == []
+        assert request["applied"]["model"] == "juggernaut_reborn_q6p_q8p.ckpt"
+        assert request["applied"]["loras"] == script_loras
+        assert request["applied"]["controls"] == ["controlnet_tile_1.x_v1.1_f16.ckpt"]
+
+
+def test_set_overrides_every_step_sending_a_key_or_one_named_step(share, tmp_path):
+    add_input(share, "Peru/family/Peru_family_1.png")
+    with Simulator() as simulator:
+        result = upscale(share, "--server", simulator.url, "--recipe", small_recipe(tmp_path),
+                         "--set", "guidance_scale=2", "--set", "refine 2048:steps=12",
+                         "--set", "1:negative_prompt=blurry")
+        first, second = (r["payload"] for r in img2img(simulator))
+    assert result.returncode == 0, result.stderr
+    assert "override --set guidance_scale=2: step(s) 1, 2" in result.stdout
+    assert "override --set refine 2048:steps=12: step(s) 2" in result.stdout
+    assert first["guidance_scale"] == second["guidance_scale"] == 2
+    assert (first["steps"], second["steps"]) == (8, 12)
+    assert (first["negative_prompt"], second["negative_prompt"]) == ("blurry", "")
+    record = json.loads(read_text_chunks(png_files(share / "UPSCALED_IMAGES")[0])["drawpipe"])
+    assert record["overrides"] == ["guidance_scale=2", "refine 2048:steps=12",
+                                   "1:negative_prompt=blurry"]
+
+
+@pytest.mark.parametrize("option, message", [
+    ("hires_fix_width=512", "--set hires_fix_width=512: no step of recipe.json sends "
+                            "hires_fix_width; add it to one step with --set "
+                            "STEP:hires_fix_width=512 (steps: 1 'upscale 2x', 2 'refine 2048')"),
+    ("3:steps=12", "--set 3:steps=12: recipe.json has no step \"3\" (steps: 1 'upscale 2x', "
+                   "2 'refine 2048')"),
+    ("2:strength=1.5", "--set 2:strength=1.5: Value for strength must be between 0.0 and 1.0, "
+                       "inclusive (was 1.5)"),
+    ("refine 2048:model=juggernaut_reborn_q6p_q8p.ckpt",
+     "{recipe}: step 2 (refine 2048) with --set: loras[0]: the app would ignore "
+     "tcd_sd_xl_base_1.0_lora_f16.ckpt without a word: it is a sdxl_base_v0.9 LoRA and "
+     "juggernaut_reborn_q6p_q8p.ckpt is v1; use tcd_sd_v1.5_lora_f16.ckpt"),
+])
+def test_a_bad_override_stops_before_anything_is_sent(share, tmp_path, option, message):
+    add_input(share, "Peru/family/Peru_family_1.png")
+    recipe = small_recipe(tmp_path)
+    with Simulator() as simulator:
+        result = upscale(share, "--server", simulator.url, "--recipe", recipe, "--set", option)
+        sent = simulator.requests
+    assert (result.returncode, result.stderr) == (2, f"error: {message.format(recipe=recipe)}\n")
+    assert sent == [] and not (share / "UPSCALED_IMAGES").exists()
