@@ -7,8 +7,11 @@
     │   ├── ServerIncompatible    the running app lacks a key the template sends (an older app)
     │   ├── ServerRejected        HTTP 422: the server refused the request (never retried)
     │   │   └── StepRejected      ... naming the upscale recipe's step (upscaling.py)
-    │   └── CheckpointError       a SAM checkpoint missing, damaged or of another model
-    │       └── DownloadFailed    --download could not fetch or verify it (checkpoints.py)
+    │   ├── CheckpointError       a SAM checkpoint missing, damaged or of another model
+    │   │   └── DownloadFailed    --download could not fetch or verify it (checkpoints.py)
+    │   ├── BadVerdict            a review verdict the store refuses: not accept/reject, not a
+    │   │                         generated image, not a SHA-256 (reviews.py)
+    │   └── ExportRefused         the export folder is not empty or lies inside the share (export.py)
     ├── JobFailed                 one job failed after its retries (exit 1, the batch goes on)
     │   ├── TransientError        a failure worth retrying: network, 5xx, bad image
     │   └── BadInput              the job's input is not a usable image: reported, never sent
@@ -47,6 +50,15 @@ class ServerRejected(UsageError):
             f"{url} rejected the request (HTTP 422): {detail} — fix the payload template "
             "or the app's settings and run again"
         )
+
+
+class BadVerdict(UsageError):
+    """A verdict the verdict store will not write (reviews.py); the review page answers
+    it with HTTP 400 and the message."""
+
+
+class ExportRefused(UsageError):
+    """export.py will not write into this folder; nothing was written."""
 
 
 class JobFailed(DrawpipeError):
