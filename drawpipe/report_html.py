@@ -3,7 +3,8 @@
 Everything is written under ``<root>/report/`` and linked relatively, so the folder
 opens from the share on any Mac with no server and no internet::
 
-    report/index.html                     the page (inline CSS, no script, no remote URL)
+    report/index.html                     the page (templates/report.html: inline CSS, no
+                                          script, no remote URL)
     report/thumbs/<source path>.jpg|.png  thumbnails (JPEG for photos, PNG for cut-outs)
     report/charts/<stage>.png             seconds per image, CPU %, RAM over time, by host
     report/contact_sheets/<Nation>_<category>.png
@@ -24,7 +25,6 @@ Pillow is imported inside functions: importing this module costs nothing.
 """
 
 import hashlib
-import html
 import importlib.util
 import json
 import math
@@ -34,8 +34,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import quote
 
+from . import pages
+from .pages import anchor
 from .report_data import ImageEntry, natural_key, temporary_name, write_if_changed
 from .report_stats import (STAGES, Logs, StageReport, eta_sentence, format_time, latest_done,
                            summary_table)
@@ -374,64 +375,9 @@ def _fit(draw, text: str, font) -> str:
 
 
 # --------------------------------------------------------------------------- the page
-
-_CSS = """
-:root { color-scheme: light; --line: #d9d9de; --muted: #6b6b75; --bad: #b3261e; }
-* { box-sizing: border-box; }
-body { margin: 0; font: 14px/1.45 -apple-system, BlinkMacSystemFont, "Helvetica Neue", Arial,
-       sans-serif; color: #1d1d22; background: #f6f6f8; }
-header, main { max-width: 1500px; margin: 0 auto; padding: 0 24px; }
-header { padding-top: 20px; }
-h1 { font-size: 24px; margin: 0 0 4px; }
-h2 { font-size: 19px; margin: 28px 0 8px; }
-h3 { font-size: 15px; margin: 0 0 4px; }
-.muted, figcaption { color: var(--muted); }
-.note { color: var(--bad); }
-table { border-collapse: collapse; background: white; margin: 6px 0; }
-th, td { border: 1px solid var(--line); padding: 3px 8px; text-align: right; white-space: nowrap; }
-th:first-child, td:first-child, .failures td { text-align: left; }
-.failures td.error { white-space: normal; max-width: 640px; }
-tr.total td { font-weight: 600; }
-h3.stage { margin: 18px 0 2px; font-size: 16px; }
-.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 12px; }
-.charts img { width: 100%; height: auto; background: white; border: 1px solid var(--line); }
-.failures th, .failures td { text-align: left; }
-nav.groups { columns: 4 220px; background: white; border: 1px solid var(--line); padding: 8px 16px; }
-nav.groups div { break-inside: avoid; }
-section.group { margin-top: 24px; }
-.item { display: flex; flex-wrap: wrap; gap: 12px; background: white; border: 1px solid var(--line);
-        border-radius: 6px; padding: 10px; margin: 10px 0; }
-.item.failed { border-color: var(--bad); }
-figure { margin: 0; width: 244px; }
-figure .frame { width: 244px; height: 244px; display: flex; align-items: center;
-                justify-content: center; background: #ececf0; border-radius: 4px; }
-figure img { max-width: 240px; max-height: 240px; width: auto; height: auto; display: block; }
-.empty { color: var(--muted); padding: 8px; text-align: center; }
-.cutouts { width: 330px; }
-.cutouts .tiles { display: flex; flex-wrap: wrap; align-content: flex-start; gap: 4px;
-                  height: 244px; overflow-y: auto; }
-.cutouts .tiles.none { align-items: center; justify-content: center; background: #ececf0;
-                       border-radius: 4px; }
-.cutouts .tiles a { width: 76px; height: 76px; display: flex; align-items: center;
-                    justify-content: center; border-radius: 3px;
-                    background: repeating-conic-gradient(#ddd 0 25%, #fff 0 50%) 0 0 / 12px 12px; }
-.cutouts img { max-width: 76px; max-height: 76px; width: auto; height: auto; display: block; }
-.meta { flex: 1; min-width: 260px; }
-.prompt { white-space: pre-wrap; margin: 4px 0; }
-details { margin: 4px 0; }
-"""
-
-
-def _e(text) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _url(relative: str) -> str:
-    return quote(relative, safe="/")
-
-
-def _anchor(prefix: str, key: str) -> str:
-    return prefix + re.sub(r"[^A-Za-z0-9_-]", "-", key)
+#
+# The page is templates/report.html (Jinja2, autoescaped; pages.py); the functions
+# below turn the report's data into the plain view dicts the templates show.
 
 
 def _seconds(row) -> str:
@@ -441,139 +387,93 @@ def _seconds(row) -> str:
     return f"{took} on {row.host}"
 
 
-def _thumbnail(image, cache, alt: str, link_prefix: str = "../") -> str | None:
+def _thumbnail(image, cache, alt: str, link_prefix: str = "../") -> dict | None:
+    """{href, src, width, height, alt} of ``image``'s thumbnail; None when it has none."""
     cached = cache.get("thumbs", image.path)
     if not cached or cached[5] or not cached[2]:
         return None
-    return (f'<a href="{_url(link_prefix + image.path)}"><img src="{_url(cached[4])}" '
-            f'width="{cached[2]}" height="{cached[3]}" loading="lazy" alt="{_e(alt)}"></a>')
+    return {"href": link_prefix + image.path, "src": cached[4], "width": cached[2],
+            "height": cached[3], "alt": alt}
 
 
-def _figure(image, cache, label: str, caption: str, absent: str) -> str:
-    if image is None:
-        inner = f'<div class="empty">{_e(absent)}</div>'
-    else:
-        inner = _thumbnail(image, cache, f"{label}: {image.path}") or (
-            f'<div class="empty">cannot read {_e(image.path)}</div>')
-    return (f'<figure><div class="frame">{inner}</div>'
-            f'<figcaption>{_e(label)}{" · " + _e(caption) if caption else ""}</figcaption></figure>')
+def _figure(image, cache, label: str, caption: str, absent: str) -> dict:
+    view = {"label": label, "caption": caption, "absent": absent}
+    if image is not None:
+        view.update(_thumbnail(image, cache, f"{label}: {image.path}")
+                    or {"absent": f"cannot read {image.path}"})
+    return view
 
 
-def _item(entry, cache, done: dict, failures: dict) -> str:
+def _item(entry, cache, done: dict, failures: dict) -> dict:
+    """The gallery view of one image (templates/gallery.html's ``item``)."""
     failed = failures.get(entry.key, {})
-    parts = [f'<article class="item{" failed" if failed else ""}" id="{_anchor("i-", entry.key)}">']
-    parts.append(_figure(entry.generated, cache, "generated", _seconds(done["generate"].get(entry.key)),
-                         "generate failed" if "generate" in failed else "no generated image"))
-    parts.append(_figure(entry.upscaled, cache, "upscaled", _seconds(done["upscale"].get(entry.key)),
-                         "upscale failed" if "upscale" in failed else "not upscaled yet"))
     if entry.cutouts_folder:
-        tiles = "".join(
-            tile for k, cutout in enumerate(entry.cutouts, 1)
-            if (tile := _thumbnail(cutout, cache, f"cut-out {k}")) is not None)
+        tiles = [tile for k, cutout in enumerate(entry.cutouts, 1)
+                 if (tile := _thumbnail(cutout, cache, f"cut-out {k}")) is not None]
         segment = _seconds(done["segment"].get(entry.key))
-        if not tiles:
-            tiles = '<div class="empty">no object found</div>'
-        parts.append(f'<div class="cutouts"><div class="tiles{"" if entry.cutouts else " none"}">'
-                     f'{tiles}</div><figcaption>{len(entry.cutouts)} cut-outs'
-                     f'{" · " + _e(segment) if segment else ""}</figcaption></div>')
+        cutouts = {"tiles": tiles, "absent": "no object found",
+                   "caption": f"{len(entry.cutouts)} cut-outs" + (f" · {segment}" if segment else "")}
     else:
-        absent = "segment failed" if "segment" in failed else "no cut-outs yet"
-        parts.append(f'<div class="cutouts"><div class="tiles none"><div class="empty">{absent}'
-                     '</div></div><figcaption>cut-outs</figcaption></div>')
+        cutouts = {"tiles": [], "caption": "cut-outs",
+                   "absent": "segment failed" if "segment" in failed else "no cut-outs yet"}
+    notes = [entry.meta["error"]] if entry.meta.get("error") else []
+    notes += [f"{stage} failed on {row.host}, {format_time(row.end)}, attempt {row.attempt}: "
+              f"{row.error or 'no message'}" for stage, row in failed.items()]
+    return {
+        "anchor": anchor("i-", entry.key), "failed": bool(failed),
+        "generated": _figure(entry.generated, cache, "generated",
+                             _seconds(done["generate"].get(entry.key)),
+                             "generate failed" if "generate" in failed else "no generated image"),
+        "upscaled": _figure(entry.upscaled, cache, "upscaled",
+                            _seconds(done["upscale"].get(entry.key)),
+                            "upscale failed" if "upscale" in failed else "not upscaled yet"),
+        "cutouts": cutouts, **meta_view(entry), "notes": notes,
+    }
+
+
+def meta_view(entry) -> dict:
+    """{name, facts, prompt, negative_prompt} of an image from its PNG metadata."""
     meta = entry.meta
     facts = [f"seed {meta['seed']}" if meta.get("seed") else None, meta.get("model"),
              meta.get("size"), f"{meta['steps']} steps" if meta.get("steps") else None,
              meta.get("sampler"), f"CFG {meta['cfg_scale']}" if meta.get("cfg_scale") else None]
-    parts.append(f'<div class="meta"><h3>{_e(entry.name)}</h3>')
-    parts.append(f'<div class="muted">{_e(" · ".join(fact for fact in facts if fact))}</div>')
-    if meta.get("prompt"):
-        parts.append(f'<p class="prompt">{_e(meta["prompt"])}</p>')
-    if meta.get("negative_prompt"):
-        parts.append(f'<details><summary>negative prompt</summary><p class="prompt">'
-                     f'{_e(meta["negative_prompt"])}</p></details>')
-    if meta.get("error"):
-        parts.append(f'<p class="note">{_e(meta["error"])}</p>')
-    for stage, row in failed.items():
-        parts.append(f'<p class="note">{_e(stage)} failed on {_e(row.host)}, '
-                     f'{_e(format_time(row.end))}, attempt {row.attempt}: {_e(row.error or "no message")}</p>')
-    parts.append("</div></article>")
-    return "".join(parts)
-
-
-def _table(cells: list[list[str]], total_last: bool = True) -> str:
-    head = "".join(f"<th>{_e(cell)}</th>" for cell in cells[0])
-    rows = []
-    for index, row in enumerate(cells[1:], 1):
-        total = ' class="total"' if total_last and index == len(cells) - 1 else ""
-        rows.append(f"<tr{total}>" + "".join(f"<td>{_e(cell)}</td>" for cell in row) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+    return {"name": entry.name, "facts": [fact for fact in facts if fact],
+            "prompt": meta.get("prompt", ""), "negative_prompt": meta.get("negative_prompt", "")}
 
 
 def render_page(root: Path, inventory, logs: Logs, reports: list[StageReport], failures: dict,
                 charts: Charts, window_seconds: float, cache) -> str:
     """The whole page as a string (see the module docstring)."""
     latest = max((row.end for rows in logs.rows.values() for row in rows), default=None)
-    out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-           '<meta name="viewport" content="width=device-width, initial-scale=1">',
-           f"<title>drawpipe report: {_e(root.name)}</title><style>{_CSS}</style></head><body>",
-           f"<header><h1>drawpipe report: {_e(root.name)}</h1>",
-           f'<div class="muted">{_e(root)} · logs up to {_e(format_time(latest))} · '
-           f"{inventory.count('generated'):,} generated, {inventory.count('upscaled'):,} upscaled, "
-           f"{inventory.cutout_count:,} cut-outs</div>"]
-    out.extend(f'<div class="note">{_e(line)}</div>' for line in logs.skipped_lines())
-    out.append("</header><main><h2>Progress</h2>")
-    for report in reports:
-        out.append(f'<h3 class="stage">{_e(report.stage)}</h3>')
-        if report.figures:
-            out.append(_table(summary_table(report.figures)))
-        else:
-            out.append('<div class="muted">no job logged</div>')
-        out.append(f"<div>{_e(eta_sentence(report, window_seconds))}</div>")
-    if charts.paths or charts.missing_reason:
-        out.append('<h2>Charts</h2><div class="charts">')
-        if charts.missing_reason:
-            out.append(f'<div class="note">charts not drawn: {_e(charts.missing_reason)}</div>')
-        out.extend(f'<img src="{_url(path)}" alt="{_e(stage)} chart">'
-                   for stage, path in charts.paths.items())
-        out.append("</div>")
-    failed_rows = [row for report in reports for row in report.failures]
-    if failed_rows:
-        cells = "".join(
-            f'<tr><td>{_e(row.stage)}</td><td><a href="#{_anchor("i-", row.key or row.output)}">'
-            f'{_e(row.output)}</a></td><td>{_e(row.host)}</td><td>{_e(format_time(row.end))}</td>'
-            f'<td>{row.attempt}</td><td class="error">{_e(row.error or "no message")}</td></tr>'
-            for row in failed_rows)
-        out.append(f'<h2>Failed jobs ({len(failed_rows):,})</h2><p class="muted">Their last try '
-                   "failed and no output exists; running the same command again retries them.</p>"
-                   '<table class="failures"><tr><th>stage</th><th>job</th><th>host</th>'
-                   f"<th>time</th><th>attempts</th><th>error</th></tr>{cells}</table>")
-
-    groups = inventory.groups()
+    stages = [{"name": report.stage,
+               "table": summary_table(report.figures) if report.figures else None,
+               "eta": eta_sentence(report, window_seconds)} for report in reports]
+    failed_rows = [{"stage": row.stage, "anchor": anchor("i-", row.key or row.output),
+                    "output": row.output, "host": row.host, "time": format_time(row.end),
+                    "attempt": row.attempt, "error": row.error or "no message"}
+                   for report in reports for row in report.failures]
+    grouped = inventory.groups()
     for key in failures:
         if key not in inventory.entries:
             entry = ImageEntry(key)
-            groups.setdefault(entry.group, []).append(entry)
+            grouped.setdefault(entry.group, []).append(entry)
     done = {stage: latest_done(logs.rows.get(stage, [])) for stage in STAGES}
-    ordered = sorted(groups, key=natural_key)
-    out.append("<h2>Images</h2><nav class=\"groups\">")
-    out.extend(f'<div><a href="#{_anchor("g-", group)}">{_e(group.replace("/", " · ") or "(top)")}'
-               f'</a> <span class="muted">{len(groups[group])}</span></div>' for group in ordered)
-    out.append("</nav>")
-    for group in ordered:
-        entries = sorted(groups[group], key=lambda entry: natural_key(entry.key))
+    groups = []
+    for group in sorted(grouped, key=natural_key):
+        entries = sorted(grouped[group], key=lambda entry: natural_key(entry.key))
         sheet = cache.get("sheets", group)
-        link = (f' · <a href="{_url(SHEETS_FOLDER + "/" + sheet[1])}">contact sheet</a>'
-                if sheet else "")
-        upscaled = sum(1 for entry in entries if entry.upscaled)
-        cutouts = sum(len(entry.cutouts) for entry in entries)
-        out.append(f'<section class="group" id="{_anchor("g-", group)}">'
-                   f'<h2>{_e(group.replace("/", " · ") or "(top)")}</h2>'
-                   f'<div class="muted">{len(entries)} images, {upscaled} upscaled, '
-                   f"{cutouts} cut-outs{link}</div>")
-        out.extend(_item(entry, cache, done, failures) for entry in entries)
-        out.append("</section>")
-    out.append("</main></body></html>\n")
-    return "\n".join(out)
+        groups.append({
+            "anchor": anchor("g-", group), "title": group.replace("/", " · ") or "(top)",
+            "sheet": f"{SHEETS_FOLDER}/{sheet[1]}" if sheet else None,
+            "upscaled": sum(1 for entry in entries if entry.upscaled),
+            "cutouts": sum(len(entry.cutouts) for entry in entries),
+            "images": [_item(entry, cache, done, failures) for entry in entries]})
+    return pages.render(
+        "report.html", root_name=root.name, root=str(root), latest=format_time(latest),
+        counts={"generated": inventory.count("generated"), "upscaled": inventory.count("upscaled"),
+                "cutouts": inventory.cutout_count},
+        notes=logs.skipped_lines(), stages=stages, charts=charts, failed_rows=failed_rows,
+        groups=groups)
 
 
 def write_page(report_dir: Path, root: Path, inventory, logs: Logs, reports, failures,

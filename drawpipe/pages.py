@@ -1,0 +1,47 @@
+"""The HTML pages' templates: one Jinja2 environment for the report and the review page.
+
+    render(template_name, **context)   the page as a string
+
+Templates live in ``drawpipe/templates/``: ``base.html`` (the page frame, the shared
+``style.css`` inlined so a page needs no other file), ``gallery.html`` (macros for an
+image's generated, upscaled and cut-out pictures and its metadata, used by both
+pages), ``report.html`` and ``review.html`` (+ ``review.js``, inlined).
+
+Autoescaping is on for every template: a prompt or an error message holding ``<`` or
+``"`` is shown as text, never read as markup. The ``url`` filter percent-encodes a
+path for ``src``/``href`` (spaces, ``#``, ``?`` in file names), keeping ``/``.
+"""
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import quote
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+
+
+def url_path(relative: str) -> str:
+    return quote(str(relative), safe="/")
+
+
+def anchor(prefix: str, key: str) -> str:
+    """An HTML id from ``key``: "i-France-family-France_family_1"."""
+    return prefix + re.sub(r"[^A-Za-z0-9_-]", "-", key)
+
+
+@lru_cache(maxsize=1)
+def environment():
+    import jinja2  # imported when a page is made, not by every script
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=True,  # every template, .html, .css and .js alike
+        trim_blocks=False,
+        keep_trailing_newline=True,
+    )
+    env.filters["url"] = url_path
+    return env
+
+
+def render(template_name: str, **context) -> str:
+    return environment().get_template(template_name).render(**context)
