@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[segment,report,test]'
+	$(PY) -m pip install --quiet -e '.[segment,report,curate,test]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -34,6 +34,7 @@ that stage's log).
 
 import argparse
 import csv
+import importlib.util
 import io
 import os
 import sys
@@ -44,7 +45,10 @@ from pathlib import Path
 from .cli import resolve_settings, run_main
 from .errors import UsageError
 from .generation import GENERATIONS_FOLDER
+from .metrics import host_name
 from .prompts import QueueItem, load_prompt_sets, load_queue, merge_queue, parse_add
+from .quality import CSV_COLUMNS as QUALITY_COLUMNS
+from .quality import csv_fields as quality_fields
 from .report_data import (ImageEntry, Inventory, ReportCache, natural_key, read_metadata,
                           scan_inventory, work_left, write_if_changed)
 from .report_stats import (DEFAULT_ETA_WINDOW_SECONDS, STAGES, Logs, build_stage_reports,
@@ -62,13 +66,16 @@ CSV_NAME = "images.csv"
 
 CSV_COLUMNS = ("image", "group", "generated", "seed", "prompt", "generate_seconds",
                "generate_host", "upscaled", "upscale_seconds", "upscale_host",
-               "cutouts_folder", "cutouts", "segment_seconds", "segment_host", "failed")
+               "cutouts_folder", "cutouts", "segment_seconds", "segment_host", "failed",
+               *QUALITY_COLUMNS)
 
 
-def image_table(inventory: Inventory, logs: Logs, failures: dict[str, dict]) -> list[dict]:
+def image_table(inventory: Inventory, logs: Logs, failures: dict[str, dict],
+                quality: dict | None = None) -> list[dict]:
     """One row per image across stages (CSV_COLUMNS): images with a file, and images
     only the logs know (a failed or since-deleted output). ``failures``: key ->
-    {stage: LogRow} of outstanding failures."""
+    {stage: LogRow} of outstanding failures; ``quality``: generated image path ->
+    quality.Signals (their columns are empty for an image without)."""
     done = {stage: latest_done(logs.rows.get(stage, [])) for stage in STAGES}
     keys = set(inventory.entries)
     for rows in done.values():
@@ -93,6 +100,8 @@ def image_table(inventory: Inventory, logs: Logs, failures: dict[str, dict]) -> 
         row["seed"] = seed
         row["failed"] = "; ".join(f"{stage}: {failed.error or 'failed'}"
                                   for stage, failed in failures.get(key, {}).items())
+        signals = (quality or {}).get(entry.generated.path) if entry.generated else None
+        row.update(quality_fields(signals))
         table.append(row)
     return table
 
@@ -188,13 +197,31 @@ def run_report(settings: ReportSettings, out=None, now: float | None = None) -> 
                 page = report_dir / report_html.PAGE_NAME
                 out.write(f"{'wrote' if written else 'unchanged:'} {page}\n")
         if settings.csv_path:
-            table = image_table(inventory, logs, failures)
+            table = image_table(inventory, logs, failures,
+                                measure_quality(root, inventory, settings.processes, out))
             written = write_if_changed(settings.csv_path, table_csv(table))
             out.write(f"{'wrote' if written else 'unchanged:'} {settings.csv_path} "
                       f"({len(table):,} images)\n")
     finally:
         cache.save()
     return 0
+
+
+def measure_quality(root: Path, inventory: Inventory, processes: int, out) -> dict | None:
+    """Quality signals of every generated image (quality.py, cached under report/quality/),
+    or None, said in one line, when the curate extra (numpy, imagehash) is missing."""
+    if importlib.util.find_spec("imagehash") is None or importlib.util.find_spec("numpy") is None:
+        out.write("quality columns left empty: numpy and imagehash are not installed "
+                  "(.venv/bin/pip install -e '.[curate]')\n")
+        return None
+    from .quality import update_signals  # numpy, imagehash and Pillow load only now
+
+    files = [entry.generated for entry in inventory.entries.values() if entry.generated]
+    run = update_signals(root, files, host_name(), processes)
+    out.write(run.sentence() + "\n")
+    for line in run.problems:
+        out.write(line + "\n")
+    return run.signals
 
 
 def parse_arguments(argv) -> argparse.Namespace:
