@@ -111,6 +111,13 @@ def check_image_path(image: str) -> str:
     return image
 
 
+def check_sha256(sha256: str) -> str:
+    """``sha256`` if it is 64 lower-case hex digits; BadVerdict otherwise."""
+    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+        raise BadVerdict(f"sha256 {sha256!r} is not a hex SHA-256 (64 characters 0-9a-f)")
+    return sha256
+
+
 def reviews_path(root: Path, host: str) -> Path:
     return Path(root) / REVIEWS_FOLDER / f"{host}.jsonl"
 
@@ -129,8 +136,7 @@ def append_verdict(root: Path, host: str, image: str, sha256: str, verdict: str,
     earlier crash, a newline goes first so this verdict starts a line of its own.
     """
     check_image_path(image)
-    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
-        raise BadVerdict(f"sha256 {sha256!r} is not a hex SHA-256 (64 characters 0-9a-f)")
+    check_sha256(sha256)
     if verdict not in VERDICTS:
         raise BadVerdict(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
     if not _HOST.fullmatch(host or ""):

@@ -28,7 +28,7 @@ from drawpipe.report_data import parse_infotext
 from drawpipe.report_stats import (LogRow, busy_seconds, estimate_eta, format_duration,
                                    load_logs, percentile, stage_figures)
 
-from chromium import find_chromium, open_page
+from browser import LOAD_ALL_IMAGES, PageWatch, browser, skip_reason
 from conftest import PROJECT_DIR
 
 T0 = 1777629600.0  # 2026-05-01T10:00:00Z
@@ -466,19 +466,23 @@ def test_damaged_image_is_reported_not_fatal(dataset):
 # --------------------------------------------------------------------------- the browser
 
 
-@pytest.mark.skipif(find_chromium() is None,
-                    reason="headless Chromium not installed (Debian: apt-get install chromium)")
+@pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 def test_page_in_headless_chromium(dataset, tmp_path):
     result = run_report("--root", dataset, "--html", "--contact-sheets", "--processes", "1")
     assert result.returncode == 0, result.stderr
     screenshot = tmp_path / "report.png"
-    check = open_page(dataset / "report/index.html", screenshot, tmp_path / "chromium-profile")
-    assert check.console_errors == []
-    assert len(check.images) == 14  # 11 thumbnails, 3 charts
-    assert [src for src, width in check.images if width <= 0] == []
+    with browser() as chromium:
+        page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+        watch = PageWatch(page)
+        page.goto((dataset / "report/index.html").resolve().as_uri())
+        images = page.evaluate(LOAD_ALL_IMAGES)
+        page.screenshot(path=screenshot, full_page=True)
+    assert watch.errors == []
+    assert len(images) == 14  # 11 thumbnails, 3 charts
+    assert [src for src, width in images if width <= 0] == []
     report_url = (dataset / "report").resolve().as_uri()
-    assert all(url.startswith(report_url) for url in check.requested_urls
-               if not url.endswith("index.html")), check.requested_urls
+    assert all(url.startswith(report_url) for url in watch.requested_urls
+               if not url.endswith("index.html")), watch.requested_urls
     with Image.open(screenshot) as shot:
         assert shot.width == 1400 and shot.height > 1000
     if os.environ.get("DRAWPIPE_KEEP_SCREENSHOT"):
