@@ -1,0 +1,169 @@
+"""python -m drawpipe.export: the reviewed images as an imagefolder that `datasets`
+and pandas load as they are; the share untouched; bad folders refused in one line.
+
+The share: France/family 1 accepted (upscaled, 2 cut-outs, logged), 2 rejected, 3
+not reviewed, 4 accepted once but re-made since (its new take is not reviewed), and
+Japan/working 1 accepted by another Mac.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from drawpipe.generation import seed_for
+from drawpipe.metrics import MetricsLog
+from drawpipe.pngmeta import add_text_chunks, provenance_chunks
+from drawpipe.reviews import append_verdict
+from drawpipe.simulator import encode_png, render_scene
+
+from conftest import PROJECT_DIR
+
+KEYS = ("France/family/France_family_1", "France/family/France_family_2",
+        "France/family/France_family_3", "France/family/France_family_4",
+        "Japan/working/Japan_working_1")
+GEN = "GENERATIONS/{}.png".format
+SIZE_PX = 128
+
+
+def png(seed: int, size_px: int = SIZE_PX) -> bytes:
+    return encode_png(render_scene(seed, "export", size_px, size_px))
+
+
+def write_generated(root: Path, key: str, seed: int) -> str:
+    stem = key.rsplit("/", 1)[1]
+    payload = {"prompt": f"a photo for {stem}", "negative_prompt": "blurry, text",
+               "seed": seed_for(stem), "model": "sd_xl_base_1.0_f16.ckpt", "width": 1024,
+               "height": 1024, "steps": 30, "sampler": "DPM++ 2M Karras", "guidance_scale": 7}
+    path = root / GEN(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(add_text_chunks(png(seed), provenance_chunks(payload)))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def files_under(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def reviewed(share) -> Path:
+    takes = {key: write_generated(share, key, number) for number, key in enumerate(KEYS, 1)}
+    upscaled = share / "UPSCALED_IMAGES/France/family/France_family_1_upscaled.png"
+    upscaled.parent.mkdir(parents=True)
+    upscaled.write_bytes(png(1, 2 * SIZE_PX))
+    folder = share / "CUTOUTS/France/family/France_family_1_upscaled"
+    folder.mkdir(parents=True)
+    cutouts = []
+    for k, box in ((1, [10, 20, 60, 40]), (2, [100, 120, 30, 30])):
+        name = f"France_family_1_upscaled_cutout_{k}.png"
+        Image.new("RGBA", (box[2], box[3]), (200, 40 * k, 30, 255)).save(folder / name)
+        cutouts.append({"file": name, "bbox": box, "area": box[2] * box[3]})
+    (folder / "cutouts.json").write_text(json.dumps({"source": "x", "cutouts": cutouts}))
+    for stage, output, seconds in (("generate", GEN(KEYS[0]), 12.5),
+                                   ("upscale", "UPSCALED_IMAGES/France/family/France_family_1_upscaled.png", 40.0),
+                                   ("segment", "CUTOUTS/France/family/France_family_1_upscaled", 6.25)):
+        MetricsLog(share / "logs", stage, "mac-a").append(
+            {"output": output, "status": "done", "seconds": seconds})
+    append_verdict(share, "mac-a", GEN(KEYS[0]), takes[KEYS[0]], "accept")
+    append_verdict(share, "mac-a", GEN(KEYS[1]), takes[KEYS[1]], "reject", "two heads")
+    append_verdict(share, "mac-a", GEN(KEYS[3]), takes[KEYS[3]], "accept")
+    write_generated(share, KEYS[3], 99)  # re-made: the accepted take is gone
+    append_verdict(share, "mac-b", GEN(KEYS[4]), takes[KEYS[4]], "accept", "good")
+    return share
+
+
+def export(root: Path, out: Path, *args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "drawpipe.export", "--root", str(root),
+                           "--out", str(out), *args], capture_output=True, text=True,
+                          cwd=PROJECT_DIR, timeout=120,
+                          env={**os.environ, "DRAWPIPE_CACHE_DIR": str(out.parent / "cache"),
+                               **(env or {})})
+
+
+def test_accepted_images_load_with_datasets_and_pandas(reviewed, tmp_path):
+    before = files_under(reviewed)
+    out = tmp_path / "dataset"
+    result = export(reviewed, out)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"exported 2 images (2 accepted) with 1 upscaled and 2 cut-outs to {out}: 5 files "
+        "hard-linked, 0 copied; left out: 1 rejected, 2 not reviewed (--include-unreviewed "
+        "adds them)\n")
+    assert files_under(reviewed) == before  # the share untouched
+    exported = out / GEN(KEYS[0])
+    assert exported.stat().st_ino == (reviewed / GEN(KEYS[0])).stat().st_ino  # a hard link
+
+    import pandas
+
+    frame = pandas.read_json(out / "metadata.jsonl", lines=True)
+    assert list(frame["file_name"]) == [GEN(KEYS[0]), GEN(KEYS[4])]
+    first = frame.iloc[0]
+    assert (first["nation"], first["category"], first["seed"]) == ("France", "family",
+                                                                    seed_for("France_family_1"))
+    assert (first["prompt"], first["negative_prompt"]) == ("a photo for France_family_1", "blurry, text")
+    assert (first["model"], first["sampler"], first["steps"], first["size"]) == (
+        "sd_xl_base_1.0_f16.ckpt", "DPM++ 2M Karras", 30, "1024x1024")
+    assert (first["verdict"], first["verdict_host"]) == ("accept", "mac-a")
+    assert (first["generate_seconds"], first["upscale_seconds"], first["segment_seconds"]) == (
+        12.5, 40.0, 6.25)
+    assert first["cutout_boxes"] == [[10, 20, 60, 40], [100, 120, 30, 30]]
+    assert frame.iloc[1]["verdict_reason"] == "good" and pandas.isna(frame.iloc[1]["upscaled_file_name"])
+
+    import datasets
+
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(out),
+                                   cache_dir=str(tmp_path / "hf-cache"))["train"]
+    assert loaded.num_rows == 2
+    row = loaded[0]
+    assert row["image"].size == (SIZE_PX, SIZE_PX)
+    assert row["upscaled"].size == (2 * SIZE_PX, 2 * SIZE_PX)
+    assert [cutout.size for cutout in row["cutouts"]] == [(60, 40), (30, 30)]
+    assert row["nation"] == "France" and row["verdict"] == "accept"
+    assert loaded[1]["upscaled"] is None and loaded[1]["cutouts"] == []
+
+
+def test_include_unreviewed_adds_the_new_take_never_the_rejected(reviewed, tmp_path):
+    out = tmp_path / "dataset"
+    out.mkdir()  # an empty folder is fine
+    result = export(reviewed, out, "--include-unreviewed")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [(row["file_name"], row["verdict"]) for row in rows] == [
+        (GEN(KEYS[0]), "accept"), (GEN(KEYS[2]), None), (GEN(KEYS[3]), None),
+        (GEN(KEYS[4]), "accept")]
+    assert not (out / GEN(KEYS[1])).exists()
+    assert "left out: 1 rejected\n" in result.stdout
+
+
+def test_an_export_folder_that_is_not_empty_is_refused_and_untouched(reviewed, tmp_path):
+    out = tmp_path / "dataset"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    before = files_under(out)
+    result = export(reviewed, out)
+    assert result.returncode == 2
+    assert result.stderr == (f"error: --out {out} is not empty: export into a new or empty "
+                             "folder (nothing was written)\n")
+    assert files_under(out) == before
+    inside = reviewed / "export"
+    result = export(reviewed, inside)
+    assert result.returncode == 2
+    assert result.stderr == (f"error: --out {inside} is inside the shared folder {reviewed}: the "
+                             "export never writes into the share; choose a folder elsewhere\n")
+    assert not inside.exists()
+
+
+def test_nothing_accepted_is_one_line(share, tmp_path):
+    write_generated(share, KEYS[0], 1)
+    result = export(share, tmp_path / "dataset")
+    assert result.returncode == 2
+    assert result.stderr == (f"error: nothing to export from {share}: no generated image is "
+                             "accepted (review them with python -m drawpipe.review, or add "
+                             "--include-unreviewed); nothing was written\n")
+    assert not (tmp_path / "dataset").exists()
