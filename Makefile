@@ -20,14 +20,15 @@ demo: $(STAMP)
 test: $(STAMP) chromium
 	$(PY) -m pytest -q
 
-# The report's browser test needs headless Chromium: Debian's package where apt exists
-# and none is installed; elsewhere that one test skips, saying why.
+# The browser tests (the report's page, the review page) drive headless Chromium with
+# Playwright, which cannot download a browser here: Debian's package where apt exists
+# and none is installed; elsewhere those tests skip, saying why.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
 	  || ! command -v apt-get >/dev/null 2>&1 \
 	  || { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	       else sudo -n apt-get update -qq && sudo -n apt-get install -y -qq chromium >/dev/null; fi; } \
-	  || echo "note: could not install chromium; the report's browser test will skip"
+	  || echo "note: could not install chromium; the browser tests will skip"
 
 bench: $(STAMP)
 	$(PY) bench/client_overhead.py
@@ -35,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/upscale.py
 	$(PY) bench/segment.py
 	$(PY) bench/report.py
+	$(PY) bench/curate.py
 
 clean:
 	rm -rf $(VENV) demo

@@ -44,6 +44,7 @@ import hashlib
 import io
 import json
 import math
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -266,7 +267,10 @@ def _map(function, tasks: list, processes: int) -> list:
     if processes <= 1 or len(tasks) < POOL_MIN_TASKS:
         return [function(task) for task in tasks]
     workers = min(processes, math.ceil(len(tasks) / 4))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # "spawn", not Linux's "fork": the review page measures from a server thread, and a
+    # process forked while other threads hold locks can hang. (macOS spawns anyway.)
+    with ProcessPoolExecutor(max_workers=workers,
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(function, tasks, chunksize=max(1, min(32, len(tasks) // (workers * 4)))))
 
 

@@ -3,7 +3,8 @@
     python -m drawpipe.report --root SHARE                  the figures, on the terminal
     python -m drawpipe.report --root SHARE --html           + SHARE/report/index.html
     python -m drawpipe.report --root SHARE --contact-sheets + SHARE/report/contact_sheets/*.png
-    python -m drawpipe.report --root SHARE --csv [FILE]     + the per-image table (report/images.csv)
+    python -m drawpipe.report --root SHARE --csv [FILE]     + the per-image table (report/images.csv),
+                                                            with quality signals (quality.py)
     python -m drawpipe.report --root SHARE --queue q.json   + what generate.py still has to make
 
 Modules: this one is the command line and the per-image CSV export; report_stats.py

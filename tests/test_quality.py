@@ -126,3 +126,14 @@ def test_report_csv_gains_the_quality_columns(share, known):
     assert float(rows["Spain_family_1"]["laplacian_variance"]) < BLURRY_LAPLACIAN_VARIANCE
     assert rows["France_family_3"]["near_duplicate_of"] == known["sharp"]
     assert rows["France_family_2"]["suspect"] == ""
+
+
+def test_a_process_pool_measures_the_same_as_one_process(share):
+    base = render_scene(5, "pool", 256, 256)
+    for number in range(1, 21):  # above POOL_MIN_TASKS: measured in the pool
+        save(share, f"GENERATIONS/Peru/family/Peru_family_{number}.png",
+             base.rotate(number * 3) if number % 2 else base)
+    files = [entry.generated for entry in scan_inventory(share).entries.values()]
+    alone = update_signals(share, files, "mac-a", processes=1, write_cache=False)
+    pooled = update_signals(share, files, "mac-a", processes=2)
+    assert pooled.measured == 20 and pooled.signals == alone.signals
