@@ -31,9 +31,9 @@ but caches):
                                 malformed verdict, 404 a gone image, 409 a take that changed
                                 since the page showed it (it must be reviewed again)
 
-It listens on the loopback address unless ``--host`` says otherwise. Requests whose
-Host header names another server are refused and a POST must be JSON, so a web page
-elsewhere cannot cast verdicts through the reviewer's browser.
+It listens on the loopback address unless ``--host`` says otherwise. There, requests
+whose Host header names another server are refused and a POST must be JSON, so a web
+page elsewhere cannot cast verdicts through the reviewer's browser.
 """
 
 import argparse
@@ -291,10 +291,13 @@ class _Server(ThreadingHTTPServer):
         self.review = review
         super().__init__(address, _Handler)
 
-    def allowed_hosts(self) -> set[str]:
+    def allowed_hosts(self) -> set[str] | None:
+        """The Host headers a loopback server answers (a page elsewhere that rebinds its
+        own name to 127.0.0.1 sends its name); None: any, when --host opened it to others."""
         host, port = self.server_address[:2]
-        names = {host, "localhost", LOOPBACK, "[::1]"} if host in (LOOPBACK, "localhost") else {host}
-        return {f"{name}:{port}" for name in names}
+        if host not in (LOOPBACK, "localhost"):
+            return None
+        return {f"{name}:{port}" for name in (LOOPBACK, "localhost")}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -321,7 +324,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(status, {"error": message})
 
     def _host_allowed(self) -> bool:
-        if self.headers.get("Host", "") in self.server.allowed_hosts():
+        allowed = self.server.allowed_hosts()
+        if allowed is None or self.headers.get("Host", "") in allowed:
             return True
         self._error(HTTPStatus.FORBIDDEN, "wrong Host header")
         return False
