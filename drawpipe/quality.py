@@ -144,11 +144,6 @@ def _measure_file(task: tuple[str, str]) -> dict:
     return measure_png(data, image).measurements()
 
 
-def hash_distance(a: str, b: str) -> int:
-    """Bits that differ between two hex hashes of equal length."""
-    return (int(a, 16) ^ int(b, 16)).bit_count()
-
-
 def find_near_duplicates(signals: dict[str, "Signals"]) -> dict[str, "Signals"]:
     """``signals`` (path -> Signals) with each image's nearest look-alike of the same
     folder (same nation and category) filled in, when within NEAR_DUPLICATE_MAX_DISTANCE;

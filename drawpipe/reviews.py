@@ -378,7 +378,3 @@ def file_sha256(path: Path, cache: HashCache | None = None) -> str:
         # The stat of the open file: a file replaced after it was read gets a new entry.
         cache.put(path, before.st_size, before.st_mtime_ns, hex_digest)
     return hex_digest
-
-
-def bytes_sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
