@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from drawpipe.cli import add_common_arguments, run_main
+from drawpipe.cli import add_common_arguments, add_watch_arguments, run_main
 from drawpipe.commands import upscale
 
 
@@ -24,8 +24,7 @@ def parse_arguments(argv):
     parser.add_argument("--recipe", metavar="FILE",
                         help="the img2img steps (default payloads/upscale.json; "
                              "payloads/upscale_fast.json does it in one request)")
-    parser.add_argument("--watch", action="store_true",
-                        help="keep polling GENERATIONS/ for new images until Ctrl-C")
+    add_watch_arguments(parser, "GENERATIONS/")
     parser.add_argument("--seed-offset", type=int, metavar="N",
                         help="added to every file-name seed, for a different take (default 0)")
     parser.add_argument("--settle-seconds", type=float, metavar="S",

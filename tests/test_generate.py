@@ -215,12 +215,18 @@ def test_a_422_stops_the_run_at_once_with_the_servers_detail(share, simulator):
 
 def test_failed_jobs_are_logged_the_batch_goes_on_and_a_rerun_retries(share, simulator):
     # Three attempts of the first image fail; the others succeed.
-    simulator.queue_faults(["503", "drop", "empty"])
+    simulator.queue_faults(["503", "truncate", "empty"])
     result = generate(share, "--server", simulator.url, "--add", "Peru:family:3")
     assert result.returncode == 1
     assert "2 made, 0 already done, 0 made by other workers, 1 failed, 1 left of 3" in result.stdout
+    assert "retries: 2 request(s) re-sent, 0 failed job(s) tried again" in result.stdout
     assert "1 failed; run the same command again to retry them" in result.stdout
     assert 'failed: GENERATIONS/Peru/family/Peru_family_1.png: ' in result.stderr
+    resends = [line for line in result.stderr.splitlines() if "re-sending" in line]
+    assert resends[0] == (f"GENERATIONS/Peru/family/Peru_family_1.png: re-sending (attempt 2 "
+                          f"of 3, after 0.05 s) because: {simulator.url}/sdapi/v1/txt2img: "
+                          "HTTP 503 simulated fault 503")
+    assert len(resends) == 2
     rows = list(csv.DictReader(next((share / "logs").glob("generate-*.csv")).open()))
     failed = [row for row in rows if row["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["attempt"] == "3"

@@ -462,6 +462,7 @@ def test_dry_run_shows_to_do_done_and_claimed_by_whom_and_sends_nothing(share):
     done.parent.mkdir(parents=True)
     done.write_bytes(png_bytes("done", 64))
     other_mac = ClaimStore(share, "upscale", "studio-4242-0", lease_seconds=120)
+    other_mac.prepare()
     other_mac.try_claim("UPSCALED_IMAGES/Chile/working/Chile_working_1_upscaled.png")
     result = upscale(share, "--server", "http://127.0.0.1:9", "--dry-run")
     assert result.returncode == 0, result.stderr
