@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -496,3 +497,22 @@ def test_lean_generator_gives_stock_masks(tiny_checkpoint, settings):
             best = max(np.count_nonzero(mask & other) / max(1, np.count_nonzero(mask | other))
                        for other in lean_masks[point])
             assert best >= 0.999
+
+
+def test_a_folder_output_finished_by_another_worker_meanwhile_is_a_duplicate(share, tiny_checkpoint):
+    (source,) = add_upscaled(share, "Peru/family/Peru_family_1_upscaled.png")
+    worker = start_script("segment.py", "--root", share, "--checkpoint", tiny_checkpoint,
+                          *FAST_ARGS, "--points-per-side", "8")  # a job of a few seconds
+    claims = share / ".claims" / "segment"
+    wait_for(lambda: list(claims.rglob("*.claim")), timeout_seconds=60, interval_seconds=0.01)
+    time.sleep(0.5)  # past the check right after the claim: the model is at work
+    theirs = cutout_folder(share, "Peru/family/Peru_family_1_upscaled.png")
+    theirs.mkdir(parents=True)
+    (theirs / "cutouts.json").write_text("theirs\n")
+    out, err = worker.communicate(timeout=120)
+    assert worker.returncode == 0, err
+    assert "duplicate: CUTOUTS/Peru/family/Peru_family_1_upscaled: another worker had it" in err
+    assert "failed" not in err
+    assert sorted(p.name for p in theirs.iterdir()) == ["cutouts.json"]
+    assert (theirs / "cutouts.json").read_text() == "theirs\n"
+    assert list(share.rglob(".*.tmp")) == [] and not list(claims.rglob("*.claim"))

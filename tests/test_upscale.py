@@ -486,3 +486,62 @@ def test_unknown_recipe_file_is_one_line_and_exit_2(share):
     result = upscale(share, "--recipe", "nowhere.json", "--server", "http://127.0.0.1:9")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: nowhere.json: no such file"
+
+
+# --------------------------------------------------------------- --watch retries, clocks
+
+
+def test_watch_tries_a_failed_job_again_after_a_pause_and_reports_the_retries(share, tmp_path):
+    recipe = small_recipe(tmp_path)
+    add_input(share, "Peru/family/Peru_family_1.png")
+    with Simulator() as simulator:
+        simulator.queue_faults(["503", "503", "503"])  # every attempt of the first try
+        watcher = start_upscale(share, "--server", simulator.url, "--recipe", recipe, "--watch",
+                                "--poll-seconds", "0.1", "--watch-retry-seconds", "0.5")
+        output = share / "UPSCALED_IMAGES/Peru/family/Peru_family_1_upscaled.png"
+        wait_for(output.exists)
+        watcher.send_signal(signal.SIGINT)
+        out, err = watcher.communicate(timeout=30)
+        answered = [r["time"] for r in img2img(simulator)]
+        failed = [r["time"] for r in simulator.requests if r["status"] == 503]
+    assert watcher.returncode == 130, err
+    assert "failed: UPSCALED_IMAGES/Peru/family/Peru_family_1_upscaled.png: step 1" in err
+    assert answered[0] - failed[-1] >= 0.5  # the pause before the job's second try
+    assert "upscale: 1 made, 0 already done, 0 made by other workers, 0 failed, 0 left of 1" in out
+    assert "retries: 2 request(s) re-sent, 1 failed job(s) tried again" in out
+    assert size_of(output) == (512, 512) and leftovers(share) == []
+
+
+def test_watch_waits_well_beyond_the_read_timeout_before_resending_a_dropped_job(share, tmp_path):
+    recipe = small_recipe(tmp_path)
+    add_input(share, "Peru/family/Peru_family_1.png")
+    with Simulator() as simulator:
+        simulator.queue_faults(["drop"])
+        watcher = start_upscale(share, "--server", simulator.url, "--recipe", recipe, "--watch",
+                                "--poll-seconds", "0.1", "--watch-retry-seconds", "0.1",
+                                "--read-timeout-seconds", "1")
+        output = share / "UPSCALED_IMAGES/Peru/family/Peru_family_1_upscaled.png"
+        wait_for(output.exists)
+        watcher.send_signal(signal.SIGINT)
+        out, err = watcher.communicate(timeout=30)
+        posts = [r for r in simulator.requests if r["method"] == "POST"]
+    assert watcher.returncode == 130, err
+    assert "Draw Things may still be drawing it, so this run does not send it again" in err
+    assert posts[0]["fault"] == "drop"
+    assert posts[1]["time"] - posts[0]["time"] >= 2.0  # twice the read timeout
+    assert len(posts) == 3  # the dropped one, then the two steps once each
+
+
+def test_the_settle_check_uses_the_file_servers_clock(tmp_path):
+    """A half-written input, modified 10 minutes ago by this Mac's clock but a second
+    ago by the file server's (the clocks disagree): it is waited for, not rejected."""
+    from drawpipe.errors import BadInput, JobDeferred
+    from drawpipe.upscaling import read_input
+    path = add_raw_input(tmp_path, "x.png", png_bytes("x", 64)[:100], age_seconds=600)
+    modified = path.stat().st_mtime
+    with pytest.raises(JobDeferred, match=r"x.png looks half-written \(truncated.*modified 1 s ago"):
+        read_input(path, "x.png", 60, now=lambda: modified + 1)
+    with pytest.raises(BadInput):
+        read_input(path, "x.png", 60, now=lambda: modified + 61)
+    with pytest.raises(BadInput):
+        read_input(path, "x.png", 60)  # this Mac's clock: 10 minutes
