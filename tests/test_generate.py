@@ -528,11 +528,14 @@ def test_an_output_that_cannot_be_looked_at_is_not_taken_for_missing(tmp_path):
     assert output_exists(tmp_path / "missing" / "deeper.png") is False
     (tmp_path / "file").write_bytes(b"")
     assert output_exists(tmp_path / "file" / "below-a-file.png") is False
-    (tmp_path / "loop").symlink_to(tmp_path / "loop")
     with pytest.raises(OSError):
-        output_exists(tmp_path / "loop" / "x.png")  # ELOOP: cannot tell, not "not done"
+        output_exists(tmp_path / ("x" * 300))  # ENAMETOOLONG: cannot tell, not "not done"
+    try:
+        (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    except OSError:
+        return  # no symbolic links here (an SMB share through FUSE)
     with pytest.raises(OSError):
-        output_exists(tmp_path / ("x" * 300))  # ENAMETOOLONG
+        output_exists(tmp_path / "loop" / "x.png")  # ELOOP
 
 
 # --------------------------------------------------------------- the lease decides who writes

@@ -440,7 +440,10 @@ def test_a_png_still_being_written_is_not_sent_until_complete(share, tmp_path):
         time.sleep(1.0)
         assert worker.poll() is None  # still waiting for the other two
         assert len(img2img(simulator)) == 2  # and sent nothing of them
-        with open(partial, "ab") as stream:  # the copy goes on and ends
+        # The copy goes on and ends. (Not open(..., "ab"): O_APPEND through the FUSE SMB
+        # client of ../shared/smb fails with EIO.)
+        with open(partial, "r+b") as stream:
+            stream.seek(0, os.SEEK_END)
             stream.write(late[len(late) // 3:])
         empty.write_bytes(png_bytes("Peru_family_3", 256))
         out, err = worker.communicate(timeout=60)
