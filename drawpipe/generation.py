@@ -88,7 +88,7 @@ class GenerateStage:
     def make_worker(self, server: str, context: WorkerContext):
         """Preflight the server (``GET /``) and return this worker's job runner."""
         client = SdapiClient(server, self.client_settings, sleep=context.sleep,
-                             on_resend=context.log)
+                             on_resend=context.resent)
         app_configuration = client.check_server()
         expected_size = drawthings.output_size(
             effective_parameters(self.template, app_configuration))

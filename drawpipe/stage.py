@@ -90,14 +90,14 @@ class WorkerContext:
     """What the engine lends one worker of a stage (``Stage.make_worker``).
 
     ``sleep(seconds)``: a wait that returns True as soon as the run is stopping (give
-    it to SdapiClient: re-send waits end early). ``log(line)``: one line for the user
-    about the worker's current job (e.g. a re-send and its reason). ``server_now()``:
-    the file server's clock, epoch seconds (claims.ClaimStore.server_now), for ages of
-    files on the share.
+    it to SdapiClient: re-send waits end early). ``resent(line)``: a request of the
+    worker's current job is being sent again, and why (SdapiClient's ``on_resend``):
+    logged and counted. ``server_now()``: the file server's clock, epoch seconds
+    (claims.ClaimStore.server_now), for ages of files on the share.
     """
 
     sleep: Callable[[float], bool]
-    log: Callable[[str], None]
+    resent: Callable[[str], None]
     server_now: Callable[[], float]
 
 
@@ -429,12 +429,11 @@ class _Worker:
         self.consecutive_failures = 0
 
     def context(self) -> WorkerContext:
-        return WorkerContext(sleep=self.run.stop.wait, log=self.log,
+        return WorkerContext(sleep=self.run.stop.wait, resent=self.resent,
                              server_now=self.store.server_now)
 
-    def log(self, line: str) -> None:
-        if line.startswith("re-sending"):
-            self.run.progress_count(resent=1)
+    def resent(self, line: str) -> None:
+        self.run.progress_count(resent=1)
         key = self.current_key
         self.run.log(f"{key}: {line}" if key else line)
 
@@ -609,6 +608,10 @@ def _wait_for_workers(run: _Run, signals: StopSignals, baseline: int) -> None:
     flight; two: abandon them. The handler only counts; this loop reacts."""
     seen = 0
     while not run.workers_done.wait(0.1):
+        if isinstance(run.fatal, ShareLost):
+            # Nothing in flight can be delivered any more: do not wait for its answer.
+            _abandon(run)
+            return
         received = signals.count - baseline
         if received == seen:
             continue
@@ -624,20 +627,24 @@ def _wait_for_workers(run: _Run, signals: StopSignals, baseline: int) -> None:
         if received == 1:
             run.log(f"stopping ({signals.last_name})")
             continue
-        # Abandon: nothing partial can be left (outputs appear only by rename) once the
-        # writes under way (milliseconds) are over; releasing the claims lets any other
-        # worker redo those jobs now.
-        with run.lock:
-            run.abandoned = True
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with run.lock:
-                if not run.writing:
-                    break
-            time.sleep(0.01)
+        _abandon(run)
         if busy:
             run.log("abandoning the images in flight")
         return
+
+
+def _abandon(run: _Run) -> None:
+    """Stop waiting for the jobs in flight. Nothing partial can be left (outputs appear
+    only by rename) once the writes under way (milliseconds) are over; releasing the
+    claims then lets any other worker redo those jobs now."""
+    with run.lock:
+        run.abandoned = True
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with run.lock:
+            if not run.writing:
+                return
+        time.sleep(0.01)
 
 
 def _worker_main(worker: _Worker) -> None:

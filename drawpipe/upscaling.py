@@ -416,7 +416,7 @@ class UpscaleStage:
     def make_worker(self, server: str, context: WorkerContext):
         """Preflight the server (``GET /``) and return this worker's job runner."""
         client = SdapiClient(server, self.client_settings, sleep=context.sleep,
-                             on_resend=context.log)
+                             on_resend=context.resent)
         app_configuration = client.check_server()
         recipe = self.recipe
         self._now = context.server_now

@@ -497,6 +497,27 @@ def test_a_share_unmounted_mid_run_stops_the_run_and_nothing_lands_on_the_local_
     assert list(share.iterdir()) == []  # the mount point: nothing was written there
 
 
+def test_a_share_unmounted_during_a_long_request_stops_the_run_without_waiting_for_it(tmp_path):
+    share = tmp_path / "mounted"
+    mount_tmpfs(share, "64m")
+    try:
+        with Simulator(latency_seconds=60) as simulator:
+            worker = start_script("generate.py", "--root", share, "--server", simulator.url,
+                                  "--add", "Peru:family:2", "--lease-seconds", "3",
+                                  "--no-progress")  # a heartbeat every 0.5 s
+            wait_for(claim_path(share, "Peru_family_1.png").exists)
+            subprocess.run(["umount", "-l", str(share)], check=True)
+            started = time.monotonic()
+            out, err = worker.communicate(timeout=60)
+    finally:
+        subprocess.run(["umount", str(share)], capture_output=True)
+    assert worker.returncode == 1, err
+    assert time.monotonic() - started < 5  # the heartbeat noticed; the answer is 60 s away
+    assert err.strip().splitlines()[-1] == lost_share_line(
+        share, f"{share} is now on another device: the share was unmounted")
+    assert list(share.iterdir()) == []
+
+
 @pytest.mark.parametrize("how", ["moved away", "replaced by an empty folder"])
 def test_a_root_that_disappears_mid_run_stops_the_run_with_one_line(share, how):
     with Simulator(latency_seconds=0.4) as simulator:
@@ -570,9 +591,10 @@ def test_an_output_finished_by_another_worker_meanwhile_is_kept(share):
     with Simulator(latency_seconds=1.5) as simulator:
         worker = start_script("generate.py", "--root", share, "--server", simulator.url,
                               "--add", "Peru:family:1", "--no-progress")
-        wait_for(claim_path(share, "Peru_family_1.png").exists)
         output = share / "GENERATIONS/Peru/family/Peru_family_1.png"
-        output.parent.mkdir(parents=True, exist_ok=True)
+        # The worker makes the output's folder once it has its claim and has checked the
+        # output is missing: from then on it is working on the image.
+        wait_for(output.parent.exists)
         output.write_bytes(b"theirs")
         out, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -504,10 +503,11 @@ def test_a_folder_output_finished_by_another_worker_meanwhile_is_a_duplicate(sha
     worker = start_script("segment.py", "--root", share, "--checkpoint", tiny_checkpoint,
                           *FAST_ARGS, "--points-per-side", "8")  # a job of a few seconds
     claims = share / ".claims" / "segment"
-    wait_for(lambda: list(claims.rglob("*.claim")), timeout_seconds=60, interval_seconds=0.01)
-    time.sleep(0.5)  # past the check right after the claim: the model is at work
     theirs = cutout_folder(share, "Peru/family/Peru_family_1_upscaled.png")
-    theirs.mkdir(parents=True)
+    # The worker makes the output's parent folder once it has its claim and has checked
+    # the output is missing: from then on the model is at work.
+    wait_for(theirs.parent.exists, timeout_seconds=60, interval_seconds=0.01)
+    theirs.mkdir()
     (theirs / "cutouts.json").write_text("theirs\n")
     out, err = worker.communicate(timeout=120)
     assert worker.returncode == 0, err

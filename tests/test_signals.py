@@ -128,14 +128,19 @@ def test_a_stop_signal_ends_an_idle_watch(share, tmp_path, number):
 
 @pytest.mark.parametrize("number", STOP_SIGNALS, ids=IDS)
 def test_a_stop_signal_before_any_claim_ends_the_script_at_once(share, number):
-    """During the preflight (here: a server that never accepts the connection)."""
-    with socket_that_never_accepts() as port:
+    """During the preflight: a server that accepts the connection and never answers."""
+    import socket
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        server.settimeout(60)
         process = start_script("generate.py", "--root", share, "--server",
-                               f"http://127.0.0.1:{port}", "--connect-timeout-seconds", "60",
+                               f"http://127.0.0.1:{server.getsockname()[1]}",
                                "--add", "Peru:family:1", "--no-progress")
-        time.sleep(1.5)  # started, waiting for the connection
-        assert process.poll() is None
-        out, err = stop(process, number, 1)
+        connection, _ = server.accept()  # the script is waiting for GET / to be answered
+        with connection:
+            time.sleep(0.2)
+            out, err = stop(process, number, 1)
     assert process.returncode == 130
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
     assert not (share / ".claims").exists()
@@ -193,26 +198,3 @@ def test_stop_signals_with_every_cpu_busy(share, busy_cpus, number, times):
     assert made == (["Peru_family_1.png"] if times == 1 else []) or times == 2 and made in (
         [], ["Peru_family_1.png"])
     assert_nothing_left_but_whole_pngs(share)
-
-
-class socket_that_never_accepts:
-    """A loopback port whose listen queue is full: connections are never made."""
-
-    def __enter__(self):
-        import socket
-        self.server = socket.socket()
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(0)
-        self.fillers = []
-        for _ in range(8):
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex(self.server.getsockname())
-            self.fillers.append(filler)
-        time.sleep(0.1)
-        return self.server.getsockname()[1]
-
-    def __exit__(self, *exc_info):
-        for filler in self.fillers:
-            filler.close()
-        self.server.close()
