@@ -209,17 +209,54 @@ class ClaimStore:
                 return self._try_create(path)
             if current != seen or age_seconds <= self.lease_seconds:
                 return None  # taken over or refreshed since we looked
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                if is_busy(exc):
-                    return None  # its owner or a reader has it open: next pass
-                raise
-            return self._try_create(path)
+            if not self._unlink_soon(path):
+                return None  # someone keeps it open: the next pass tries again
+            return self._create_soon(path)
         finally:
             self._remove_if_ours(lock, token)
+
+    # Other contenders read a claim for milliseconds; on SMB their open handle refuses a
+    # delete (EBUSY) or leaves the name "delete pending" for a moment. The take-over
+    # winner (holding the lock) waits that out briefly rather than give up the pass.
+    BUSY_RETRIES = 10
+    BUSY_PAUSE_SECONDS = 0.1
+
+    def _unlink_soon(self, path: Path) -> bool:
+        for attempt in range(self.BUSY_RETRIES):
+            try:
+                os.unlink(path)
+                return True
+            except FileNotFoundError:
+                return True
+            except OSError as exc:
+                if not is_busy(exc):
+                    raise
+            time.sleep(self.BUSY_PAUSE_SECONDS)
+        return False
+
+    def _create_soon(self, path: Path) -> Claim | None:
+        """Create the claim just deleted; a name still "delete pending" (an exclusive
+        create collides while ``stat`` says it is gone) is waited out briefly."""
+        for attempt in range(self.BUSY_RETRIES):
+            try:
+                claim = self._try_create(path)
+            except OSError as exc:
+                if not is_busy(exc):
+                    raise
+                claim = None
+            else:
+                if claim is not None:
+                    return claim
+                try:
+                    os.stat(path)
+                    return None  # a real claim: another worker created it first
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    if not is_busy(exc):
+                        raise
+            time.sleep(self.BUSY_PAUSE_SECONDS)
+        return None
 
     def _try_lock(self, lock: Path) -> bytes | None:
         """Our token when we now hold the take-over lock ``lock``, else None."""

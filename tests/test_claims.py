@@ -34,9 +34,16 @@ def immutable(path):
 
 
 def make_stale(store: ClaimStore, key: str, age_seconds: float = 1000) -> None:
-    path = store.claim_path(key)
+    make_old(store.claim_path(key), age_seconds)
+
+
+def make_old(path, age_seconds: float) -> None:
     old = time.time() - age_seconds
     os.utime(path, (old, old))
+    # The FUSE SMB client of ../shared/smb may show the old mtime only a moment later.
+    deadline = time.monotonic() + 10
+    while abs(path.stat().st_mtime - old) > 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def test_one_claim_per_job(tmp_path):
@@ -145,8 +152,7 @@ def test_the_take_over_lock_holds_a_token_and_only_its_owner_removes_it(tmp_path
     stalled_token = stalled._try_lock(lock)
     assert stalled_token is not None and lock.read_bytes() == stalled_token
     assert other._try_lock(lock) is None  # held and fresh
-    old = time.time() - 1000
-    os.utime(lock, (old, old))  # "stalled" slept past the lease inside its take-over
+    make_old(lock, 1000)  # "stalled" slept past the lease inside its take-over
     assert other._try_lock(lock) is None  # breaks the stale lock; competes next pass
     assert not lock.exists()
     other_token = other._try_lock(lock)
@@ -164,8 +170,7 @@ def test_a_stale_take_over_lock_left_by_a_dead_worker_delays_the_take_over_by_on
     make_stale(dead, KEY)
     lock = dead.claim_path(KEY).with_name(dead.claim_path(KEY).name + ".takeover")
     lock.write_bytes(b"0123456789abcdef")
-    old = time.time() - 1000
-    os.utime(lock, (old, old))
+    make_old(lock, 1000)
     taker = claim_store(tmp_path, "generate", "taker", lease_seconds=30)
     assert taker.try_claim(KEY) is None
     claim = taker.try_claim(KEY)

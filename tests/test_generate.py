@@ -525,7 +525,8 @@ def test_a_root_that_disappears_mid_run_stops_the_run_with_one_line(share, how):
                               "--add", "Peru:family:8", "--no-progress")
         wait_for(lambda: (share / "GENERATIONS/Peru/family/Peru_family_1.png").exists())
         marker = next((share / ".claims").glob(".run-*")).name
-        share.rename(share.with_name("elsewhere"))
+        # (On SMB a folder with a file open inside cannot be renamed: try until it can.)
+        wait_for(lambda: _renamed(share, share.with_name("elsewhere")))
         if how == "replaced by an empty folder":
             share.mkdir()
         out, err = worker.communicate(timeout=60)
@@ -541,6 +542,14 @@ def test_a_root_that_disappears_mid_run_stops_the_run_with_one_line(share, how):
     # At most the claim of the job in flight stays where the share went: it goes stale
     # after its lease and another worker takes the job over.
     assert len(list((moved / ".claims").rglob("*.claim"))) <= 1
+
+
+def _renamed(source: Path, target: Path) -> bool:
+    try:
+        source.rename(target)
+        return True
+    except PermissionError:
+        return False
 
 
 def test_an_output_that_cannot_be_looked_at_is_not_taken_for_missing(tmp_path):

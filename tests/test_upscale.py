@@ -65,6 +65,8 @@ def add_raw_input(share: Path, relative: str, data: bytes, age_seconds: float = 
 def make_old(path: Path, age_seconds: float) -> None:
     old = time.time() - age_seconds
     os.utime(path, (old, old))
+    # The FUSE SMB client of ../shared/smb may show the old mtime only a moment later.
+    wait_for(lambda: abs(path.stat().st_mtime - old) < 5, timeout_seconds=10)
 
 
 def small_recipe(tmp_path: Path, edit=None) -> Path:
