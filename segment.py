@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from drawpipe.cli import add_common_arguments, run_main
+from drawpipe.cli import add_common_arguments, add_watch_arguments, run_main
 from drawpipe.commands import segment
 
 GENERATOR_OPTIONS = (  # segment-anything's scripts/amg.py names; unset: SAM's defaults
@@ -61,8 +61,7 @@ def parse_arguments(argv):
                         "box touches all four edges (dropped as background by default)")
     parser.add_argument("--margin", type=float, metavar="X", help="space around the object "
                         "as a fraction of its longer side (default 0.05)")
-    parser.add_argument("--watch", action="store_true",
-                        help="keep polling UPSCALED_IMAGES/ for new images until Ctrl-C")
+    add_watch_arguments(parser, "UPSCALED_IMAGES/")
     parser.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)  # make demo
     add_common_arguments(parser, server_options=False)
     return parser.parse_args(argv)

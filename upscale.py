@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from drawpipe.cli import add_common_arguments, run_main
+from drawpipe.cli import add_common_arguments, add_watch_arguments, run_main
 from drawpipe.commands import upscale
 
 
@@ -30,8 +30,7 @@ def parse_arguments(argv):
                         help="override a Draw Things API key in every step that sends it, or "
                              "in one step (its name or number); VALUE is JSON or text; "
                              "repeatable. Images already upscaled are not redone")
-    parser.add_argument("--watch", action="store_true",
-                        help="keep polling GENERATIONS/ for new images until Ctrl-C")
+    add_watch_arguments(parser, "GENERATIONS/")
     parser.add_argument("--seed-offset", type=int, metavar="N",
                         help="added to every file-name seed, for a different take (default 0)")
     parser.add_argument("--settle-seconds", type=float, metavar="S",

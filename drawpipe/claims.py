@@ -12,20 +12,44 @@ unreliable on macOS SMB mounts, so none is used.
   "now" is the mtime of a file this worker has just written on the share, so
   two machines' clocks are never compared.
 - Take-over: contenders for a stale claim race for a take-over lock (``O_EXCL``
-  again); the winner checks the claim is still the stale one, deletes it and
-  creates a fresh claim with ``O_EXCL``. Renaming the stale claim away instead
-  would let a slow contender move a claim that another had just made fresh.
+  again, holding its owner's token); the winner checks the claim is still the stale
+  one, deletes it and creates a fresh claim with ``O_EXCL``. Renaming the stale
+  claim away instead would let a slow contender move a claim that another had just
+  made fresh. Only the lock's owner removes it (token checked), so a worker that
+  stalled past the lease inside a take-over cannot remove the lock of the worker
+  that broke its stale one.
+- SMB's sharing rules: a file another client has open cannot be deleted or
+  replaced (EBUSY, EACCES, EPERM: ``is_busy``), or its name lingers "delete
+  pending" (``stat`` fails, an exclusive create collides). Releasing a claim or a
+  lock that is busy is retried later (``retry_releases``); a take-over that meets a
+  busy file gives up for this pass. ``try_claim`` raises such errors: the caller
+  tries that job again on a later pass. The lease (minutes) stays far above the
+  second or two that another client's open handle can hide a new mtime.
+- Nothing here creates a folder above ``<root>/.claims/<stage>``: when the share is
+  unmounted and its mount point remains, a claim fails instead of landing on the
+  local disk (``prepare`` creates the stage folder only under an existing
+  ``.claims``).
 """
 
+import errno
 import json
 import os
 import secrets
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 CLAIMS_FOLDER = ".claims"
+
+# errno values that mean "someone else has this file open or is deleting it": SMB's
+# sharing violation comes through as EBUSY, EACCES or EPERM.
+BUSY_ERRNOS = frozenset({errno.EBUSY, errno.EACCES, errno.EPERM, errno.ETXTBSY})
+
+
+def is_busy(exc: OSError) -> bool:
+    return exc.errno in BUSY_ERRNOS
 
 
 @dataclass
@@ -54,22 +78,30 @@ class ClaimStore:
         self._clock_path = self.folder / f".clock-{worker}"
         self._clock_offset_seconds = 0.0
         self._clock_measured_at = None
+        self._clock_lock = threading.Lock()  # server_now serves worker threads and plan()
+        self._unreleased: list[tuple[Path, bytes]] = []  # (file, our content): busy at release
 
     # Live workers rewrite their clock file every few seconds while busy; one this
     # old belongs to a worker that was killed.
     ABANDONED_CLOCK_SECONDS = 24 * 3600
 
     def prepare(self) -> None:
-        """Create the claims folder; raises OSError when the share is not writable."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Create ``<root>/.claims/<stage>`` under the existing root (never the root
+        itself), clean up abandoned clock files. Call before ``try_claim``. Raises
+        OSError when the root is missing or not writable."""
+        for folder in (self.folder.parent, self.folder):
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                pass
         self._clock_measured_at = None
         now = self.server_now()
         for clock in self.folder.glob(".clock-*"):
             try:
                 if now - clock.stat().st_mtime > self.ABANDONED_CLOCK_SECONDS:
                     clock.unlink()
-            except FileNotFoundError:
-                pass
+            except OSError:
+                pass  # gone, or busy: a later run cleans it
 
     def claim_path(self, key: str) -> Path:
         """``key`` is the job's output path relative to the root, with "/" separators."""
@@ -80,26 +112,37 @@ class ClaimStore:
         local_now = time.time()
         if self.read_only:
             return local_now
-        if self._clock_measured_at is None or (
-            local_now - self._clock_measured_at > self.CLOCK_REFRESH_SECONDS
-        ):
-            with open(self._clock_path, "wb") as clock:
-                clock.write(b"%d\n" % os.getpid())
-            local_now = time.time()
-            self._clock_offset_seconds = os.stat(self._clock_path).st_mtime - local_now
-            self._clock_measured_at = local_now
-        return local_now + self._clock_offset_seconds
+        with self._clock_lock:
+            if self._clock_measured_at is None or (
+                local_now - self._clock_measured_at > self.CLOCK_REFRESH_SECONDS
+            ):
+                # O_CREAT only inside the stage folder: never on a vanished share.
+                fd = os.open(self._clock_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    os.write(fd, b"%d\n" % os.getpid())
+                finally:
+                    os.close(fd)
+                local_now = time.time()
+                self._clock_offset_seconds = os.stat(self._clock_path).st_mtime - local_now
+                self._clock_measured_at = local_now
+            return local_now + self._clock_offset_seconds
 
     def close(self) -> None:
+        self.retry_releases(attempts=5, pause_seconds=0.2)
         try:
             os.unlink(self._clock_path)
         except OSError:
             pass
 
     def try_claim(self, key: str) -> Claim | None:
-        """Claim job ``key``; None when another live worker holds it."""
+        """Claim job ``key``; None when another live worker holds it.
+
+        Raises OSError when the claim cannot be made or judged (busy files on SMB,
+        a failing share): the caller decides whether the share is lost or the job
+        waits for a later pass.
+        """
         path = self.claim_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_folders(path.parent)
         claim = self._try_create(path)
         if claim is not None:
             return claim
@@ -112,6 +155,19 @@ class ClaimStore:
         if age_seconds <= self.lease_seconds:
             return None
         return self._take_over(path, seen)
+
+    def _make_folders(self, folder: Path) -> None:
+        """Create ``folder`` and the missing folders between it and the stage folder,
+        never the stage folder or anything above it (FileNotFoundError then)."""
+        missing = []
+        while folder != self.folder and not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                pass
 
     def _try_create(self, path: Path) -> Claim | None:
         token = secrets.token_hex(8)
@@ -139,9 +195,11 @@ class ClaimStore:
         Contenders first create a take-over lock with O_EXCL, so only one of them
         ever deletes the claim; the winner checks again, under the lock, that the
         claim is still the stale one it judged, so a fresh claim is never removed.
+        A busy claim or lock (SMB) ends this try: the next pass tries again.
         """
         lock = path.with_name(path.name + ".takeover")
-        if not self._try_lock(lock):
+        token = self._try_lock(lock)
+        if token is None:
             return None
         try:
             try:
@@ -151,40 +209,145 @@ class ClaimStore:
                 return self._try_create(path)
             if current != seen or age_seconds <= self.lease_seconds:
                 return None  # taken over or refreshed since we looked
+            if not self._unlink_soon(path):
+                return None  # someone keeps it open: the next pass tries again
+            return self._create_soon(path)
+        finally:
+            self._remove_if_ours(lock, token)
+
+    # Other contenders read a claim for milliseconds; on SMB their open handle refuses a
+    # delete (EBUSY) or leaves the name "delete pending" for a moment. The take-over
+    # winner (holding the lock) waits that out briefly rather than give up the pass.
+    BUSY_RETRIES = 10
+    BUSY_PAUSE_SECONDS = 0.1
+
+    def _unlink_soon(self, path: Path) -> bool:
+        for attempt in range(self.BUSY_RETRIES):
             try:
                 os.unlink(path)
+                return True
             except FileNotFoundError:
-                pass
-            return self._try_create(path)
-        finally:
-            try:
-                os.unlink(lock)
-            except FileNotFoundError:
-                pass
+                return True
+            except OSError as exc:
+                if not is_busy(exc):
+                    raise
+            time.sleep(self.BUSY_PAUSE_SECONDS)
+        return False
 
-    def _try_lock(self, lock: Path) -> bool:
+    def _create_soon(self, path: Path) -> Claim | None:
+        """Create the claim just deleted; a name still "delete pending" (an exclusive
+        create collides while ``stat`` says it is gone) is waited out briefly."""
+        for attempt in range(self.BUSY_RETRIES):
+            try:
+                claim = self._try_create(path)
+            except OSError as exc:
+                if not is_busy(exc):
+                    raise
+                claim = None
+            else:
+                if claim is not None:
+                    return claim
+                try:
+                    os.stat(path)
+                    return None  # a real claim: another worker created it first
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    if not is_busy(exc):
+                        raise
+            time.sleep(self.BUSY_PAUSE_SECONDS)
+        return None
+
+    def _try_lock(self, lock: Path) -> bytes | None:
+        """Our token when we now hold the take-over lock ``lock``, else None."""
+        token = secrets.token_hex(8).encode()
         try:
-            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-            return True
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            pass
+            fd = None
+        except OSError as exc:
+            if is_busy(exc):
+                return None  # a lock being deleted ("delete pending"): next pass
+            raise
+        if fd is not None:
+            try:
+                os.write(fd, token)
+            finally:
+                os.close(fd)
+            return token
         try:
             age_seconds = self.server_now() - lock.stat().st_mtime
         except FileNotFoundError:
-            return False
+            return None
+        except OSError as exc:
+            if is_busy(exc):
+                return None
+            raise
         if age_seconds > self.lease_seconds:
-            # Its holder died within the milliseconds a take-over lasts. Only one
-            # rename of it can succeed; the next pass competes for the lock again.
+            # Its holder died (or stalled past the lease) within a take-over. Only one
+            # rename of it can succeed; the next pass competes for the lock again. A
+            # stalled holder that wakes up finds another token and leaves the lock.
             graveyard = lock.with_name(f"{lock.name}.stale-{self.worker}-{secrets.token_hex(4)}")
             try:
                 os.rename(lock, graveyard)
-                os.unlink(graveyard)
             except FileNotFoundError:
-                pass
-        return False
+                return None
+            except OSError as exc:
+                if is_busy(exc):
+                    return None
+                raise
+            self._unlink_or_retry_later(graveyard, None)
+        return None
+
+    def _remove_if_ours(self, path: Path, content: bytes) -> None:
+        """Delete ``path`` if it still holds ``content``; if busy, retry later."""
+        try:
+            if path.read_bytes() != content:
+                return  # someone else's now
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if not is_busy(exc):
+                raise
+            self._unreleased.append((path, content))  # unread, so never deleted blind
+            return
+        self._unlink_or_retry_later(path, content)
+
+    def _unlink_or_retry_later(self, path: Path, content: bytes | None) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if not is_busy(exc):
+                raise
+            # Someone has it open (SMB sharing violation): ``retry_releases`` tries
+            # again on the next pass and when the store closes.
+            self._unreleased.append((path, content))
+
+    def retry_releases(self, attempts: int = 1, pause_seconds: float = 0.0) -> None:
+        """Delete the claims and locks a busy share kept from ``release``/take-over,
+        if they still hold our content; those still busy stay listed (they go stale
+        after a lease if never deleted)."""
+        for attempt in range(attempts):
+            pending, self._unreleased = self._unreleased, []
+            for path, content in pending:
+                try:
+                    if content is None:
+                        self._unlink_or_retry_later(path, None)
+                    else:
+                        self._remove_if_ours(path, content)
+                except OSError:
+                    pass  # not busy, not gone: nothing more this store can do
+            if not self._unreleased:
+                return
+            if attempt + 1 < attempts:
+                time.sleep(pause_seconds)
 
     def heartbeat(self, claim: Claim) -> bool:
-        """Refresh the claim's mtime; False when it is no longer ours (taken over)."""
+        """Refresh the claim's mtime; False when it is no longer ours (taken over, or
+        gone: the caller tells a lost share from a take-over). Raises OSError when the
+        claim cannot be read or written now (busy): try again next beat."""
         try:
             fd = os.open(claim.path, os.O_RDWR)
         except FileNotFoundError:
@@ -199,18 +362,17 @@ class ClaimStore:
         return True
 
     def still_ours(self, claim: Claim) -> bool:
+        """Whether the claim file still holds our content. Raises OSError when it cannot
+        be read now (busy, share failing)."""
         try:
             return claim.path.read_bytes() == claim.content
         except FileNotFoundError:
             return False
 
     def release(self, claim: Claim) -> None:
-        """Delete the claim if it is still ours (never someone else's after a take-over)."""
-        if self.still_ours(claim):
-            try:
-                os.unlink(claim.path)
-            except FileNotFoundError:
-                pass
+        """Delete the claim if it is still ours (never someone else's after a take-over).
+        A busy claim (SMB) is deleted later by ``retry_releases``; other errors raise."""
+        self._remove_if_ours(claim.path, claim.content)
 
     def holder(self, key: str) -> dict | None:
         """Who holds job ``key`` (the claim's JSON plus ``age_seconds`` and ``stale``), or None."""

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from . import config
 from .drawthings import DEFAULT_PORT
-from .errors import DrawpipeError, UsageError
+from .errors import DrawpipeError, Interrupted, UsageError
+from .interrupts import STOP_SIGNALS_STATE
 from .sdapi import ClientSettings
 
 DEFAULT_SERVER = f"http://127.0.0.1:{DEFAULT_PORT}"
@@ -53,6 +54,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, server_options: bool =
                         help="log one line per job instead of a progress bar")
     if server_options:
         add_server_arguments(parser)
+
+
+def add_watch_arguments(parser: argparse.ArgumentParser, folder: str) -> None:
+    """--watch and how it retries failed jobs (upscale.py, segment.py)."""
+    parser.add_argument("--watch", action="store_true",
+                        help=f"keep polling {folder} for new images until Ctrl-C")
+    parser.add_argument("--watch-retry-seconds", type=_positive_float, metavar="S",
+                        help="with --watch, a failed job is tried again after S seconds, "
+                             "doubling each time up to 30 minutes (default 60)")
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,12 +153,23 @@ def resolve_settings(args: argparse.Namespace, project_dir: Path, stdin=None,
 
 
 def run_main(main, *args) -> int:
-    """Call ``main(*args) -> exit code``; print a package error as one line, no traceback."""
+    """Call ``main(*args) -> exit code``; print a package error as one line, no traceback.
+
+    SIGINT, SIGTERM and SIGHUP (those not ignored when the script started) all stop it
+    the same way: see interrupts.py."""
+    STOP_SIGNALS_STATE.install()
     try:
         return main(*args)
     except DrawpipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_quietly(f"error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        _print_quietly("interrupted")
+        return Interrupted.exit_code
+
+
+def _print_quietly(line: str) -> None:
+    try:
+        print(line, file=sys.stderr)
+    except OSError:
+        pass  # the terminal is gone (SIGHUP): nobody to tell

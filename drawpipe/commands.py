@@ -8,13 +8,14 @@ the exit code; errors are raised as DrawpipeError and printed by cli.run_main.
 import dataclasses
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .claims import ClaimStore
 from .cli import CommonSettings, resolve_settings
-from .errors import UsageError
+from .errors import ShareLost, UsageError
 from .generation import GenerateStage
 from .payloads import (check_payload, load_payload, parse_override, sends,
                        with_override)
@@ -33,26 +34,30 @@ def engine_settings(settings: CommonSettings, args, servers=None) -> EngineSetti
         lease_seconds=settings.lease_seconds,
         poll_seconds=settings.poll_seconds,
         watch=getattr(args, "watch", False),
+        **({"watch_retry_seconds": args.watch_retry_seconds}
+           if getattr(args, "watch_retry_seconds", None) is not None else {}),
         server_process_name=settings.server_process_name,
         show_progress=False if args.no_progress else None,
     )
+
+
+@contextmanager
+def share_errors(root: Path):
+    """Outside the engine (dry runs, a first look): an OSError reading the share means
+    the share failed; say so in one line (errors.ShareLost)."""
+    try:
+        yield
+    except OSError as exc:
+        raise ShareLost(root, exc.strerror or str(exc)) from None
 
 
 def job_states(root: Path, stage_name: str, jobs: list[Job], lease_seconds: float) -> list[str]:
     """For --dry-run: "done", "to do", or "claimed by <worker> (<age> s ago)" per job."""
     store = ClaimStore(root, stage_name, "dry-run", lease_seconds, read_only=True)
     states = []
-    for job in jobs:
-        if output_exists(job.output):
-            states.append("done")
-            continue
-        holder = store.holder(job.key)
-        if holder is None:
-            states.append("to do")
-        else:
-            stale = ", stale: will be taken over" if holder["stale"] else ""
-            states.append(f"claimed by {holder.get('worker', '?')} "
-                          f"({holder['age_seconds']:.0f} s ago{stale})")
+    with share_errors(root):
+        for job in jobs:
+            states.append(_job_state(store, job))
     return states
 
 
@@ -66,6 +71,17 @@ def warning_printer():
             tqdm.write(f"warning: {line}", file=sys.stderr)
 
     return warn
+
+
+def _job_state(store: ClaimStore, job: Job) -> str:
+    if output_exists(job.output):
+        return "done"
+    holder = store.holder(job.key)
+    if holder is None:
+        return "to do"
+    stale = ", stale: will be taken over" if holder["stale"] else ""
+    return (f"claimed by {holder.get('worker', '?')} "
+            f"({holder['age_seconds']:.0f} s ago{stale})")
 
 
 def print_summary(summary, out) -> None:
@@ -208,7 +224,8 @@ def _recipe_path(recipe: str | None, project_dir: Path) -> Path:
 
 def _print_upscale_plan(stage: UpscaleStage, settings: CommonSettings, out) -> int:
     """Per sub-folder of GENERATIONS/: to do, done, claimed by whom; then a total."""
-    jobs = stage.plan()
+    with share_errors(settings.root):
+        jobs = stage.plan()
     states = job_states(settings.root, stage.name, jobs, settings.lease_seconds)
     folders: dict[str, list[tuple[Job, str]]] = {}
     for job, state in zip(jobs, states):
@@ -272,7 +289,8 @@ def segment(args, project_dir: Path, stdin=None, stdout=None) -> int:
     stage = segmentation.SegmentStage(settings.root, model, generator, cutouts)
     output_folder = settings.root / segmentation.CUTOUTS_FOLDER
     if args.dry_run:
-        jobs = stage.plan()
+        with share_errors(settings.root):
+            jobs = stage.plan()
         states = job_states(settings.root, stage.name, jobs, settings.lease_seconds)
         for job, state in zip(jobs, states):
             if state.startswith("claimed"):
@@ -284,7 +302,9 @@ def segment(args, project_dir: Path, stdin=None, stdout=None) -> int:
               file=stdout)
         return 0
     device = args.device
-    if any(not output_exists(job.output) for job in stage.plan()):
+    with share_errors(settings.root):
+        something_to_do = any(not output_exists(job.output) for job in stage.plan())
+    if something_to_do:
         # Load now: a bad checkpoint stops the run before any claim is taken. Loaded once;
         # every job of this process uses it.
         device = stage.segmenter().device

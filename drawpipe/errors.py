@@ -13,10 +13,20 @@
     │   │                         generated image, not a SHA-256 (reviews.py)
     │   └── ExportRefused         the export folder is not empty or lies inside the share (export.py)
     ├── JobFailed                 one job failed after its retries (exit 1, the batch goes on)
-    │   ├── TransientError        a failure worth retrying: network, 5xx, bad image
+    │   ├── TransientError        a failure worth re-sending: refused connection, 5xx, bad image
+    │   ├── MaybeStillDrawing     read timeout or dropped connection: the app may still be
+    │   │                         drawing it, so this run never sends it again (sdapi.py)
+    │   ├── WrongSize             the answer has another pixel size: a settings mismatch,
+    │   │                         never re-sent
     │   └── BadInput              the job's input is not a usable image: reported, never sent
     ├── JobDeferred               the input is still being written: try again on a later pass
-    └── Interrupted               Ctrl-C (exit 130)
+    ├── ShareLost                 the shared folder is gone or is no longer the one the run
+    │                             started on (unmounted): stop at once, write nothing (exit 1)
+    └── Interrupted               Ctrl-C, SIGTERM or SIGHUP (exit 130)
+
+A file on the share that someone else has open (SMB's "busy": EBUSY, EACCES, EPERM,
+a lingering "delete pending" name) is not an error of this hierarchy: the engine
+tries again on a later pass (stage.py, claims.py).
 """
 
 
@@ -66,7 +76,24 @@ class JobFailed(DrawpipeError):
 
 
 class TransientError(JobFailed):
-    """Worth retrying: connection refused/reset, timeout, 5xx, empty or bad image."""
+    """Worth re-sending: connection refused or connect timeout (the request never
+    arrived), 5xx, an empty or damaged image (the app is done with that request)."""
+
+
+class MaybeStillDrawing(JobFailed):
+    """No answer within the read timeout, or the connection dropped after the request
+    was sent. Draw Things cannot be interrupted and runs one POST at a time, so a
+    re-sent request would queue behind the one it may still be drawing: not re-sent
+    by this run. ``resend_after_seconds``: when a --watch run may send it again."""
+
+    def __init__(self, message: str, resend_after_seconds: float = 0.0):
+        super().__init__(message)
+        self.resend_after_seconds = resend_after_seconds
+
+
+class WrongSize(JobFailed):
+    """The server answered an image of another pixel size than the request asked for:
+    the app's settings or the template disagree, and a re-send would do the same."""
 
 
 class BadInput(JobFailed):
@@ -75,6 +102,18 @@ class BadInput(JobFailed):
 
 class JobDeferred(DrawpipeError):
     """Not a failure: the job cannot start yet (e.g. its input is still being copied)."""
+
+
+class ShareLost(DrawpipeError):
+    """The shared folder failed, or was unmounted (its device or marker file changed)."""
+
+    exit_code = 1
+
+    def __init__(self, root, reason: str):
+        self.root = root
+        self.reason = reason
+        super().__init__(f"lost the shared folder {root} ({reason}): check the share is "
+                         "mounted, then run the same command again")
 
 
 class Interrupted(DrawpipeError):

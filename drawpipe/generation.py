@@ -16,7 +16,7 @@ from .payloads import check_against_app, effective_parameters, fill_prompt
 from .pngmeta import add_text_chunks, provenance_chunks
 from .prompts import PromptSets, QueueItem
 from .sdapi import ClientSettings, SdapiClient
-from .stage import Job, JobResult
+from .stage import Job, JobResult, WorkerContext
 
 GENERATIONS_FOLDER = "GENERATIONS"
 SEED_LIMIT = 2**32  # Draw Things takes seeds 0..4294967295
@@ -94,9 +94,10 @@ class GenerateStage:
         payload["seed"] = job.seed
         return payload
 
-    def make_worker(self, server: str):
+    def make_worker(self, server: str, context: WorkerContext):
         """Preflight the server (``GET /``) and return this worker's job runner."""
-        client = SdapiClient(server, self.client_settings)
+        client = SdapiClient(server, self.client_settings, sleep=context.sleep,
+                             on_resend=context.resent)
         app_configuration = client.check_server()
         for line in check_against_app(self.template, self.template_source, app_configuration,
                                       server):

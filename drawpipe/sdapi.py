@@ -8,8 +8,17 @@ never decoded into pixels and re-encoded.
 Failure kinds, as the caller sees them (see errors.py):
   ServerUnreachable  preflight ``GET /`` failed: URL wrong, app closed, API server off
   ServerRejected     HTTP 422: a configuration error; never retried
-  TransientError     connection refused/reset, timeout, 5xx, empty ``images``,
-                     undecodable or wrong-size image; retried with backoff, then raised
+  TransientError     the app is not drawing this request (any more): connection
+                     refused or not made in time, 5xx, an empty ``images`` list, a
+                     damaged answer or one cut off after its headers; re-sent with
+                     backoff (each re-send logged with its reason), then raised
+  MaybeStillDrawing  no answer within the read timeout, or the connection closed or
+                     reset after the request was sent: Draw Things cannot be
+                     interrupted and runs one POST at a time, so a re-send would queue
+                     behind the request it may still be drawing and make the image
+                     twice. Never re-sent by this client; a later run retries the job
+  WrongSize          the answer's pixel size differs from the request's: settings that
+                     disagree, which a re-send would repeat; never re-sent
 """
 
 import binascii
@@ -23,7 +32,7 @@ import requests
 import urllib3
 from PIL import Image
 
-from .errors import ServerRejected, ServerUnreachable, TransientError
+from .errors import MaybeStillDrawing, ServerRejected, ServerUnreachable, TransientError, WrongSize
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -53,14 +62,20 @@ class ImageAnswer:
 
 
 class SdapiClient:
-    """Talks to one Draw Things (or compatible) server, e.g. ``http://127.0.0.1:7860``."""
+    """Talks to one Draw Things (or compatible) server, e.g. ``http://127.0.0.1:7860``.
+
+    ``sleep(seconds)``: the wait before a re-send; it returns True when it was cut
+    short because the run is stopping (``threading.Event.wait`` does), and then the
+    job is not re-sent. ``on_resend(line)``: told about every re-send and its reason.
+    """
 
     def __init__(self, base_url: str, settings: ClientSettings = ClientSettings(),
-                 sleep=time.sleep):
+                 sleep=time.sleep, on_resend=None):
         self.base_url = base_url.rstrip("/")
         self.settings = settings
         self.session = requests.Session()
-        self._sleep = sleep  # interruptible waits are the caller's choice (e.g. Event.wait)
+        self._sleep = sleep
+        self._on_resend = on_resend
 
     def close(self) -> None:
         self.session.close()
@@ -93,8 +108,9 @@ class SdapiClient:
         """POST ``payload`` to txt2img/img2img; retry transient failures.
 
         ``expected_size``: (width, height) in px the answer must have, or None to
-        accept any size. Raises ServerRejected at once on 422, TransientError when
-        the retries are used up (its ``attempts`` attribute says how many).
+        accept any size. Raises ServerRejected at once on 422; MaybeStillDrawing or
+        WrongSize at once; TransientError when the retries are used up or the run is
+        stopping (every exception's ``attempts`` attribute says how many were sent).
         """
         url = self.base_url + ROUTES[mode]
         body = json.dumps(payload).encode()
@@ -105,37 +121,54 @@ class SdapiClient:
             try:
                 png = self._post_once(url, body, expected_size)
                 return ImageAnswer(png, attempts, time.monotonic() - started)
+            except (MaybeStillDrawing, WrongSize) as exc:
+                exc.attempts = attempts
+                raise
             except TransientError as exc:
+                exc.attempts = attempts
                 if attempts > self.settings.retries:
-                    exc.attempts = attempts
                     raise
                 wait = min(self.settings.backoff_seconds * 2 ** (attempts - 1),
                            self.settings.backoff_cap_seconds)
-                self._sleep(wait)
+                if self._sleep(wait):
+                    stopped = TransientError(f"{exc}; not re-sent: the run is stopping")
+                    stopped.attempts = attempts
+                    raise stopped from None
+                if self._on_resend is not None:
+                    self._on_resend(f"re-sending (attempt {attempts + 1} of "
+                                    f"{self.settings.retries + 1}, after {wait:g} s) because: {exc}")
 
     def _post_once(self, url: str, body: bytes, expected_size) -> bytes:
+        settings = self.settings
         try:
             response = self.session.post(
                 url,
                 data=body,
                 headers={"Content-Type": "application/json"},
-                timeout=(self.settings.connect_timeout_seconds, self.settings.read_timeout_seconds),
+                timeout=(settings.connect_timeout_seconds, settings.read_timeout_seconds),
                 # Streamed and read in one call: requests' own .content reads 10 KiB
                 # chunks and joins them, about 3x the CPU for an 8 MB answer.
                 stream=True,
             )
-            content = response.raw.read(decode_content=True)
-        except requests.Timeout:
+        except requests.ConnectTimeout:
             raise TransientError(
-                f"{url}: no answer within {self.settings.read_timeout_seconds:g} s "
-                "(raise read_timeout_seconds for long tiled passes)"
-            ) from None
-        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-            if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
-                raise TransientError(
-                    f"{url}: no answer within {self.settings.read_timeout_seconds:g} s "
-                    "(raise read_timeout_seconds for long tiled passes)") from None
-            raise TransientError(f"{url}: {_reason(exc)}") from None
+                f"cannot connect to {self.base_url} (no connection within "
+                f"{settings.connect_timeout_seconds:g} s): is the Mac awake and Draw Things' "
+                "API server on?") from None
+        except requests.ReadTimeout:
+            raise self._maybe_still_drawing(
+                url, f"no answer within {settings.read_timeout_seconds:g} s") from None
+        except requests.RequestException as exc:
+            if _never_connected(exc):
+                raise TransientError(f"cannot connect to {self.base_url} ({_reason(exc)})") from None
+            # The request went out and the answer did not come back.
+            raise self._maybe_still_drawing(url, _reason(exc)) from None
+        try:
+            # Headers arrived, so the app has finished drawing (it answers only at the
+            # end): a failure now loses the answer, not the app's time; re-sending is safe.
+            content = response.raw.read(decode_content=True)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TransientError(f"{url}: the answer was cut off ({_reason(exc)})") from None
         if response.status_code == 422:
             raise ServerRejected(url, _error_detail(content))
         if response.status_code != 200:
@@ -148,6 +181,29 @@ class SdapiClient:
         if not images:
             raise TransientError(f"{url}: the server returned no image (empty \"images\")")
         return checked_png(images[0], expected_size, url)
+
+    def _maybe_still_drawing(self, url: str, what: str) -> MaybeStillDrawing:
+        read_timeout_seconds = self.settings.read_timeout_seconds
+        hint = (" If its images take longer, raise --read-timeout-seconds (now "
+                f"{read_timeout_seconds:g})." if what.startswith("no answer") else "")
+        return MaybeStillDrawing(
+            f"{url}: {what}; Draw Things may still be drawing it, so this run does not send "
+            f"it again (a later run will).{hint}",
+            # Well beyond the read timeout: the app cannot be asked whether it is done.
+            resend_after_seconds=2 * read_timeout_seconds)
+
+
+def _never_connected(exc: Exception) -> bool:
+    """Whether the request failed before a connection existed (refused, no route,
+    unknown host): then the app never saw it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, urllib3.exceptions.NewConnectionError):
+            return True  # also unknown host names (NameResolutionError)
+        exc = getattr(exc, "reason", None) or (exc.args[0] if exc.args and
+                                               isinstance(exc.args[0], BaseException) else None)
+    return False
 
 
 def checked_png(image_base64: str, expected_size: tuple[int, int] | None, source: str) -> bytes:
@@ -169,9 +225,10 @@ def checked_png(image_base64: str, expected_size: tuple[int, int] | None, source
     except Exception as exc:  # Pillow raises many types for broken files
         raise TransientError(f"{source}: the PNG is damaged ({exc})") from None
     if expected_size is not None and tuple(size) != tuple(expected_size):
-        raise TransientError(
+        raise WrongSize(
             f"{source}: the image is {size[0]}x{size[1]} px, expected "
-            f"{expected_size[0]}x{expected_size[1]}"
+            f"{expected_size[0]}x{expected_size[1]}: the app's settings and the request "
+            "disagree (not re-sent)"
         )
     return png
 
@@ -197,6 +254,8 @@ def _reason(exc: Exception) -> str:
         ("Connection reset", "connection reset"),
         ("RemoteDisconnected", "the server closed the connection without answering"),
         ("Remote end closed", "the server closed the connection without answering"),
+        ("IncompleteRead", "the connection closed mid-answer"),
+        ("Read timed out", "no more data within the read timeout"),
         ("Name or service not known", "unknown host name"),
         ("nodename nor servname", "unknown host name"),
         ("timed out", "connection timed out"),

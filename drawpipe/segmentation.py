@@ -440,7 +440,7 @@ class SegmentStage:
                 self._segmenter = Segmenter(self.model, self.generator)
             return self._segmenter
 
-    def make_worker(self, server: str | None):
+    def make_worker(self, server: str | None, context=None):
         def run(job: Job, scratch: Path) -> JobResult:
             image = read_rgb(job.input)
             remove_quietly(scratch)  # left by an earlier crash of a worker of the same name

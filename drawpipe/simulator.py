@@ -441,7 +441,7 @@ def error_body(detail: str) -> bytes:
 
 def fault_body(status: int) -> bytes:
     """A 5xx fault's body: what a proxy or a crashing server might send (not the app's)."""
-    return json_bytes({"error": "simulated fault", "detail": f"HTTP {status}"})
+    return json_bytes({"error": "simulated fault", "detail": f"simulated fault {status}"})
 
 
 @dataclass

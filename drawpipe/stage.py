@@ -5,25 +5,44 @@ this module does the rest, the same way for all three:
 
 - *Done means the output exists.* Each job's exact output path is ``stat``-ed
   (never a directory listing: macOS caches SMB listings), again right after
-  its claim is won, and again just before the result is moved into place.
+  its claim is won, and again just before the result is moved into place. A
+  ``stat`` that fails for another reason than "no such file" is never read as
+  "not done".
 - Outputs are written to a temporary name in the same folder, flushed, fsync-ed
   and renamed into place, so a crash never leaves a partial file under a final
   name. A folder output is built under a temporary name and renamed as a whole.
+- *The lease decides who writes.* Just before the rename the worker checks that
+  its claim is still its own; if its lease lapsed and another worker took the job
+  over, or the output appeared meanwhile (a folder output's rename then fails with
+  EEXIST/ENOTEMPTY), the other worker's result is kept and a duplicate is logged.
 - One worker thread per server; any number of processes on any number of
   machines coordinate through claims (claims.py). A worker does not leave while
   jobs held by others are unfinished: it waits for them to appear, or for their
   claims to go stale and takes them over.
 - One bad job never stops the batch: it is logged as failed and the run goes on.
   A configuration error (HTTP 422, a bad template) stops everything at once.
-- Ctrl-C (or SIGTERM): the images in flight finish, claims are released, the
-  summary is printed. A second Ctrl-C abandons the images in flight.
+  ``--watch`` tries a failed job again after a pause that doubles each time
+  (``watch_retry_seconds``, capped), and a job whose request the server may still
+  be drawing (errors.MaybeStillDrawing) not before twice the read timeout.
+- *The share can disappear* (share.py): every pass, around every claim and before
+  every write the run checks that the root is still the share it started on; when
+  it is not, the run stops with errors.ShareLost and writes nothing anywhere. The
+  engine never creates the root: a share unmounted under its mount point must not
+  turn into folders on the local disk. Errors on one file while the share is fine
+  (SMB's "busy": someone has it open) are not a job's failure and never retire a
+  worker: that job waits for a later pass (for ``busy_give_up_seconds`` at most).
+- Signals (interrupts.py): the first SIGINT, SIGTERM or SIGHUP stops new jobs, cuts
+  re-send waits short, lets the images in flight finish, releases the claims and
+  prints the summary; the second abandons the images in flight (nothing partial is
+  left: outputs appear only by rename). The signal handler only counts; the main
+  thread watches the count.
 """
 
 import errno
 import glob
+import math
 import os
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -33,9 +52,12 @@ from typing import Callable, Protocol
 
 from tqdm import tqdm
 
-from .claims import ClaimStore
-from .errors import BadInput, DrawpipeError, Interrupted, JobDeferred, JobFailed, UsageError
+from .claims import Claim, ClaimStore, is_busy
+from .errors import (BadInput, DrawpipeError, Interrupted, JobDeferred, JobFailed,
+                     MaybeStillDrawing, ShareLost, UsageError)
+from .interrupts import STOP_SIGNALS_STATE, StopSignals
 from .metrics import MetricsLog, ResourceSampler, host_name
+from .share import ShareGuard
 
 
 @dataclass(frozen=True)
@@ -63,6 +85,22 @@ class JobResult:
 RunJob = Callable[[Job, Path], JobResult]
 
 
+@dataclass(frozen=True)
+class WorkerContext:
+    """What the engine lends one worker of a stage (``Stage.make_worker``).
+
+    ``sleep(seconds)``: a wait that returns True as soon as the run is stopping (give
+    it to SdapiClient: re-send waits end early). ``resent(line)``: a request of the
+    worker's current job is being sent again, and why (SdapiClient's ``on_resend``):
+    logged and counted. ``server_now()``: the file server's clock, epoch seconds
+    (claims.ClaimStore.server_now), for ages of files on the share.
+    """
+
+    sleep: Callable[[float], bool]
+    resent: Callable[[str], None]
+    server_now: Callable[[], float]
+
+
 class Stage(Protocol):
     name: str  # "generate", "upscale", "segment": names the claims folder and CSV log
     extra_columns: tuple[str, ...]
@@ -70,7 +108,7 @@ class Stage(Protocol):
     def plan(self) -> list[Job]:
         """Every job of the stage, done or not, in the order to do them."""
 
-    def make_worker(self, server: str | None) -> RunJob:
+    def make_worker(self, server: str | None, context: WorkerContext) -> RunJob:
         """A job runner for one worker thread (e.g. with its own HTTP client)."""
 
 
@@ -81,6 +119,9 @@ class EngineSettings:
     lease_seconds: float = 120.0
     poll_seconds: float = 5.0  # wait between passes when others hold the remaining jobs
     watch: bool = False  # keep polling for new jobs until interrupted
+    # --watch: a failed job is tried again after this pause, doubled after each failure.
+    watch_retry_seconds: float = 60.0
+    watch_retry_cap_seconds: float = 1800.0
     server_process_name: str | None = "Draw Things"
     sample_interval_seconds: float = 0.5
     max_consecutive_failures: int = 3  # a worker whose server keeps failing retires
@@ -90,6 +131,12 @@ class EngineSettings:
     def heartbeat_seconds(self) -> float:
         # Well inside the lease: several heartbeats may be missed before a claim goes stale.
         return max(0.2, self.lease_seconds / 6)
+
+    @property
+    def busy_give_up_seconds(self) -> float:
+        # A file someone has open (SMB) is usually free again within seconds; one that
+        # stays refused this long is recorded as failed, so a run without --watch ends.
+        return max(60.0, 2 * self.lease_seconds)
 
 
 @dataclass
@@ -102,6 +149,8 @@ class Summary:
     failed: dict = field(default_factory=dict)  # job key -> last error
     interrupted: bool = False
     remaining: int = 0  # jobs without output at the end
+    resent: int = 0  # requests sent again after a transient failure (sdapi)
+    retried: int = 0  # jobs tried again after they had failed in this run (--watch)
 
     @property
     def exit_code(self) -> int:
@@ -115,6 +164,9 @@ class Summary:
             f"{self.by_others} made by other workers, {len(self.failed)} failed, "
             f"{self.remaining} left of {self.total}"
         ]
+        if self.resent or self.retried:
+            lines.append(f"retries: {self.resent} request(s) re-sent, {self.retried} failed "
+                         "job(s) tried again")
         if self.failed:
             lines.append(f"{len(self.failed)} failed; run the same command again to retry them")
         if self.interrupted:
@@ -139,8 +191,16 @@ def scan_inputs(folder: Path, suffixes: tuple[str, ...] = (".png",)) -> list[Pat
 
 
 def output_exists(path: Path) -> bool:
-    """Exact-path check (stat), never a listing: SMB listings may be a minute old."""
-    return os.path.lexists(path)
+    """Exact-path check (``lstat``), never a listing: SMB listings may be a minute old.
+
+    False only when the path (or a folder on it) does not exist; any other failure
+    (I/O error, share gone, permission) raises OSError: "cannot tell" is not "not done".
+    """
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
 
 
 def scratch_path(output: Path, worker: str) -> Path:
@@ -153,21 +213,22 @@ def remove_abandoned_scratch(output: Path, modified_before: float) -> None:
     """Delete temporary files or folders a killed worker left beside ``output``.
 
     Called once the job's claim is ours: one not modified since ``modified_before``
-    (epoch seconds, a lease ago) is nobody's.
+    (epoch seconds, a lease ago) is nobody's. One that is busy (SMB) stays for a
+    later owner.
     """
     for scratch in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
         try:
             if scratch.stat().st_mtime < modified_before:
                 remove_quietly(scratch)
-        except FileNotFoundError:
+        except OSError:
             pass
 
 
 def write_atomically(path: Path, data: bytes, worker: str) -> None:
     """Write ``data`` to ``path`` via a flushed temporary file and ``os.replace``.
 
-    On any error (disk full, share gone) the temporary file is removed and the
-    OSError propagates; ``path`` itself is never touched until the data is safe.
+    On any error (disk full, share gone, target busy) the temporary file is removed
+    and the OSError propagates; ``path`` itself is never touched until the data is safe.
     """
     temporary = scratch_path(path, worker)
     try:
@@ -187,27 +248,45 @@ def remove_quietly(path: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             os.unlink(path)
-    except FileNotFoundError:
-        pass
     except OSError:
         pass
+
+
+def make_folders_below(root: Path, folder: Path) -> None:
+    """Create ``folder`` and the missing folders between it and ``root``, never ``root``
+    itself (FileNotFoundError when it is gone): a vanished share must not become a
+    folder tree on the local disk."""
+    missing = []
+    while folder != root and not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    if folder == root and not root.is_dir():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(root))
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            pass
 
 
 def describe_os_error(exc: OSError, path: Path) -> str:
     if exc.errno == errno.ENOSPC:
         return f"disk full writing {path}"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if is_busy(exc):
+        return (f"{exc.filename or path} is in use by someone else ({exc.strerror}); "
+                "tried again on a later pass")
+    if exc.errno == errno.EROFS:
         return f"cannot write {path}: {exc.strerror}"
-    return f"{exc.strerror or exc} writing {path}"
+    return f"{exc.strerror or exc} on {exc.filename or path}"
 
 
 class _Heartbeat:
     """One thread refreshing every claim this process holds."""
 
-    def __init__(self, interval_seconds: float, on_lost: Callable[[str], None]):
+    def __init__(self, interval_seconds: float, on_lost: Callable[[ClaimStore, Claim], None]):
         self._interval_seconds = interval_seconds
         self._on_lost = on_lost
-        self._held: dict[int, tuple[ClaimStore, object]] = {}
+        self._held: dict[int, tuple[ClaimStore, Claim]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
@@ -217,13 +296,14 @@ class _Heartbeat:
 
     def stop(self):
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
-    def hold(self, store: ClaimStore, claim) -> None:
+    def hold(self, store: ClaimStore, claim: Claim) -> None:
         with self._lock:
             self._held[id(claim)] = (store, claim)
 
-    def drop(self, claim) -> None:
+    def drop(self, claim: Claim) -> None:
         with self._lock:
             self._held.pop(id(claim), None)
 
@@ -231,7 +311,10 @@ class _Heartbeat:
         with self._lock:
             held, self._held = list(self._held.values()), {}
         for store, claim in held:
-            store.release(claim)
+            try:
+                store.release(claim)
+            except OSError:
+                pass  # a failing share: the claim goes stale after its lease
 
     def _loop(self):
         while not self._stop.wait(self._interval_seconds):
@@ -241,10 +324,10 @@ class _Heartbeat:
                 try:
                     alive = store.heartbeat(claim)
                 except OSError:
-                    alive = True  # the share hiccuped; try again next beat
+                    alive = True  # busy or a hiccup; try again next beat
                 if not alive:
                     self.drop(claim)
-                    self._on_lost(claim.path.name)
+                    self._on_lost(store, claim)
 
 
 class _Progress:
@@ -262,7 +345,10 @@ class _Progress:
         self.log_successes = self.bar.disable
 
     def log(self, line: str) -> None:
-        tqdm.write(line, file=sys.stderr)
+        try:
+            tqdm.write(line, file=sys.stderr)
+        except OSError:
+            pass  # the terminal is gone (SIGHUP): nobody to tell
 
     def seen_done(self, keys: set[str], total: int) -> None:
         """A scan found these outputs present: count the new ones as made by others."""
@@ -284,21 +370,72 @@ class _Progress:
         if self.log_successes:
             self.log(line)
 
+    def duplicate(self, key: str, output_present: bool, line: str) -> None:
+        """Another worker finished (or holds) the job we also did: theirs is kept."""
+        with self.lock:
+            if output_present and key not in self.done_keys:
+                self.done_keys.add(key)
+                self.summary.by_others += 1
+            self.summary.failed.pop(key, None)
+            self._refresh()
+        self.log(line)
+
     def failed(self, key: str, error: str) -> None:
         with self.lock:
             self.summary.failed[key] = error
             self._refresh()
         self.log(f"failed: {key}: {error}")
 
+    def count(self, resent: int = 0, retried: int = 0) -> None:
+        with self.lock:
+            self.summary.resent += resent
+            self.summary.retried += retried
+
     def _refresh(self):
         self.bar.n = len(self.done_keys)
         self.bar.set_postfix_str(
             f"new={self.summary.made} others={self.summary.by_others} "
             f"failed={len(self.summary.failed)}", refresh=False)
-        self.bar.refresh()
+        try:
+            self.bar.refresh()
+        except OSError:
+            pass
 
     def close(self):
-        self.bar.close()
+        try:
+            self.bar.close()
+        except OSError:
+            pass
+
+
+class _Abandoned(Exception):
+    """The run was abandoned (second stop signal) before this job's result was written."""
+
+
+class _Worker:
+    """One worker thread's state: its server, claim store, runner and failed jobs."""
+
+    def __init__(self, run: "_Run", index: int, server: str | None, store: ClaimStore):
+        self.run = run
+        self.index = index
+        self.server = server
+        self.store = store
+        self.run_job: RunJob | None = None
+        self.current_key: str | None = None
+        # job key -> monotonic time it may be tried again (math.inf: not in this run)
+        self.failed_here: dict[str, float] = {}
+        self.failures: dict[str, int] = {}  # job key -> times it failed in this run
+        self.busy_since: dict[str, float] = {}  # job key -> first share-side refusal
+        self.consecutive_failures = 0
+
+    def context(self) -> WorkerContext:
+        return WorkerContext(sleep=self.run.stop.wait, resent=self.resent,
+                             server_now=self.store.server_now)
+
+    def resent(self, line: str) -> None:
+        self.run.progress_count(resent=1)
+        key = self.current_key
+        self.run.log(f"{key}: {line}" if key else line)
 
 
 class _Run:
@@ -308,23 +445,52 @@ class _Run:
         self.stage = stage
         self.settings = settings
         self.host = host
-        self.stop = threading.Event()  # no new jobs (Ctrl-C, fatal error)
+        self.stop = threading.Event()  # no new jobs (a stop signal, a fatal error)
         self.fatal: DrawpipeError | None = None
         self.lock = threading.Lock()
         self.jobs: list[Job] = []
-        self.in_flight: set[str] = set()
+        self.in_flight: dict[str, Path] = {}  # job key -> its scratch path
         self.live_workers = len(settings.servers)
         self.workers_done = threading.Event()
         self.deferred_logged: set[str] = set()
-        self.metrics = MetricsLog(settings.root / "logs", stage.name, self.host,
-                                  extra_columns=stage.extra_columns)
+        # Jobs the server may still be drawing (MaybeStillDrawing): no worker of this
+        # process sends them before this monotonic time.
+        self.held_back: dict[str, float] = {}
+        self.abandoned = False  # second stop signal: write nothing more
+        self.writing = 0  # workers inside an output write (finished before abandoning)
+        self.guard = ShareGuard(settings.root, f"{host}-{os.getpid()}")
+        self.metrics: MetricsLog | None = None
         self.summary = Summary(stage.name)
         self.heartbeat = _Heartbeat(settings.heartbeat_seconds, self._claim_lost)
         self.progress: _Progress | None = None
 
-    def _claim_lost(self, name: str):
-        self.progress.log(f"warning: the claim {name} was taken over by another worker "
-                          "(lease expired); its output will not overwrite theirs")
+    def log(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress.log(line)
+        else:
+            try:
+                print(line, file=sys.stderr)
+            except OSError:
+                pass
+
+    def progress_count(self, resent: int = 0, retried: int = 0) -> None:
+        if self.progress is not None:
+            self.progress.count(resent, retried)
+
+    def set_fatal(self, error: DrawpipeError) -> None:
+        with self.lock:
+            if self.fatal is None:
+                self.fatal = error
+        self.stop.set()
+
+    def _claim_lost(self, store: ClaimStore, claim: Claim) -> None:
+        reason = self.guard.lost_reason()
+        if reason is not None:
+            self.set_fatal(ShareLost(self.settings.root, reason))
+            return
+        self.log(f"warning: the claim {claim.path.name} is no longer ours (its lease expired "
+                 "and another worker took it over, or it was deleted); our result will not "
+                 "overwrite theirs")
 
     def replan(self) -> list[Job]:
         jobs = self.stage.plan()
@@ -332,118 +498,165 @@ class _Run:
             self.jobs = jobs
         return jobs
 
-    def scan(self) -> list[Job]:
-        """Jobs without output yet; updates the progress counts."""
+    def scan(self) -> tuple[list[Job], dict[str, OSError]]:
+        """(jobs without output yet, {key: error} of outputs that could not be stat-ed);
+        updates the progress counts."""
         jobs = self.jobs
-        done = {job.key for job in jobs if output_exists(job.output)}
+        done, unknown = set(), {}
+        for job in jobs:
+            try:
+                if output_exists(job.output):
+                    done.add(job.key)
+            except OSError as exc:
+                unknown[job.key] = exc
         with self.lock:
             # Ours in flight may already be on disk; they are counted when recorded.
-            others = done - self.in_flight
+            others = done - set(self.in_flight)
         self.progress.seen_done(others, len(jobs))
-        return [job for job in jobs if job.key not in done]
+        return [job for job in jobs if job.key not in done and job.key not in unknown], unknown
 
 
-def run_stage(stage: Stage, settings: EngineSettings) -> Summary:
+def run_stage(stage: Stage, settings: EngineSettings,
+              signals: StopSignals = STOP_SIGNALS_STATE) -> Summary:
     """Run ``stage`` to completion (or until interrupted); the Summary says how it went.
 
-    Raises UsageError for configuration problems (unwritable root, HTTP 422 ...).
+    Raises UsageError for configuration problems (unwritable root, HTTP 422 ...) and
+    ShareLost when the shared folder disappears under the run.
     """
-    # Preflight first (e.g. GET / of every server): a configuration error must
-    # stop the run before anything is written to the share.
-    runners = [stage.make_worker(server) for server in settings.servers]
     host = host_name()
-    stores = [
-        ClaimStore(settings.root, stage.name, f"{host}-{os.getpid()}-{index}",
-                   settings.lease_seconds)
-        for index in range(len(settings.servers))
+    run = _Run(stage, settings, host)
+    workers = [
+        _Worker(run, index, server,
+                ClaimStore(settings.root, stage.name, f"{host}-{os.getpid()}-{index}",
+                           settings.lease_seconds))
+        for index, server in enumerate(settings.servers)
     ]
-    try:
-        stores[0].prepare()
-        run = _Run(stage, settings, host)  # creates logs/
-    except OSError as exc:
-        raise UsageError(
-            f"cannot write to {settings.root} ({exc.strerror or exc}): check that the folder "
-            "exists and the share is mounted read-write"
-        ) from None
-    jobs = run.replan()
-    already_done = {job.key for job in jobs if output_exists(job.output)}
-    run.summary.total = len(jobs)
-    run.summary.already_done = len(already_done)
-    run.progress = _Progress(run.summary, already_done, settings.show_progress)
+    # Preflight first (e.g. GET / of every server): a configuration error must
+    # stop the run before anything is written to the share. Nothing is held yet, so a
+    # stop signal here ends the script at once (KeyboardInterrupt, see interrupts.py).
+    for worker in workers:
+        worker.run_job = stage.make_worker(worker.server, worker.context())
 
-    threads = [
-        threading.Thread(target=_worker_main, args=(run, store, runner, server),
-                         name=f"worker-{index}", daemon=True)
-        for index, (store, runner, server) in enumerate(zip(stores, runners, settings.servers))
-    ]
-    run.heartbeat.start()
-    previous_sigterm = _sigterm_as_interrupt()
-    try:
-        for thread in threads:
-            thread.start()
-        _wait_for_workers(run)
-    finally:
-        run.heartbeat.stop()
-        run.heartbeat.release_all()
-        signal.signal(signal.SIGTERM, previous_sigterm)
-        for store in stores:
-            store.close()
-        remaining = {job.key for job in run.jobs if not output_exists(job.output)}
-        run.summary.remaining = len(remaining)
-        run.summary.failed = {key: error for key, error in run.summary.failed.items()
-                              if key in remaining}
-        run.progress.close()
+    with signals.deferred():
+        baseline = signals.count
+        try:
+            run.guard.establish()
+            for worker in workers:
+                worker.store.prepare()
+            run.metrics = MetricsLog(settings.root / "logs", stage.name, host,
+                                     extra_columns=stage.extra_columns)
+        except OSError as exc:
+            run.guard.close()
+            raise UsageError(
+                f"cannot write to {settings.root} ({exc.strerror or exc}): check that the "
+                "folder exists and the share is mounted read-write") from None
+        try:
+            try:
+                jobs = run.replan()
+                already_done = {job.key for job in jobs if output_exists(job.output)}
+            except OSError as exc:
+                run.guard.check()
+                raise ShareLost(settings.root, exc.strerror or str(exc)) from None
+            run.summary.total = len(jobs)
+            run.summary.already_done = len(already_done)
+            run.progress = _Progress(run.summary, already_done, settings.show_progress)
+            threads = [threading.Thread(target=_worker_main, args=(worker,),
+                                        name=f"worker-{worker.index}", daemon=True)
+                       for worker in workers]
+            run.heartbeat.start()
+            for thread in threads:
+                thread.start()
+            _wait_for_workers(run, signals, baseline)
+            if signals.count > baseline:
+                run.summary.interrupted = True  # also a signal that came as the run ended
+        finally:
+            _finish(run, workers)
     if run.fatal is not None:
         raise run.fatal
     return run.summary
 
 
-def _sigterm_as_interrupt():
-    """SIGTERM (e.g. the machine shutting down) stops like Ctrl-C does."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGTERM, handler)
-
-
-def _wait_for_workers(run: _Run) -> None:
-    """Wait until every worker has returned; Ctrl-C once: finish in flight, twice: abandon."""
-    interrupts = 0
-    while True:
+def _finish(run: _Run, workers: list[_Worker]) -> None:
+    """Release the claims, remove scratch of abandoned jobs, count what is left."""
+    run.heartbeat.stop()
+    run.heartbeat.release_all()
+    with run.lock:
+        abandoned_scratch = list(run.in_flight.values()) if run.abandoned else []
+    for scratch in abandoned_scratch:
+        remove_quietly(scratch)
+    for worker in workers:
+        worker.store.close()
+    share_reason = run.guard.lost_reason()
+    run.guard.close()
+    if run.progress is None:
+        return
+    if share_reason is None:
         try:
-            # An Event, not Thread.join(): a KeyboardInterrupt inside join() can leave a
-            # live thread reported as finished, and its image would be lost.
-            if run.workers_done.wait(0.2):
-                return
-        except KeyboardInterrupt:
-            interrupts += 1
-            run.summary.interrupted = True
-            run.stop.set()
-            with run.lock:
-                busy = bool(run.in_flight)
-            if interrupts == 1 and busy:
-                run.progress.log("stopping: finishing the images in flight "
-                                 "(press Ctrl-C again to abandon them)")
-            else:
-                # Abandon: nothing partial can be left (outputs appear only by rename);
-                # releasing the claims lets any other worker redo those jobs now.
-                if busy:
-                    run.progress.log("abandoning the images in flight")
-                return
+            remaining = {job.key for job in run.jobs if not output_exists(job.output)}
+        except OSError:
+            remaining = {job.key for job in run.jobs}
+    else:
+        remaining = {job.key for job in run.jobs} - run.progress.done_keys
+    run.summary.remaining = len(remaining)
+    run.summary.failed = {key: error for key, error in run.summary.failed.items()
+                          if key in remaining}
+    run.progress.close()
 
 
-def _worker_main(run: _Run, store: ClaimStore, run_job: RunJob, server: str | None) -> None:
-    try:
-        _worker_loop(run, store, run_job, server)
-    except OSError as exc:
-        # The share itself failed (unmounted, server gone) outside any one job.
-        with run.lock:
-            if run.fatal is None:
-                run.fatal = UsageError(
-                    f"lost the shared folder {run.settings.root} ({exc.strerror or exc}): "
-                    "check the share is mounted, then run the same command again")
+def _wait_for_workers(run: _Run, signals: StopSignals, baseline: int) -> None:
+    """Wait until every worker has returned. One stop signal: finish the images in
+    flight; two: abandon them. The handler only counts; this loop reacts."""
+    seen = 0
+    while not run.workers_done.wait(0.1):
+        if isinstance(run.fatal, ShareLost):
+            # Nothing in flight can be delivered any more: do not wait for its answer.
+            _abandon(run)
+            return
+        received = signals.count - baseline
+        if received == seen:
+            continue
+        seen = received
+        run.summary.interrupted = True
         run.stop.set()
+        with run.lock:
+            busy = bool(run.in_flight)
+        if received == 1 and busy:
+            run.log(f"stopping: finishing the images in flight ({signals.last_name}; "
+                    "a second Ctrl-C or stop signal abandons them)")
+            continue
+        if received == 1:
+            run.log(f"stopping ({signals.last_name})")
+            continue
+        _abandon(run)
+        if busy:
+            run.log("abandoning the images in flight")
+        return
+
+
+def _abandon(run: _Run) -> None:
+    """Stop waiting for the jobs in flight. Nothing partial can be left (outputs appear
+    only by rename) once the writes under way (milliseconds) are over; releasing the
+    claims then lets any other worker redo those jobs now."""
+    with run.lock:
+        run.abandoned = True
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with run.lock:
+            if not run.writing:
+                return
+        time.sleep(0.01)
+
+
+def _worker_main(worker: _Worker) -> None:
+    run = worker.run
+    try:
+        _worker_loop(worker)
+    except ShareLost as exc:
+        run.set_fatal(exc)
+    except OSError as exc:
+        # The share itself failed outside any one job.
+        reason = run.guard.lost_reason() or exc.strerror or str(exc)
+        run.set_fatal(ShareLost(run.settings.root, reason))
     finally:
         with run.lock:
             run.live_workers -= 1
@@ -451,135 +664,252 @@ def _worker_main(run: _Run, store: ClaimStore, run_job: RunJob, server: str | No
                 run.workers_done.set()
 
 
-def _worker_loop(run: _Run, store: ClaimStore, run_job: RunJob, server: str | None) -> None:
-    failed_here: set[str] = set()  # never retried by this worker in this run
-    consecutive_failures = 0
+# Passes in a row whose scan or plan fails while the share looks fine, before the run
+# calls the share lost: a hiccup is retried, a folder that keeps failing is not.
+MAX_FAILED_PASSES = 5
+
+
+def _worker_loop(worker: _Worker) -> None:
+    run, store, settings = worker.run, worker.store, worker.run.settings
+    failed_passes = 0
+    replan = False
     while not run.stop.is_set():
-        pending = [job for job in run.scan() if job.key not in failed_here]
+        run.guard.check()
+        store.retry_releases()
+        try:
+            if replan:
+                run.replan()
+                replan = False
+            pending, unknown = run.scan()
+            failed_passes = 0
+        except OSError as exc:
+            run.guard.check()
+            failed_passes += 1
+            if failed_passes >= MAX_FAILED_PASSES:
+                raise
+            run.log(f"warning: cannot look at the shared folder ({exc.strerror or exc}); "
+                    "trying again")
+            run.stop.wait(settings.poll_seconds)
+            continue
+        now = time.monotonic()
+        if unknown:
+            run.guard.check()  # outputs that cannot be stat-ed: a lost share, or busy
+            for key, exc in unknown.items():
+                if worker.failed_here.get(key, 0.0) <= now:
+                    _note_busy(worker, key, exc)
+        with run.lock:
+            held_back = {key for key, until in run.held_back.items() if until > now}
+        pending = [job for job in pending
+                   if worker.failed_here.get(job.key, 0.0) <= now and job.key not in held_back]
+        # Jobs refused by the share or failed on a busy file wait for a later pass.
+        later = [until for until in worker.failed_here.values() if now < until < math.inf]
+        unsettled = [key for key in unknown if worker.failed_here.get(key, 0.0) <= now]
         if not pending:
-            # Everything is done, or failed here (a re-run retries those).
-            if not run.settings.watch:
-                return
-            run.stop.wait(run.settings.poll_seconds)
-            run.replan()
+            if not settings.watch and not unsettled and not later:
+                return  # everything is done, or failed here (a re-run retries those)
+            run.stop.wait(settings.poll_seconds)
+            replan = settings.watch
             continue
         worked = False
-        deferred_this_pass = False
+        waiting = bool(unknown)
         for job in pending:
             if run.stop.is_set():
                 return
+            outcome = _claim_and_do(worker, job)
+            if outcome == "claimed by others":
+                waiting = True
+                continue
+            if outcome in ("deferred", "busy"):
+                waiting = True
+            worked = worked or outcome not in ("busy",)
+            if outcome == "retire":
+                return
+        if not worked or waiting:
+            # Everything left is claimed by others (or busy): wait for them to finish, or
+            # for their claims to go stale so the next pass takes them over.
+            run.stop.wait(settings.poll_seconds)
+            replan = settings.watch
+
+
+def _note_busy(worker: _Worker, key: str, exc: OSError) -> bool:
+    """A share-side error on ``key`` while the share is fine: try again on a later pass;
+    after ``busy_give_up_seconds`` of refusals record it failed. True when given up."""
+    run = worker.run
+    first = worker.busy_since.setdefault(key, time.monotonic())
+    if time.monotonic() - first < run.settings.busy_give_up_seconds:
+        return False
+    worker.busy_since.pop(key, None)
+    _record_failure(worker, key, None)
+    run.progress.failed(key, f"{describe_os_error(exc, run.settings.root / key)} — still "
+                             f"refused after {run.settings.busy_give_up_seconds:g} s")
+    return True
+
+
+# A job whose output the share refused to take (a busy target) is tried again on
+# later passes of the same run, this many times in all.
+MAX_SHARE_REFUSALS = 3
+
+
+def _record_failure(worker: _Worker, key: str, error: Exception | None) -> None:
+    """When ``key`` may be tried again: not in this run, or with --watch after a pause
+    that doubles each time; a refused write on the next pass (a few times)."""
+    run, settings = worker.run, worker.run.settings
+    count = worker.failures.get(key, 0) + 1
+    worker.failures[key] = count
+    if isinstance(error, OSError) and count < MAX_SHARE_REFUSALS:
+        worker.failed_here[key] = time.monotonic() + settings.poll_seconds
+        return
+    if not settings.watch:
+        worker.failed_here[key] = math.inf
+        return
+    pause = min(settings.watch_retry_seconds * 2 ** (count - 1), settings.watch_retry_cap_seconds)
+    if isinstance(error, MaybeStillDrawing):
+        pause = max(pause, error.resend_after_seconds)
+    worker.failed_here[key] = time.monotonic() + pause
+
+
+def _claim_and_do(worker: _Worker, job: Job) -> str:
+    """Claim ``job`` and do it. Returns "done", "failed", "bad_input", "deferred",
+    "busy" (share-side refusal: a later pass), "claimed by others", "skipped" (done
+    meanwhile) or "retire" (this worker's server keeps failing: stop using it)."""
+    run, store = worker.run, worker.store
+    try:
+        if output_exists(job.output):
+            return "skipped"
+    except OSError as exc:
+        run.guard.check()
+        _note_busy(worker, job.key, exc)
+        return "busy"
+    with run.lock:
+        if job.key in run.in_flight:
+            return "claimed by others"
+        # Marked before claiming, so a stop signal never misses a job being started.
+        run.in_flight[job.key] = scratch_path(job.output, store.worker)
+    claim = None
+    try:
+        run.guard.check()
+        try:
+            claim = store.try_claim(job.key)
+        except OSError as exc:
+            # Errors on .claims/ are the share's, never the job's or the server's.
+            run.guard.check()
+            _note_busy(worker, job.key, exc)
+            return "busy"
+        if claim is None:
+            return "claimed by others"
+        run.heartbeat.hold(store, claim)
+        run.guard.check()
+        worker.busy_since.pop(job.key, None)
+        try:
+            # Won the claim; the job may have been finished since our scan.
             if output_exists(job.output):
-                continue
-            with run.lock:
-                if job.key in run.in_flight:
-                    continue
-                # Marked before claiming, so a Ctrl-C never misses a job being started.
-                run.in_flight.add(job.key)
+                return "skipped"
+            # File-server time, like claims: machines' clocks are never compared.
+            remove_abandoned_scratch(job.output, store.server_now() - run.settings.lease_seconds)
+        except OSError as exc:
+            run.guard.check()
+            _note_busy(worker, job.key, exc)
+            return "busy"
+        retrying = job.key in worker.failures
+        worker.current_key = job.key
+        try:
+            outcome = _do_job(worker, job, claim)
+        finally:
+            worker.current_key = None
+        if retrying and outcome != "deferred":
+            run.progress_count(retried=1)
+    finally:
+        if claim is not None:
+            run.heartbeat.drop(claim)
             try:
-                claim = store.try_claim(job.key)
-            except OSError as exc:
-                claim = None
-                failed_here.add(job.key)
-                run.progress.failed(job.key, describe_os_error(exc, store.claim_path(job.key)))
-            if claim is None:
-                with run.lock:
-                    run.in_flight.discard(job.key)
-                continue
-            run.heartbeat.hold(store, claim)
-            try:
-                # Won the claim; the job may have been finished since our scan.
-                if output_exists(job.output):
-                    continue
-                # File-server time, like claims: machines' clocks are never compared.
-                remove_abandoned_scratch(
-                    job.output, store.server_now() - run.settings.lease_seconds)
-                worked = True
-                outcome = _do_job(run, store.worker, run_job, job, server)
-                if outcome == "deferred":
-                    deferred_this_pass = True
-                    continue
-            finally:
-                run.heartbeat.drop(claim)
                 store.release(claim)
-                with run.lock:
-                    run.in_flight.discard(job.key)
-            if outcome == "done":
-                consecutive_failures = 0
-            else:
-                failed_here.add(job.key)
-                # A bad input says nothing about the server; only server failures count.
-                if outcome == "failed":
-                    consecutive_failures += 1
-                if consecutive_failures >= run.settings.max_consecutive_failures:
-                    # A server that fails job after job is down or broken: stop sending
-                    # it work rather than burn the night failing every image in turn.
-                    run.progress.log(f"stopped sending to {server or 'this worker'} after "
-                                     f"{consecutive_failures} failed jobs in a row"
-                                     + ("; the other workers go on"
-                                        if len(run.settings.servers) > 1 else ""))
-                    return
-        if not worked or deferred_this_pass:
-            # Everything left is claimed by others: wait for them to finish, or for their
-            # claims to go stale so the next pass takes them over.
-            run.stop.wait(run.settings.poll_seconds)
+            except OSError:
+                run.guard.check()  # a busy claim is retried by retry_releases
+        with run.lock:
+            run.in_flight.pop(job.key, None)
+    if outcome == "done":
+        worker.consecutive_failures = 0
+        worker.failed_here.pop(job.key, None)
+        worker.failures.pop(job.key, None)
+        return outcome
+    if outcome in ("deferred",):
+        return outcome
+    if outcome == "share":
+        return "busy"
+    if outcome == "failed":
+        worker.consecutive_failures += 1
+        if worker.consecutive_failures >= run.settings.max_consecutive_failures:
+            # A server that fails job after job is down or broken: stop sending it
+            # work rather than burn the night failing every image in turn.
+            run.log(f"stopped sending to {worker.server or 'this worker'} after "
+                    f"{worker.consecutive_failures} failed jobs in a row"
+                    + ("; the other workers go on" if len(run.settings.servers) > 1 else ""))
+            return "retire"
+    return outcome
 
 
-def _do_job(run: _Run, worker: str, run_job: RunJob, job: Job, server: str | None) -> str:
-    """Run one claimed job and record it. Returns "done" (output written or found),
-    "failed", "bad_input" (failed because of its input) or "deferred" (try again on a
-    later pass)."""
-    settings = run.settings
-    scratch = scratch_path(job.output, worker)
+def _do_job(worker: _Worker, job: Job, claim: Claim) -> str:
+    """Run one claimed job and record it. Returns "done" (output written, found, or a
+    duplicate of another worker's), "failed" (counts against the server), "bad_input"
+    (failed because of its input), "share" (the share refused a file: a later pass) or
+    "deferred" (try again on a later pass). Raises ShareLost."""
+    run, settings = worker.run, worker.run.settings
+    store, run_job, server = worker.store, worker.run_job, worker.server
+    scratch = scratch_path(job.output, store.worker)
     started = time.monotonic()
-    row = {"worker": worker, "stage": run.stage.name, "input": _relative(job.input, settings.root),
-           "output": job.key, "seed": job.seed, "attempt": 1}
+    row = {"worker": store.worker, "stage": run.stage.name,
+           "input": _relative(job.input, settings.root), "output": job.key, "seed": job.seed,
+           "attempt": 1}
     error = None
     result = None
     fatal = False
     outcome = "failed"
+    failure = None
     sampler = ResourceSampler(settings.sample_interval_seconds,
                               settings.server_process_name if _is_local(server) else None)
     try:
-        job.output.parent.mkdir(parents=True, exist_ok=True)
+        run.guard.check()
+        make_folders_below(settings.root, job.output.parent)
         with sampler:
             result = run_job(job, scratch)
         row["attempt"] = result.attempts
-        if output_exists(job.output):
-            # Someone finished it while we worked (our lease lapsed): theirs stays.
-            remove_quietly(scratch)
-            error = None
-            status = "duplicate"
-        else:
-            if result.folder_built:
-                os.replace(scratch, job.output)
-            else:
-                write_atomically(job.output, result.data, worker)
-            status = "done"
+        status = _deliver(worker, job, claim, result, scratch)
+        outcome = "done"
+    except ShareLost:
+        remove_quietly(scratch)
+        raise
+    except _Abandoned:
+        remove_quietly(scratch)
+        return "failed"
     except JobDeferred as exc:
         remove_quietly(scratch)
         if job.key not in run.deferred_logged:
             run.deferred_logged.add(job.key)
-            run.progress.log(f"waiting: {job.key}: {exc}")
+            run.log(f"waiting: {job.key}: {exc}")
         return "deferred"
     except UsageError as exc:
         remove_quietly(scratch)
-        with run.lock:
-            if run.fatal is None:
-                run.fatal = exc
-        run.stop.set()
+        run.set_fatal(exc)
         fatal = True  # raised once by run_stage, not counted as one job's failure
         status, error = "failed", str(exc)
     except JobFailed as exc:
         remove_quietly(scratch)
         row["attempt"] = getattr(exc, "attempts", 1)
-        status, error = "failed", str(exc)
+        status, error, failure = "failed", str(exc), exc
         outcome = "bad_input" if isinstance(exc, BadInput) else "failed"
+        if isinstance(exc, MaybeStillDrawing):
+            with run.lock:
+                run.held_back[job.key] = time.monotonic() + exc.resend_after_seconds
     except OSError as exc:
         remove_quietly(scratch)
-        status, error = "failed", describe_os_error(exc, job.output)
+        run.guard.check()  # a lost share stops the run; otherwise a busy file
+        status, error, failure = "failed", describe_os_error(exc, job.output), exc
+        outcome = "share"
     except Exception as exc:  # a bug in one job must not stop the night's batch
         remove_quietly(scratch)
         status, error = "failed", f"unexpected {type(exc).__name__}: {exc}"
+    if run.abandoned:
+        return outcome
     seconds = time.monotonic() - started
     usage = sampler.result()
     row.update(
@@ -591,15 +921,63 @@ def _do_job(run: _Run, worker: str, run_job: RunJob, job: Job, server: str | Non
     )
     row["host"] = run.host
     try:
+        run.guard.check()
         run.metrics.append(row)
     except OSError as exc:
-        run.progress.log(f"warning: cannot append to {run.metrics.path}: {exc.strerror}")
+        run.log(f"warning: cannot append to {run.metrics.path}: {exc.strerror}")
     if status == "failed":
         if not fatal:
+            _record_failure(worker, job.key, failure)
             run.progress.failed(job.key, error)
         return outcome
+    if status == "duplicate":
+        run.progress.duplicate(job.key, output_exists_quietly(job.output),
+                               f"duplicate: {job.key}: another worker had it (our lease "
+                               "lapsed or it finished first); theirs is kept")
+        return "done"
     run.progress.made(job.key, f"{status}: {job.key} ({seconds:.1f} s)")
     return "done"
+
+
+def output_exists_quietly(path: Path) -> bool:
+    try:
+        return output_exists(path)
+    except OSError:
+        return False
+
+
+def _deliver(worker: _Worker, job: Job, claim: Claim, result: JobResult, scratch: Path) -> str:
+    """Move the result into place if the job is still ours: "done" or "duplicate".
+
+    The lease decides who writes: a claim that is no longer ours (our lease lapsed and
+    another worker took the job over) or an output already there means another
+    worker's result, which is kept. Raises _Abandoned after a second stop signal.
+    """
+    run = worker.run
+    with run.lock:
+        if run.abandoned:
+            raise _Abandoned
+        run.writing += 1
+    try:
+        run.guard.check()
+        if not worker.store.still_ours(claim) or output_exists(job.output):
+            remove_quietly(scratch)
+            return "duplicate"
+        if result.folder_built:
+            try:
+                os.replace(scratch, job.output)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    # Someone renamed theirs into place between our check and our rename.
+                    remove_quietly(scratch)
+                    return "duplicate"
+                raise
+        else:
+            write_atomically(job.output, result.data, worker.store.worker)
+        return "done"
+    finally:
+        with run.lock:
+            run.writing -= 1
 
 
 def _relative(path: Path | None, root: Path) -> str:

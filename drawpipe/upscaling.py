@@ -41,10 +41,14 @@ list up to IEND, ``Image.verify()``, pixel size). A file that looks half-written
 pass); older, or not a PNG at all, it is *bad* (errors.BadInput): reported, never
 sent. ``plan()`` screens inputs cheaply (size, first 8 and last 12 bytes) and leaves
 clearly unusable files out of the plan, listing them in ``UpscaleStage.skipped``.
+"Modified within" is judged on the file server's clock (the engine's
+``WorkerContext.server_now``, as claims do): the file's mtime was stamped by the
+server, and this Mac's clock may be minutes off.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -59,14 +63,14 @@ import pybase64
 from PIL import Image
 
 from . import drawthings
-from .errors import (BadInput, InputFileError, JobDeferred, ServerRejected, TransientError,
-                     UsageError)
+from .errors import (BadInput, InputFileError, JobDeferred, JobFailed, ServerRejected,
+                     TransientError, UsageError)
 from .generation import GENERATIONS_FOLDER, seed_for
 from .payloads import (Override, check_against_app, check_payload, effective_parameters,
                        read_json_file, sends, with_override, without_notes)
 from .pngmeta import add_text_chunks, provenance_chunks, read_text_chunks
 from .sdapi import PNG_SIGNATURE, ClientSettings, SdapiClient
-from .stage import Job, JobResult, output_exists, scan_inputs
+from .stage import Job, JobResult, WorkerContext, output_exists, scan_inputs
 
 UPSCALED_FOLDER = "UPSCALED_IMAGES"
 OUTPUT_SUFFIX = "_upscaled.png"
@@ -310,24 +314,25 @@ class InputImage:
     texts: dict  # its PNG text chunks, e.g. generate's "parameters"
 
 
-def read_input(path: Path, label: str, settle_seconds: float) -> InputImage:
+def read_input(path: Path, label: str, settle_seconds: float,
+               now: Callable[[], float] = time.time) -> InputImage:
     """Read an input PNG once and check it.
 
     Raises JobDeferred when it looks half-written and was modified within
-    ``settle_seconds`` (local clock: Macs on NTP agree to well under a second), and
+    ``settle_seconds`` by ``now()`` (epoch seconds: the file server's clock, which
+    stamped the mtime; another Mac's copy may be judged by a clock minutes off), and
     BadInput when it is not a usable PNG. ``label`` names the file in messages.
+    Other OSErrors propagate: the engine tells a lost share from a busy file.
     """
     try:
         modified = os.stat(path).st_mtime
         data = path.read_bytes()
     except FileNotFoundError:
         raise BadInput(f"{label} is gone (moved or deleted since the scan)") from None
-    except OSError as exc:
-        raise TransientError(f"cannot read {label}: {exc.strerror or exc}") from None
     check = inspect_png(data)
     if check.problem is None:
         return InputImage(data, check.size, check.texts)
-    age_seconds = time.time() - modified
+    age_seconds = now() - modified
     if check.incomplete and age_seconds < settle_seconds:
         raise JobDeferred(f"{label} looks half-written ({check.problem}; modified "
                           f"{max(0.0, age_seconds):.0f} s ago): tried again on a later pass")
@@ -384,6 +389,8 @@ class UpscaleStage:
         self._lock = threading.Lock()  # plan() runs in every worker thread under --watch
         self._screened: dict[Path, tuple[tuple, str | None]] = {}
         self._reported: set[tuple[str, str]] = set()
+        # The file server's clock once a run lends one (make_worker); this Mac's before.
+        self._now: Callable[[], float] = time.time
 
     @property
     def input_folder(self) -> Path:
@@ -455,14 +462,15 @@ class UpscaleStage:
         except OSError:
             return None
         if check.problem is not None and check.incomplete and (
-                time.time() - stat.st_mtime < self.settle_seconds):
+                self._now() - stat.st_mtime < self.settle_seconds):
             return None  # may be being written: not cached, looked at again next plan
         self._screened[path] = (version, check.problem)
         return check.problem
 
-    def make_worker(self, server: str):
+    def make_worker(self, server: str, context: WorkerContext):
         """Preflight the server (``GET /``) and return this worker's job runner."""
-        client = SdapiClient(server, self.client_settings)
+        client = SdapiClient(server, self.client_settings, sleep=context.sleep,
+                             on_resend=context.resent)
         app_configuration = client.check_server()
         recipe = self.recipe
         for number, step in enumerate(recipe.steps, 1):
@@ -470,10 +478,11 @@ class UpscaleStage:
                                           server):
                 if self.on_warning is not None:
                     self.on_warning(line)
+        self._now = context.server_now
 
         def run(job: Job, scratch: Path) -> JobResult:
             label = job.input.relative_to(self.root).as_posix()
-            source = read_input(job.input, label, self.settle_seconds)
+            source = read_input(job.input, label, self.settle_seconds, context.server_now)
             try:
                 chain = plan_chain(recipe, source.size, job.seed, app_configuration)
             except ValueError as exc:
@@ -489,9 +498,10 @@ class UpscaleStage:
                     answer = client.generate("img2img", request, step.expected_size)
                 except ServerRejected as exc:
                     raise StepRejected(exc.url, exc.detail, where) from None
-                except TransientError as exc:
-                    failed = TransientError(f"{where}: {exc}")
-                    failed.attempts = getattr(exc, "attempts", 1)
+                except JobFailed as exc:
+                    # Same kind (a step that may still be drawing is not re-sent either).
+                    failed = copy.copy(exc)
+                    failed.args = (f"{where}: {exc}",)
                     raise failed from None
                 del request
                 png = answer.png

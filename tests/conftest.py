@@ -2,11 +2,13 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from drawpipe import simulator as simulator_module
@@ -16,6 +18,53 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 # Retries in tests: quick, so fault-injection tests stay fast.
 FAST_RETRY_ARGS = ["--backoff-seconds", "0.05", "--retries", "2", "--no-progress"]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _ignore_signal(number, frame):
+    pass
+
+
+def give_children_default_signals() -> None:
+    """Children of this process start with SIGINT, SIGTERM and SIGHUP at their defaults.
+
+    A signal ignored here (``(make test > log 2>&1 &)`` from a non-interactive shell
+    ignores SIGINT, ``nohup`` SIGHUP) would be ignored by every script the tests start,
+    and the scripts rightly keep an inherited "ignore". A signal *handled* here is reset
+    to its default by exec, so an ignoring no-op handler keeps pytest deaf to it while
+    its children hear it. Process-wide, set once, no preexec_fn (unsafe with the
+    simulator's threads).
+    """
+    for number in STOP_SIGNALS:
+        if signal.getsignal(number) is signal.SIG_IGN:
+            signal.signal(number, _ignore_signal)
+
+
+give_children_default_signals()
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    """Kill every process a test started and left running, pass or fail."""
+    me = psutil.Process()
+    before = {child.pid for child in me.children(recursive=True)}
+    try:
+        yield
+    finally:
+        left = [child for child in me.children(recursive=True) if child.pid not in before]
+        for child in left:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(left, timeout=10)
+        # Reap the zombies of Popen objects the test dropped.
+        for child in left:
+            try:
+                os.waitpid(child.pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
 
 
 @pytest.fixture

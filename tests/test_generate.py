@@ -1,5 +1,6 @@
 """generate.py end to end: real subprocesses, a real simulator on loopback, real files."""
 
+import contextlib
 import csv
 import os
 import json
@@ -220,12 +221,18 @@ def test_a_422_stops_the_run_at_once_with_the_servers_detail(share, simulator):
 
 def test_failed_jobs_are_logged_the_batch_goes_on_and_a_rerun_retries(share, simulator):
     # Three attempts of the first image fail; the others succeed.
-    simulator.queue_faults(["503", "drop", "empty"])
+    simulator.queue_faults(["503", "truncate", "empty"])
     result = generate(share, "--server", simulator.url, "--add", "Peru:family:3")
     assert result.returncode == 1
     assert "2 made, 0 already done, 0 made by other workers, 1 failed, 1 left of 3" in result.stdout
+    assert "retries: 2 request(s) re-sent, 0 failed job(s) tried again" in result.stdout
     assert "1 failed; run the same command again to retry them" in result.stdout
     assert 'failed: GENERATIONS/Peru/family/Peru_family_1.png: ' in result.stderr
+    resends = [line for line in result.stderr.splitlines() if "re-sending" in line]
+    assert resends[0] == (f"GENERATIONS/Peru/family/Peru_family_1.png: re-sending (attempt 2 "
+                          f"of 3, after 0.05 s) because: {simulator.url}/sdapi/v1/txt2img: "
+                          "HTTP 503 simulated fault 503")
+    assert len(resends) == 2
     rows = list(csv.DictReader(next((share / "logs").glob("generate-*.csv")).open()))
     failed = [row for row in rows if row["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["attempt"] == "3"
@@ -462,3 +469,209 @@ def test_several_profiles_on_a_terminal_ask_which(tmp_path, share, simulator):
     assert process.returncode == 0, err
     assert "  1. macbook\n  2. macmini\n" in out
     assert generated(share) == ["GENERATIONS/Peru/family/Peru_family_1.png"]
+
+
+# --------------------------------------------------------------- a share that disappears
+
+
+def lost_share_line(share: Path, reason: str) -> str:
+    return (f"error: lost the shared folder {share} ({reason}): check the share is mounted, "
+            "then run the same command again")
+
+
+def test_a_share_unmounted_mid_run_stops_the_run_and_nothing_lands_on_the_local_disk(tmp_path):
+    """The share is unmounted while its mount-point folder stays: the path is now a plain
+    local folder, which must stay empty."""
+    share = tmp_path / "mounted"
+    mount_tmpfs(share, "64m")
+    try:
+        with Simulator(latency_seconds=0.4) as simulator:
+            worker = start_script("generate.py", "--root", share, "--server", simulator.url,
+                                  "--add", "Peru:family:8", "--no-progress")
+            wait_for(lambda: (share / "GENERATIONS/Peru/family/Peru_family_1.png").exists())
+            subprocess.run(["umount", "-l", str(share)], check=True)
+            started = time.monotonic()
+            out, err = worker.communicate(timeout=60)
+    finally:
+        subprocess.run(["umount", str(share)], capture_output=True)
+    assert worker.returncode == 1, err
+    assert time.monotonic() - started < 5
+    assert err.strip().splitlines()[-1] == lost_share_line(
+        share, f"{share} is now on another device: the share was unmounted")
+    assert "Traceback" not in err and "failed:" not in err
+    assert list(share.iterdir()) == []  # the mount point: nothing was written there
+
+
+def test_a_share_unmounted_during_a_long_request_stops_the_run_without_waiting_for_it(tmp_path):
+    share = tmp_path / "mounted"
+    mount_tmpfs(share, "64m")
+    try:
+        with Simulator(latency_seconds=60) as simulator:
+            worker = start_script("generate.py", "--root", share, "--server", simulator.url,
+                                  "--add", "Peru:family:2", "--lease-seconds", "3",
+                                  "--no-progress")  # a heartbeat every 0.5 s
+            wait_for(claim_path(share, "Peru_family_1.png").exists)
+            subprocess.run(["umount", "-l", str(share)], check=True)
+            started = time.monotonic()
+            out, err = worker.communicate(timeout=60)
+    finally:
+        subprocess.run(["umount", str(share)], capture_output=True)
+    assert worker.returncode == 1, err
+    assert time.monotonic() - started < 5  # the heartbeat noticed; the answer is 60 s away
+    assert err.strip().splitlines()[-1] == lost_share_line(
+        share, f"{share} is now on another device: the share was unmounted")
+    assert list(share.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["moved away", "replaced by an empty folder"])
+def test_a_root_that_disappears_mid_run_stops_the_run_with_one_line(share, how):
+    with Simulator(latency_seconds=0.4) as simulator:
+        worker = start_script("generate.py", "--root", share, "--server", simulator.url,
+                              "--add", "Peru:family:8", "--no-progress")
+        wait_for(lambda: (share / "GENERATIONS/Peru/family/Peru_family_1.png").exists())
+        marker = next((share / ".claims").glob(".run-*")).name
+        # (On SMB a folder with a file open inside cannot be renamed: try until it can.)
+        wait_for(lambda: _renamed(share, share.with_name("elsewhere")))
+        if how == "replaced by an empty folder":
+            share.mkdir()
+        out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 1, err
+    reason = ("No such file or directory" if how == "moved away"
+              else f"its marker {marker} in .claims/ is gone")
+    assert err.strip().splitlines()[-1] == lost_share_line(share, reason)
+    assert "Traceback" not in err and "failed:" not in err
+    if how == "replaced by an empty folder":
+        assert list(share.iterdir()) == []
+    moved = share.with_name("elsewhere")
+    assert list(moved.rglob(".*.tmp")) == []
+    # At most the claim of the job in flight stays where the share went: it goes stale
+    # after its lease and another worker takes the job over.
+    assert len(list((moved / ".claims").rglob("*.claim"))) <= 1
+
+
+def _renamed(source: Path, target: Path) -> bool:
+    try:
+        source.rename(target)
+        return True
+    except PermissionError:
+        return False
+
+
+def test_an_output_that_cannot_be_looked_at_is_not_taken_for_missing(tmp_path):
+    from drawpipe.stage import output_exists
+    assert output_exists(tmp_path / "missing.png") is False
+    assert output_exists(tmp_path / "missing" / "deeper.png") is False
+    (tmp_path / "file").write_bytes(b"")
+    assert output_exists(tmp_path / "file" / "below-a-file.png") is False
+    with pytest.raises(OSError):
+        output_exists(tmp_path / ("x" * 300))  # ENAMETOOLONG: cannot tell, not "not done"
+    try:
+        (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    except OSError:
+        return  # no symbolic links here (an SMB share through FUSE)
+    with pytest.raises(OSError):
+        output_exists(tmp_path / "loop" / "x.png")  # ELOOP
+
+
+# --------------------------------------------------------------- the lease decides who writes
+
+
+def test_a_claim_taken_over_before_the_rename_keeps_the_other_workers_output(share):
+    with Simulator(latency_seconds=2.0) as simulator:
+        worker = start_script("generate.py", "--root", share, "--server", simulator.url,
+                              "--add", "Peru:family:1", "--poll-seconds", "0.1",
+                              "--lease-seconds", "6", "--no-progress")  # a beat a second
+        claim = claim_path(share, "Peru_family_1.png")
+        wait_for(claim.exists)
+        # Another worker took the job over (our lease lapsed, say, while this Mac slept).
+        claim.write_text('{"worker": "other-1-0", "token": "theirs"}\n')
+        wait_for(lambda: [r for r in simulator.requests if r["status"] == 200])
+        time.sleep(1.0)
+        output = share / "GENERATIONS/Peru/family/Peru_family_1.png"
+        assert not output.exists()  # ours was not written over their job
+        output.write_bytes(b"theirs")  # ... which they finish,
+        claim.unlink()  # and release
+        out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert output.read_bytes() == b"theirs"
+    assert "duplicate: GENERATIONS/Peru/family/Peru_family_1.png: another worker had it" in err
+    assert "warning: the claim Peru_family_1.png.claim is no longer ours" in err
+    assert "generate: 0 made, 0 already done, 1 made by other workers, 0 failed, 0 left of 1" \
+        in out
+    assert list(share.rglob(".*.tmp")) == []
+
+
+def test_an_output_finished_by_another_worker_meanwhile_is_kept(share):
+    with Simulator(latency_seconds=1.5) as simulator:
+        worker = start_script("generate.py", "--root", share, "--server", simulator.url,
+                              "--add", "Peru:family:1", "--no-progress")
+        output = share / "GENERATIONS/Peru/family/Peru_family_1.png"
+        # The worker makes the output's folder once it has its claim and has checked the
+        # output is missing: from then on it is working on the image.
+        wait_for(output.parent.exists)
+        output.write_bytes(b"theirs")
+        out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert output.read_bytes() == b"theirs"
+    assert "duplicate: GENERATIONS/Peru/family/Peru_family_1.png" in err
+    assert "0 made, 0 already done, 1 made by other workers" in out
+    assert leftovers(share) == []
+
+
+# --------------------------------------------------------------- SMB's "busy" is normal weather
+
+
+@contextlib.contextmanager
+def immutable(path: Path):
+    """``path`` refuses changes even from root (chattr +i): EPERM, as SMB answers for a
+    file someone else has open."""
+    result = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip("needs chattr +i (root on a file system with the immutable attribute)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_busy_stale_claim_waits_for_a_later_pass_and_never_stops_the_worker(share, simulator):
+    from drawpipe.claims import ClaimStore
+    dead = ClaimStore(share, "generate", "dead-1-0", lease_seconds=1)
+    dead.prepare()
+    key = "GENERATIONS/Peru/family/Peru_family_1.png"
+    dead.try_claim(key)
+    old = time.time() - 100
+    os.utime(dead.claim_path(key), (old, old))
+    with immutable(dead.claim_path(key)):
+        worker = start_script("generate.py", "--root", share, "--server", simulator.url,
+                              "--add", "Peru:family:2", "--lease-seconds", "1",
+                              "--poll-seconds", "0.1", "--no-progress")
+        wait_for(lambda: (share / "GENERATIONS/Peru/family/Peru_family_2.png").exists())
+        time.sleep(1.5)  # many passes meet the busy claim
+        assert worker.poll() is None
+    out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert "generate: 2 made" in out
+    assert "lost" not in err and "failed" not in err and "Traceback" not in err
+    assert leftovers(share) == []
+
+
+def test_a_refused_write_fails_the_job_for_a_later_pass_and_the_batch_goes_on(share, simulator):
+    refused = share / "GENERATIONS/Peru/family"
+    refused.mkdir(parents=True)
+    with immutable(refused):
+        result = generate(share, "--server", simulator.url, "--add", "Peru:family:1",
+                          "--add", "Chile:working:2", "--poll-seconds", "0.1")
+    assert result.returncode == 1, result.stderr
+    assert "generate: 2 made, 0 already done, 0 made by other workers, 1 failed, 1 left of 3" \
+        in result.stdout
+    assert (f"failed: GENERATIONS/Peru/family/Peru_family_1.png: "
+            f"{refused / '.Peru_family_1.png.'}") in result.stderr
+    assert "is in use by someone else (Operation not permitted); tried again on a later pass" \
+        in result.stderr
+    assert "lost" not in result.stderr and "Traceback" not in result.stderr
+    assert "stopped sending" not in result.stderr
+    again = generate(share, "--server", simulator.url, "--add", "Peru:family:1",
+                     "--add", "Chile:working:2")
+    assert again.returncode == 0 and "1 made, 2 already done" in again.stdout
+    assert leftovers(share) == []

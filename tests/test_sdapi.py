@@ -1,12 +1,16 @@
 """The HTTP client against the real simulator on loopback: every failure kind."""
 
+import contextlib
 import io
 import socket
+import threading
+import time
 
 import pytest
 from PIL import Image
 
-from drawpipe.errors import ServerRejected, ServerUnreachable, TransientError
+from drawpipe.errors import (MaybeStillDrawing, ServerRejected, ServerUnreachable, TransientError,
+                             WrongSize)
 from drawpipe.sdapi import ClientSettings, SdapiClient
 from drawpipe.simulator import Simulator
 
@@ -32,7 +36,11 @@ def test_returns_the_servers_png_bytes_untouched(simulator):
         assert image.size == (512, 512) and image.format == "PNG"
 
 
-@pytest.mark.parametrize("fault", ["500", "503", "drop", "truncate", "empty", "wrong_size"])
+def posts(simulator) -> list[dict]:
+    return [r for r in simulator.requests if r["method"] == "POST"]
+
+
+@pytest.mark.parametrize("fault", ["500", "503", "truncate", "empty"])
 def test_transient_fault_is_retried(simulator, fault):
     simulator.queue_faults([fault])
     client = SdapiClient(simulator.url, FAST)
@@ -45,11 +53,9 @@ def test_transient_fault_is_retried(simulator, fault):
 @pytest.mark.parametrize("fault, message", [
     ("500", "HTTP 500"),
     ("503", "HTTP 503"),
-    ("drop", "the server closed the connection without answering"),
     # Cut base64 fails to decode, or decodes to a PNG that stops short.
     ("truncate", ("the image is not valid base64 (truncated answer?)", "the PNG is damaged")),
     ("empty", 'the server returned no image (empty "images")'),
-    ("wrong_size", "the image is 256x256 px, expected 512x512"),
 ])
 def test_persistent_fault_fails_the_job_after_the_retries(simulator, fault, message):
     simulator.queue_faults([fault] * 3)
@@ -63,14 +69,111 @@ def test_persistent_fault_fails_the_job_after_the_retries(simulator, fault, mess
     assert len([r for r in simulator.requests if r["method"] == "POST"]) == 3
 
 
-def test_read_timeout_is_a_transient_failure():
+def test_a_read_timeout_is_never_sent_again():
+    """The app may still be drawing it: a re-send would queue behind it and draw it twice."""
     with Simulator(slow_seconds=5) as simulator:
         simulator.queue_faults(["slow", "slow"])
-        settings = ClientSettings(read_timeout_seconds=0.3, retries=1, backoff_seconds=0.01)
+        settings = ClientSettings(read_timeout_seconds=0.3, retries=3, backoff_seconds=0.01)
         client = SdapiClient(simulator.url, settings)
-        with pytest.raises(TransientError, match=r"no answer within 0.3 s \(raise "
-                                                 r"read_timeout_seconds"):
+        with pytest.raises(MaybeStillDrawing) as failure:
             client.generate("txt2img", PAYLOAD, (512, 512))
+        time.sleep(0.2)
+        received = [r for r in simulator.requests if r["path"] == "/sdapi/v1/txt2img"]
+    assert str(failure.value) == (
+        f"{simulator.url}/sdapi/v1/txt2img: no answer within 0.3 s; Draw Things may still be "
+        "drawing it, so this run does not send it again (a later run will). If its images "
+        "take longer, raise --read-timeout-seconds (now 0.3).")
+    assert failure.value.attempts == 1 and failure.value.resend_after_seconds == 0.6
+    assert len(received) <= 1  # the one the app was still drawing; nothing queued behind it
+
+
+def test_a_dropped_connection_is_never_sent_again(simulator):
+    simulator.queue_faults(["drop"])
+    client = SdapiClient(simulator.url, FAST)
+    with pytest.raises(MaybeStillDrawing) as failure:
+        client.generate("txt2img", PAYLOAD, (512, 512))
+    assert str(failure.value) == (
+        f"{simulator.url}/sdapi/v1/txt2img: the server closed the connection without "
+        "answering; Draw Things may still be drawing it, so this run does not send it again "
+        "(a later run will).")
+    assert failure.value.attempts == 1
+    assert [r["fault"] for r in posts(simulator)] == ["drop"]
+
+
+def test_a_wrong_size_answer_fails_at_once_naming_both_sizes(simulator):
+    simulator.queue_faults(["wrong_size"])
+    client = SdapiClient(simulator.url, FAST)
+    with pytest.raises(WrongSize) as failure:
+        client.generate("txt2img", PAYLOAD, (512, 512))
+    assert str(failure.value) == (
+        f"{simulator.url}/sdapi/v1/txt2img: the image is 256x256 px, expected 512x512: the "
+        "app's settings and the request disagree (not re-sent)")
+    assert len(posts(simulator)) == 1
+
+
+@contextlib.contextmanager
+def unanswered_port():
+    """A loopback port whose listen queue is full: a new connection is never made (the
+    SYN is dropped), like a Mac asleep or a firewall that drops packets."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    fillers = []
+    try:
+        for _ in range(8):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(server.getsockname())
+            fillers.append(filler)
+        time.sleep(0.1)
+        yield server.getsockname()[1]
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()
+
+
+def test_a_connect_timeout_says_cannot_connect_and_is_retried():
+    with unanswered_port() as port:
+        settings = ClientSettings(connect_timeout_seconds=0.3, read_timeout_seconds=1800,
+                                  retries=1, backoff_seconds=0.01)
+        resent = []
+        client = SdapiClient(f"http://127.0.0.1:{port}", settings, on_resend=resent.append)
+        with pytest.raises(TransientError) as failure:
+            client.generate("txt2img", PAYLOAD, (512, 512))
+    assert str(failure.value) == (
+        f"cannot connect to http://127.0.0.1:{port} (no connection within 0.3 s): is the Mac "
+        "awake and Draw Things' API server on?")
+    assert failure.value.attempts == 2 and len(resent) == 1
+
+
+def test_every_resend_is_reported_with_its_reason(simulator):
+    simulator.queue_faults(["503", "empty"])
+    resent = []
+    client = SdapiClient(simulator.url, FAST, on_resend=resent.append)
+    answer = client.generate("txt2img", PAYLOAD, (512, 512))
+    assert answer.attempts == 3
+    assert resent == [
+        f"re-sending (attempt 2 of 3, after 0.01 s) because: {simulator.url}/sdapi/v1/txt2img: "
+        "HTTP 503 simulated fault 503",
+        f"re-sending (attempt 3 of 3, after 0.02 s) because: {simulator.url}/sdapi/v1/txt2img: "
+        'the server returned no image (empty "images")',
+    ]
+
+
+def test_a_stopping_run_cuts_the_wait_short_and_sends_nothing_more(simulator):
+    simulator.queue_faults(["503", "503"])
+    stopping = threading.Event()
+    settings = ClientSettings(retries=4, backoff_seconds=30)
+    client = SdapiClient(simulator.url, settings, sleep=stopping.wait)
+    threading.Timer(0.3, stopping.set).start()
+    started = time.monotonic()
+    with pytest.raises(TransientError) as failure:
+        client.generate("txt2img", PAYLOAD, (512, 512))
+    assert time.monotonic() - started < 5
+    assert str(failure.value).endswith("HTTP 503 simulated fault 503; not re-sent: the run is "
+                                       "stopping")
+    assert failure.value.attempts == 1 and len(posts(simulator)) == 1
 
 
 def test_422_is_not_retried_and_carries_the_servers_detail(simulator):

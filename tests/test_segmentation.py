@@ -496,3 +496,23 @@ def test_lean_generator_gives_stock_masks(tiny_checkpoint, settings):
             best = max(np.count_nonzero(mask & other) / max(1, np.count_nonzero(mask | other))
                        for other in lean_masks[point])
             assert best >= 0.999
+
+
+def test_a_folder_output_finished_by_another_worker_meanwhile_is_a_duplicate(share, tiny_checkpoint):
+    (source,) = add_upscaled(share, "Peru/family/Peru_family_1_upscaled.png")
+    worker = start_script("segment.py", "--root", share, "--checkpoint", tiny_checkpoint,
+                          *FAST_ARGS, "--points-per-side", "8")  # a job of a few seconds
+    claims = share / ".claims" / "segment"
+    theirs = cutout_folder(share, "Peru/family/Peru_family_1_upscaled.png")
+    # The worker makes the output's parent folder once it has its claim and has checked
+    # the output is missing: from then on the model is at work.
+    wait_for(theirs.parent.exists, timeout_seconds=60, interval_seconds=0.01)
+    theirs.mkdir()
+    (theirs / "cutouts.json").write_text("theirs\n")
+    out, err = worker.communicate(timeout=120)
+    assert worker.returncode == 0, err
+    assert "duplicate: CUTOUTS/Peru/family/Peru_family_1_upscaled: another worker had it" in err
+    assert "failed" not in err
+    assert sorted(p.name for p in theirs.iterdir()) == ["cutouts.json"]
+    assert (theirs / "cutouts.json").read_text() == "theirs\n"
+    assert list(share.rglob(".*.tmp")) == [] and not list(claims.rglob("*.claim"))

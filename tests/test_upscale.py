@@ -66,6 +66,8 @@ def add_raw_input(share: Path, relative: str, data: bytes, age_seconds: float = 
 def make_old(path: Path, age_seconds: float) -> None:
     old = time.time() - age_seconds
     os.utime(path, (old, old))
+    # The FUSE SMB client of ../shared/smb may show the old mtime only a moment later.
+    wait_for(lambda: abs(path.stat().st_mtime - old) < 5, timeout_seconds=10)
 
 
 def small_recipe(tmp_path: Path, edit=None) -> Path:
@@ -452,7 +454,10 @@ def test_a_png_still_being_written_is_not_sent_until_complete(share, tmp_path):
         time.sleep(1.0)
         assert worker.poll() is None  # still waiting for the other two
         assert len(img2img(simulator)) == 2  # and sent nothing of them
-        with open(partial, "ab") as stream:  # the copy goes on and ends
+        # The copy goes on and ends. (Not open(..., "ab"): O_APPEND through the FUSE SMB
+        # client of ../shared/smb fails with EIO.)
+        with open(partial, "r+b") as stream:
+            stream.seek(0, os.SEEK_END)
             stream.write(late[len(late) // 3:])
         empty.write_bytes(png_bytes("Peru_family_3", 256))
         out, err = worker.communicate(timeout=60)
@@ -474,6 +479,7 @@ def test_dry_run_shows_to_do_done_and_claimed_by_whom_and_sends_nothing(share):
     done.parent.mkdir(parents=True)
     done.write_bytes(png_bytes("done", 64))
     other_mac = ClaimStore(share, "upscale", "studio-4242-0", lease_seconds=120)
+    other_mac.prepare()
     other_mac.try_claim("UPSCALED_IMAGES/Chile/working/Chile_working_1_upscaled.png")
     result = upscale(share, "--server", "http://127.0.0.1:9", "--dry-run")
     assert result.returncode == 0, result.stderr
@@ -560,3 +566,62 @@ def test_a_bad_override_stops_before_anything_is_sent(share, tmp_path, option, m
         sent = simulator.requests
     assert (result.returncode, result.stderr) == (2, f"error: {message.format(recipe=recipe)}\n")
     assert sent == [] and not (share / "UPSCALED_IMAGES").exists()
+
+
+# --------------------------------------------------------------- --watch retries, clocks
+
+
+def test_watch_tries_a_failed_job_again_after_a_pause_and_reports_the_retries(share, tmp_path):
+    recipe = small_recipe(tmp_path)
+    add_input(share, "Peru/family/Peru_family_1.png")
+    with Simulator() as simulator:
+        simulator.queue_faults(["503", "503", "503"])  # every attempt of the first try
+        watcher = start_upscale(share, "--server", simulator.url, "--recipe", recipe, "--watch",
+                                "--poll-seconds", "0.1", "--watch-retry-seconds", "0.5")
+        output = share / "UPSCALED_IMAGES/Peru/family/Peru_family_1_upscaled.png"
+        wait_for(output.exists)
+        watcher.send_signal(signal.SIGINT)
+        out, err = watcher.communicate(timeout=30)
+        answered = [r["time"] for r in img2img(simulator)]
+        failed = [r["time"] for r in simulator.requests if r["status"] == 503]
+    assert watcher.returncode == 130, err
+    assert "failed: UPSCALED_IMAGES/Peru/family/Peru_family_1_upscaled.png: step 1" in err
+    assert answered[0] - failed[-1] >= 0.5  # the pause before the job's second try
+    assert "upscale: 1 made, 0 already done, 0 made by other workers, 0 failed, 0 left of 1" in out
+    assert "retries: 2 request(s) re-sent, 1 failed job(s) tried again" in out
+    assert size_of(output) == (512, 512) and leftovers(share) == []
+
+
+def test_watch_waits_well_beyond_the_read_timeout_before_resending_a_dropped_job(share, tmp_path):
+    recipe = small_recipe(tmp_path)
+    add_input(share, "Peru/family/Peru_family_1.png")
+    with Simulator() as simulator:
+        simulator.queue_faults(["drop"])
+        watcher = start_upscale(share, "--server", simulator.url, "--recipe", recipe, "--watch",
+                                "--poll-seconds", "0.1", "--watch-retry-seconds", "0.1",
+                                "--read-timeout-seconds", "1")
+        output = share / "UPSCALED_IMAGES/Peru/family/Peru_family_1_upscaled.png"
+        wait_for(output.exists)
+        watcher.send_signal(signal.SIGINT)
+        out, err = watcher.communicate(timeout=30)
+        posts = [r for r in simulator.requests if r["method"] == "POST"]
+    assert watcher.returncode == 130, err
+    assert "Draw Things may still be drawing it, so this run does not send it again" in err
+    assert posts[0]["fault"] == "drop"
+    assert posts[1]["time"] - posts[0]["time"] >= 2.0  # twice the read timeout
+    assert len(posts) == 3  # the dropped one, then the two steps once each
+
+
+def test_the_settle_check_uses_the_file_servers_clock(tmp_path):
+    """A half-written input, modified 10 minutes ago by this Mac's clock but a second
+    ago by the file server's (the clocks disagree): it is waited for, not rejected."""
+    from drawpipe.errors import BadInput, JobDeferred
+    from drawpipe.upscaling import read_input
+    path = add_raw_input(tmp_path, "x.png", png_bytes("x", 64)[:100], age_seconds=600)
+    modified = path.stat().st_mtime
+    with pytest.raises(JobDeferred, match=r"x.png looks half-written \(truncated.*modified 1 s ago"):
+        read_input(path, "x.png", 60, now=lambda: modified + 1)
+    with pytest.raises(BadInput):
+        read_input(path, "x.png", 60, now=lambda: modified + 61)
+    with pytest.raises(BadInput):
+        read_input(path, "x.png", 60)  # this Mac's clock: 10 minutes
