@@ -15,12 +15,15 @@ from tqdm import tqdm
 
 from .claims import ClaimStore
 from .cli import CommonSettings, resolve_settings
+from .checkpoints import default_cache_dir
 from .errors import ShareLost, UsageError
+from .layout import CUTOUTS_FOLDER
 from .generation import GenerateStage
 from .payloads import (check_payload, load_payload, parse_override, sends,
                        with_override)
 from .prompts import ask_queue, format_queue, load_prompt_sets, load_queue, merge_queue, parse_add
-from .stage import EngineSettings, Job, output_exists, run_stage
+from .stage import EngineSettings, Job, job_done, run_stage
+from .takes import Freshness, Rejections
 from .upscaling import DEFAULT_SETTLE_SECONDS, UpscaleStage, apply_overrides, load_recipe
 
 
@@ -51,13 +54,14 @@ def share_errors(root: Path):
         raise ShareLost(root, exc.strerror or str(exc)) from None
 
 
-def job_states(root: Path, stage_name: str, jobs: list[Job], lease_seconds: float) -> list[str]:
-    """For --dry-run: "done", "to do", or "claimed by <worker> (<age> s ago)" per job."""
-    store = ClaimStore(root, stage_name, "dry-run", lease_seconds, read_only=True)
+def job_states(root: Path, stage, jobs: list[Job], lease_seconds: float) -> list[str]:
+    """For --dry-run: "done", "to do" (its output is missing, or stale: rejected, or
+    made from an input that changed since), or "claimed by <worker> (<age> s ago)"."""
+    store = ClaimStore(root, stage.name, "dry-run", lease_seconds, read_only=True)
     states = []
     with share_errors(root):
         for job in jobs:
-            states.append(_job_state(store, job))
+            states.append(_job_state(store, stage, job))
     return states
 
 
@@ -73,8 +77,8 @@ def warning_printer():
     return warn
 
 
-def _job_state(store: ClaimStore, job: Job) -> str:
-    if output_exists(job.output):
+def _job_state(store: ClaimStore, stage, job: Job) -> str:
+    if job_done(stage, job):
         return "done"
     holder = store.holder(job.key)
     if holder is None:
@@ -82,6 +86,26 @@ def _job_state(store: ClaimStore, job: Job) -> str:
     stale = ", stale: will be taken over" if holder["stale"] else ""
     return (f"claimed by {holder.get('worker', '?')} "
             f"({holder['age_seconds']:.0f} s ago{stale})")
+
+
+def notice_printer():
+    """A ``notice(line)`` printing a line above any progress bar."""
+    def notice(line: str) -> None:
+        tqdm.write(line, file=sys.stderr)
+
+    return notice
+
+
+def local_freshness() -> Freshness:
+    """This Mac's hash cache for takes.py, in the local cache folder (never the share)."""
+    return Freshness(default_cache_dir(os.environ))
+
+
+def print_rejected(rejected: list[str], out) -> None:
+    """Inputs left out because their take was rejected in review."""
+    if rejected:
+        print(f"{len(rejected)} image(s) rejected in review left out (generate.py makes their "
+              "next take)", file=out)
 
 
 def print_summary(summary, out) -> None:
@@ -124,13 +148,22 @@ def generate(args, project_dir: Path, stdin=None, stdout=None) -> int:
     queue = merge_queue(queue)
     print(format_queue(queue), file=stdout)
 
+    freshness = local_freshness()
     stage = GenerateStage(settings.root, queue, prompt_sets, template, settings.client,
-                          settings.seed_offset, source, tuple(o.text for o in overrides), warn)
+                          settings.seed_offset, source, tuple(o.text for o in overrides), warn,
+                          freshness, notice_printer())
     if overrides:
         print("overrides: " + ", ".join(f"--set {o.text}" for o in overrides), file=stdout)
     if args.dry_run:
         return _print_generate_plan(stage, settings, stdout)
-    summary = run_stage(stage, engine_settings(settings, args))
+    verdicts = Rejections(settings.root, freshness).verdicts
+    verdicts.check_images(lambda image: (settings.root / image).exists())
+    for line in verdicts.problems:
+        warn(line)
+    try:
+        summary = run_stage(stage, engine_settings(settings, args))
+    finally:
+        freshness.save()
     print_summary(summary, stdout)
     print(f"images are in {settings.root / 'GENERATIONS'}", file=stdout)
     return summary.exit_code
@@ -139,7 +172,7 @@ def generate(args, project_dir: Path, stdin=None, stdout=None) -> int:
 def _print_generate_plan(stage: GenerateStage, settings: CommonSettings, out) -> int:
     total_to_make = 0
     for item, jobs in stage.jobs_by_entry():
-        states = job_states(settings.root, stage.name, jobs, settings.lease_seconds)
+        states = job_states(settings.root, stage, jobs, settings.lease_seconds)
         done = states.count("done")
         to_do = states.count("to do")
         claimed = len(states) - done - to_do
@@ -177,9 +210,10 @@ def upscale(args, project_dir: Path, stdin=None, stdout=None) -> int:
     def report_skipped(label: str, reason: str) -> None:
         tqdm.write(f"skipped: {label}: {reason} (never sent)", file=sys.stderr)
 
+    freshness = local_freshness()
     stage = UpscaleStage(settings.root, recipe, settings.client, settings.seed_offset,
                          settle_seconds, on_skipped=None if args.dry_run else report_skipped,
-                         on_warning=warn)
+                         on_warning=warn, freshness=freshness)
     print(f"recipe {recipe.path}: {len(recipe.steps)} step(s) "
           f"({', '.join(step.name for step in recipe.steps)}) -> "
           f"{recipe.output_size[0]}x{recipe.output_size[1]} px", file=stdout)
@@ -190,8 +224,12 @@ def upscale(args, project_dir: Path, stdin=None, stdout=None) -> int:
         print(f"override --set {override.text}: step(s) {', '.join(numbers)}", file=stdout)
     if args.dry_run:
         return _print_upscale_plan(stage, settings, stdout)
-    summary = run_stage(stage, engine_settings(settings, args))
+    try:
+        summary = run_stage(stage, engine_settings(settings, args))
+    finally:
+        freshness.save()
     print_summary(summary, stdout)
+    print_rejected(stage.rejected, stdout)
     if summary.total == 0 and not stage.skipped:
         print(f"no .png images under {stage.input_folder} (run generate.py first, or pass "
               "the right --root)", file=stdout)
@@ -226,7 +264,7 @@ def _print_upscale_plan(stage: UpscaleStage, settings: CommonSettings, out) -> i
     """Per sub-folder of GENERATIONS/: to do, done, claimed by whom; then a total."""
     with share_errors(settings.root):
         jobs = stage.plan()
-    states = job_states(settings.root, stage.name, jobs, settings.lease_seconds)
+    states = job_states(settings.root, stage, jobs, settings.lease_seconds)
     folders: dict[str, list[tuple[Job, str]]] = {}
     for job, state in zip(jobs, states):
         folder = job.input.parent.relative_to(stage.input_folder).as_posix()
@@ -257,7 +295,7 @@ def _print_upscale_plan(stage: UpscaleStage, settings: CommonSettings, out) -> i
 def segment(args, project_dir: Path, stdin=None, stdout=None) -> int:
     """segment.py: every PNG under <root>/UPSCALED_IMAGES -> a folder of SAM cut-outs in CUTOUTS."""
     from . import segmentation
-    from .checkpoints import default_cache_dir, download_checkpoint
+    from .checkpoints import download_checkpoint
 
     stdout = stdout or sys.stdout
     settings = resolve_settings(args, project_dir, stdin, stdout)
@@ -286,12 +324,13 @@ def segment(args, project_dir: Path, stdin=None, stdout=None) -> int:
         raise segmentation.CheckpointError(
             segmentation.missing_checkpoint_message(model_type, checkpoint))
     model = segmentation.ModelSettings(model_type, checkpoint, args.device, args.precision)
-    stage = segmentation.SegmentStage(settings.root, model, generator, cutouts)
-    output_folder = settings.root / segmentation.CUTOUTS_FOLDER
+    freshness = local_freshness()
+    stage = segmentation.SegmentStage(settings.root, model, generator, cutouts, freshness)
+    output_folder = settings.root / CUTOUTS_FOLDER
     if args.dry_run:
         with share_errors(settings.root):
             jobs = stage.plan()
-        states = job_states(settings.root, stage.name, jobs, settings.lease_seconds)
+        states = job_states(settings.root, stage, jobs, settings.lease_seconds)
         for job, state in zip(jobs, states):
             if state.startswith("claimed"):
                 print(f"  {job.key}: {state}", file=stdout)
@@ -303,7 +342,7 @@ def segment(args, project_dir: Path, stdin=None, stdout=None) -> int:
         return 0
     device = args.device
     with share_errors(settings.root):
-        something_to_do = any(not output_exists(job.output) for job in stage.plan())
+        something_to_do = any(not job_done(stage, job) for job in stage.plan())
     if something_to_do:
         # Load now: a bad checkpoint stops the run before any claim is taken. Loaded once;
         # every job of this process uses it.
@@ -312,8 +351,12 @@ def segment(args, project_dir: Path, stdin=None, stdout=None) -> int:
           f"{generator.points_per_side} x {generator.points_per_side} points", file=stdout)
     engine = dataclasses.replace(engine_settings(settings, args, servers=[None]),
                                  server_process_name=None)
-    summary = run_stage(stage, engine)
+    try:
+        summary = run_stage(stage, engine)
+    finally:
+        freshness.save()
     print_summary(summary, stdout)
+    print_rejected(stage.rejected, stdout)
     print(f"cut-outs are in {output_folder}", file=stdout)
     return summary.exit_code
 

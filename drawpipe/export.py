@@ -47,7 +47,7 @@ from .pngmeta import read_text_chunks
 from .report_data import scan_inventory, temporary_name
 from .report_stats import STAGES, latest_done, load_logs
 from .reviews import HashCache, file_sha256, load_verdicts
-from .segmentation import RECORD_NAME
+from .layout import CUTOUTS_RECORD
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 METADATA_NAME = "metadata.jsonl"
@@ -121,10 +121,10 @@ def _cutouts(root: Path, folder: str | None, problems: list[str]) -> tuple[list[
     if not folder:
         return [], []
     try:
-        record = json.loads((root / folder / RECORD_NAME).read_bytes())
+        record = json.loads((root / folder / CUTOUTS_RECORD).read_bytes())
         entries = record["cutouts"]
     except (OSError, ValueError, KeyError, TypeError):
-        problems.append(f"{folder}/{RECORD_NAME} is missing or unreadable: its cut-outs are "
+        problems.append(f"{folder}/{CUTOUTS_RECORD} is missing or unreadable: its cut-outs are "
                         "left out")
         return [], []
     files, boxes = [], []
@@ -136,7 +136,7 @@ def _cutouts(root: Path, folder: str | None, problems: list[str]) -> tuple[list[
             files.append(relative)
             boxes.append(entry.get("bbox"))
         else:
-            problems.append(f"{relative} is listed in {RECORD_NAME} but missing: left out")
+            problems.append(f"{relative} is listed in {CUTOUTS_RECORD} but missing: left out")
     return files, boxes
 
 

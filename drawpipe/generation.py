@@ -4,6 +4,10 @@ Image n of (nation, category) is
 ``<root>/GENERATIONS/<Nation>/<category>/<Nation>_<category>_<n>.png``; its seed
 comes from its file name, so every run and every Mac sends the identical request
 for the same file, and asking for a larger count makes only the missing ones.
+
+An image rejected in review (reviews.py) is not done: its job sets it aside into
+REJECTED/ with what was made from it, and makes the next take, whose seed comes from
+the file name and the take number (takes.py).
 """
 
 import hashlib
@@ -13,23 +17,22 @@ from typing import Callable
 
 from . import drawthings
 from .payloads import check_against_app, effective_parameters, fill_prompt
-from .pngmeta import add_text_chunks, provenance_chunks
+from .layout import GENERATIONS_FOLDER, cutouts_path, image_name, upscaled_path
+from .pngmeta import add_text_chunks, provenance_chunks, read_text_chunks
 from .prompts import PromptSets, QueueItem
 from .sdapi import ClientSettings, SdapiClient
 from .stage import Job, JobResult, WorkerContext
+from .takes import Freshness, Rejections, recorded_take, set_aside, takes_set_aside
 
-GENERATIONS_FOLDER = "GENERATIONS"
 SEED_LIMIT = 2**32  # Draw Things takes seeds 0..4294967295
 
 
-def seed_for(name: str, offset: int = 0) -> int:
-    """A stable seed from a file stem, e.g. ``France_family_3`` (plus ``offset``)."""
-    digest = hashlib.sha256(name.encode("utf-8")).digest()
+def seed_for(name: str, offset: int = 0, take: int = 1) -> int:
+    """A stable seed from a file stem, e.g. ``France_family_3`` (plus ``offset``); a
+    later take of the same file gets its own (``France_family_3_take2``)."""
+    text = name if take == 1 else f"{name}_take{take}"
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
     return (int.from_bytes(digest[:4], "big") + offset) % SEED_LIMIT
-
-
-def image_name(nation: str, category: str, number: int) -> str:
-    return f"{nation}_{category}_{number}.png"
 
 
 @dataclass(frozen=True)
@@ -49,11 +52,18 @@ class GenerateStage:
     def __init__(self, root: Path, queue: list[QueueItem], prompt_sets: PromptSets,
                  template: dict, client_settings: ClientSettings, seed_offset: int = 0,
                  template_source: str = "the txt2img template", overrides: tuple[str, ...] = (),
-                 on_warning: Callable[[str], None] | None = None):
+                 on_warning: Callable[[str], None] | None = None,
+                 freshness: Freshness | None = None,
+                 on_notice: Callable[[str], None] | None = None):
         """``template``: checked, with any --set ``overrides`` (their texts, kept in each
         image's provenance) applied; ``on_warning(line)``: what the preflight finds the
-        app would do without a word."""
+        app would do without a word; ``freshness``: this Mac's hash cache (takes.py);
+        ``on_notice(line)``: a rejected take set aside."""
         self.root = root
+        self.freshness = freshness or Freshness(None)
+        self.on_notice = on_notice
+        self.rejections: Rejections | None = None
+        self._take_after_set_aside: dict[str, int] = {}  # job key -> the take to make
         self.template_source = template_source
         self.overrides = tuple(overrides)
         self.on_warning = on_warning
@@ -64,20 +74,57 @@ class GenerateStage:
         self.seed_offset = seed_offset
 
     def plan(self) -> list[Job]:
+        """Every image of the queue; ``seed``: the take a job would make now (the next
+        one after those in REJECTED/, or after the one there if it is rejected)."""
         jobs = []
         folder = self.root / GENERATIONS_FOLDER
+        self.rejections = Rejections(self.root, self.freshness)
         for item in self.queue:
             for number in range(1, item.count + 1):
                 name = image_name(item.nation, item.category, number)
                 output = folder / item.nation / item.category / name
+                key = output.relative_to(self.root).as_posix()
                 prompt = self.prompt_sets.prompt_for(item.nation, item.category, number)
                 jobs.append(Job(
-                    key=output.relative_to(self.root).as_posix(),
+                    key=key,
                     output=output,
-                    seed=seed_for(output.stem, self.seed_offset),
+                    seed=seed_for(output.stem, self.seed_offset, self.next_take(key)),
                     context=Planned(item.nation, item.category, number, prompt),
                 ))
         return jobs
+
+    def is_current(self, job: Job) -> bool:
+        """An image is done unless a reviewer rejected the take that is there."""
+        return not self.rejections.is_rejected(job.key)
+
+    def next_take(self, key: str) -> int:
+        """The take a job for ``key`` makes: one after the rejected take there, else one
+        after the takes set aside."""
+        if self.rejections.is_rejected(key):
+            return self._take_there(key) + 1
+        return takes_set_aside(self.root, key) + 1
+
+    def _take_there(self, key: str) -> int:
+        try:
+            recorded = recorded_take(read_text_chunks(self.root / key))
+        except (OSError, ValueError):
+            recorded = 1
+        return max(recorded, takes_set_aside(self.root, key) + 1)
+
+    def set_aside(self, job: Job) -> None:
+        """Move the rejected take, and what upscale.py and segment.py made of it, into
+        REJECTED/ (called with the job's claim held)."""
+        take = self._take_there(job.key)
+        self._take_after_set_aside[job.key] = take + 1
+        upscaled = upscaled_path(self.root, job.output)
+        moved = []
+        for path in (job.output, upscaled, cutouts_path(self.root, upscaled)):
+            target = set_aside(self.root, path.relative_to(self.root).as_posix(), take)
+            if target is not None:
+                moved.append(target.relative_to(self.root).as_posix())
+        if self.on_notice is not None and moved:
+            self.on_notice(f"rejected: {job.key} (take {take}) moved to {', '.join(moved)}; "
+                           f"making take {take + 1}")
 
     def jobs_by_entry(self) -> list[tuple[QueueItem, list[Job]]]:
         """The plan grouped by queue entry, for --dry-run."""
@@ -88,10 +135,10 @@ class GenerateStage:
             start += item.count
         return grouped
 
-    def payload_for(self, job: Job) -> dict:
+    def payload_for(self, job: Job, seed: int | None = None) -> dict:
         payload = dict(self.template)
         payload["prompt"] = fill_prompt(self.template.get("prompt", ""), job.context.prompt)
-        payload["seed"] = job.seed
+        payload["seed"] = job.seed if seed is None else seed
         return payload
 
     def make_worker(self, server: str, context: WorkerContext):
@@ -107,10 +154,15 @@ class GenerateStage:
             effective_parameters(self.template, app_configuration))
 
         def run(job: Job, scratch: Path) -> JobResult:
-            payload = self.payload_for(job)
+            # Under the claim, after any rejected take was set aside: the take to make.
+            take = (self._take_after_set_aside.pop(job.key, None)
+                    or takes_set_aside(self.root, job.key) + 1)
+            seed = seed_for(job.output.stem, self.seed_offset, take)
+            payload = self.payload_for(job, seed)
             answer = client.generate("txt2img", payload, expected_size)
-            png = add_text_chunks(answer.png,
-                                  provenance_chunks(payload, overrides=list(self.overrides)))
-            return JobResult(data=png, attempts=answer.attempts, extra={"server": server})
+            png = add_text_chunks(answer.png, provenance_chunks(
+                payload, overrides=list(self.overrides), take=take))
+            return JobResult(data=png, attempts=answer.attempts, extra={"server": server},
+                             seed=seed)
 
         return run

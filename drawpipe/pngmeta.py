@@ -310,19 +310,22 @@ def _without_images(request: dict) -> dict:
 
 
 def provenance_chunks(payload: dict, steps: list[dict] | None = None,
-                      overrides: list[str] | None = None) -> dict[str, str]:
+                      overrides: list[str] | None = None, take: int | None = None
+                      ) -> dict[str, str]:
     """Texts for add_text_chunks: {"parameters": infotext(payload), "drawpipe": JSON}.
 
     The JSON is {"request": payload, "steps": steps, "overrides": the command line's
-    --set options} (steps and overrides only when given), sorted keys, UTF-8.
-    ``init_images`` are dropped from the payload and from every step: base64 images
-    never go into metadata.
+    --set options, "take": the take number of a generated image} (all but the request
+    only when given), sorted keys, UTF-8. ``init_images`` are dropped from the payload
+    and from every step: base64 images never go into metadata.
     """
     record = {"request": _without_images(payload)}
     if steps is not None:
         record["steps"] = [_without_images(step) if isinstance(step, dict) else step for step in steps]
     if overrides:
         record["overrides"] = list(overrides)
+    if take is not None:
+        record["take"] = take
     return {
         "parameters": infotext(payload),
         "drawpipe": json.dumps(record, sort_keys=True, ensure_ascii=False),

@@ -45,7 +45,7 @@ from pathlib import Path
 
 from .cli import resolve_settings, run_main
 from .errors import UsageError
-from .generation import GENERATIONS_FOLDER
+from .layout import CUTOUTS_FOLDER, GENERATIONS_FOLDER, UPSCALED_FOLDER
 from .metrics import host_name
 from .prompts import QueueItem, load_prompt_sets, load_queue, merge_queue, parse_add
 from .quality import CSV_COLUMNS as QUALITY_COLUMNS
@@ -54,8 +54,6 @@ from .report_data import (ImageEntry, Inventory, ReportCache, natural_key, read_
                           scan_inventory, work_left, write_if_changed)
 from .report_stats import (DEFAULT_ETA_WINDOW_SECONDS, STAGES, Logs, build_stage_reports,
                            format_summary, latest_done, load_logs)
-from .segmentation import CUTOUTS_FOLDER
-from .upscaling import UPSCALED_FOLDER
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 REPORT_FOLDER = "report"

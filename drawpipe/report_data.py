@@ -17,12 +17,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .generation import GENERATIONS_FOLDER, image_name
+from .layout import (CUTOUTS_FOLDER, CUTOUTS_RECORD, GENERATIONS_FOLDER, UPSCALED_FOLDER,
+                     image_name)
 from .metrics import host_name
 from .pngmeta import read_text_chunks
 from .prompts import QueueItem
-from .segmentation import CUTOUTS_FOLDER, RECORD_NAME
-from .upscaling import UPSCALED_FOLDER
 
 CACHE_VERSION = 1
 
@@ -243,7 +242,7 @@ def scan_inventory(root: Path) -> Inventory:
                         setattr(entry_for(image_key(image.path)), attribute, image)
     for relative_dir, files in _walk(root, CUTOUTS_FOLDER):
         pngs = [file for file in files if _is_png(file.name)]
-        if relative_dir == CUTOUTS_FOLDER or not (pngs or any(f.name == RECORD_NAME for f in files)):
+        if relative_dir == CUTOUTS_FOLDER or not (pngs or any(f.name == CUTOUTS_RECORD for f in files)):
             continue
         entry = entry_for(image_key(relative_dir))
         entry.cutouts_folder = relative_dir

@@ -54,7 +54,7 @@ from . import pages
 from .checkpoints import default_cache_dir
 from .cli import resolve_settings, run_main
 from .errors import BadVerdict, UsageError
-from .generation import GENERATIONS_FOLDER
+from .layout import CUTOUTS_FOLDER, GENERATIONS_FOLDER, UPSCALED_FOLDER
 from .metrics import host_name
 from .pages import anchor
 from .quality import Signals, suspect_reasons, suspicion_order, update_signals
@@ -62,8 +62,6 @@ from .report_data import ReportCache, natural_key, read_metadata, scan_inventory
 from .report_html import meta_view
 from .reviews import (HashCache, Verdict, append_verdict, check_sha256, file_sha256,
                       load_verdicts)
-from .segmentation import CUTOUTS_FOLDER
-from .upscaling import UPSCALED_FOLDER
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8765

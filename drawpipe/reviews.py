@@ -46,9 +46,8 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import BadVerdict
-from .generation import GENERATIONS_FOLDER
+from .layout import GENERATIONS_FOLDER, REVIEWS_FOLDER
 
-REVIEWS_FOLDER = "reviews"
 VERDICTS = ("accept", "reject")
 # Two Macs' clocks agree to within a second at best (NTP over Wi-Fi): closer verdicts
 # cannot be ordered by their times, so a disagreement that close is reported.
@@ -307,13 +306,13 @@ def _parse_line(raw: bytes) -> Verdict | str:
 
 class HashCache:
     """This Mac's SHA-256 of files by (absolute path, size, mtime_ns), in
-    ``<cache_dir>/sha256.json`` (a local folder, never the share: e.g.
+    ``<cache_dir>/<name>`` (default sha256.json; a local folder, never the share: e.g.
     checkpoints.default_cache_dir(os.environ)). Re-hashing unchanged files then costs
     one stat each. ``save()`` writes it (atomically) when something was added; a
     missing or damaged file is an empty cache. Safe to share between threads."""
 
-    def __init__(self, cache_dir: Path):
-        self.path = Path(cache_dir) / HASH_CACHE_NAME
+    def __init__(self, cache_dir: Path, name: str = HASH_CACHE_NAME):
+        self.path = Path(cache_dir) / name
         self.changed = False
         self._lock = threading.Lock()
         entries = {}

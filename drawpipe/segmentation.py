@@ -26,6 +26,7 @@ place and renamed as a whole by the engine (stage.py), so a crash never leaves a
 half-made folder, and "done" means the folder exists.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -36,11 +37,10 @@ from pathlib import Path
 
 from .checkpoints import OFFICIAL_CHECKPOINTS, CheckpointError, CheckpointFile
 from .errors import BadInput, UsageError
+from .layout import CUTOUTS_RECORD, UPSCALED_FOLDER, cutouts_path, generated_for_upscaled
 from .stage import Job, JobResult, remove_quietly, scan_inputs
+from .takes import Freshness, Rejections, set_aside, takes_set_aside
 
-UPSCALED_FOLDER = "UPSCALED_IMAGES"
-CUTOUTS_FOLDER = "CUTOUTS"
-RECORD_NAME = "cutouts.json"
 RECORD_VERSION = 1
 DEVICES = ("auto", "mps", "cuda", "cpu")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -326,13 +326,16 @@ def choose_cutouts(masks: list, width: int, height: int, settings: CutoutSetting
     return chosen[:settings.max_cutouts] if settings.max_cutouts is not None else chosen
 
 
-def read_rgb(path: Path):
-    """The image at ``path`` as H x W x 3 uint8 RGB; BadInput if it is not a readable image."""
+def read_rgb(path: Path, data: bytes):
+    """``data``, the file at ``path``, as H x W x 3 uint8 RGB; BadInput if it is not a
+    readable image."""
+    import io
+
     import numpy as np
     from PIL import Image
 
     try:
-        with Image.open(path) as picture:
+        with Image.open(io.BytesIO(data)) as picture:
             picture.load()
             return np.asarray(picture.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
@@ -365,7 +368,7 @@ def write_cutout_folder(folder: Path, stem: str, image, masks: list, record: dic
             "polygons": mask_polygons(mask.mask, offset=(x, y)),
         })
     record = {**record, "cutouts": entries}
-    _write_file(folder / RECORD_NAME, json.dumps(record, indent=1).encode("utf-8") + b"\n")
+    _write_file(folder / CUTOUTS_RECORD, json.dumps(record, indent=1).encode("utf-8") + b"\n")
     return len(entries)
 
 
@@ -415,8 +418,10 @@ class SegmentStage:
                      "peak_rss_mb", "device")
 
     def __init__(self, root: Path, model: ModelSettings, generator: GeneratorSettings,
-                 cutouts: CutoutSettings):
+                 cutouts: CutoutSettings, freshness: Freshness | None = None):
         self.root = Path(root)
+        self.freshness = freshness or Freshness(None)
+        self.rejected: list[str] = []  # upscaled images of rejected takes, as of the last plan
         self.model = model
         self.generator = generator
         self.cutouts = cutouts
@@ -424,14 +429,30 @@ class SegmentStage:
         self._lock = threading.Lock()
 
     def plan(self) -> list[Job]:
-        inputs_folder = self.root / UPSCALED_FOLDER
-        jobs = []
-        for path in scan_inputs(inputs_folder):
-            relative = path.relative_to(inputs_folder)
-            output = self.root / CUTOUTS_FOLDER / relative.parent / path.stem
+        """One job per upscaled PNG, but those of a take rejected in review (generate.py
+        sets them aside when it makes the next take)."""
+        rejections = Rejections(self.root, self.freshness)
+        jobs, rejected = [], []
+        for path in scan_inputs(self.root / UPSCALED_FOLDER):
+            generated = generated_for_upscaled(self.root, path)
+            if generated is not None and rejections.is_rejected(
+                    generated.relative_to(self.root).as_posix()):
+                rejected.append(path.relative_to(self.root).as_posix())
+                continue
+            output = cutouts_path(self.root, path)
             jobs.append(Job(key=output.relative_to(self.root).as_posix(), output=output,
                             input=path))
+        self.rejected = rejected
         return jobs
+
+    def is_current(self, job: Job) -> bool:
+        """The cut-outs were made from the upscaled image there now (or record nothing)."""
+        return self.freshness.is_current(job.output / CUTOUTS_RECORD, job.input,
+                                         recorded_source_sha256)
+
+    def set_aside(self, job: Job) -> None:
+        """Move cut-outs made from an older upscaled image into REJECTED/ (claim held)."""
+        set_aside(self.root, job.key, takes_set_aside(self.root, job.key) + 1)
 
     def segmenter(self) -> Segmenter:
         """The model, loaded on first use (a run with nothing to do loads nothing)."""
@@ -442,7 +463,8 @@ class SegmentStage:
 
     def make_worker(self, server: str | None, context=None):
         def run(job: Job, scratch: Path) -> JobResult:
-            image = read_rgb(job.input)
+            data = job.input.read_bytes()
+            image = read_rgb(job.input, data)
             remove_quietly(scratch)  # left by an earlier crash of a worker of the same name
             height, width = image.shape[:2]
             with _PeakRss() as rss:
@@ -455,6 +477,9 @@ class SegmentStage:
                 record = {
                     "version": RECORD_VERSION,
                     "source": job.input.relative_to(self.root).as_posix(),
+                    # takes.py: cut-outs made from another image than the one there
+                    # now are stale.
+                    "source_sha256": hashlib.sha256(data).hexdigest(),
                     "width": width,
                     "height": height,
                     "model": self.model.model_type,
@@ -475,3 +500,16 @@ class SegmentStage:
                 "peak_rss_mb": rss.peak_mb, "device": segmenter.device})
 
         return run
+
+
+def recorded_source_sha256(record_path: Path) -> str | None:
+    """The upscaled image's SHA-256 a cutouts.json records, or None (made before drawpipe
+    recorded one, or not readable as ours)."""
+    try:
+        record = json.loads(Path(record_path).read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return None
+    sha256 = record.get("source_sha256") if isinstance(record, dict) else None
+    return sha256 if isinstance(sha256, str) else None

@@ -78,6 +78,7 @@ class JobResult:
     folder_built: bool = False
     attempts: int = 1
     extra: dict = field(default_factory=dict)  # values of the stage's extra metric columns
+    seed: int | None = None  # the seed used, when the job chose another than Job.seed
 
 
 # run_job(job, scratch) -> JobResult. ``scratch``: a temporary path beside the output
@@ -110,6 +111,20 @@ class Stage(Protocol):
 
     def make_worker(self, server: str | None, context: WorkerContext) -> RunJob:
         """A job runner for one worker thread (e.g. with its own HTTP client)."""
+
+    # Optional, for stages whose outputs can go stale (takes.py):
+    # is_current(job) -> bool: the output that exists is still the right one (its input
+    #     has not changed, it was not rejected). Called while scanning; may raise OSError.
+    # set_aside(job): move a stale output out of the way (into REJECTED/); called with
+    #     the job's claim held, just before the job runs.
+
+
+def job_done(stage: Stage, job: Job) -> bool:
+    """Done means the output exists and, for a stage that can tell, is current."""
+    if not output_exists(job.output):
+        return False
+    is_current = getattr(stage, "is_current", None)
+    return is_current is None or is_current(job)
 
 
 @dataclass(frozen=True)
@@ -505,7 +520,7 @@ class _Run:
         done, unknown = set(), {}
         for job in jobs:
             try:
-                if output_exists(job.output):
+                if job_done(self.stage, job):
                     done.add(job.key)
             except OSError as exc:
                 unknown[job.key] = exc
@@ -553,7 +568,7 @@ def run_stage(stage: Stage, settings: EngineSettings,
         try:
             try:
                 jobs = run.replan()
-                already_done = {job.key for job in jobs if output_exists(job.output)}
+                already_done = {job.key for job in jobs if job_done(stage, job)}
             except OSError as exc:
                 run.guard.check()
                 raise ShareLost(settings.root, exc.strerror or str(exc)) from None
@@ -592,7 +607,7 @@ def _finish(run: _Run, workers: list[_Worker]) -> None:
         return
     if share_reason is None:
         try:
-            remaining = {job.key for job in run.jobs if not output_exists(job.output)}
+            remaining = {job.key for job in run.jobs if not job_done(run.stage, job)}
         except OSError:
             remaining = {job.key for job in run.jobs}
     else:
@@ -774,7 +789,7 @@ def _claim_and_do(worker: _Worker, job: Job) -> str:
     meanwhile) or "retire" (this worker's server keeps failing: stop using it)."""
     run, store = worker.run, worker.store
     try:
-        if output_exists(job.output):
+        if job_done(run.stage, job):
             return "skipped"
     except OSError as exc:
         run.guard.check()
@@ -803,7 +818,9 @@ def _claim_and_do(worker: _Worker, job: Job) -> str:
         try:
             # Won the claim; the job may have been finished since our scan.
             if output_exists(job.output):
-                return "skipped"
+                if job_done(run.stage, job):
+                    return "skipped"
+                run.stage.set_aside(job)  # a stale output: out of the way, then redo it
             # File-server time, like claims: machines' clocks are never compared.
             remove_abandoned_scratch(job.output, store.server_now() - run.settings.lease_seconds)
         except OSError as exc:
@@ -873,6 +890,8 @@ def _do_job(worker: _Worker, job: Job, claim: Claim) -> str:
         with sampler:
             result = run_job(job, scratch)
         row["attempt"] = result.attempts
+        if result.seed is not None:
+            row["seed"] = result.seed
         status = _deliver(worker, job, claim, result, scratch)
         outcome = "done"
     except ShareLost:

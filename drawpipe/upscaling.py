@@ -49,6 +49,7 @@ server, and this Mac's clock may be minutes off.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import os
@@ -65,15 +66,15 @@ from PIL import Image
 from . import drawthings
 from .errors import (BadInput, InputFileError, JobDeferred, JobFailed, ServerRejected,
                      TransientError, UsageError)
-from .generation import GENERATIONS_FOLDER, seed_for
+from .generation import seed_for
+from .layout import GENERATIONS_FOLDER, UPSCALED_FOLDER, upscaled_path
 from .payloads import (Override, check_against_app, check_payload, effective_parameters,
                        read_json_file, sends, with_override, without_notes)
 from .pngmeta import add_text_chunks, provenance_chunks, read_text_chunks
 from .sdapi import PNG_SIGNATURE, ClientSettings, SdapiClient
 from .stage import Job, JobResult, WorkerContext, output_exists, scan_inputs
+from .takes import Freshness, Rejections, recorded_take, set_aside, takes_set_aside
 
-UPSCALED_FOLDER = "UPSCALED_IMAGES"
-OUTPUT_SUFFIX = "_upscaled.png"
 DEFAULT_OUTPUT_SIZE = (2048, 2048)
 # An incomplete input younger than this is waited for; older, it is reported as damaged.
 DEFAULT_SETTLE_SECONDS = 60.0
@@ -376,9 +377,12 @@ class UpscaleStage:
     def __init__(self, root: Path, recipe: Recipe, client_settings: ClientSettings,
                  seed_offset: int = 0, settle_seconds: float = DEFAULT_SETTLE_SECONDS,
                  on_skipped: Callable[[str, str], None] | None = None,
-                 on_warning: Callable[[str], None] | None = None):
+                 on_warning: Callable[[str], None] | None = None,
+                 freshness: Freshness | None = None):
         self.root = Path(root)
         self.on_warning = on_warning
+        self.freshness = freshness or Freshness(None)
+        self.rejected: list[str] = []  # inputs rejected in review, as of the last plan
         self.recipe = recipe
         self.client_settings = client_settings
         self.seed_offset = seed_offset
@@ -401,8 +405,7 @@ class UpscaleStage:
         return self.root / UPSCALED_FOLDER
 
     def output_for(self, input_path: Path) -> Path:
-        relative = input_path.relative_to(self.input_folder)
-        return self.output_folder / relative.parent / (input_path.stem + OUTPUT_SUFFIX)
+        return upscaled_path(self.root, input_path)
 
     def plan(self) -> list[Job]:
         """One job per PNG under GENERATIONS/, sorted by path; unusable inputs left out.
@@ -411,11 +414,15 @@ class UpscaleStage:
         size and mtime), so a re-plan costs a stat per input, not a read.
         """
         with self._lock:
-            jobs, skipped, ignored = [], {}, []
+            jobs, skipped, ignored, rejected = [], {}, [], []
+            rejections = Rejections(self.root, self.freshness)
             for path in scan_inputs(self.input_folder, suffixes=("",)):
                 label = path.relative_to(self.root).as_posix()
                 if path.suffix.lower() != ".png":
                     ignored.append(label)
+                    continue
+                if rejections.is_rejected(label):
+                    rejected.append(label)  # generate.py makes its next take
                     continue
                 output = self.output_for(path)
                 if not output_exists(output):
@@ -425,7 +432,7 @@ class UpscaleStage:
                         continue
                 jobs.append(Job(key=output.relative_to(self.root).as_posix(), output=output,
                                 input=path, seed=seed_for(path.stem, self.seed_offset)))
-            self.skipped, self.ignored = skipped, ignored
+            self.skipped, self.ignored, self.rejected = skipped, ignored, rejected
             new = [(label, reason) for label, reason in skipped.items()
                    if (label, reason) not in self._reported]
             self._reported.update(new)
@@ -433,6 +440,20 @@ class UpscaleStage:
             if self.on_skipped is not None:
                 self.on_skipped(label, reason)
         return jobs
+
+    def is_current(self, job: Job) -> bool:
+        """The upscaled image was made from the input there now (or records nothing)."""
+        return self.freshness.is_current(job.output, job.input, recorded_source_sha256)
+
+    def set_aside(self, job: Job) -> None:
+        """Move an upscaled image made from an older input into REJECTED/ (claim held),
+        numbered with the take of the input it was made from."""
+        try:
+            source = json.loads(read_text_chunks(job.output).get("drawpipe-source", "{}"))
+            take = source.get("take") or takes_set_aside(self.root, job.key) + 1
+        except (OSError, ValueError, AttributeError):
+            take = takes_set_aside(self.root, job.key) + 1
+        set_aside(self.root, job.key, take)
 
     def _screen(self, path: Path) -> str | None:
         """Why ``path`` is clearly unusable, or None to plan it (the job checks it fully).
@@ -483,8 +504,10 @@ class UpscaleStage:
         def run(job: Job, scratch: Path) -> JobResult:
             label = job.input.relative_to(self.root).as_posix()
             source = read_input(job.input, label, self.settle_seconds, context.server_now)
+            # The seed generate.py used for this take of the image.
+            seed = seed_for(job.input.stem, self.seed_offset, recorded_take(source.texts))
             try:
-                chain = plan_chain(recipe, source.size, job.seed, app_configuration)
+                chain = plan_chain(recipe, source.size, seed, app_configuration)
             except ValueError as exc:
                 raise BadInput(f"{label} does not fit the recipe: {exc}; not sent") from None
             png = source.data
@@ -510,8 +533,8 @@ class UpscaleStage:
             if png_size(png) != recipe.output_size:  # sdapi checked it; this guards the recipe
                 raise TransientError(f"{label}: the last step returned {png_size(png)}, "
                                      f"not {recipe.output_size}")
-            png = add_text_chunks(png, provenance(chain, label, source.texts, recipe.overrides))
-            return JobResult(data=png, attempts=max(attempts), extra={
+            png = add_text_chunks(png, provenance(chain, label, source, recipe.overrides))
+            return JobResult(data=png, attempts=max(attempts), seed=seed, extra={
                 "server": server,
                 "recipe": recipe.name,
                 "steps": len(chain),
@@ -522,20 +545,34 @@ class UpscaleStage:
         return run
 
 
-def provenance(chain: list[PlannedStep], label: str, source_texts: dict,
+def provenance(chain: list[PlannedStep], label: str, source: "InputImage",
                overrides: tuple[Override, ...] = ()) -> dict[str, str]:
     """PNG texts for an upscaled image.
 
     ``parameters``: the last step's infotext (what PNG-info tools show); ``drawpipe``:
     {"request": last step, "steps": [{"name", "request"}, ...], "overrides": the --set
     options, when any} without images; ``drawpipe-source``: {"input": root-relative
-    path, "parameters": the input's own infotext (its prompt), when it had one}.
+    path, "sha256": of the input's bytes (takes.py: an upscaled image made from
+    another input than the one there now is stale), "take": the input's take,
+    "parameters": the input's own infotext (its prompt), when it had one}.
     """
     texts = provenance_chunks(chain[-1].payload, steps=[
         {"name": step.name, "request": step.payload} for step in chain],
         overrides=[override.text for override in overrides])
-    source = {"input": label}
-    if source_texts.get("parameters"):
-        source["parameters"] = source_texts["parameters"]
-    texts["drawpipe-source"] = json.dumps(source, sort_keys=True, ensure_ascii=False)
+    record = {"input": label, "sha256": hashlib.sha256(source.data).hexdigest(),
+              "take": recorded_take(source.texts)}
+    if source.texts.get("parameters"):
+        record["parameters"] = source.texts["parameters"]
+    texts["drawpipe-source"] = json.dumps(record, sort_keys=True, ensure_ascii=False)
     return texts
+
+
+def recorded_source_sha256(output: Path) -> str | None:
+    """The input SHA-256 an upscaled PNG records, or None (made before drawpipe recorded
+    one, or not readable as ours)."""
+    try:
+        record = json.loads(read_text_chunks(output).get("drawpipe-source", "{}"))
+    except ValueError:
+        return None
+    sha256 = record.get("sha256") if isinstance(record, dict) else None
+    return sha256 if isinstance(sha256, str) else None

@@ -44,6 +44,20 @@ def give_children_default_signals() -> None:
 give_children_default_signals()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def local_cache_folder(tmp_path_factory):
+    """The scripts the tests start keep their local caches (file hashes, SAM
+    checkpoints) in a folder of the test session, never in the user's cache."""
+    folder = tmp_path_factory.mktemp("drawpipe-cache")
+    previous = os.environ.get("DRAWPIPE_CACHE_DIR")
+    os.environ["DRAWPIPE_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("DRAWPIPE_CACHE_DIR", None)
+    else:
+        os.environ["DRAWPIPE_CACHE_DIR"] = previous
+
+
 @pytest.fixture(autouse=True)
 def no_process_left_behind():
     """Kill every process a test started and left running, pass or fail."""
