@@ -14,8 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from drawpipe.cli import add_common_arguments, run_main
-from drawpipe.commands import generate
+from drawpipe.cli.common import add_common_arguments, run_main
+from drawpipe.cli.commands import generate
 
 
 def parse_arguments(argv):

@@ -17,8 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from drawpipe.cli import add_common_arguments, add_watch_arguments, run_main
-from drawpipe.commands import segment
+from drawpipe.cli.common import add_common_arguments, add_watch_arguments, run_main
+from drawpipe.cli.commands import segment
 
 GENERATOR_OPTIONS = (  # segment-anything's scripts/amg.py names; unset: SAM's defaults
     ("--points-per-side", int, "grid points along each side (default 32)"),

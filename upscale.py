@@ -15,8 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from drawpipe.cli import add_common_arguments, add_watch_arguments, run_main
-from drawpipe.commands import upscale
+from drawpipe.cli.common import add_common_arguments, add_watch_arguments, run_main
+from drawpipe.cli.commands import upscale
 
 
 def parse_arguments(argv):

@@ -63,10 +63,10 @@ sys.path.insert(0, str(PROJECT_DIR))
 from harness import print_table, run_measured, start_simulator, stop_process  # noqa: E402
 
 from drawpipe import quality  # noqa: E402
-from drawpipe.generation import seed_for  # noqa: E402
-from drawpipe.pngmeta import add_text_chunks, provenance_chunks  # noqa: E402
-from drawpipe.report_data import scan_inventory  # noqa: E402
-from drawpipe.simulator import encode_png, render_scene  # noqa: E402
+from drawpipe.stages.generate import seed_for  # noqa: E402
+from drawpipe.png import add_text_chunks, provenance_chunks  # noqa: E402
+from drawpipe.report.data import scan_inventory  # noqa: E402
+from drawpipe.drawthings.simulator import encode_png, render_scene  # noqa: E402
 
 IMAGES_PER_GROUP = 50
 TARGET_SECOND_RUN_SECONDS = 1.0
@@ -169,7 +169,7 @@ def build_complete_share(root: Path, size_px: int, images: int) -> list[dict]:
     """Every image generated, upscaled and cut out, with the provenance the scripts
     write (take 1; each output records its input's SHA-256). Returns the queue."""
     from drawpipe.layout import cutouts_path, upscaled_path
-    from drawpipe.prompts import load_prompt_sets
+    from drawpipe.stages.prompts import load_prompt_sets
 
     nations = load_prompt_sets(PROJECT_DIR / "prompts" / "variable_sets.json").nations
     groups = [(nation, category) for nation in nations for category in ("family", "working")]
@@ -208,8 +208,8 @@ def made_count(output: Path) -> int:
 
 
 def remake_benchmark(args) -> None:
-    from drawpipe.reviews import append_verdict, file_sha256
-    from drawpipe.segmentation import save_random_checkpoint
+    from drawpipe.curate.verdicts import append_verdict, file_sha256
+    from drawpipe.sam.models import save_random_checkpoint
 
     folder = Path(tempfile.mkdtemp(prefix="drawpipe-bench-remake-"))
     root = folder / "share"

@@ -14,7 +14,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
-from drawpipe.simulator import start_process, stop_process  # noqa: E402
+from drawpipe.drawthings.simulator import start_process, stop_process  # noqa: E402
 
 __all__ = ["BENCH_DIR", "PROJECT_DIR", "Child", "ProcessUsage", "print_table", "read_posts",
            "run_measured", "start_simulator", "stop_process"]

@@ -4,7 +4,7 @@
 The share: N generated PNGs (``--images``, default 2,000) in nation/category folders,
 as many upscaled PNGs, ``--cutouts`` (default 5) cut-outs per upscaled image (10,000)
 with their cutouts.json, and per-host logs of ``--log-rows`` rows (default 10,000)
-written by drawpipe.metrics.MetricsLog over ``--hosts`` hosts (default 3) and the
+written by drawpipe.engine.metrics.MetricsLog over ``--hosts`` hosts (default 3) and the
 three stages. Generated PNGs carry the same provenance chunks generate.py writes.
 Pixel sizes are reduced (256 px generated, 512 px upscaled, 128 px cut-outs instead
 of 1024 / 2048 / ~500), so the figures measure the report's own work per file;
@@ -39,10 +39,10 @@ sys.path.insert(0, str(PROJECT_DIR))
 
 from PIL import Image, ImageDraw  # noqa: E402
 
-from drawpipe.generation import seed_for  # noqa: E402
-from drawpipe.metrics import MetricsLog  # noqa: E402
-from drawpipe.pngmeta import add_text_chunks, provenance_chunks  # noqa: E402
-from drawpipe.simulator import encode_png, render_scene  # noqa: E402
+from drawpipe.stages.generate import seed_for  # noqa: E402
+from drawpipe.engine.metrics import MetricsLog  # noqa: E402
+from drawpipe.png import add_text_chunks, provenance_chunks  # noqa: E402
+from drawpipe.drawthings.simulator import encode_png, render_scene  # noqa: E402
 
 CATEGORIES = ("family", "working")
 IMAGES_PER_GROUP = 50

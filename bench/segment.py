@@ -81,7 +81,7 @@ def parse_arguments(argv):
 
 
 def make_image(size: int, seed: int) -> np.ndarray:
-    from drawpipe.simulator import render_scene
+    from drawpipe.drawthings.simulator import render_scene
 
     return np.asarray(render_scene(seed, "a family in front of their house", size, size).convert("RGB"))
 
@@ -93,7 +93,7 @@ def peak_rss_mb() -> float:
 
 def run_worker(args) -> None:
     """One generator on one image in this process; writes masks + figures to --output."""
-    from drawpipe.segmentation import GeneratorSettings, choose_device, import_torch, load_sam
+    from drawpipe.sam.models import GeneratorSettings, choose_device, import_torch, load_sam
 
     torch = import_torch()
     settings = json.loads(args.settings_json)
@@ -119,7 +119,7 @@ def run_worker(args) -> None:
             points.append(record["point_coords"][0])
             boxes.append(record["bbox"])
     else:
-        from drawpipe.mask_generator import LeanMaskGenerator, choose_points_per_batch
+        from drawpipe.sam.mask_generator import LeanMaskGenerator, choose_points_per_batch
         import psutil
 
         points_per_batch = settings.pop("points_per_batch") or choose_points_per_batch(
@@ -188,7 +188,7 @@ def main(argv) -> int:
     if args.worker:
         run_worker(args)
         return 0
-    from drawpipe.segmentation import save_random_checkpoint
+    from drawpipe.sam.models import save_random_checkpoint
 
     defaults = TRAINED_SETTINGS if args.checkpoint else RANDOM_WEIGHT_SETTINGS
     settings = {name: getattr(args, name) if getattr(args, name) is not None else value

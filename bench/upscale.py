@@ -50,7 +50,7 @@ from pathlib import Path
 from harness import (PROJECT_DIR, Child, print_table, read_posts, run_measured,
                      start_simulator, stop_process)
 
-from drawpipe.simulator import encode_png, render_scene
+from drawpipe.drawthings.simulator import encode_png, render_scene
 
 BENCH_DIR = Path(__file__).resolve().parent
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .simulator import start_process, stop_process
+from drawpipe.drawthings.simulator import start_process, stop_process
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEMO_ROOT = PROJECT_DIR / "demo"

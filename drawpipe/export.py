@@ -40,14 +40,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoints import default_cache_dir
-from .cli import resolve_settings, run_main
-from .errors import ExportRefused, UsageError
-from .pngmeta import read_text_chunks
-from .report_data import scan_inventory, temporary_name
-from .report_stats import STAGES, latest_done, load_logs
-from .reviews import HashCache, file_sha256, load_verdicts
-from .layout import CUTOUTS_RECORD
+from drawpipe.sam.checkpoints import default_cache_dir
+from drawpipe.cli.common import resolve_settings, run_main
+from drawpipe.errors import ExportRefused, UsageError
+from drawpipe.png import read_text_chunks
+from drawpipe.report.data import scan_inventory, temporary_name
+from drawpipe.report.stats import STAGES, latest_done, load_logs
+from drawpipe.curate.verdicts import HashCache, file_sha256, load_verdicts
+from drawpipe.layout import CUTOUTS_RECORD
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 METADATA_NAME = "metadata.jsonl"

@@ -50,17 +50,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from . import pages
-from .checkpoints import default_cache_dir
-from .cli import resolve_settings, run_main
-from .errors import BadVerdict, UsageError
-from .layout import CUTOUTS_FOLDER, GENERATIONS_FOLDER, UPSCALED_FOLDER
-from .metrics import host_name
-from .pages import anchor
-from .quality import Signals, suspect_reasons, suspicion_order, update_signals
-from .report_data import ReportCache, natural_key, read_metadata, scan_inventory
-from .report_html import meta_view
-from .reviews import (HashCache, Verdict, append_verdict, check_sha256, file_sha256,
+from drawpipe.report import pages
+from drawpipe.sam.checkpoints import default_cache_dir
+from drawpipe.cli.common import resolve_settings, run_main
+from drawpipe.errors import BadVerdict, UsageError
+from drawpipe.layout import CUTOUTS_FOLDER, GENERATIONS_FOLDER, UPSCALED_FOLDER
+from drawpipe.engine.metrics import host_name
+from drawpipe.report.pages import anchor
+from drawpipe.curate.quality import Signals, suspect_reasons, suspicion_order, update_signals
+from drawpipe.report.data import ReportCache, natural_key, read_metadata, scan_inventory
+from drawpipe.report.html import meta_view
+from drawpipe.curate.verdicts import (HashCache, Verdict, append_verdict, check_sha256, file_sha256,
                       load_verdicts)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent

@@ -11,8 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from drawpipe import simulator as simulator_module
-from drawpipe.simulator import Simulator
+from drawpipe.drawthings import simulator as simulator_module
+from drawpipe.drawthings.simulator import Simulator
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 

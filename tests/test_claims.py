@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from drawpipe.claims import ClaimStore
+from drawpipe.engine.claims import ClaimStore
 
 KEY = "GENERATIONS/France/family/France_family_1.png"
 
@@ -99,7 +99,7 @@ def test_holder_reports_owner_and_staleness(tmp_path):
 RACER = """
 import sys, time
 from pathlib import Path
-from drawpipe.claims import ClaimStore
+from drawpipe.engine.claims import ClaimStore
 root, worker, start_at = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 store = ClaimStore(root, "generate", worker, lease_seconds=30)
 store.prepare()

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from drawpipe.config import ask_profile_on_terminal, choose_profile, load_profiles
+from drawpipe.cli.config import ask_profile_on_terminal, choose_profile, load_profiles
 from drawpipe.errors import InputFileError, UsageError
 
 

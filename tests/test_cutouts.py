@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drawpipe.cutouts import (cut_out, encode_png, mask_box, mask_from_polygons, mask_polygons,
+from drawpipe.sam.cutouts import (cut_out, encode_png, mask_box, mask_from_polygons, mask_polygons,
                               square_canvas)
 
 HEIGHT, WIDTH = 120, 160

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from drawpipe import drawthings
-from drawpipe.drawthings import api_table, decode_body, output_size, resolve_extras
+from drawpipe.drawthings.api import api_table, decode_body, output_size, resolve_extras
 from drawpipe.errors import InputFileError
-from drawpipe.payloads import check_payload, load_payload
-from drawpipe.simulator import Simulator
+from drawpipe.drawthings.payloads import check_payload
+from drawpipe.drawthings.simulator import Simulator
 
 from conftest import PROJECT_DIR, png_files, run_script
 
@@ -290,7 +289,7 @@ def test_set_overrides_reach_the_request_and_the_provenance(share, simulator):
         assert (payload["steps"], payload["sampler"], payload["guidance_scale"]) == (12, "Euler a",
                                                                                      4.5)
         assert "cfg_scale" not in payload  # the template's key is replaced, not doubled
-    from drawpipe.pngmeta import read_text_chunks
+    from drawpipe.png import read_text_chunks
     record = json.loads(read_text_chunks(png_files(share / "GENERATIONS")[0])["drawpipe"])
     assert record["overrides"] == ["steps=12", "sampler=Euler a", "cfg_scale=4.5"]
 
@@ -350,8 +349,8 @@ def test_a_recipe_step_mixing_families_is_refused_at_load(share, tmp_path, simul
     ("creative_upscale.json", 2, 2048), ("creative_upscale_script.json", 2, 2048),
     ("creative_upscale_script_400.json", 3, 4096), ("upscale_fast.json", 1, 2048)])
 def test_each_recipe_plans_to_its_declared_size(name, steps, size):
-    from drawpipe.simulator import default_app_configuration
-    from drawpipe.upscaling import load_recipe, plan_chain
+    from drawpipe.drawthings.simulator import default_app_configuration
+    from drawpipe.stages.upscale import load_recipe, plan_chain
 
     recipe = load_recipe(PAYLOADS / name)
     chain = plan_chain(recipe, (1024, 1024), 7, default_app_configuration())

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from drawpipe.generation import seed_for
-from drawpipe.metrics import MetricsLog
-from drawpipe.pngmeta import add_text_chunks, provenance_chunks
-from drawpipe.reviews import append_verdict
-from drawpipe.simulator import encode_png, render_scene
+from drawpipe.stages.generate import seed_for
+from drawpipe.engine.metrics import MetricsLog
+from drawpipe.png import add_text_chunks, provenance_chunks
+from drawpipe.curate.verdicts import append_verdict
+from drawpipe.drawthings.simulator import encode_png, render_scene
 
 from conftest import PROJECT_DIR
 

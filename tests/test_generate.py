@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from drawpipe.drawthings import api_table
-from drawpipe.generation import seed_for
-from drawpipe.pngmeta import read_text_chunks
-from drawpipe.simulator import Simulator
+from drawpipe.drawthings.api import api_table
+from drawpipe.stages.generate import seed_for
+from drawpipe.png import read_text_chunks
+from drawpipe.drawthings.simulator import Simulator
 
 from conftest import (FAST_RETRY_ARGS, png_files, run_script, script_command, start_script,
                       wait_for)
@@ -558,7 +558,7 @@ def _renamed(source: Path, target: Path) -> bool:
 
 
 def test_an_output_that_cannot_be_looked_at_is_not_taken_for_missing(tmp_path):
-    from drawpipe.stage import output_exists
+    from drawpipe.engine.loop import output_exists
     assert output_exists(tmp_path / "missing.png") is False
     assert output_exists(tmp_path / "missing" / "deeper.png") is False
     (tmp_path / "file").write_bytes(b"")
@@ -635,7 +635,7 @@ def immutable(path: Path):
 
 
 def test_a_busy_stale_claim_waits_for_a_later_pass_and_never_stops_the_worker(share, simulator):
-    from drawpipe.claims import ClaimStore
+    from drawpipe.engine.claims import ClaimStore
     dead = ClaimStore(share, "generate", "dead-1-0", lease_seconds=1)
     dead.prepare()
     key = "GENERATIONS/Peru/family/Peru_family_1.png"

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from drawpipe.metrics import (
+from drawpipe.engine.metrics import (
     COMMON_COLUMNS,
     MetricsLog,
     ResourceSampler,
@@ -234,7 +234,7 @@ def test_read_logs_merges_hosts_and_counts_broken_lines(tmp_path):
 APPENDER = """
 import sys
 from pathlib import Path
-from drawpipe.metrics import MetricsLog
+from drawpipe.engine.metrics import MetricsLog
 log = MetricsLog(Path(sys.argv[1]), "generate", "mac-a")
 worker = sys.argv[2]
 for n in range(200):

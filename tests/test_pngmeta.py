@@ -8,7 +8,7 @@ import zlib
 import pytest
 from PIL import Image, PngImagePlugin
 
-from drawpipe.pngmeta import add_text_chunks, infotext, provenance_chunks, read_text_chunks
+from drawpipe.png import add_text_chunks, infotext, provenance_chunks, read_text_chunks
 
 
 def png_chunks(png: bytes) -> list[tuple[bytes, bytes]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from drawpipe.errors import InputFileError, UsageError
-from drawpipe.prompts import (
+from drawpipe.stages.prompts import (
     BUNDLED_PROMPT_SETS,
     CATEGORIES,
     QueueItem,
@@ -408,7 +408,7 @@ def test_ask_queue_done_with_nothing_queued(bundled_sets):
 
 def test_ask_queue_reads_piped_stdin_in_a_real_process():
     code = (
-        "import sys; from drawpipe.prompts import *; "
+        "import sys; from drawpipe.stages.prompts import *; "
         "sets = load_prompt_sets(BUNDLED_PROMPT_SETS); "
         "items = ask_queue(sets, sys.stdin, sys.stderr); "
         "print(format_queue(items))"

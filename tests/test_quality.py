@@ -11,11 +11,11 @@ import sys
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from drawpipe.pngmeta import add_text_chunks, provenance_chunks
-from drawpipe.quality import (BLURRY_LAPLACIAN_VARIANCE, CSV_COLUMNS, NEAR_DUPLICATE_MAX_DISTANCE,
+from drawpipe.png import add_text_chunks, provenance_chunks
+from drawpipe.curate.quality import (BLURRY_LAPLACIAN_VARIANCE, CSV_COLUMNS, NEAR_DUPLICATE_MAX_DISTANCE,
                               measure_png, suspect_reasons, update_signals)
-from drawpipe.report_data import scan_inventory
-from drawpipe.simulator import encode_png, render_scene
+from drawpipe.report.data import scan_inventory
+from drawpipe.drawthings.simulator import encode_png, render_scene
 
 from conftest import PROJECT_DIR
 

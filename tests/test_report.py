@@ -21,11 +21,11 @@ from urllib.parse import unquote, urlparse
 import pytest
 from PIL import Image
 
-from drawpipe.generation import seed_for
-from drawpipe.metrics import COMMON_COLUMNS
-from drawpipe.pngmeta import add_text_chunks, provenance_chunks
-from drawpipe.report_data import parse_infotext
-from drawpipe.report_stats import (LogRow, busy_seconds, estimate_eta, format_duration,
+from drawpipe.stages.generate import seed_for
+from drawpipe.engine.metrics import COMMON_COLUMNS
+from drawpipe.png import add_text_chunks, provenance_chunks
+from drawpipe.report.data import parse_infotext
+from drawpipe.report.stats import (LogRow, busy_seconds, estimate_eta, format_duration,
                                    load_logs, percentile, stage_figures)
 
 from browser import LOAD_ALL_IMAGES, PageWatch, browser, skip_reason
@@ -418,7 +418,7 @@ def test_second_run_touches_only_what_changed(dataset):
 
 
 def test_matplotlib_is_imported_only_to_redraw_charts(dataset):
-    probe = ("import sys; from drawpipe.report import main; main(sys.argv[1:]); "
+    probe = ("import sys; from drawpipe.report.run import main; main(sys.argv[1:]); "
              "print('matplotlib' in sys.modules)")
 
     def imported(*args):

@@ -18,11 +18,11 @@ from urllib.parse import urlsplit
 import pytest
 from PIL import Image, ImageFilter
 
-from drawpipe.generation import seed_for
-from drawpipe.pngmeta import add_text_chunks, provenance_chunks
+from drawpipe.stages.generate import seed_for
+from drawpipe.png import add_text_chunks, provenance_chunks
 from drawpipe.review import LISTENING
-from drawpipe.reviews import append_verdict, load_verdicts, reviews_path
-from drawpipe.simulator import encode_png, render_scene
+from drawpipe.curate.verdicts import append_verdict, load_verdicts, reviews_path
+from drawpipe.drawthings.simulator import encode_png, render_scene
 
 from browser import LOAD_ALL_IMAGES, PageWatch, browser, skip_reason
 from conftest import PROJECT_DIR

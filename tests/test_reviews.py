@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from drawpipe.errors import BadVerdict
-from drawpipe.reviews import (HashCache, append_verdict, file_sha256, load_verdicts,
+from drawpipe.curate.verdicts import (HashCache, append_verdict, file_sha256, load_verdicts,
                               reviews_path)
 
 IMAGE = "GENERATIONS/France/family/France_family_1.png"

@@ -11,8 +11,8 @@ from PIL import Image
 
 from drawpipe.errors import (MaybeStillDrawing, ServerRejected, ServerUnreachable, TransientError,
                              WrongSize)
-from drawpipe.sdapi import ClientSettings, SdapiClient
-from drawpipe.simulator import Simulator
+from drawpipe.drawthings.client import ClientSettings, SdapiClient
+from drawpipe.drawthings.simulator import Simulator
 
 FAST = ClientSettings(connect_timeout_seconds=2, read_timeout_seconds=10, retries=2,
                       backoff_seconds=0.01, backoff_cap_seconds=0.02)

@@ -19,14 +19,14 @@ from PIL import Image
 from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.utils.amg import rle_to_mask
 
-from drawpipe.checkpoints import DownloadFailed, download_checkpoint
-from drawpipe.cutouts import mask_box, mask_from_polygons
+from drawpipe.sam.checkpoints import DownloadFailed, download_checkpoint
+from drawpipe.sam.cutouts import mask_box, mask_from_polygons
 from drawpipe.errors import UsageError
-from drawpipe.mask_generator import LeanMaskGenerator, choose_points_per_batch
-from drawpipe.metrics import read_logs
-from drawpipe.segmentation import (GeneratorSettings, choose_device, detect_model_type, load_sam,
+from drawpipe.sam.mask_generator import LeanMaskGenerator, choose_points_per_batch
+from drawpipe.engine.metrics import read_logs
+from drawpipe.sam.models import (GeneratorSettings, choose_device, detect_model_type, load_sam,
                                    model_type_for, save_random_checkpoint)
-from drawpipe.simulator import render_scene
+from drawpipe.drawthings.simulator import render_scene
 
 from conftest import PROJECT_DIR, run_script, start_script, wait_for
 
@@ -437,8 +437,8 @@ def test_points_per_batch_follows_free_memory():
 
 
 def test_only_the_segmentation_code_imports_torch():
-    code = ("import sys, drawpipe.segmentation, drawpipe.commands, drawpipe.cutouts, "
-            "drawpipe.checkpoints; print('torch' in sys.modules)")
+    code = ("import sys, drawpipe.sam.models, drawpipe.cli.commands, drawpipe.sam.cutouts, "
+            "drawpipe.sam.checkpoints; print('torch' in sys.modules)")
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            cwd=PROJECT_DIR, check=True)
     assert shown.stdout == "False\n"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from drawpipe.simulator import Simulator
+from drawpipe.drawthings.simulator import Simulator
 
 from conftest import PROJECT_DIR, png_files, script_command, start_script, wait_for
 

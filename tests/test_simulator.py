@@ -16,8 +16,8 @@ import pytest
 import requests
 from PIL import Image
 
-from drawpipe.drawthings import api_table
-from drawpipe.simulator import Simulator, default_app_configuration
+from drawpipe.drawthings.api import api_table
+from drawpipe.drawthings.simulator import Simulator, default_app_configuration
 
 TXT2IMG = "/sdapi/v1/txt2img"
 IMG2IMG = "/sdapi/v1/img2img"

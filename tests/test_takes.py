@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from drawpipe.generation import seed_for
-from drawpipe.pngmeta import read_text_chunks
-from drawpipe.reviews import append_verdict, file_sha256
-from drawpipe.segmentation import save_random_checkpoint
-from drawpipe.simulator import Simulator
-from drawpipe.takes import set_aside
+from drawpipe.stages.generate import seed_for
+from drawpipe.png import read_text_chunks
+from drawpipe.curate.verdicts import append_verdict, file_sha256
+from drawpipe.sam.models import save_random_checkpoint
+from drawpipe.drawthings.simulator import Simulator
+from drawpipe.curate.takes import set_aside
 
-from conftest import FAST_RETRY_ARGS, PROJECT_DIR, png_files, run_script, start_script
+from conftest import FAST_RETRY_ARGS, PROJECT_DIR, run_script, start_script
 
 SMALL = ["--set", "width=256", "--set", "height=256", "--set", "hires_fix=false"]
 SAM_ARGS = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",

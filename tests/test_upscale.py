@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from drawpipe import drawthings
-from drawpipe.claims import ClaimStore
+from drawpipe.drawthings import api as drawthings
+from drawpipe.engine.claims import ClaimStore
 from drawpipe.errors import InputFileError
-from drawpipe.generation import seed_for
-from drawpipe.pngmeta import read_text_chunks
-from drawpipe.simulator import Simulator, default_app_configuration, encode_png, render_scene
-from drawpipe.upscaling import inspect_png, load_recipe, plan_chain
+from drawpipe.stages.generate import seed_for
+from drawpipe.png import read_text_chunks
+from drawpipe.drawthings.simulator import Simulator, default_app_configuration, encode_png, render_scene
+from drawpipe.stages.upscale import inspect_png, load_recipe, plan_chain
 
 from conftest import (FAST_RETRY_ARGS, PROJECT_DIR, png_files, run_script, start_script,
                       wait_for)
@@ -616,7 +616,7 @@ def test_the_settle_check_uses_the_file_servers_clock(tmp_path):
     """A half-written input, modified 10 minutes ago by this Mac's clock but a second
     ago by the file server's (the clocks disagree): it is waited for, not rejected."""
     from drawpipe.errors import BadInput, JobDeferred
-    from drawpipe.upscaling import read_input
+    from drawpipe.stages.upscale import read_input
     path = add_raw_input(tmp_path, "x.png", png_bytes("x", 64)[:100], age_seconds=600)
     modified = path.stat().st_mtime
     with pytest.raises(JobDeferred, match=r"x.png looks half-written \(truncated.*modified 1 s ago"):

@@ -49,7 +49,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "drawpipe" / "drawthings_api.json"
+DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "drawpipe" / "drawthings" / "api_table.json"
 
 PARAMETERS_SWIFT = "Libraries/Invocation/Sources/Parameters.swift"
 PARAMETER_TYPES_SWIFT = "Libraries/Invocation/Sources/ParameterTypes.swift"

@@ -18,7 +18,7 @@ import difflib
 import tomllib
 from pathlib import Path
 
-from .errors import InputFileError, UsageError
+from drawpipe.errors import InputFileError, UsageError
 
 CONFIG_FILE_NAME = "drawpipe.toml"
 

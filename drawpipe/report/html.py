@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import pages
-from .pages import anchor
-from .report_data import ImageEntry, natural_key, temporary_name, write_if_changed
-from .report_stats import (STAGES, Logs, StageReport, eta_sentence, format_time, latest_done,
+from drawpipe.report import pages
+from drawpipe.report.pages import anchor
+from drawpipe.report.data import ImageEntry, natural_key, temporary_name, write_if_changed
+from drawpipe.report.stats import (STAGES, Logs, StageReport, eta_sentence, format_time, latest_done,
                            summary_table)
 
 PAGE_NAME = "index.html"

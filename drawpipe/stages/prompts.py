@@ -37,12 +37,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from drawpipe.errors import InputFileError, UsageError
-from drawpipe.payloads import read_json_file
+from drawpipe.drawthings.payloads import read_json_file
 
 CATEGORIES = ("family", "working")
 
 # The prompt sets shipped with the project (present in a source checkout).
-BUNDLED_PROMPT_SETS = Path(__file__).resolve().parent.parent / "prompts" / "variable_sets.json"
+BUNDLED_PROMPT_SETS = Path(__file__).resolve().parent.parent.parent / "prompts" / "variable_sets.json"
 
 PROMPT_FIELDS = ("nation", "category", "prompt")
 QUEUE_FIELDS = ("nation", "category", "count")

@@ -10,11 +10,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config
-from .drawthings import DEFAULT_PORT
-from .errors import DrawpipeError, Interrupted, UsageError
-from .interrupts import STOP_SIGNALS_STATE
-from .sdapi import ClientSettings
+from drawpipe.cli import config
+from drawpipe.drawthings.api import DEFAULT_PORT
+from drawpipe.errors import DrawpipeError, Interrupted, UsageError
+from drawpipe.engine.interrupts import STOP_SIGNALS_STATE
+from drawpipe.drawthings.client import ClientSettings
 
 DEFAULT_SERVER = f"http://127.0.0.1:{DEFAULT_PORT}"
 

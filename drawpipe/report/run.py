@@ -43,19 +43,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import resolve_settings, run_main
-from .errors import UsageError
-from .layout import CUTOUTS_FOLDER, GENERATIONS_FOLDER, UPSCALED_FOLDER
-from .metrics import host_name
-from .prompts import QueueItem, load_prompt_sets, load_queue, merge_queue, parse_add
-from .quality import CSV_COLUMNS as QUALITY_COLUMNS
-from .quality import csv_fields as quality_fields
-from .report_data import (ImageEntry, Inventory, ReportCache, natural_key, read_metadata,
+from drawpipe.cli.common import resolve_settings
+from drawpipe.errors import UsageError
+from drawpipe.layout import CUTOUTS_FOLDER, GENERATIONS_FOLDER, UPSCALED_FOLDER
+from drawpipe.engine.metrics import host_name
+from drawpipe.stages.prompts import QueueItem, load_prompt_sets, load_queue, merge_queue, parse_add
+from drawpipe.curate.quality import CSV_COLUMNS as QUALITY_COLUMNS
+from drawpipe.curate.quality import csv_fields as quality_fields
+from drawpipe.report.data import (ImageEntry, Inventory, ReportCache, natural_key, read_metadata,
                           scan_inventory, work_left, write_if_changed)
-from .report_stats import (DEFAULT_ETA_WINDOW_SECONDS, STAGES, Logs, build_stage_reports,
+from drawpipe.report.stats import (DEFAULT_ETA_WINDOW_SECONDS, STAGES, Logs, build_stage_reports,
                            format_summary, latest_done, load_logs)
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
 REPORT_FOLDER = "report"
 CACHE_NAME = "cache.json"
 CSV_NAME = "images.csv"
@@ -174,7 +174,7 @@ def run_report(settings: ReportSettings, out=None, now: float | None = None) -> 
     read_metadata(root, inventory, cache)
     try:
         if settings.html or settings.contact_sheets:
-            from . import report_html  # Pillow (and, for charts, matplotlib) only now
+            from drawpipe.report import html as report_html  # Pillow (and, for charts, matplotlib) only now
 
             kinds = None if settings.html else ("generated", "upscaled")
             made = report_html.update_thumbnails(root, report_dir, inventory, cache,
@@ -213,7 +213,7 @@ def measure_quality(root: Path, inventory: Inventory, processes: int, out) -> di
         out.write("quality columns left empty: numpy and imagehash are not installed "
                   "(.venv/bin/pip install -e '.[curate]')\n")
         return None
-    from .quality import update_signals  # numpy, imagehash and Pillow load only now
+    from drawpipe.curate.quality import update_signals  # numpy, imagehash and Pillow load only now
 
     files = [entry.generated for entry in inventory.entries.values() if entry.generated]
     run = update_signals(root, files, host_name(), processes)
@@ -286,7 +286,3 @@ def settings_from_arguments(args: argparse.Namespace, project_dir: Path) -> Repo
 def main(argv=None, project_dir: Path = PROJECT_DIR) -> int:
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
     return run_report(settings_from_arguments(args, project_dir))
-
-
-if __name__ == "__main__":
-    sys.exit(run_main(main))

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 DEFAULT_PORT = 7860
-TABLE_PATH = Path(__file__).with_name("drawthings_api.json")
+TABLE_PATH = Path(__file__).with_name("api_table.json")
 
 # The ModelVersion raw values that LocalImageGenerator.swift special-cases for LoRAs:
 # a Kandinsky 2.1 model also takes SD 1.x LoRAs.

@@ -54,8 +54,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .metrics import COMMON_COLUMNS, read_logs
-from .report_data import image_key
+from drawpipe.engine.metrics import COMMON_COLUMNS, read_logs
+from drawpipe.report.data import image_key
 
 STAGES = ("generate", "upscale", "segment")
 DEFAULT_ETA_WINDOW_SECONDS = 3600.0

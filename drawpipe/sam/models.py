@@ -35,11 +35,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .checkpoints import OFFICIAL_CHECKPOINTS, CheckpointError, CheckpointFile
-from .errors import BadInput, UsageError
-from .layout import CUTOUTS_RECORD, UPSCALED_FOLDER, cutouts_path, generated_for_upscaled
-from .stage import Job, JobResult, remove_quietly, scan_inputs
-from .takes import Freshness, Rejections, set_aside, takes_set_aside
+from drawpipe.sam.checkpoints import OFFICIAL_CHECKPOINTS, CheckpointError, CheckpointFile
+from drawpipe.errors import BadInput, UsageError
+from drawpipe.layout import CUTOUTS_RECORD, UPSCALED_FOLDER, cutouts_path, generated_for_upscaled
+from drawpipe.engine.loop import Job, JobResult, remove_quietly, scan_inputs
+from drawpipe.curate.takes import Freshness, Rejections, set_aside, takes_set_aside
 
 RECORD_VERSION = 1
 DEVICES = ("auto", "mps", "cuda", "cpu")
@@ -297,7 +297,7 @@ class Segmenter:
                  available_bytes: int | None = None):
         import psutil
 
-        from .mask_generator import LeanMaskGenerator, choose_points_per_batch
+        from drawpipe.sam.mask_generator import LeanMaskGenerator, choose_points_per_batch
 
         self.device = choose_device(model.device)
         self.precision = choose_precision(model.precision, self.device)
@@ -347,7 +347,7 @@ def write_cutout_folder(folder: Path, stem: str, image, masks: list, record: dic
                         margin_fraction: float) -> int:
     """Write ``<stem>_cutout_<k>.png`` (k = 1.. in the order of ``masks``) and
     cutouts.json into ``folder`` (created); returns the number of cut-outs."""
-    from .cutouts import cut_out, encode_png, mask_polygons
+    from drawpipe.sam.cutouts import cut_out, encode_png, mask_polygons
 
     folder.mkdir(parents=True)
     entries = []

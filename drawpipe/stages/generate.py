@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import drawthings
-from .payloads import check_against_app, effective_parameters, fill_prompt
-from .layout import GENERATIONS_FOLDER, cutouts_path, image_name, upscaled_path
-from .pngmeta import add_text_chunks, provenance_chunks, read_text_chunks
-from .prompts import PromptSets, QueueItem
-from .sdapi import ClientSettings, SdapiClient
-from .stage import Job, JobResult, WorkerContext
-from .takes import Freshness, Rejections, recorded_take, set_aside, takes_set_aside
+from drawpipe.drawthings import api as drawthings
+from drawpipe.drawthings.payloads import check_against_app, effective_parameters, fill_prompt
+from drawpipe.layout import GENERATIONS_FOLDER, cutouts_path, image_name, upscaled_path
+from drawpipe.png import add_text_chunks, provenance_chunks, read_text_chunks
+from drawpipe.stages.prompts import PromptSets, QueueItem
+from drawpipe.drawthings.client import ClientSettings, SdapiClient
+from drawpipe.engine.loop import Job, JobResult, WorkerContext
+from drawpipe.curate.takes import Freshness, Rejections, recorded_take, set_aside, takes_set_aside
 
 SEED_LIMIT = 2**32  # Draw Things takes seeds 0..4294967295
 

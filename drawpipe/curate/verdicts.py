@@ -45,8 +45,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from .errors import BadVerdict
-from .layout import GENERATIONS_FOLDER, REVIEWS_FOLDER
+from drawpipe.errors import BadVerdict
+from drawpipe.layout import GENERATIONS_FOLDER, REVIEWS_FOLDER
 
 VERDICTS = ("accept", "reject")
 # Two Macs' clocks agree to within a second at best (NTP over Wi-Fi): closer verdicts

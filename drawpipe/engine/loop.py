@@ -52,12 +52,12 @@ from typing import Callable, Protocol
 
 from tqdm import tqdm
 
-from .claims import Claim, ClaimStore, is_busy
-from .errors import (BadInput, DrawpipeError, Interrupted, JobDeferred, JobFailed,
+from drawpipe.engine.claims import Claim, ClaimStore, is_busy
+from drawpipe.errors import (BadInput, DrawpipeError, Interrupted, JobDeferred, JobFailed,
                      MaybeStillDrawing, ShareLost, UsageError)
-from .interrupts import STOP_SIGNALS_STATE, StopSignals
-from .metrics import MetricsLog, ResourceSampler, host_name
-from .share import ShareGuard
+from drawpipe.engine.interrupts import STOP_SIGNALS_STATE, StopSignals
+from drawpipe.engine.metrics import MetricsLog, ResourceSampler, host_name
+from drawpipe.engine.share import ShareGuard
 
 
 @dataclass(frozen=True)
@@ -768,7 +768,7 @@ MAX_SHARE_REFUSALS = 3
 def _record_failure(worker: _Worker, key: str, error: Exception | None) -> None:
     """When ``key`` may be tried again: not in this run, or with --watch after a pause
     that doubles each time; a refused write on the next pass (a few times)."""
-    run, settings = worker.run, worker.run.settings
+    settings = worker.run.settings
     count = worker.failures.get(key, 0) + 1
     worker.failures[key] = count
     if isinstance(error, OSError) and count < MAX_SHARE_REFUSALS:

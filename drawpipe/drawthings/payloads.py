@@ -28,8 +28,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import drawthings
-from .errors import InputFileError, ServerIncompatible, UsageError
+from drawpipe.drawthings import api as drawthings
+from drawpipe.errors import InputFileError, ServerIncompatible, UsageError
 
 PROMPT_PLACEHOLDER = "{prompt}"
 

@@ -13,18 +13,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .claims import ClaimStore
-from .cli import CommonSettings, resolve_settings
-from .checkpoints import default_cache_dir
-from .errors import ShareLost, UsageError
-from .layout import CUTOUTS_FOLDER
-from .generation import GenerateStage
-from .payloads import (check_payload, load_payload, parse_override, sends,
+from drawpipe.engine.claims import ClaimStore
+from drawpipe.cli.common import CommonSettings, resolve_settings
+from drawpipe.sam.checkpoints import default_cache_dir
+from drawpipe.errors import ShareLost, UsageError
+from drawpipe.layout import CUTOUTS_FOLDER
+from drawpipe.stages.generate import GenerateStage
+from drawpipe.drawthings.payloads import (check_payload, load_payload, parse_override, sends,
                        with_override)
-from .prompts import ask_queue, format_queue, load_prompt_sets, load_queue, merge_queue, parse_add
-from .stage import EngineSettings, Job, job_done, run_stage
-from .takes import Freshness, Rejections
-from .upscaling import DEFAULT_SETTLE_SECONDS, UpscaleStage, apply_overrides, load_recipe
+from drawpipe.stages.prompts import ask_queue, format_queue, load_prompt_sets, load_queue, merge_queue, parse_add
+from drawpipe.engine.loop import EngineSettings, Job, job_done, run_stage
+from drawpipe.curate.takes import Freshness, Rejections
+from drawpipe.stages.upscale import DEFAULT_SETTLE_SECONDS, UpscaleStage, apply_overrides, load_recipe
 
 
 DEFAULT_RECIPE = "creative_upscale.json"
@@ -294,8 +294,8 @@ def _print_upscale_plan(stage: UpscaleStage, settings: CommonSettings, out) -> i
 
 def segment(args, project_dir: Path, stdin=None, stdout=None) -> int:
     """segment.py: every PNG under <root>/UPSCALED_IMAGES -> a folder of SAM cut-outs in CUTOUTS."""
-    from . import segmentation
-    from .checkpoints import download_checkpoint
+    from drawpipe.sam import models as segmentation
+    from drawpipe.sam.checkpoints import download_checkpoint
 
     stdout = stdout or sys.stdout
     settings = resolve_settings(args, project_dir, stdin, stdout)
@@ -363,7 +363,7 @@ def segment(args, project_dir: Path, stdin=None, stdout=None) -> int:
 
 def _generator_settings(args):
     """GeneratorSettings from the flags the user set; the rest keep SAM's defaults."""
-    from .segmentation import GeneratorSettings
+    from drawpipe.sam.models import GeneratorSettings
 
     names = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
              "stability_score_offset", "box_nms_thresh", "crop_n_layers", "min_mask_region_area")
@@ -379,7 +379,7 @@ def _generator_settings(args):
 
 def _cutout_settings(args):
     """CutoutSettings from the flags the user set; the rest keep their defaults."""
-    from .segmentation import CutoutSettings
+    from drawpipe.sam.models import CutoutSettings
 
     chosen = {"keep_background": args.keep_background}
     if args.margin is not None:
@@ -402,7 +402,7 @@ def _segment_checkpoint(model_type: str | None, checkpoint: str | None,
     """(model type, checkpoint path) from --model and --checkpoint: the type named in the
     checkpoint's file name when --model is not given; the official file in the cache
     when --checkpoint is not given (vit_b when neither is)."""
-    from .segmentation import MODEL_TYPES, model_type_for
+    from drawpipe.sam.models import MODEL_TYPES, model_type_for
 
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
@@ -422,8 +422,8 @@ def _demo_checkpoint(args, cache_dir: Path, out) -> tuple[str | None, Path | Non
     """For make demo: --checkpoint if given, else an official checkpoint already in the
     cache (smallest first), else vit_b downloaded; (None, None) when none can be had
     (then one line says how to add the step)."""
-    from .checkpoints import DownloadFailed, download_checkpoint
-    from .segmentation import MODEL_TYPES
+    from drawpipe.sam.checkpoints import DownloadFailed, download_checkpoint
+    from drawpipe.sam.models import MODEL_TYPES
 
     if args.checkpoint is not None:
         return _segment_checkpoint(args.model, args.checkpoint, cache_dir)

@@ -32,7 +32,7 @@ import requests
 import urllib3
 from PIL import Image
 
-from .errors import MaybeStillDrawing, ServerRejected, ServerUnreachable, TransientError, WrongSize
+from drawpipe.errors import MaybeStillDrawing, ServerRejected, ServerUnreachable, TransientError, WrongSize
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

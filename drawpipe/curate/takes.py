@@ -34,8 +34,8 @@ import json
 import os
 from pathlib import Path
 
-from .layout import REJECTED_FOLDER
-from .reviews import HashCache, VerdictIndex, file_sha256, load_verdicts
+from drawpipe.layout import REJECTED_FOLDER
+from drawpipe.curate.verdicts import HashCache, VerdictIndex, file_sha256, load_verdicts
 
 RECORDED_SOURCES_CACHE = "recorded-sources.json"
 

@@ -63,17 +63,17 @@ from typing import Callable
 import pybase64
 from PIL import Image
 
-from . import drawthings
-from .errors import (BadInput, InputFileError, JobDeferred, JobFailed, ServerRejected,
+from drawpipe.drawthings import api as drawthings
+from drawpipe.errors import (BadInput, InputFileError, JobDeferred, JobFailed, ServerRejected,
                      TransientError, UsageError)
-from .generation import seed_for
-from .layout import GENERATIONS_FOLDER, UPSCALED_FOLDER, upscaled_path
-from .payloads import (Override, check_against_app, check_payload, effective_parameters,
+from drawpipe.stages.generate import seed_for
+from drawpipe.layout import GENERATIONS_FOLDER, UPSCALED_FOLDER, upscaled_path
+from drawpipe.drawthings.payloads import (Override, check_against_app, check_payload, effective_parameters,
                        read_json_file, sends, with_override, without_notes)
-from .pngmeta import add_text_chunks, provenance_chunks, read_text_chunks
-from .sdapi import PNG_SIGNATURE, ClientSettings, SdapiClient
-from .stage import Job, JobResult, WorkerContext, output_exists, scan_inputs
-from .takes import Freshness, Rejections, recorded_take, set_aside, takes_set_aside
+from drawpipe.png import add_text_chunks, provenance_chunks, read_text_chunks
+from drawpipe.drawthings.client import PNG_SIGNATURE, ClientSettings, SdapiClient
+from drawpipe.engine.loop import Job, JobResult, WorkerContext, output_exists, scan_inputs
+from drawpipe.curate.takes import Freshness, Rejections, recorded_take, set_aside, takes_set_aside
 
 DEFAULT_OUTPUT_SIZE = (2048, 2048)
 # An incomplete input younger than this is waited for; older, it is reported as damaged.

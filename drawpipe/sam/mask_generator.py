@@ -54,7 +54,7 @@ from segment_anything.utils.amg import (
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops.boxes import batched_nms
 
-from .segmentation import GeneratorSettings
+from drawpipe.sam.models import GeneratorSettings
 
 MIB = 1024 * 1024
 # Query tokens per block in the encoder's global attention: 256 x 4096 scores per head.

@@ -20,7 +20,7 @@ import os
 import struct
 import zlib
 
-from drawpipe.drawthings import canonical_key
+from drawpipe.drawthings.api import canonical_key
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -21,8 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from .claims import CLAIMS_FOLDER, is_busy
-from .errors import ShareLost
+from drawpipe.engine.claims import CLAIMS_FOLDER, is_busy
+from drawpipe.errors import ShareLost
 
 MARKER_PREFIX = ".run-"
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-from .errors import UsageError
+from drawpipe.errors import UsageError
 
 # Small enough that a broken connection loses little of what it had brought.
 CHUNK_BYTES = 64 * 1024

@@ -17,11 +17,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .layout import (CUTOUTS_FOLDER, CUTOUTS_RECORD, GENERATIONS_FOLDER, UPSCALED_FOLDER,
+from drawpipe.layout import (CUTOUTS_FOLDER, CUTOUTS_RECORD, GENERATIONS_FOLDER, UPSCALED_FOLDER,
                      image_name)
-from .metrics import host_name
-from .pngmeta import read_text_chunks
-from .prompts import QueueItem
+from drawpipe.engine.metrics import host_name
+from drawpipe.png import read_text_chunks
+from drawpipe.stages.prompts import QueueItem
 
 CACHE_VERSION = 1
 
