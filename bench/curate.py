@@ -64,7 +64,8 @@ from harness import print_table, run_measured, start_simulator, stop_process  # 
 
 from drawpipe import quality  # noqa: E402
 from drawpipe.stages.generate import seed_for  # noqa: E402
-from drawpipe.png import add_text_chunks, provenance_chunks  # noqa: E402
+from drawpipe.png import add_text_chunks  # noqa: E402
+from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.report.data import scan_inventory  # noqa: E402
 from drawpipe.drawthings.simulator import encode_png, render_scene  # noqa: E402
 
@@ -208,7 +209,8 @@ def made_count(output: Path) -> int:
 
 
 def remake_benchmark(args) -> None:
-    from drawpipe.curate.verdicts import append_verdict, file_sha256
+    from drawpipe.curate.verdicts import append_verdict
+    from drawpipe.files import file_sha256
     from drawpipe.sam.models import save_random_checkpoint
 
     folder = Path(tempfile.mkdtemp(prefix="drawpipe-bench-remake-"))

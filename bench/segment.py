@@ -86,6 +86,14 @@ def make_image(size: int, seed: int) -> np.ndarray:
     return np.asarray(render_scene(seed, "a family in front of their house", size, size).convert("RGB"))
 
 
+def full_mask(found, height: int, width: int) -> np.ndarray:
+    """A mask_generator.FoundMask as height x width bool, to compare with stock's."""
+    full = np.zeros((height, width), dtype=bool)
+    x, y, w, h = found.box
+    full[y:y + h, x:x + w] = found.mask
+    return full
+
+
 def peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
@@ -93,7 +101,8 @@ def peak_rss_mb() -> float:
 
 def run_worker(args) -> None:
     """One generator on one image in this process; writes masks + figures to --output."""
-    from drawpipe.sam.models import GeneratorSettings, choose_device, import_torch, load_sam
+    from drawpipe.sam.models import choose_device, import_torch, load_sam
+    from drawpipe.sam.settings import GeneratorSettings
 
     torch = import_torch()
     settings = json.loads(args.settings_json)
@@ -130,7 +139,7 @@ def run_worker(args) -> None:
         found = generator.generate(image)
         seconds = time.monotonic() - started
         for mask in found:
-            masks.append(np.packbits(mask.full_mask(height, width)))
+            masks.append(np.packbits(full_mask(mask, height, width)))
             points.append(list(mask.point))
             boxes.append(list(mask.box))
     packed_bytes = (height * width + 7) // 8

@@ -41,18 +41,15 @@ def main() -> int:
                         script("generate.py", *common, *queue))
         if code != 0:
             return code
-        if (PROJECT_DIR / "upscale.py").exists():
-            code = run_step("upscale: creative upscale to 2048 px",
-                            script("upscale.py", *common))
-            if code != 0:
-                return code
-    finally:
-        stop_process(simulator)
-    if (PROJECT_DIR / "segment.py").exists():
-        code = run_step("segment: SAM cut-outs", script("segment.py", "--root", str(DEMO_ROOT),
-                                                       "--demo", "--no-progress"))
+        code = run_step("upscale: creative upscale to 2048 px", script("upscale.py", *common))
         if code != 0:
             return code
+    finally:
+        stop_process(simulator)
+    code = run_step("segment: SAM cut-outs", script("segment.py", "--root", str(DEMO_ROOT),
+                                                   "--demo", "--no-progress"))
+    if code != 0:
+        return code
     code = run_step("report: progress, costs and the gallery",
                     [sys.executable, "-m", "drawpipe.report", "--root", str(DEMO_ROOT), "--html"])
     if code != 0:

@@ -6,16 +6,17 @@
     │   ├── ServerUnreachable     preflight ``GET /`` failed: wrong URL, app closed
     │   ├── ServerIncompatible    the running app lacks a key the template sends (an older app)
     │   ├── ServerRejected        HTTP 422: the server refused the request (never retried)
-    │   │   └── StepRejected      ... naming the upscale recipe's step (upscaling.py)
+    │   │   └── StepRejected      ... naming the upscale recipe's step
     │   ├── CheckpointError       a SAM checkpoint missing, damaged or of another model
-    │   │   └── DownloadFailed    --download could not fetch or verify it (checkpoints.py)
+    │   │   └── DownloadFailed    --download could not fetch or verify it
     │   ├── BadVerdict            a review verdict the store refuses: not accept/reject, not a
-    │   │                         generated image, not a SHA-256 (reviews.py)
-    │   └── ExportRefused         the export folder is not empty or lies inside the share (export.py)
+    │   │                         generated image, not a SHA-256
+    │   │   └── TakeChanged       the image on the share is not the take the page showed
+    │   └── ExportRefused         the export folder is not empty or lies inside the share
     ├── JobFailed                 one job failed after its retries (exit 1, the batch goes on)
     │   ├── TransientError        a failure worth re-sending: refused connection, 5xx, bad image
     │   ├── MaybeStillDrawing     read timeout or dropped connection: the app may still be
-    │   │                         drawing it, so this run never sends it again (sdapi.py)
+    │   │                         drawing it, so this run never sends it again
     │   ├── WrongSize             the answer has another pixel size: a settings mismatch,
     │   │                         never re-sent
     │   └── BadInput              the job's input is not a usable image: reported, never sent
@@ -24,9 +25,13 @@
     │                             started on (unmounted): stop at once, write nothing (exit 1)
     └── Interrupted               Ctrl-C, SIGTERM or SIGHUP (exit 130)
 
+    RequestRejected               not a user error by itself: what the app would answer a
+                                  body with (HTTP 422 and its ``detail``), from the API
+                                  table's rules; the checks turn it into one of the above
+
 A file on the share that someone else has open (SMB's "busy": EBUSY, EACCES, EPERM,
 a lingering "delete pending" name) is not an error of this hierarchy: the engine
-tries again on a later pass (stage.py, claims.py).
+tries again on a later pass (engine/loop.py, engine/claims.py).
 """
 
 
@@ -63,8 +68,13 @@ class ServerRejected(UsageError):
 
 
 class BadVerdict(UsageError):
-    """A verdict the verdict store will not write (reviews.py); the review page answers
-    it with HTTP 400 and the message."""
+    """A verdict the verdict store will not write (curate/verdicts.py); the review page
+    answers it with HTTP 400 and the message."""
+
+
+class TakeChanged(BadVerdict):
+    """The image on the share is not the take the page showed (the review page answers
+    HTTP 409)."""
 
 
 class ExportRefused(UsageError):
@@ -118,3 +128,36 @@ class ShareLost(DrawpipeError):
 
 class Interrupted(DrawpipeError):
     exit_code = 130
+
+
+class CheckpointError(UsageError):
+    """A SAM checkpoint is missing, unreadable, or does not fit the model type."""
+
+
+class DownloadFailed(CheckpointError):
+    """``reason``: what went wrong, in a few words (for a shorter line of one's own)."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class StepRejected(ServerRejected):
+    """HTTP 422 for one step of a recipe: names the step and the recipe file."""
+
+    def __init__(self, url: str, detail: str, where: str):
+        self.url = url
+        self.detail = detail
+        Exception.__init__(
+            self, f"{url} rejected {where} (HTTP 422): {detail} — fix the recipe or the "
+                  "app's settings and run again")
+
+
+class RequestRejected(Exception):
+    """The app answers this body with HTTP 422 and ``detail``. ``reason``: the same in
+    plain words where ``detail`` is Swift's decoder text, else ``detail``."""
+
+    def __init__(self, detail: str, reason: str | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.reason = reason or detail

@@ -40,13 +40,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from drawpipe.sam.checkpoints import default_cache_dir
+from drawpipe.files import default_cache_dir
 from drawpipe.cli.common import resolve_settings, run_main
 from drawpipe.errors import ExportRefused, UsageError
 from drawpipe.png import read_text_chunks
-from drawpipe.report.data import scan_inventory, temporary_name
+from drawpipe.report.data import scan_inventory
+from drawpipe.files import write_atomically
 from drawpipe.report.stats import STAGES, latest_done, load_logs
-from drawpipe.curate.verdicts import HashCache, file_sha256, load_verdicts
+from drawpipe.curate.verdicts import load_verdicts
+from drawpipe.files import HashCache, file_sha256
 from drawpipe.layout import CUTOUTS_RECORD
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -233,10 +235,7 @@ def run_export(settings: ExportSettings, out=None) -> int:
         result.accepted += verdict is not None
         result.unreviewed += verdict is None
     # The metadata last, atomically: an export cut short has none, and reads as unfinished.
-    metadata = settings.out / METADATA_NAME
-    temporary = metadata.with_name(temporary_name(METADATA_NAME))
-    temporary.write_text("".join(lines), encoding="utf-8")
-    os.replace(temporary, metadata)
+    write_atomically(settings.out / METADATA_NAME, "".join(lines).encode("utf-8"))
     for line in result.problems:
         out.write(f"note: {line}\n")
     out.write(result.sentence(settings.out, settings.include_unreviewed) + "\n")

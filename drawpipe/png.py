@@ -1,4 +1,4 @@
-"""Provenance in PNG text chunks, written without touching the pixels.
+"""PNG files without decoding their pixels: text chunks, checks, size.
 
 A PNG is an 8-byte signature followed by chunks: a 4-byte big-endian data length,
 a 4-byte type (``IHDR``, ``IDAT``, ``tEXt``, ``IEND``, ...), the data and a CRC-32
@@ -8,19 +8,21 @@ chunks (the compressed pixels) are copied as they are, never decoded. For an
 
     add_text_chunks(png, texts)     bytes -> bytes with one iTXt chunk per text
     read_text_chunks(png_or_path)   {keyword: text} from tEXt, zTXt and iTXt
-    infotext(payload)               the A1111 "parameters" text PNG-info tools show
-    provenance_chunks(payload)      {"parameters": ..., "drawpipe": JSON} for add_text_chunks
+    verified_size(png)              (w, h) of a complete PNG whose chunk CRCs all check
+    inspect_png(data)               what is wrong with a file that should be a PNG
+    png_size(png)                   (w, h) from the IHDR chunk alone
 
 Malformed PNG structure raises ``ValueError`` (a bad answer from the server is the
-caller's to report; sdapi turns it into a retry).
+caller's to report; the HTTP client turns it into a retry).
 """
 
-import json
+import io
 import os
 import struct
 import zlib
+from dataclasses import dataclass
 
-from drawpipe.drawthings.api import canonical_key
+from PIL import Image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -192,141 +194,83 @@ def _collect_texts(read_at, size: int) -> dict[str, str]:
     return texts
 
 
-def _number(value) -> str:
-    """30.0 -> "30", 7.5 -> "7.5"."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+# --------------------------------------------------------------------------- checks
+
+# The last 12 bytes of every complete PNG without trailing data: IEND's length, type, CRC.
+IEND_CHUNK = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
-def _quote(value: str) -> str:
-    # A1111's infotext quoting (modules/infotext_utils.quote): a value holding a
-    # separator becomes a JSON string, so "Key: value, Key: value" still parses.
-    if "," not in value and "\n" not in value and ":" not in value:
-        return value
-    return json.dumps(value, ensure_ascii=False)
+# First bytes -> what the file is, for "not a PNG" messages.
+_FILE_KINDS = {
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"RIFF": "a RIFF file (WebP?)",
+    b"%PDF": "a PDF document",
+    b"II*\x00": "a TIFF image",
+    b"MM\x00*": "a TIFF image",
+    b"PK\x03\x04": "a zip archive",
+}
 
 
-def _present(value) -> bool:
-    return value is not None and value is not False and value != "" and value != []
+@dataclass(frozen=True)
+class PngCheck:
+    """What ``inspect_png`` found. ``problem`` None: a complete PNG of ``size`` (w, h) px
+    with text chunks ``texts``. Otherwise ``incomplete`` says whether the file may
+    still be being written (then it is worth waiting for)."""
+
+    problem: str | None
+    incomplete: bool = False
+    size: tuple[int, int] | None = None
+    texts: dict | None = None
 
 
-def _size(p: dict):
-    if _present(p.get("width")) and _present(p.get("height")):
-        return f"{_number(p['width'])}x{_number(p['height'])}"
+def verified_size(png: bytes) -> tuple[int, int]:
+    """(width, height) px of a complete PNG, checked without decoding pixels: every
+    chunk's CRC and the stream's completeness (``Image.verify()``); ValueError(why)."""
+    if not png.startswith(PNG_SIGNATURE):
+        raise ValueError("not a PNG")
+    try:
+        with Image.open(io.BytesIO(png)) as image:
+            size = image.size
+            image.verify()
+    except Exception as exc:  # Pillow raises many types for broken files
+        raise ValueError(f"damaged PNG ({exc})") from None
+    return tuple(size)
+
+
+def inspect_png(data: bytes) -> PngCheck:
+    """Check PNG bytes without decoding pixels: signature, chunk list up to IEND,
+    ``Image.verify()`` (every chunk's CRC), pixel size."""
+    if not data:
+        return PngCheck("empty file (0 bytes)", incomplete=True)
+    if not data.startswith(PNG_SIGNATURE):
+        if PNG_SIGNATURE.startswith(data):
+            return PngCheck(f"only the first {len(data)} bytes of a PNG", incomplete=True)
+        return PngCheck(f"not a PNG file: {_file_kind(data)}")
+    try:
+        texts = read_text_chunks(data)  # walks the chunk headers up to IEND
+    except ValueError:
+        return PngCheck(f"truncated: no IEND end marker in its {len(data)} bytes",
+                        incomplete=True)
+    try:
+        size = verified_size(data)
+    except ValueError as exc:
+        return PngCheck(str(exc), incomplete=True)
+    return PngCheck(None, size=size, texts=texts)
+
+
+def _file_kind(data: bytes) -> str:
+    for magic, kind in _FILE_KINDS.items():
+        if data.startswith(magic):
+            return kind
+    head = data[:64]
+    if all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head):
+        return "text"
+    return "unknown content"
+
+
+def png_size(png: bytes) -> tuple[int, int] | None:
+    """(width, height) px from a PNG's IHDR chunk (the first), without decoding."""
+    if len(png) >= 24 and png.startswith(PNG_SIGNATURE) and png[12:16] == b"IHDR":
+        return struct.unpack(">II", png[16:24])
     return None
-
-
-def _strength(p: dict):
-    strength = p.get("strength")
-    # 1.0 is a full denoise (txt2img); A1111 leaves the field out then.
-    return strength if _present(strength) and strength != 1 else None
-
-
-def _hires_upscale(p: dict):
-    if not p.get("hires_fix"):
-        return None
-    width, first_pass = p.get("width"), p.get("hires_fix_width")
-    if isinstance(width, (int, float)) and isinstance(first_pass, (int, float)) and first_pass > 0:
-        return f"{width / first_pass:g}"
-    return "on"
-
-
-def _files(key: str):
-    def files(p: dict):
-        entries = []
-        for entry in p.get(key) or ():
-            if isinstance(entry, dict):
-                if not _present(entry.get("file")):
-                    continue
-                weight = entry.get("weight")
-                entries.append(str(entry["file"]) + (f": {_number(weight)}" if weight is not None else ""))
-            else:
-                entries.append(str(entry))
-        return ", ".join(entries) or None
-
-    return files
-
-
-def _when(condition_key: str, key: str):
-    return lambda p: p.get(key) if _present(p.get(condition_key)) else None
-
-
-def _above(key: str, threshold: float):
-    return lambda p: p.get(key) if isinstance(p.get(key), (int, float)) and p[key] > threshold else None
-
-
-# (A1111-style label, value from the canonical payload or None to leave the field out)
-_INFOTEXT_FIELDS = (
-    ("Steps", lambda p: p.get("steps")),
-    ("Sampler", lambda p: p.get("sampler")),
-    ("CFG scale", lambda p: p.get("guidance_scale")),
-    ("Seed", lambda p: p.get("seed")),
-    ("Size", _size),
-    ("Model", lambda p: p.get("model")),
-    ("Denoising strength", _strength),
-    ("Refiner", lambda p: p.get("refiner_model")),
-    ("Refiner start", _when("refiner_model", "refiner_start")),
-    ("Hires upscale", _hires_upscale),
-    ("Hires strength", _when("hires_fix", "hires_fix_strength")),
-    ("Upscaler", lambda p: p.get("upscaler")),
-    ("Upscaler scale", _when("upscaler", "upscaler_scale")),
-    ("Seed mode", lambda p: p.get("seed_mode")),
-    ("Clip skip", _above("clip_skip", 1)),
-    ("Sharpness", _above("sharpness", 0)),
-    ("Loras", _files("loras")),
-    ("Controls", _files("controls")),
-)
-
-
-def infotext(payload: dict) -> str:
-    """The A1111 "parameters" text that PNG-info tools read, from a Draw Things payload.
-
-    Line 1 the prompt, line 2 "Negative prompt: ..." (left out when empty), line 3
-    "Steps: 30, Sampler: ..., CFG scale: 7.5, Seed: 123, Size: 1024x1024, Model: ...".
-    Aliases (cfg_scale, sampler_name, denoising_strength, ...) count as their
-    canonical keys. Only meaningful fields appear: no refiner start without a
-    refiner, no strength at 1.0 (txt2img), no clip skip 1, no sharpness 0, nothing
-    null/empty/false. Loras and controls are listed as "file: weight". Values holding
-    ",", ":" or a newline are JSON-quoted as A1111 does.
-    """
-    p = {canonical_key(key): value for key, value in payload.items()}
-    lines = [str(p.get("prompt") or "")]
-    negative = p.get("negative_prompt")
-    if _present(negative) and str(negative).strip():
-        lines.append(f"Negative prompt: {negative}")
-    fields = []
-    for label, value_of in _INFOTEXT_FIELDS:
-        value = value_of(p)
-        if _present(value):
-            fields.append(f"{label}: {_quote(_number(value))}")
-    if fields:
-        lines.append(", ".join(fields))
-    return "\n".join(lines)
-
-
-def _without_images(request: dict) -> dict:
-    return {key: value for key, value in request.items() if key != "init_images"}
-
-
-def provenance_chunks(payload: dict, steps: list[dict] | None = None,
-                      overrides: list[str] | None = None, take: int | None = None
-                      ) -> dict[str, str]:
-    """Texts for add_text_chunks: {"parameters": infotext(payload), "drawpipe": JSON}.
-
-    The JSON is {"request": payload, "steps": steps, "overrides": the command line's
-    --set options, "take": the take number of a generated image} (all but the request
-    only when given), sorted keys, UTF-8. ``init_images`` are dropped from the payload
-    and from every step: base64 images never go into metadata.
-    """
-    record = {"request": _without_images(payload)}
-    if steps is not None:
-        record["steps"] = [_without_images(step) if isinstance(step, dict) else step for step in steps]
-    if overrides:
-        record["overrides"] = list(overrides)
-    if take is not None:
-        record["take"] = take
-    return {
-        "parameters": infotext(payload),
-        "drawpipe": json.dumps(record, sort_keys=True, ensure_ascii=False),
-    }

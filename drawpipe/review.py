@@ -51,17 +51,18 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from drawpipe.report import pages
-from drawpipe.sam.checkpoints import default_cache_dir
+from drawpipe.files import default_cache_dir
 from drawpipe.cli.common import resolve_settings, run_main
 from drawpipe.errors import BadVerdict, UsageError
 from drawpipe.layout import CUTOUTS_FOLDER, GENERATIONS_FOLDER, UPSCALED_FOLDER
-from drawpipe.engine.metrics import host_name
+from drawpipe.files import host_name
 from drawpipe.report.pages import anchor
 from drawpipe.curate.quality import Signals, suspect_reasons, suspicion_order, update_signals
 from drawpipe.report.data import ReportCache, natural_key, read_metadata, scan_inventory
 from drawpipe.report.html import meta_view
-from drawpipe.curate.verdicts import (HashCache, Verdict, append_verdict, check_sha256, file_sha256,
-                      load_verdicts)
+from drawpipe.curate.verdicts import Verdict, append_verdict, check_sha256, load_verdicts
+from drawpipe.files import HashCache, file_sha256
+from drawpipe.errors import TakeChanged
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8765
@@ -275,10 +276,6 @@ class Review:
                 "problems": index.problems}
 
 
-class TakeChanged(Exception):
-    """The image on the share is not the take the page showed."""
-
-
 # --------------------------------------------------------------------------- HTTP
 
 
@@ -399,12 +396,12 @@ class _Handler(BaseHTTPRequestHandler):
             verdict = self.server.review.record(body)
         except ValueError as exc:  # BadVerdict is not a ValueError; this is the JSON
             self._error(HTTPStatus.BAD_REQUEST, f"not JSON: {exc}")
+        except TakeChanged as exc:
+            self._error(HTTPStatus.CONFLICT, str(exc))
         except BadVerdict as exc:
             self._error(HTTPStatus.BAD_REQUEST, str(exc))
         except FileNotFoundError as exc:
             self._error(HTTPStatus.NOT_FOUND, str(exc.args[0]) if exc.args else "gone")
-        except TakeChanged as exc:
-            self._error(HTTPStatus.CONFLICT, str(exc))
         except OSError as exc:
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR,
                         f"cannot write the verdict ({exc.strerror or exc}): is the share mounted "

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drawpipe.sam.cutouts import (cut_out, encode_png, mask_box, mask_from_polygons, mask_polygons,
-                              square_canvas)
+from drawpipe.sam.cutouts import cut_out, encode_png, mask_box, mask_polygons, square_canvas
+
+from masks import mask_from_polygons
 
 HEIGHT, WIDTH = 120, 160
 

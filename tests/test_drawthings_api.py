@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from drawpipe.bundled import TXT2IMG_TEMPLATE
 from drawpipe.drawthings.api import api_table, decode_body, output_size, resolve_extras
 from drawpipe.errors import InputFileError
 from drawpipe.drawthings.payloads import check_payload
@@ -262,7 +263,7 @@ def test_a_key_the_running_app_lacks_stops_the_run_before_the_first_request(shar
         result = generate(share, "--server", older_app.url)
         sent = [r for r in older_app.requests if r["method"] == "POST"]
 
-    template = PAYLOADS / "txt2img.json"
+    template = TXT2IMG_TEMPLATE
     assert (result.returncode, result.stderr) == (2, (
         f'error: {template}: "tea_cache" is not a key of the Draw Things app at {older_app.url} '
         "(its GET / does not list it: the app is older than this template): update Draw Things, "

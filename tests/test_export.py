@@ -18,7 +18,8 @@ from PIL import Image
 
 from drawpipe.stages.generate import seed_for
 from drawpipe.engine.metrics import MetricsLog
-from drawpipe.png import add_text_chunks, provenance_chunks
+from drawpipe.png import add_text_chunks
+from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.curate.verdicts import append_verdict
 from drawpipe.drawthings.simulator import encode_png, render_scene
 

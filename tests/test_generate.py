@@ -558,7 +558,7 @@ def _renamed(source: Path, target: Path) -> bool:
 
 
 def test_an_output_that_cannot_be_looked_at_is_not_taken_for_missing(tmp_path):
-    from drawpipe.engine.loop import output_exists
+    from drawpipe.files import output_exists
     assert output_exists(tmp_path / "missing.png") is False
     assert output_exists(tmp_path / "missing" / "deeper.png") is False
     (tmp_path / "file").write_bytes(b"")

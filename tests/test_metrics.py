@@ -8,15 +8,9 @@ import uuid
 
 import pytest
 
-from drawpipe.engine.metrics import (
-    COMMON_COLUMNS,
-    MetricsLog,
-    ResourceSampler,
-    find_process,
-    format_time_utc,
-    host_name,
-    read_logs,
-)
+from drawpipe.engine.metrics import COMMON_COLUMNS, MetricsLog, ResourceSampler, find_process, format_time_utc, read_logs
+
+from drawpipe.files import host_name
 
 
 def start_python(code: str) -> subprocess.Popen:

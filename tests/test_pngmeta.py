@@ -8,7 +8,9 @@ import zlib
 import pytest
 from PIL import Image, PngImagePlugin
 
-from drawpipe.png import add_text_chunks, infotext, provenance_chunks, read_text_chunks
+from drawpipe.png import add_text_chunks, read_text_chunks
+
+from drawpipe.drawthings.provenance import infotext, provenance_chunks
 
 
 def png_chunks(png: bytes) -> list[tuple[bytes, bytes]]:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from drawpipe.errors import InputFileError, UsageError
+from drawpipe.bundled import PROMPT_SETS
 from drawpipe.stages.prompts import (
-    BUNDLED_PROMPT_SETS,
     CATEGORIES,
     QueueItem,
     ask_queue,
@@ -36,7 +36,7 @@ def write_json(path: Path, data) -> Path:
 @pytest.fixture
 def bundled_sets():
     """The prompt sets shipped in prompts/variable_sets.json."""
-    return load_prompt_sets(BUNDLED_PROMPT_SETS)
+    return load_prompt_sets(PROMPT_SETS)
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ GOOD = {"nation": "France", "category": "family", "prompt": "a French family"}
 # ---------------------------------------------------------------- bundled file
 
 def test_bundled_file_has_40_nations_times_2_categories(bundled_sets):
-    entries = json.loads(BUNDLED_PROMPT_SETS.read_text(encoding="utf-8"))
+    entries = json.loads(PROMPT_SETS.read_text(encoding="utf-8"))
     assert len(entries) == 80
     assert len({(e["nation"], e["category"]) for e in entries}) == 80
     assert len(bundled_sets.nations) == 40
@@ -83,7 +83,7 @@ def test_bundled_names_are_safe_ascii_folder_names(bundled_sets):
 
 
 def test_bundled_file_has_one_entry_per_line():
-    lines = BUNDLED_PROMPT_SETS.read_text(encoding="utf-8").splitlines()
+    lines = PROMPT_SETS.read_text(encoding="utf-8").splitlines()
     assert sum(line.startswith('{"nation"') for line in lines) == 80
 
 
@@ -173,7 +173,7 @@ def test_resolve_nation_by_number_and_by_name(bundled_sets):
 
 
 def test_resolve_nation_errors(bundled_sets):
-    path = BUNDLED_PROMPT_SETS
+    path = PROMPT_SETS
     with pytest.raises(UsageError, match=r"^unknown nation 'Frnace' \(did you mean: France\?\)$"):
         bundled_sets.resolve_nation("Frnace")
     with pytest.raises(UsageError) as caught:
@@ -408,8 +408,8 @@ def test_ask_queue_done_with_nothing_queued(bundled_sets):
 
 def test_ask_queue_reads_piped_stdin_in_a_real_process():
     code = (
-        "import sys; from drawpipe.stages.prompts import *; "
-        "sets = load_prompt_sets(BUNDLED_PROMPT_SETS); "
+        "import sys; from drawpipe.stages.prompts import *; from drawpipe.bundled import PROMPT_SETS; "
+        "sets = load_prompt_sets(PROMPT_SETS); "
         "items = ask_queue(sets, sys.stdin, sys.stderr); "
         "print(format_queue(items))"
     )
@@ -420,7 +420,7 @@ def test_ask_queue_reads_piped_stdin_in_a_real_process():
         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    twelfth = load_prompt_sets(BUNDLED_PROMPT_SETS).nations[11]
+    twelfth = load_prompt_sets(PROMPT_SETS).nations[11]
     assert result.stdout == format_queue(
         [QueueItem(twelfth, "family", 3), QueueItem("Kenya", "working", 1)]
     ) + "\n"

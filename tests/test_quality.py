@@ -11,7 +11,9 @@ import sys
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from drawpipe.png import add_text_chunks, provenance_chunks
+from drawpipe.png import add_text_chunks
+
+from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.curate.quality import (BLURRY_LAPLACIAN_VARIANCE, CSV_COLUMNS, NEAR_DUPLICATE_MAX_DISTANCE,
                               measure_png, suspect_reasons, update_signals)
 from drawpipe.report.data import scan_inventory

@@ -23,7 +23,8 @@ from PIL import Image
 
 from drawpipe.stages.generate import seed_for
 from drawpipe.engine.metrics import COMMON_COLUMNS
-from drawpipe.png import add_text_chunks, provenance_chunks
+from drawpipe.png import add_text_chunks
+from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.report.data import parse_infotext
 from drawpipe.report.stats import (LogRow, busy_seconds, estimate_eta, format_duration,
                                    load_logs, percentile, stage_figures)

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image, ImageFilter
 
 from drawpipe.stages.generate import seed_for
-from drawpipe.png import add_text_chunks, provenance_chunks
+from drawpipe.png import add_text_chunks
+from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.review import LISTENING
 from drawpipe.curate.verdicts import append_verdict, load_verdicts, reviews_path
 from drawpipe.drawthings.simulator import encode_png, render_scene

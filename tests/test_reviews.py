@@ -12,8 +12,8 @@ import threading
 import pytest
 
 from drawpipe.errors import BadVerdict
-from drawpipe.curate.verdicts import (HashCache, append_verdict, file_sha256, load_verdicts,
-                              reviews_path)
+from drawpipe.curate.verdicts import append_verdict, load_verdicts, reviews_path
+from drawpipe.files import HashCache, file_sha256
 
 IMAGE = "GENERATIONS/France/family/France_family_1.png"
 OTHER = "GENERATIONS/France/family/France_family_2.png"

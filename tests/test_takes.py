@@ -13,7 +13,8 @@ import pytest
 
 from drawpipe.stages.generate import seed_for
 from drawpipe.png import read_text_chunks
-from drawpipe.curate.verdicts import append_verdict, file_sha256
+from drawpipe.curate.verdicts import append_verdict
+from drawpipe.files import file_sha256
 from drawpipe.sam.models import save_random_checkpoint
 from drawpipe.drawthings.simulator import Simulator
 from drawpipe.curate.takes import set_aside

@@ -23,7 +23,8 @@ from drawpipe.errors import InputFileError
 from drawpipe.stages.generate import seed_for
 from drawpipe.png import read_text_chunks
 from drawpipe.drawthings.simulator import Simulator, default_app_configuration, encode_png, render_scene
-from drawpipe.stages.upscale import inspect_png, load_recipe, plan_chain
+from drawpipe.stages.upscale import load_recipe, plan_chain
+from drawpipe.png import inspect_png
 
 from conftest import (FAST_RETRY_ARGS, PROJECT_DIR, png_files, run_script, start_script,
                       wait_for)

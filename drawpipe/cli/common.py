@@ -9,6 +9,15 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from contextlib import contextmanager
+
+from tqdm import tqdm
+
+from drawpipe.curate.takes import Freshness
+from drawpipe.engine.claims import ClaimStore
+from drawpipe.engine.loop import EngineSettings, Job, job_done
+from drawpipe.errors import ShareLost
+from drawpipe.files import default_cache_dir
 
 from drawpipe.cli import config
 from drawpipe.drawthings.api import DEFAULT_PORT
@@ -173,3 +182,115 @@ def _print_quietly(line: str) -> None:
         print(line, file=sys.stderr)
     except OSError:
         pass  # the terminal is gone (SIGHUP): nobody to tell
+
+
+def engine_settings(settings: CommonSettings, args, servers=None) -> EngineSettings:
+    return EngineSettings(
+        root=settings.root,
+        servers=tuple(servers if servers is not None else settings.servers),
+        lease_seconds=settings.lease_seconds,
+        poll_seconds=settings.poll_seconds,
+        watch=getattr(args, "watch", False),
+        **({"watch_retry_seconds": args.watch_retry_seconds}
+           if getattr(args, "watch_retry_seconds", None) is not None else {}),
+        server_process_name=settings.server_process_name,
+        show_progress=False if args.no_progress else None,
+    )
+
+
+@contextmanager
+def share_errors(root: Path):
+    """Outside the engine (dry runs, a first look): an OSError reading the share means
+    the share failed; say so in one line (errors.ShareLost)."""
+    try:
+        yield
+    except OSError as exc:
+        raise ShareLost(root, exc.strerror or str(exc)) from None
+
+
+def warning_printer():
+    """A ``warn(line)`` printing each distinct warning once, above any progress bar."""
+    seen = set()
+
+    def warn(line: str) -> None:
+        if line not in seen:
+            seen.add(line)
+            tqdm.write(f"warning: {line}", file=sys.stderr)
+
+    return warn
+
+
+def notice_printer():
+    """A ``notice(line)`` printing a line above any progress bar."""
+    def notice(line: str) -> None:
+        tqdm.write(line, file=sys.stderr)
+
+    return notice
+
+
+def local_freshness() -> Freshness:
+    """This Mac's hash cache for takes.py, in the local cache folder (never the share)."""
+    return Freshness(default_cache_dir(os.environ))
+
+
+def print_rejected(rejected: list[str], out) -> None:
+    """Inputs left out because their take was rejected in review."""
+    if rejected:
+        print(f"{len(rejected)} image(s) rejected in review left out (generate.py makes their "
+              "next take)", file=out)
+
+
+def print_summary(summary, out) -> None:
+    for line in summary.lines():
+        print(line, file=out)
+
+
+def check_positive(value: int, what: str) -> None:
+    if value < 1:
+        raise UsageError(f"{what} must be a positive integer, got {value}")
+
+
+# --------------------------------------------------------------------------- dry runs
+
+
+def job_states(root: Path, stage, jobs: list[Job], lease_seconds: float) -> list[str]:
+    """For --dry-run: "done", "to do" (its output is missing, or stale: rejected, or
+    made from an input that changed since), or "claimed by <worker> (<age> s ago)"."""
+    store = ClaimStore(root, stage.name, "dry-run", lease_seconds, read_only=True)
+    states = []
+    with share_errors(root):
+        for job in jobs:
+            states.append(_job_state(store, stage, job))
+    return states
+
+
+def _job_state(store: ClaimStore, stage, job: Job) -> str:
+    if job_done(stage, job):
+        return "done"
+    holder = store.holder(job.key)
+    if holder is None:
+        return "to do"
+    stale = ", stale: will be taken over" if holder["stale"] else ""
+    return (f"claimed by {holder.get('worker', '?')} "
+            f"({holder['age_seconds']:.0f} s ago{stale})")
+
+
+def print_plan(groups: list, verb: str, claimed_word: str, out) -> tuple[int, int]:
+    """For --dry-run: ``groups`` [(label or None, jobs, states)]. Prints, per labelled
+    group, "  <label>: N to <verb>, D already done[, C <claimed_word>]", then each
+    claimed job with who holds it; returns (to do, claimed included; done)."""
+    total_to_do = total_done = 0
+    for label, jobs, states in groups:
+        done = states.count("done")
+        to_do = states.count("to do")
+        claimed = len(states) - done - to_do
+        total_to_do += to_do + claimed
+        total_done += done
+        if label is not None:
+            print(f"  {label}: {to_do} to {verb}, {done} already done"
+                  + (f", {claimed} {claimed_word}" if claimed else ""), file=out)
+        for job, state in zip(jobs, states):
+            if state.startswith("claimed"):
+                print(f"    {job.key}: {state}" if label is not None else f"  {job.key}: {state}",
+                      file=out)
+    return total_to_do, total_done

@@ -50,7 +50,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from drawpipe.report.data import natural_key, write_if_changed
+from drawpipe.report.data import natural_key
+
+from drawpipe.files import write_if_changed
 
 REPORT_FOLDER = "report"
 QUALITY_FOLDER = "quality"

@@ -35,7 +35,8 @@ import os
 from pathlib import Path
 
 from drawpipe.layout import REJECTED_FOLDER
-from drawpipe.curate.verdicts import HashCache, VerdictIndex, file_sha256, load_verdicts
+from drawpipe.curate.verdicts import VerdictIndex, load_verdicts
+from drawpipe.files import HashCache, file_sha256
 
 RECORDED_SOURCES_CACHE = "recorded-sources.json"
 

@@ -35,7 +35,6 @@ verdict, a disagreement within the tie window, and (``check_images``) a verdict 
 an image that no longer exists. Nothing is ever removed from a verdict file.
 """
 
-import hashlib
 import json
 import os
 import re
@@ -53,9 +52,6 @@ VERDICTS = ("accept", "reject")
 # cannot be ordered by their times, so a disagreement that close is reported.
 TIE_WINDOW_SECONDS = 1.0
 MAX_REASON_CHARS = 2000
-HASH_CHUNK_BYTES = 1024 * 1024
-HASH_CACHE_NAME = "sha256.json"
-HASH_CACHE_VERSION = 1
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _HOST = re.compile(r"[A-Za-z0-9_-]+")  # metrics.host_name() makes names of this shape
@@ -304,76 +300,3 @@ def _parse_line(raw: bytes) -> Verdict | str:
 # --------------------------------------------------------------------------- hashing
 
 
-class HashCache:
-    """This Mac's SHA-256 of files by (absolute path, size, mtime_ns), in
-    ``<cache_dir>/<name>`` (default sha256.json; a local folder, never the share: e.g.
-    checkpoints.default_cache_dir(os.environ)). Re-hashing unchanged files then costs
-    one stat each. ``save()`` writes it (atomically) when something was added; a
-    missing or damaged file is an empty cache. Safe to share between threads."""
-
-    def __init__(self, cache_dir: Path, name: str = HASH_CACHE_NAME):
-        self.path = Path(cache_dir) / name
-        self.changed = False
-        self._lock = threading.Lock()
-        entries = {}
-        try:
-            data = json.loads(self.path.read_bytes())
-            if isinstance(data, dict) and data.get("version") == HASH_CACHE_VERSION:
-                entries = data.get("files") if isinstance(data.get("files"), dict) else {}
-        except (OSError, ValueError):
-            pass
-        self.entries: dict[str, list] = entries  # path -> [size, mtime_ns, sha256]
-
-    def get(self, path: Path, size: int, mtime_ns: int) -> str | None:
-        entry = self.entries.get(str(path))
-        if entry and entry[0] == size and entry[1] == mtime_ns:
-            return entry[2]
-        return None
-
-    def put(self, path: Path, size: int, mtime_ns: int, sha256: str) -> None:
-        with self._lock:
-            if self.entries.get(str(path)) != [size, mtime_ns, sha256]:
-                self.entries[str(path)] = [size, mtime_ns, sha256]
-                self.changed = True
-
-    def save(self) -> None:
-        with self._lock:
-            if not self.changed:
-                return
-            data = json.dumps({"version": HASH_CACHE_VERSION, "files": self.entries},
-                              separators=(",", ":")).encode()
-            self.changed = False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            temporary.write_bytes(data)
-            os.replace(temporary, self.path)
-        except OSError:
-            temporary.unlink(missing_ok=True)  # a cache that cannot be saved is only slower
-
-    def __enter__(self) -> "HashCache":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.save()
-
-
-def file_sha256(path: Path, cache: HashCache | None = None) -> str:
-    """Hex SHA-256 of the file's bytes. With ``cache``, a file whose (size, mtime_ns)
-    match the cached entry is not read (one stat). OSError when it cannot be read."""
-    path = Path(path).absolute()
-    if cache is not None:
-        stat = os.stat(path)
-        known = cache.get(path, stat.st_size, stat.st_mtime_ns)
-        if known:
-            return known
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        before = os.fstat(stream.fileno())
-        while chunk := stream.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    hex_digest = digest.hexdigest()
-    if cache is not None:
-        # The stat of the open file: a file replaced after it was read gets a new entry.
-        cache.put(path, before.st_size, before.st_mtime_ns, hex_digest)
-    return hex_digest

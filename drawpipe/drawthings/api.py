@@ -33,6 +33,7 @@ import difflib
 import functools
 import json
 import math
+from drawpipe.errors import RequestRejected
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -135,16 +136,6 @@ def canonical_key(key: str) -> str:
 
 
 # --------------------------------------------------------------------------- decoding
-
-
-class RequestRejected(Exception):
-    """The app answers this body with HTTP 422 and ``detail``. ``reason``: the same in
-    plain words where ``detail`` is Swift's decoder text, else ``detail``."""
-
-    def __init__(self, detail: str, reason: str | None = None):
-        super().__init__(detail)
-        self.detail = detail
-        self.reason = reason or detail
 
 
 @dataclass

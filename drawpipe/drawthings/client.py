@@ -22,7 +22,6 @@ Failure kinds, as the caller sees them (see errors.py):
 """
 
 import binascii
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -30,11 +29,10 @@ from dataclasses import dataclass
 import pybase64
 import requests
 import urllib3
-from PIL import Image
 
 from drawpipe.errors import MaybeStillDrawing, ServerRejected, ServerUnreachable, TransientError, WrongSize
+from drawpipe.png import verified_size
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 ENABLE_API_HINT = (
     "start Draw Things and turn on its HTTP API server (Settings > API Server: "
@@ -216,14 +214,10 @@ def checked_png(image_base64: str, expected_size: tuple[int, int] | None, source
         png = pybase64.b64decode(image_base64, validate=True)
     except (binascii.Error, ValueError, TypeError):
         raise TransientError(f"{source}: the image is not valid base64 (truncated answer?)") from None
-    if not png.startswith(PNG_SIGNATURE):
-        raise TransientError(f"{source}: the image is not a PNG")
     try:
-        with Image.open(io.BytesIO(png)) as image:
-            size = image.size
-            image.verify()
-    except Exception as exc:  # Pillow raises many types for broken files
-        raise TransientError(f"{source}: the PNG is damaged ({exc})") from None
+        size = verified_size(png)
+    except ValueError as exc:
+        raise TransientError(f"{source}: {exc}") from None
     if expected_size is not None and tuple(size) != tuple(expected_size):
         raise WrongSize(
             f"{source}: the image is {size[0]}x{size[1]} px, expected "

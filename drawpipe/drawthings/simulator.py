@@ -71,7 +71,7 @@ import pybase64
 from PIL import Image, ImageChops, ImageDraw
 
 from drawpipe.drawthings import api as drawthings
-from drawpipe.drawthings.api import RequestRejected
+from drawpipe.errors import RequestRejected
 
 def _neutral_value(parameter: drawthings.Parameter):
     """A value of the parameter's type inside its range: 0 clamped, False, [], None or

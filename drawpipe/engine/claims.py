@@ -31,25 +31,17 @@ unreliable on macOS SMB mounts, so none is used.
   ``.claims``).
 """
 
-import errno
 import json
 import os
 import secrets
 import socket
 import threading
 import time
+from drawpipe.files import is_busy
 from dataclasses import dataclass
 from pathlib import Path
 
 CLAIMS_FOLDER = ".claims"
-
-# errno values that mean "someone else has this file open or is deleting it": SMB's
-# sharing violation comes through as EBUSY, EACCES or EPERM.
-BUSY_ERRNOS = frozenset({errno.EBUSY, errno.EACCES, errno.EPERM, errno.ETXTBSY})
-
-
-def is_busy(exc: OSError) -> bool:
-    return exc.errno in BUSY_ERRNOS
 
 
 @dataclass

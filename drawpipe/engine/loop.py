@@ -39,10 +39,8 @@ this module does the rest, the same way for all three:
 """
 
 import errno
-import glob
 import math
 import os
-import shutil
 import sys
 import threading
 import time
@@ -52,12 +50,15 @@ from typing import Callable, Protocol
 
 from tqdm import tqdm
 
-from drawpipe.engine.claims import Claim, ClaimStore, is_busy
+from drawpipe.engine.claims import Claim, ClaimStore
+
 from drawpipe.errors import (BadInput, DrawpipeError, Interrupted, JobDeferred, JobFailed,
                      MaybeStillDrawing, ShareLost, UsageError)
 from drawpipe.engine.interrupts import STOP_SIGNALS_STATE, StopSignals
-from drawpipe.engine.metrics import MetricsLog, ResourceSampler, host_name
+from drawpipe.engine.metrics import MetricsLog, ResourceSampler
+from drawpipe.files import host_name
 from drawpipe.engine.share import ShareGuard
+from drawpipe.files import describe_os_error, make_folders_below, output_exists, remove_abandoned_scratch, remove_quietly, scratch_path, write_atomically
 
 
 @dataclass(frozen=True)
@@ -187,112 +188,6 @@ class Summary:
         if self.interrupted:
             lines.append("interrupted; run the same command again to continue")
         return lines
-
-
-def scan_inputs(folder: Path, suffixes: tuple[str, ...] = (".png",)) -> list[Path]:
-    """Every file under ``folder`` with one of ``suffixes``, sorted; hidden files and
-    folders (temporary names, .claims) are skipped. Missing folder: empty list.
-
-    A listing can be a minute old on SMB; that only delays discovery (a later pass
-    or --watch finds new files), never decides whether a job is done.
-    """
-    found = []
-    for directory, folders, files in os.walk(folder):
-        folders[:] = sorted(name for name in folders if not name.startswith("."))
-        for name in files:
-            if not name.startswith(".") and name.lower().endswith(suffixes):
-                found.append(Path(directory) / name)
-    return sorted(found)
-
-
-def output_exists(path: Path) -> bool:
-    """Exact-path check (``lstat``), never a listing: SMB listings may be a minute old.
-
-    False only when the path (or a folder on it) does not exist; any other failure
-    (I/O error, share gone, permission) raises OSError: "cannot tell" is not "not done".
-    """
-    try:
-        os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    return True
-
-
-def scratch_path(output: Path, worker: str) -> Path:
-    """Temporary name beside ``output``: same folder, so the final rename is atomic.
-    Leading dot: scanners skip it."""
-    return output.with_name(f".{output.name}.{worker}.tmp")
-
-
-def remove_abandoned_scratch(output: Path, modified_before: float) -> None:
-    """Delete temporary files or folders a killed worker left beside ``output``.
-
-    Called once the job's claim is ours: one not modified since ``modified_before``
-    (epoch seconds, a lease ago) is nobody's. One that is busy (SMB) stays for a
-    later owner.
-    """
-    for scratch in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
-        try:
-            if scratch.stat().st_mtime < modified_before:
-                remove_quietly(scratch)
-        except OSError:
-            pass
-
-
-def write_atomically(path: Path, data: bytes, worker: str) -> None:
-    """Write ``data`` to ``path`` via a flushed temporary file and ``os.replace``.
-
-    On any error (disk full, share gone, target busy) the temporary file is removed
-    and the OSError propagates; ``path`` itself is never touched until the data is safe.
-    """
-    temporary = scratch_path(path, worker)
-    try:
-        with open(temporary, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        remove_quietly(temporary)
-        raise
-
-
-def remove_quietly(path: Path) -> None:
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.unlink(path)
-    except OSError:
-        pass
-
-
-def make_folders_below(root: Path, folder: Path) -> None:
-    """Create ``folder`` and the missing folders between it and ``root``, never ``root``
-    itself (FileNotFoundError when it is gone): a vanished share must not become a
-    folder tree on the local disk."""
-    missing = []
-    while folder != root and not folder.is_dir():
-        missing.append(folder)
-        folder = folder.parent
-    if folder == root and not root.is_dir():
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(root))
-    for folder in reversed(missing):
-        try:
-            os.mkdir(folder)
-        except FileExistsError:
-            pass
-
-
-def describe_os_error(exc: OSError, path: Path) -> str:
-    if exc.errno == errno.ENOSPC:
-        return f"disk full writing {path}"
-    if is_busy(exc):
-        return (f"{exc.filename or path} is in use by someone else ({exc.strerror}); "
-                "tried again on a later pass")
-    if exc.errno == errno.EROFS:
-        return f"cannot write {path}: {exc.strerror}"
-    return f"{exc.strerror or exc} on {exc.filename or path}"
 
 
 class _Heartbeat:

@@ -19,7 +19,6 @@ import csv
 import io
 import os
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -28,13 +27,6 @@ from pathlib import Path
 import psutil
 
 MIB = 1024 * 1024
-
-
-def host_name() -> str:
-    """The short host name (up to the first "."), with anything outside
-    [A-Za-z0-9_-] replaced by "-"; "host" if that leaves nothing."""
-    short = socket.gethostname().split(".")[0]
-    return re.sub(r"[^A-Za-z0-9_-]", "-", short) or "host"
 
 
 # ---------------------------------------------------------------- server process
@@ -112,6 +104,7 @@ class ResourceUsage:
     seconds (user + system) the server process used during the job;
     ``server_rss_mb``: its peak resident memory in MiB; both None when the process
     was not found, is not local, or vanished or denied access mid-job.
+    ``process_rss_mb``: the peak resident memory of this process, in MiB.
     ``samples``: readings taken (one at start, one per interval, one at stop); CPU %
     comes from the ``samples - 1`` intervals between them.
     """
@@ -122,6 +115,7 @@ class ResourceUsage:
     ram_mb_peak: float | None
     server_cpu_seconds: float | None
     server_rss_mb: float | None
+    process_rss_mb: float
     samples: int
 
 
@@ -165,6 +159,8 @@ class ResourceSampler:
         self._server_cpu_seconds: list[float] = []
         self._server_rss_mib: list[float] = []
         self._server_lost = False
+        self._process = psutil.Process()
+        self._process_rss_mib = 0.0
 
     def __enter__(self) -> "ResourceSampler":
         if self._thread is not None:
@@ -189,6 +185,7 @@ class ResourceSampler:
         self._cpu.append(_busy_and_total(psutil.cpu_times()))
         memory = psutil.virtual_memory()
         self._ram_mib.append((memory.total - memory.available) / MIB)
+        self._process_rss_mib = max(self._process_rss_mib, self._process.memory_info().rss / MIB)
         if self._server is None or self._server_lost:
             return
         try:
@@ -220,6 +217,7 @@ class ResourceSampler:
             ram_mb_peak=max(ram) if ram else None,
             server_cpu_seconds=self._server_cpu_seconds[-1] - self._server_cpu_seconds[0] if server_ok else None,
             server_rss_mb=max(self._server_rss_mib) if server_ok else None,
+            process_rss_mb=self._process_rss_mib,
             samples=len(self._cpu),
         )
 

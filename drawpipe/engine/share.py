@@ -21,7 +21,9 @@ import threading
 import time
 from pathlib import Path
 
-from drawpipe.engine.claims import CLAIMS_FOLDER, is_busy
+from drawpipe.engine.claims import CLAIMS_FOLDER
+
+from drawpipe.files import is_busy
 from drawpipe.errors import ShareLost
 
 MARKER_PREFIX = ".run-"

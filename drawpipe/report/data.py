@@ -19,9 +19,9 @@ from pathlib import Path
 
 from drawpipe.layout import (CUTOUTS_FOLDER, CUTOUTS_RECORD, GENERATIONS_FOLDER, UPSCALED_FOLDER,
                      image_name)
-from drawpipe.engine.metrics import host_name
 from drawpipe.png import read_text_chunks
 from drawpipe.stages.prompts import QueueItem
+from drawpipe.files import write_if_changed
 
 CACHE_VERSION = 1
 
@@ -53,31 +53,6 @@ def image_key(relative_path: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def temporary_name(name: str) -> str:
-    """A hidden name beside ``name`` no other process on any Mac uses (host and pid):
-    two people may run the report on one share at the same time."""
-    return f".{name}.{host_name()}-{os.getpid()}.tmp"
-
-
-def write_if_changed(path: Path, data: bytes) -> bool:
-    """Write ``data`` to ``path`` atomically unless it already holds exactly that;
-    True when written."""
-    try:
-        if path.stat().st_size == len(data) and path.read_bytes() == data:
-            return False
-    except OSError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(temporary_name(path.name))
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return True
 
 
 class ReportCache:

@@ -37,7 +37,8 @@ from pathlib import Path
 
 from drawpipe.report import pages
 from drawpipe.report.pages import anchor
-from drawpipe.report.data import ImageEntry, natural_key, temporary_name, write_if_changed
+from drawpipe.report.data import ImageEntry, natural_key
+from drawpipe.files import save_atomically, write_if_changed
 from drawpipe.report.stats import (STAGES, Logs, StageReport, eta_sentence, format_time, latest_done,
                            summary_table)
 
@@ -73,16 +74,10 @@ class Made:
     removed: int = 0
 
 
-def _write_atomically(path: Path, save) -> None:
-    """``save(temporary_path)`` then rename into place."""
+def _save_in_place(path: Path, save) -> None:
+    """``save(scratch)`` into report/'s folders (made when missing), then renamed in."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(temporary_name(path.name))
-    try:
-        save(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    save_atomically(path, save)
 
 
 # --------------------------------------------------------------------------- thumbnails
@@ -112,7 +107,7 @@ def make_thumbnail(task: tuple[str, str, str]) -> tuple[int, int, str | None]:
                 image = image.convert("RGBA")
             options = ({"quality": 85} if image_format == "JPEG"
                        else {"compress_level": PNG_COMPRESS_LEVEL})
-            _write_atomically(Path(target), lambda path: image.save(path, image_format, **options))
+            _save_in_place(Path(target), lambda path: image.save(path, image_format, **options))
             return image.width, image.height, None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         return 0, 0, f"{type(exc).__name__}: {exc}"
@@ -273,7 +268,7 @@ def draw_stage_chart(stage: str, rows: list, path: Path) -> None:
     ram_axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     seconds_axes.legend(loc="upper left", fontsize="small", ncols=min(4, 2 * len(hosts)))
     figure.suptitle(f"{stage}: every job, by host")
-    _write_atomically(path, lambda temporary: figure.savefig(temporary, format="png"))
+    _save_in_place(path, lambda temporary: figure.savefig(temporary, format="png"))
 
 
 # --------------------------------------------------------------------------- contact sheets
@@ -364,7 +359,7 @@ def draw_contact_sheet(group: str, tiles: list[tuple[Path, tuple[str, str]]], pa
                   font=label_font)
         draw.text((left, top + SHEET_TILE_PX + 22), _fit(draw, line2, label_font), fill="#555555",
                   font=label_font)
-    _write_atomically(path, lambda temporary: sheet.save(temporary, "PNG",
+    _save_in_place(path, lambda temporary: sheet.save(temporary, "PNG",
                                                          compress_level=PNG_COMPRESS_LEVEL))
 
 

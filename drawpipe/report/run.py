@@ -43,15 +43,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from drawpipe import bundled
 from drawpipe.cli.common import resolve_settings
 from drawpipe.errors import UsageError
 from drawpipe.layout import CUTOUTS_FOLDER, GENERATIONS_FOLDER, UPSCALED_FOLDER
-from drawpipe.engine.metrics import host_name
+from drawpipe.files import host_name
 from drawpipe.stages.prompts import QueueItem, load_prompt_sets, load_queue, merge_queue, parse_add
 from drawpipe.curate.quality import CSV_COLUMNS as QUALITY_COLUMNS
 from drawpipe.curate.quality import csv_fields as quality_fields
-from drawpipe.report.data import (ImageEntry, Inventory, ReportCache, natural_key, read_metadata,
-                          scan_inventory, work_left, write_if_changed)
+from drawpipe.report.data import ImageEntry, Inventory, ReportCache, natural_key, read_metadata, scan_inventory, work_left
+from drawpipe.files import write_if_changed
 from drawpipe.report.stats import (DEFAULT_ETA_WINDOW_SECONDS, STAGES, Logs, build_stage_reports,
                            format_summary, latest_done, load_logs)
 
@@ -259,7 +260,7 @@ def settings_from_arguments(args: argparse.Namespace, project_dir: Path) -> Repo
     queue = None
     if args.queue or args.add:
         sets = load_prompt_sets(Path(args.prompts) if args.prompts
-                                else project_dir / "prompts" / "variable_sets.json")
+                                else bundled.PROMPT_SETS)
         items = [item for path in args.queue or [] for item in load_queue(Path(path), sets)]
         items += [parse_add(spec, sets) for spec in args.add or []]
         queue = tuple(merge_queue(items))

@@ -22,24 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+from drawpipe.errors import DownloadFailed
 from tqdm import tqdm
 
-from drawpipe.errors import UsageError
 
 # Small enough that a broken connection loses little of what it had brought.
 CHUNK_BYTES = 64 * 1024
-
-
-class CheckpointError(UsageError):
-    """A SAM checkpoint is missing, unreadable, or does not fit the model type."""
-
-
-class DownloadFailed(CheckpointError):
-    """``reason``: what went wrong, in a few words (for a shorter line of one's own)."""
-
-    def __init__(self, message: str, reason: str = ""):
-        super().__init__(message)
-        self.reason = reason or message
 
 
 @dataclass(frozen=True)
@@ -66,16 +54,6 @@ OFFICIAL_CHECKPOINTS = {
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
 }
-
-
-def default_cache_dir(environ) -> Path:
-    """``$DRAWPIPE_CACHE_DIR``, else ``$XDG_CACHE_HOME/drawpipe``, else
-    ``~/.cache/drawpipe``; checkpoints go into its ``sam/`` folder."""
-    if environ.get("DRAWPIPE_CACHE_DIR"):
-        return Path(environ["DRAWPIPE_CACHE_DIR"]).expanduser()
-    if environ.get("XDG_CACHE_HOME"):
-        return Path(environ["XDG_CACHE_HOME"]).expanduser() / "drawpipe"
-    return Path("~/.cache/drawpipe").expanduser()
 
 
 def sha256_of(path: Path) -> str:

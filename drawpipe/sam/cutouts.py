@@ -4,19 +4,20 @@
     square_canvas(box, margin, ...)  where a square canvas around the box sits in the image
     cut_out(image, mask, ...)        Cutout: the square RGBA picture and where it sits
     mask_polygons(mask, ...)         outlines and holes as polygons, in source pixels
-    mask_from_polygons(...)          the mask back from its polygons (exact)
     encode_png(rgba)                 PNG bytes
 
 Coordinates are source-image pixels, x to the right and y down. A polygon's vertices
 are the centres of the mask's boundary pixels (OpenCV's convention): filling the
 outer polygon, clearing the inside of each hole polygon and drawing the hole
-polygons' edges back gives the mask again, pixel for pixel (``mask_from_polygons``).
+polygons' edges back gives the mask again, pixel for pixel (the tests check it).
 """
 
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from drawpipe.sam.settings import CutoutSettings
 
 
 @dataclass
@@ -107,25 +108,6 @@ def mask_polygons(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[di
     return polygons
 
 
-def mask_from_polygons(polygons: list[dict], height: int, width: int) -> np.ndarray:
-    """The height x width bool mask that ``mask_polygons`` described."""
-    mask = np.zeros((height, width), dtype=bool)
-    for polygon in polygons:
-        # Each part on its own canvas, then added: a part may lie inside another's hole.
-        outer = np.asarray(polygon["outer"], dtype=np.int32).reshape(-1, 1, 2)
-        x, y, w, h = cv2.boundingRect(outer)
-        part = np.zeros((h, w), dtype=np.uint8)
-        cv2.fillPoly(part, [outer], 1, offset=(-x, -y))
-        for hole in polygon["holes"]:
-            hole = np.asarray(hole, dtype=np.int32).reshape(-1, 1, 2) - (x, y)
-            # A hole's vertices are the object's own pixels around it: clear the
-            # inside, then draw its edge back.
-            cv2.fillPoly(part, [hole], 0)
-            cv2.polylines(part, [hole], True, 1)
-        mask[y:y + h, x:x + w] |= part.astype(bool)
-    return mask
-
-
 def encode_png(rgba: np.ndarray) -> bytes:
     """PNG bytes of an RGBA (side x side x 4 uint8) picture."""
     ok, data = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA),
@@ -133,3 +115,16 @@ def encode_png(rgba: np.ndarray) -> bytes:
     if not ok:
         raise ValueError("OpenCV could not encode the cut-out as PNG")
     return data.tobytes()
+
+
+def choose_cutouts(masks: list, width: int, height: int, settings: CutoutSettings) -> list:
+    """The masks (FoundMask, largest first) that become cut-outs."""
+    chosen = []
+    for mask in masks:
+        x, y, w, h = mask.box
+        if mask.area < settings.min_area_fraction * width * height:
+            continue
+        if not settings.keep_background and x == 0 and y == 0 and x + w == width and y + h == height:
+            continue
+        chosen.append(mask)
+    return chosen[:settings.max_cutouts] if settings.max_cutouts is not None else chosen

@@ -54,7 +54,7 @@ from segment_anything.utils.amg import (
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops.boxes import batched_nms
 
-from drawpipe.sam.models import GeneratorSettings
+from drawpipe.sam.settings import GeneratorSettings
 
 MIB = 1024 * 1024
 # Query tokens per block in the encoder's global attention: 256 x 4096 scores per head.
@@ -98,13 +98,6 @@ class FoundMask:
     def mask(self) -> np.ndarray:
         _, _, w, h = self.box
         return np.unpackbits(self._packed, count=w * h).reshape(h, w).astype(bool)
-
-    def full_mask(self, height: int, width: int) -> np.ndarray:
-        """The mask as height x width bool (the whole source image)."""
-        full = np.zeros((height, width), dtype=bool)
-        x, y, w, h = self.box
-        full[y:y + h, x:x + w] = self.mask
-        return full
 
 
 def choose_points_per_batch(available_bytes: int, budget_fraction: float = 0.1,

@@ -1,47 +1,33 @@
-"""Segment Anything on the upscaled images: model table, loading, devices, the segment stage.
+"""Segment Anything models: the model table, devices, loading, and the loaded model.
 
-    MODEL_TYPES          model type -> SamArchitecture ("vit_h", "vit_l", "vit_b", and
-                         "vit_tiny": a 0.4 M-parameter random-weight model for tests)
-    GeneratorSettings    the automatic mask generator's settings, named as in
-                         segment-anything's scripts/amg.py
-    CutoutSettings       which masks become cut-outs (specks and background dropped)
-    ModelSettings        model type, checkpoint, device, precision
+    MODEL_TYPES          model type -> SamArchitecture: "vit_h", "vit_l", "vit_b" (the
+                         official ones), and "vit_tiny", a 0.4 M-parameter configuration
+                         the tests and benchmarks build with random weights and load
+                         through the same code (not offered by segment.py --model)
     model_type_for(path) the model type a checkpoint's file name says, or None
     missing_checkpoint_message(model_type, path)
     choose_device(name)  "auto" -> "mps" on Apple Silicon, "cuda" where present, else "cpu"
     load_sam(model_type, checkpoint, device)
     Segmenter            one loaded model + the lean mask generator (mask_generator.py)
-    choose_cutouts(...)  the masks that become cut-outs, largest first
-    SegmentStage         UPSCALED_IMAGES/<sub-folders>/<stem>.png
-                         -> CUTOUTS/<sub-folders>/<stem>/{<stem>_cutout_<k>.png, cutouts.json}
 
 torch is imported only inside functions here (and by mask_generator.py, which is
 imported only by them), so the scripts that do not segment start instantly. It is
 imported through ``import_torch()``, which first sets PYTORCH_ENABLE_MPS_FALLBACK=1:
 PyTorch reads it once, at import, and without it an operator MPS lacks is an error
 instead of a trip to the CPU.
-
-One cut-out folder is one job: it is built under a temporary name beside its final
-place and renamed as a whole by the engine (stage.py), so a crash never leaves a
-half-made folder, and "done" means the folder exists.
 """
 
-import hashlib
-import json
 import os
 import re
-import threading
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from drawpipe.sam.checkpoints import OFFICIAL_CHECKPOINTS, CheckpointError, CheckpointFile
-from drawpipe.errors import BadInput, UsageError
-from drawpipe.layout import CUTOUTS_RECORD, UPSCALED_FOLDER, cutouts_path, generated_for_upscaled
-from drawpipe.engine.loop import Job, JobResult, remove_quietly, scan_inputs
-from drawpipe.curate.takes import Freshness, Rejections, set_aside, takes_set_aside
+from drawpipe.sam.checkpoints import OFFICIAL_CHECKPOINTS, CheckpointFile
 
-RECORD_VERSION = 1
+from drawpipe.errors import CheckpointError
+from drawpipe.errors import UsageError
+from drawpipe.sam.settings import GeneratorSettings, ModelSettings
+
 DEVICES = ("auto", "mps", "cuda", "cpu")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -76,45 +62,6 @@ MODEL_TYPES = {
 }
 
 
-@dataclass(frozen=True)
-class GeneratorSettings:
-    """SamAutomaticMaskGenerator's settings and defaults (segment-anything's names).
-    ``points_per_batch`` None: chosen from the memory available."""
-
-    points_per_side: int = 32
-    points_per_batch: int | None = None
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
-    crop_nms_thresh: float = 0.7
-    crop_overlap_ratio: float = 512 / 1500
-    crop_n_points_downscale_factor: int = 1
-    min_mask_region_area: int = 0
-
-
-@dataclass(frozen=True)
-class CutoutSettings:
-    """``margin_fraction``: free space on each side of the object, as a fraction of its
-    box's longer side; masks smaller than ``min_area_fraction`` of the image are
-    specks; a mask whose box touches all four image edges is the background (kept
-    only with ``keep_background``); at most ``max_cutouts`` (None: all), largest first."""
-
-    margin_fraction: float = 0.05
-    min_area_fraction: float = 0.001
-    max_cutouts: int | None = None
-    keep_background: bool = False
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    model_type: str
-    checkpoint: Path
-    device: str = "auto"
-    precision: str = "auto"
-
-
 # ---------------------------------------------------------------- model table and loading
 
 
@@ -129,7 +76,7 @@ def missing_checkpoint_message(model_type: str, checkpoint: Path) -> str:
     official = MODEL_TYPES[model_type].official
     if official is None:
         return (f"SAM checkpoint {checkpoint} not found ({model_type} is a test model: "
-                "make one with drawpipe.segmentation.save_random_checkpoint)")
+                "make one with drawpipe.sam.models.save_random_checkpoint)")
     return (f"SAM checkpoint {checkpoint} not found: download {official.file_name} from "
             f"{official.url} and pass --checkpoint PATH, or add --download")
 
@@ -261,7 +208,7 @@ def load_sam(model_type: str, checkpoint: Path, device: str = "cpu"):
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip, pickle and I/O errors all mean: not a usable file
         raise CheckpointError(f"SAM checkpoint {checkpoint} is not a readable PyTorch file "
-                              f"({_first_line(exc)}); it may be cut short or corrupt: "
+                              f"({first_line(exc)}); it may be cut short or corrupt: "
                               f"{fetch_again}") from None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"SAM checkpoint {checkpoint} holds no model weights "
@@ -271,7 +218,10 @@ def load_sam(model_type: str, checkpoint: Path, device: str = "cpu"):
         sam.load_state_dict(state, strict=True, assign=True)
     except RuntimeError:
         detected = detect_model_type(state)
-        hint = (f"it is a {detected} checkpoint: pass --model {detected}" if detected
+        hint = (f"it is a {detected} checkpoint: pass --model {detected}"
+                if detected in OFFICIAL_CHECKPOINTS else
+                f"it is a {detected} checkpoint: leave out --model and name the file after "
+                f"its model type (sam_{detected}_*.pth)" if detected
                 else "is it a Segment Anything checkpoint?")
         raise CheckpointError(f"SAM checkpoint {checkpoint} does not fit model type "
                               f"{model_type}: {hint}") from None
@@ -281,7 +231,7 @@ def load_sam(model_type: str, checkpoint: Path, device: str = "cpu"):
     return sam.to(device).eval()
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text if len(text) <= 160 else text[:157] + "..."
 
@@ -313,203 +263,3 @@ class Segmenter:
         return self.generator.generate(image)
 
 
-def choose_cutouts(masks: list, width: int, height: int, settings: CutoutSettings) -> list:
-    """The masks (FoundMask, largest first) that become cut-outs."""
-    chosen = []
-    for mask in masks:
-        x, y, w, h = mask.box
-        if mask.area < settings.min_area_fraction * width * height:
-            continue
-        if not settings.keep_background and x == 0 and y == 0 and x + w == width and y + h == height:
-            continue
-        chosen.append(mask)
-    return chosen[:settings.max_cutouts] if settings.max_cutouts is not None else chosen
-
-
-def read_rgb(path: Path, data: bytes):
-    """``data``, the file at ``path``, as H x W x 3 uint8 RGB; BadInput if it is not a
-    readable image."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as picture:
-            picture.load()
-            return np.asarray(picture.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
-        raise BadInput(f"{path.name} is not a readable image ({_first_line(exc)}); "
-                       "it was left as it is") from None
-
-
-def write_cutout_folder(folder: Path, stem: str, image, masks: list, record: dict,
-                        margin_fraction: float) -> int:
-    """Write ``<stem>_cutout_<k>.png`` (k = 1.. in the order of ``masks``) and
-    cutouts.json into ``folder`` (created); returns the number of cut-outs."""
-    from drawpipe.sam.cutouts import cut_out, encode_png, mask_polygons
-
-    folder.mkdir(parents=True)
-    entries = []
-    for number, mask in enumerate(masks, 1):
-        x, y, w, h = mask.box
-        cutout = cut_out(image, mask.mask, margin_fraction, offset=(x, y))
-        name = f"{stem}_cutout_{number}.png"
-        _write_file(folder / name, encode_png(cutout.rgba))
-        entries.append({
-            "file": name,
-            "bbox": [x, y, w, h],
-            "area": mask.area,
-            "predicted_iou": round(mask.predicted_iou, 6),
-            "stability_score": round(mask.stability_score, 6),
-            "point": [round(mask.point[0], 2), round(mask.point[1], 2)],
-            "crop_box": list(mask.crop_box),
-            "canvas": list(cutout.canvas),
-            "polygons": mask_polygons(mask.mask, offset=(x, y)),
-        })
-    record = {**record, "cutouts": entries}
-    _write_file(folder / CUTOUTS_RECORD, json.dumps(record, indent=1).encode("utf-8") + b"\n")
-    return len(entries)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as stream:
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
-
-
-class _PeakRss:
-    """This process's peak resident memory (MiB) while the block runs, sampled."""
-
-    def __init__(self, interval_seconds: float = 0.05):
-        import psutil
-
-        self._process = psutil.Process()
-        self._interval_seconds = interval_seconds
-        self._stop = threading.Event()
-        self.peak_mb = 0.0
-
-    def _sample(self):
-        self.peak_mb = max(self.peak_mb, self._process.memory_info().rss / (1024 * 1024))
-
-    def _run(self):
-        while not self._stop.wait(self._interval_seconds):
-            self._sample()
-
-    def __enter__(self):
-        self._sample()
-        self._thread = threading.Thread(target=self._run, name="PeakRss", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-
-class SegmentStage:
-    """The segment stage (stage.py's Stage protocol): one job per upscaled PNG, whose
-    output is the folder CUTOUTS/<same sub-folders>/<stem>/."""
-
-    name = "segment"
-    extra_columns = ("model_seconds", "cutout_seconds", "masks_found", "cutouts_written",
-                     "peak_rss_mb", "device")
-
-    def __init__(self, root: Path, model: ModelSettings, generator: GeneratorSettings,
-                 cutouts: CutoutSettings, freshness: Freshness | None = None):
-        self.root = Path(root)
-        self.freshness = freshness or Freshness(None)
-        self.rejected: list[str] = []  # upscaled images of rejected takes, as of the last plan
-        self.model = model
-        self.generator = generator
-        self.cutouts = cutouts
-        self._segmenter: Segmenter | None = None
-        self._lock = threading.Lock()
-
-    def plan(self) -> list[Job]:
-        """One job per upscaled PNG, but those of a take rejected in review (generate.py
-        sets them aside when it makes the next take)."""
-        rejections = Rejections(self.root, self.freshness)
-        jobs, rejected = [], []
-        for path in scan_inputs(self.root / UPSCALED_FOLDER):
-            generated = generated_for_upscaled(self.root, path)
-            if generated is not None and rejections.is_rejected(
-                    generated.relative_to(self.root).as_posix()):
-                rejected.append(path.relative_to(self.root).as_posix())
-                continue
-            output = cutouts_path(self.root, path)
-            jobs.append(Job(key=output.relative_to(self.root).as_posix(), output=output,
-                            input=path))
-        self.rejected = rejected
-        return jobs
-
-    def is_current(self, job: Job) -> bool:
-        """The cut-outs were made from the upscaled image there now (or record nothing)."""
-        return self.freshness.is_current(job.output / CUTOUTS_RECORD, job.input,
-                                         recorded_source_sha256)
-
-    def set_aside(self, job: Job) -> None:
-        """Move cut-outs made from an older upscaled image into REJECTED/ (claim held)."""
-        set_aside(self.root, job.key, takes_set_aside(self.root, job.key) + 1)
-
-    def segmenter(self) -> Segmenter:
-        """The model, loaded on first use (a run with nothing to do loads nothing)."""
-        with self._lock:
-            if self._segmenter is None:
-                self._segmenter = Segmenter(self.model, self.generator)
-            return self._segmenter
-
-    def make_worker(self, server: str | None, context=None):
-        def run(job: Job, scratch: Path) -> JobResult:
-            data = job.input.read_bytes()
-            image = read_rgb(job.input, data)
-            remove_quietly(scratch)  # left by an earlier crash of a worker of the same name
-            height, width = image.shape[:2]
-            with _PeakRss() as rss:
-                segmenter = self.segmenter()
-                started = time.monotonic()
-                masks = segmenter.find_masks(image)
-                model_seconds = time.monotonic() - started
-                started = time.monotonic()
-                chosen = choose_cutouts(masks, width, height, self.cutouts)
-                record = {
-                    "version": RECORD_VERSION,
-                    "source": job.input.relative_to(self.root).as_posix(),
-                    # takes.py: cut-outs made from another image than the one there
-                    # now are stale.
-                    "source_sha256": hashlib.sha256(data).hexdigest(),
-                    "width": width,
-                    "height": height,
-                    "model": self.model.model_type,
-                    "checkpoint": self.model.checkpoint.name,
-                    "device": segmenter.device,
-                    "precision": segmenter.precision,
-                    "generator": {**asdict(self.generator),
-                                  "points_per_batch": segmenter.points_per_batch},
-                    "cutout_settings": asdict(self.cutouts),
-                    "masks_found": len(masks),
-                }
-                written = write_cutout_folder(scratch, job.output.name, image, chosen, record,
-                                              self.cutouts.margin_fraction)
-                cutout_seconds = time.monotonic() - started
-            return JobResult(folder_built=True, extra={
-                "model_seconds": model_seconds, "cutout_seconds": cutout_seconds,
-                "masks_found": len(masks), "cutouts_written": written,
-                "peak_rss_mb": rss.peak_mb, "device": segmenter.device})
-
-        return run
-
-
-def recorded_source_sha256(record_path: Path) -> str | None:
-    """The upscaled image's SHA-256 a cutouts.json records, or None (made before drawpipe
-    recorded one, or not readable as ours)."""
-    try:
-        record = json.loads(Path(record_path).read_bytes())
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        return None
-    sha256 = record.get("source_sha256") if isinstance(record, dict) else None
-    return sha256 if isinstance(sha256, str) else None

@@ -18,7 +18,8 @@ from typing import Callable
 from drawpipe.drawthings import api as drawthings
 from drawpipe.drawthings.payloads import check_against_app, effective_parameters, fill_prompt
 from drawpipe.layout import GENERATIONS_FOLDER, cutouts_path, image_name, upscaled_path
-from drawpipe.png import add_text_chunks, provenance_chunks, read_text_chunks
+from drawpipe.png import add_text_chunks, read_text_chunks
+from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.stages.prompts import PromptSets, QueueItem
 from drawpipe.drawthings.client import ClientSettings, SdapiClient
 from drawpipe.engine.loop import Job, JobResult, WorkerContext

@@ -42,7 +42,6 @@ from drawpipe.drawthings.payloads import read_json_file
 CATEGORIES = ("family", "working")
 
 # The prompt sets shipped with the project (present in a source checkout).
-BUNDLED_PROMPT_SETS = Path(__file__).resolve().parent.parent.parent / "prompts" / "variable_sets.json"
 
 PROMPT_FIELDS = ("nation", "category", "prompt")
 QUEUE_FIELDS = ("nation", "category", "count")

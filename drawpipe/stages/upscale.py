@@ -50,10 +50,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import os
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -61,7 +59,6 @@ from pathlib import Path
 from typing import Callable
 
 import pybase64
-from PIL import Image
 
 from drawpipe.drawthings import api as drawthings
 from drawpipe.errors import (BadInput, InputFileError, JobDeferred, JobFailed, ServerRejected,
@@ -70,10 +67,15 @@ from drawpipe.stages.generate import seed_for
 from drawpipe.layout import GENERATIONS_FOLDER, UPSCALED_FOLDER, upscaled_path
 from drawpipe.drawthings.payloads import (Override, check_against_app, check_payload, effective_parameters,
                        read_json_file, sends, with_override, without_notes)
-from drawpipe.png import add_text_chunks, provenance_chunks, read_text_chunks
-from drawpipe.drawthings.client import PNG_SIGNATURE, ClientSettings, SdapiClient
-from drawpipe.engine.loop import Job, JobResult, WorkerContext, output_exists, scan_inputs
+from drawpipe.png import add_text_chunks, read_text_chunks
+from drawpipe.drawthings.provenance import provenance_chunks
+from drawpipe.drawthings.client import ClientSettings, SdapiClient
+from drawpipe.png import PNG_SIGNATURE
+from drawpipe.engine.loop import Job, JobResult, WorkerContext
+from drawpipe.files import output_exists, scan_inputs
 from drawpipe.curate.takes import Freshness, Rejections, recorded_take, set_aside, takes_set_aside
+from drawpipe.png import IEND_CHUNK, PngCheck, inspect_png, png_size
+from drawpipe.errors import StepRejected
 
 DEFAULT_OUTPUT_SIZE = (2048, 2048)
 # An incomplete input younger than this is waited for; older, it is reported as damaged.
@@ -86,20 +88,6 @@ CHAIN_KEYS = {
 }
 _RECIPE_KEYS = ("steps", "output_width", "output_height")
 _STEP_KEYS = ("name", "payload")
-
-# The last 12 bytes of every complete PNG without trailing data: IEND's length, type, CRC.
-IEND_CHUNK = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-
-# First bytes -> what the file is, for "not a PNG" messages.
-_FILE_KINDS = {
-    b"\xff\xd8\xff": "a JPEG image",
-    b"GIF8": "a GIF image",
-    b"RIFF": "a RIFF file (WebP?)",
-    b"%PDF": "a PDF document",
-    b"II*\x00": "a TIFF image",
-    b"MM\x00*": "a TIFF image",
-    b"PK\x03\x04": "a zip archive",
-}
 
 
 # --------------------------------------------------------------------------- recipes
@@ -264,51 +252,6 @@ def plan_chain(recipe: Recipe, input_size: tuple[int, int], seed: int,
 
 
 @dataclass(frozen=True)
-class PngCheck:
-    """What ``inspect_png`` found. ``problem`` None: a complete PNG of ``size`` (w, h) px
-    with text chunks ``texts``. Otherwise ``incomplete`` says whether the file may
-    still be being written (then it is worth waiting for)."""
-
-    problem: str | None
-    incomplete: bool = False
-    size: tuple[int, int] | None = None
-    texts: dict | None = None
-
-
-def inspect_png(data: bytes) -> PngCheck:
-    """Check PNG bytes without decoding pixels: signature, chunk list up to IEND,
-    ``Image.verify()`` (every chunk's CRC), pixel size."""
-    if not data:
-        return PngCheck("empty file (0 bytes)", incomplete=True)
-    if not data.startswith(PNG_SIGNATURE):
-        if PNG_SIGNATURE.startswith(data):
-            return PngCheck(f"only the first {len(data)} bytes of a PNG", incomplete=True)
-        return PngCheck(f"not a PNG file: {_file_kind(data)}")
-    try:
-        texts = read_text_chunks(data)  # walks the chunk headers up to IEND
-    except ValueError:
-        return PngCheck(f"truncated: no IEND end marker in its {len(data)} bytes",
-                        incomplete=True)
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            size = image.size
-            image.verify()
-    except Exception as exc:  # Pillow raises many types for broken files
-        return PngCheck(f"damaged PNG ({exc})", incomplete=True)
-    return PngCheck(None, size=tuple(size), texts=texts)
-
-
-def _file_kind(data: bytes) -> str:
-    for magic, kind in _FILE_KINDS.items():
-        if data.startswith(magic):
-            return kind
-    head = data[:64]
-    if all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head):
-        return "text"
-    return "unknown content"
-
-
-@dataclass(frozen=True)
 class InputImage:
     data: bytes  # the file's bytes, exactly as read
     size: tuple[int, int]  # (width, height) px
@@ -341,25 +284,7 @@ def read_input(path: Path, label: str, settle_seconds: float,
                    "replace or remove it")
 
 
-def png_size(png: bytes) -> tuple[int, int] | None:
-    """(width, height) px from a PNG's IHDR chunk (the first), without decoding."""
-    if len(png) >= 24 and png.startswith(PNG_SIGNATURE) and png[12:16] == b"IHDR":
-        return struct.unpack(">II", png[16:24])
-    return None
-
-
 # --------------------------------------------------------------------------- the stage
-
-
-class StepRejected(ServerRejected):
-    """HTTP 422 for one step of a recipe: names the step and the recipe file."""
-
-    def __init__(self, url: str, detail: str, where: str):
-        self.url = url
-        self.detail = detail
-        Exception.__init__(
-            self, f"{url} rejected {where} (HTTP 422): {detail} — fix the recipe or the "
-                  "app's settings and run again")
 
 
 class UpscaleStage:

@@ -1,0 +1,15 @@
+"""The data drawpipe ships: payload templates, upscale recipes, prompt sets.
+
+Package data, found beside this file in a checkout and in an installed wheel alike;
+in a checkout the folders ``payloads/`` and ``prompts/`` at the top are links here,
+so the files users edit are these.
+"""
+
+from pathlib import Path
+
+FOLDER = Path(__file__).resolve().parent
+PAYLOADS = FOLDER / "payloads"
+PROMPTS = FOLDER / "prompts"
+TXT2IMG_TEMPLATE = PAYLOADS / "txt2img.json"
+DEFAULT_RECIPE = PAYLOADS / "creative_upscale.json"
+PROMPT_SETS = PROMPTS / "variable_sets.json"

@@ -1,0 +1,123 @@
+"""Generate the dataset's images with Draw Things' txt2img, resumably, on one or more Macs.
+
+Examples:
+  python generate.py                                   # asks nation, category, count
+  printf '12\\nfamily\\n3\\ndone\\n' | python generate.py
+  python generate.py --add France:family:10 --add Japan:working:10 --root /path/to/share
+  python generate.py --queue prompts/example_queue.json --dry-run
+  python generate.py --queue q.json --server http://10.0.0.5:7860 --server http://127.0.0.1:7860
+  python generate.py --add Japan:family:2 --set steps=40 --set sampler="DPM++ SDE Karras"
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from drawpipe import bundled
+from drawpipe.cli.common import (CommonSettings, add_common_arguments, engine_settings, job_states,
+                                 local_freshness, notice_printer, print_plan, print_summary,
+                                 resolve_settings, run_main, warning_printer)
+from drawpipe.curate.takes import Rejections
+from drawpipe.drawthings.payloads import check_payload, load_payload, parse_override, with_override
+from drawpipe.engine.loop import run_stage
+from drawpipe.errors import UsageError
+from drawpipe.stages.generate import GenerateStage
+from drawpipe.stages.prompts import (ask_queue, format_queue, load_prompt_sets, load_queue,
+                                     merge_queue, parse_add)
+
+
+def parse_arguments(argv):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--queue", action="append", metavar="FILE",
+                        help='JSON list of {"nation", "category", "count"}; repeatable')
+    parser.add_argument("--add", action="append", metavar="NATION:CATEGORY:COUNT",
+                        help="queue one entry; repeatable")
+    parser.add_argument("--seed-offset", type=int, metavar="N",
+                        help="added to every file-name seed, for a different take (default 0)")
+    parser.add_argument("--payload", metavar="FILE", help="txt2img template "
+                        "(default payloads/txt2img.json)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override one key of the template (a Draw Things API key; VALUE "
+                             "is JSON or text); repeatable. Images already made are not redone")
+    parser.add_argument("--prompts", metavar="FILE", help="prompt sets "
+                        "(default prompts/variable_sets.json)")
+    parser.add_argument("--list-nations", action="store_true", help="print the nations and exit")
+    add_common_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    settings = resolve_settings(args, project_dir, stdin, stdout)
+    prompt_sets = load_prompt_sets(Path(args.prompts) if args.prompts
+                                   else bundled.PROMPT_SETS)
+    payload_path = Path(args.payload) if args.payload else bundled.TXT2IMG_TEMPLATE
+    template, warnings = load_payload(payload_path)
+    overrides = [parse_override(text) for text in args.set or []]
+    source = str(payload_path)
+    for override in overrides:
+        if override.step is not None:
+            raise UsageError(f"--set {override.text}: generate.py has one template, no steps: "
+                             "use --set KEY=VALUE")
+        template = with_override(template, override)
+    if overrides:
+        source = f"{payload_path} with {' '.join('--set ' + o.text for o in overrides)}"
+        warnings = check_payload(template, source)
+    warn = warning_printer()
+    for line in warnings:
+        warn(line)
+
+    if args.list_nations:
+        for number, nation in enumerate(prompt_sets.nations, 1):
+            print(f"{number:3d}. {nation}", file=stdout)
+        return 0
+    queue = []
+    for queue_file in args.queue or []:
+        queue += load_queue(Path(queue_file), prompt_sets)
+    queue += [parse_add(spec, prompt_sets) for spec in args.add or []]
+    if not queue:
+        queue = ask_queue(prompt_sets, stdin, stdout)
+    queue = merge_queue(queue)
+    print(format_queue(queue), file=stdout)
+
+    freshness = local_freshness()
+    stage = GenerateStage(settings.root, queue, prompt_sets, template, settings.client,
+                          settings.seed_offset, source, tuple(o.text for o in overrides), warn,
+                          freshness, notice_printer())
+    if overrides:
+        print("overrides: " + ", ".join(f"--set {o.text}" for o in overrides), file=stdout)
+    if args.dry_run:
+        return _print_generate_plan(stage, settings, stdout)
+    verdicts = Rejections(settings.root, freshness).verdicts
+    verdicts.check_images(lambda image: (settings.root / image).exists())
+    for line in verdicts.problems:
+        warn(line)
+    try:
+        summary = run_stage(stage, engine_settings(settings, args))
+    finally:
+        freshness.save()
+    print_summary(summary, stdout)
+    print(f"images are in {settings.root / 'GENERATIONS'}", file=stdout)
+    return summary.exit_code
+
+
+def _print_generate_plan(stage: GenerateStage, settings: CommonSettings, out) -> int:
+    """Per queue entry: to make, done, claimed by whom; then a total."""
+    groups = [(f"{item.nation}/{item.category}", jobs,
+               job_states(settings.root, stage, jobs, settings.lease_seconds))
+              for item, jobs in stage.jobs_by_entry()]
+    total_to_make, _ = print_plan(groups, "make", "claimed by other workers", out)
+    print(f"dry run: {total_to_make} image(s) to make into {settings.root / 'GENERATIONS'}; "
+          "nothing was sent", file=out)
+    return 0
+
+
+def main(argv=None, project_dir: Path | None = None) -> int:
+    """The script: parse ``argv``, run, print a package error as one line; the exit code.
+    ``project_dir``: where drawpipe.toml is looked for and the default root (the
+    checkout for the top-level scripts, the current folder for installed commands)."""
+    return run_main(run, parse_arguments(sys.argv[1:] if argv is None else argv),
+                    project_dir or Path.cwd())

@@ -1,0 +1,241 @@
+"""Cut every object out of the upscaled images with Segment Anything, resumably, on one or more Macs.
+
+Every PNG under ROOT/UPSCALED_IMAGES/ becomes a folder ROOT/CUTOUTS/<same sub-folders>/<stem>/
+of square transparent PNGs, one per object (<stem>_cutout_<k>.png, largest first), and
+cutouts.json (bbox, area, scores, outline polygons of each).
+
+Examples:
+  python segment.py --root SHARE --checkpoint sam_vit_h_4b8939.pth
+  python segment.py --root SHARE --download        # vit_b, fetched into the cache
+  python segment.py --model vit_l --download --device mps   # the cache's sam_vit_l_0b3195.pth
+  python segment.py --points-per-side 16 --max-cutouts 12 --watch
+  python segment.py --dry-run                               # to do, done, claimed by whom
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from drawpipe.cli.common import (add_common_arguments, add_watch_arguments, check_positive,
+                                 engine_settings, job_states, local_freshness, print_plan,
+                                 print_rejected,
+                                 print_summary, resolve_settings, run_main, share_errors)
+from drawpipe.engine.loop import job_done, run_stage
+from drawpipe.errors import CheckpointError, UsageError
+from drawpipe.files import default_cache_dir
+from drawpipe.layout import CUTOUTS_FOLDER
+from drawpipe.sam.checkpoints import OFFICIAL_CHECKPOINTS
+
+
+GENERATOR_OPTIONS = (  # segment-anything's scripts/amg.py names; unset: SAM's defaults
+    ("--points-per-side", int, "grid points along each side (default 32)"),
+    ("--points-per-batch", int, "grid points per decoder batch (default: from free memory)"),
+    ("--pred-iou-thresh", float, "keep masks with predicted IoU above this (default 0.88)"),
+    ("--stability-score-thresh", float, "keep masks at least this stable (default 0.95)"),
+    ("--stability-score-offset", float, "logit offset of the stability score (default 1.0)"),
+    ("--box-nms-thresh", float, "box IoU above which duplicates are dropped (default 0.7)"),
+    ("--crop-n-layers", int, "also run on 2^i x 2^i crops, i = 1..N (default 0)"),
+    ("--min-mask-region-area", int, "remove islands and holes smaller than this, px (default 0)"),
+)
+
+
+def parse_arguments(argv):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", metavar="FILE", help="SAM weights (default: the "
+                        "official file of --model in the cache folder)")
+    parser.add_argument("--model", choices=tuple(OFFICIAL_CHECKPOINTS),
+                        help="default: named in the checkpoint's file name, else vit_b")
+    parser.add_argument("--device", choices=("auto", "mps", "cuda", "cpu"), default="auto",
+                        help="auto: mps on Apple Silicon, cuda where present, else cpu")
+    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"),
+                        default="auto", help="auto: float32 (the masks SAM gives)")
+    parser.add_argument("--download", action="store_true", help="fetch the official "
+                        "checkpoint if missing (resumable, SHA-256 checked)")
+    parser.add_argument("--download-from", metavar="URL", help="a mirror holding the "
+                        "official file names (default: Meta's own address)")
+    parser.add_argument("--cache-dir", metavar="FOLDER", help="checkpoints go to FOLDER/sam/ "
+                        "(default $DRAWPIPE_CACHE_DIR, else ~/.cache/drawpipe)")
+    for flag, kind, text in GENERATOR_OPTIONS:
+        parser.add_argument(flag, type=kind, metavar="N" if kind is int else "X", help=text)
+    parser.add_argument("--min-area-fraction", type=float, metavar="X", help="drop masks "
+                        "smaller than this fraction of the image (default 0.001)")
+    parser.add_argument("--max-cutouts", type=int, metavar="N", help="at most N per image, "
+                        "largest first (default: all)")
+    parser.add_argument("--keep-background", action="store_true", help="keep masks whose "
+                        "box touches all four edges (dropped as background by default)")
+    parser.add_argument("--margin", type=float, metavar="X", help="space around the object "
+                        "as a fraction of its longer side (default 0.05)")
+    add_watch_arguments(parser, "UPSCALED_IMAGES/")
+    parser.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)  # make demo
+    add_common_arguments(parser, server_options=False)
+    return parser.parse_args(argv)
+
+
+def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
+    """segment.py: every PNG under <root>/UPSCALED_IMAGES -> a folder of SAM cut-outs in CUTOUTS."""
+    from drawpipe.sam.checkpoints import download_checkpoint
+    from drawpipe.sam.models import MODEL_TYPES, missing_checkpoint_message
+    from drawpipe.sam.settings import ModelSettings
+    from drawpipe.stages.segment import SegmentStage
+
+    stdout = stdout or sys.stdout
+    settings = resolve_settings(args, project_dir, stdin, stdout)
+    cache_dir = (Path(args.cache_dir).expanduser() if args.cache_dir
+                 else default_cache_dir(os.environ)) / "sam"
+    generator = _generator_settings(args)
+    cutouts = _cutout_settings(args)
+    if args.demo:
+        model_type, checkpoint = _demo_checkpoint(args, cache_dir, stdout)
+        if checkpoint is None:
+            return 0
+        if args.points_per_side is None:
+            # A 32 x 32 grid takes minutes per image on a CPU; 16 x 16 shows the step.
+            generator = dataclasses.replace(generator, points_per_side=16)
+    else:
+        model_type, checkpoint = _segment_checkpoint(args.model, args.checkpoint, cache_dir)
+    official = MODEL_TYPES[model_type].official
+    if not checkpoint.is_file() and args.download and not args.dry_run:
+        if official is None:
+            raise UsageError(f"--download: {model_type} has no published checkpoint")
+        url = _download_url(official, args.download_from)
+        print(f"downloading {url} -> {checkpoint}", file=stdout, flush=True)
+        download_checkpoint(url, checkpoint, official.sha256,
+                            show_progress=False if args.no_progress else None)
+    if not checkpoint.is_file() and not args.dry_run:
+        raise CheckpointError(missing_checkpoint_message(model_type, checkpoint))
+    model = ModelSettings(model_type, checkpoint, args.device, args.precision)
+    freshness = local_freshness()
+    stage = SegmentStage(settings.root, model, generator, cutouts, freshness)
+    output_folder = settings.root / CUTOUTS_FOLDER
+    if args.dry_run:
+        with share_errors(settings.root):
+            jobs = stage.plan()
+        states = job_states(settings.root, stage, jobs, settings.lease_seconds)
+        to_do, done = print_plan([(None, jobs, states)], "segment", "claimed", stdout)
+        print(f"dry run: {to_do} image(s) to segment into {output_folder}, "
+              f"{done} already done; nothing was loaded or written"
+              + ("" if checkpoint.is_file() else f" (the checkpoint {checkpoint} is missing)"),
+              file=stdout)
+        return 0
+    device = args.device
+    with share_errors(settings.root):
+        something_to_do = any(not job_done(stage, job) for job in stage.plan())
+    if something_to_do:
+        # Load now: a bad checkpoint stops the run before any claim is taken. Loaded once;
+        # every job of this process uses it.
+        device = stage.segmenter().device
+    print(f"SAM {model_type} from {checkpoint} on {device}, "
+          f"{generator.points_per_side} x {generator.points_per_side} points", file=stdout)
+    engine = dataclasses.replace(engine_settings(settings, args, servers=[None]),
+                                 server_process_name=None)
+    try:
+        summary = run_stage(stage, engine)
+    finally:
+        freshness.save()
+    print_summary(summary, stdout)
+    print_rejected(stage.rejected, stdout)
+    print(f"cut-outs are in {output_folder}", file=stdout)
+    return summary.exit_code
+
+
+def _generator_settings(args):
+    """GeneratorSettings from the flags the user set; the rest keep SAM's defaults."""
+    from drawpipe.sam.settings import GeneratorSettings
+
+    names = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
+             "stability_score_offset", "box_nms_thresh", "crop_n_layers", "min_mask_region_area")
+    chosen = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    for name in ("points_per_side", "points_per_batch"):
+        if name in chosen:
+            check_positive(chosen[name], "--" + name.replace("_", "-"))
+    for name in ("crop_n_layers", "min_mask_region_area"):
+        if chosen.get(name, 0) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {chosen[name]}")
+    return GeneratorSettings(**chosen)
+
+
+def _cutout_settings(args):
+    """CutoutSettings from the flags the user set; the rest keep their defaults."""
+    from drawpipe.sam.settings import CutoutSettings
+
+    chosen = {"keep_background": args.keep_background}
+    if args.margin is not None:
+        if not 0 <= args.margin <= 1:
+            raise UsageError(f"--margin is a fraction of the object's size, 0 to 1; got {args.margin:g}")
+        chosen["margin_fraction"] = args.margin
+    if args.min_area_fraction is not None:
+        if not 0 <= args.min_area_fraction < 1:
+            raise UsageError(f"--min-area-fraction must be 0 or more and below 1, got "
+                             f"{args.min_area_fraction:g}")
+        chosen["min_area_fraction"] = args.min_area_fraction
+    if args.max_cutouts is not None:
+        check_positive(args.max_cutouts, "--max-cutouts")
+        chosen["max_cutouts"] = args.max_cutouts
+    return CutoutSettings(**chosen)
+
+
+def _segment_checkpoint(model_type: str | None, checkpoint: str | None,
+                        cache_dir: Path) -> tuple[str, Path]:
+    """(model type, checkpoint path) from --model and --checkpoint: the type named in the
+    checkpoint's file name when --model is not given; the official file in the cache
+    when --checkpoint is not given (vit_b when neither is)."""
+    from drawpipe.sam.models import MODEL_TYPES, model_type_for
+
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        model_type = model_type or model_type_for(path)
+        if model_type is None:
+            raise UsageError(f"cannot tell the model type from the file name {path.name}: "
+                             f"pass --model ({', '.join(MODEL_TYPES)})")
+        return model_type, path
+    model_type = model_type or "vit_b"
+    official = MODEL_TYPES[model_type].official
+    if official is None:
+        raise UsageError(f"--model {model_type} has no published checkpoint: pass --checkpoint")
+    return model_type, cache_dir / official.file_name
+
+
+def _demo_checkpoint(args, cache_dir: Path, out) -> tuple[str | None, Path | None]:
+    """For make demo: --checkpoint if given, else an official checkpoint already in the
+    cache (smallest first), else vit_b downloaded; (None, None) when none can be had
+    (then one line says how to add the step)."""
+    from drawpipe.sam.checkpoints import download_checkpoint
+    from drawpipe.errors import DownloadFailed
+    from drawpipe.sam.models import MODEL_TYPES
+
+    if args.checkpoint is not None:
+        return _segment_checkpoint(args.model, args.checkpoint, cache_dir)
+    for model_type in ("vit_b", "vit_l", "vit_h"):
+        path = cache_dir / MODEL_TYPES[model_type].official.file_name
+        if path.is_file():
+            return model_type, path
+    official = MODEL_TYPES["vit_b"].official
+    path = cache_dir / official.file_name
+    url = _download_url(official, args.download_from)
+    print(f"no SAM checkpoint in {cache_dir}: downloading {url} (375 MB)", file=out, flush=True)
+    try:
+        download_checkpoint(url, path, official.sha256, retries=1,
+                            show_progress=False if args.no_progress else None)
+    except DownloadFailed as exc:
+        source = "" if url == official.url else f" from {official.url}"
+        print(f"segment step skipped: cannot download {url} ({exc.reason}); to add it, put "
+              f"{official.file_name}{source} into {cache_dir}/ and run make demo again", file=out)
+        return None, None
+    return "vit_b", path
+
+
+def _download_url(official, mirror: str | None) -> str:
+    """The official address, or the same file name under --download-from."""
+    return official.url if mirror is None else mirror.rstrip("/") + "/" + official.file_name
+
+
+def main(argv=None, project_dir: Path | None = None) -> int:
+    """The script: parse ``argv``, run, print a package error as one line; the exit code.
+    ``project_dir``: where drawpipe.toml is looked for and the default root (the
+    checkout for the top-level scripts, the current folder for installed commands)."""
+    return run_main(run, parse_arguments(sys.argv[1:] if argv is None else argv),
+                    project_dir or Path.cwd())

@@ -1,0 +1,149 @@
+"""Upscale every image under GENERATIONS/ to 2048 px with Draw Things' img2img, on one or more Macs.
+
+Examples:
+  python upscale.py --root SHARE                 # GENERATIONS/ -> UPSCALED_IMAGES/
+  python upscale.py --root SHARE --watch         # keep picking up new images; Ctrl-C stops
+  python upscale.py --recipe upscale_fast.json            # one request per image instead of two
+  python upscale.py --set strength=0.35                   # every step that sends strength
+  python upscale.py --set "refine 2048:steps=12"          # one step, by name or number
+  python upscale.py --dry-run                             # to do, done, claimed by whom
+  python upscale.py --server http://10.0.0.5:7860 --server http://127.0.0.1:7860
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from drawpipe import bundled
+from drawpipe.cli.common import (CommonSettings, add_common_arguments, add_watch_arguments,
+                                 engine_settings, job_states, local_freshness, print_plan,
+                                 print_rejected, print_summary, resolve_settings, run_main,
+                                 share_errors, warning_printer)
+from drawpipe.drawthings.payloads import parse_override, sends
+from drawpipe.engine.loop import run_stage
+from drawpipe.errors import UsageError
+from drawpipe.stages.upscale import DEFAULT_SETTLE_SECONDS, UpscaleStage, apply_overrides, load_recipe
+
+
+
+def parse_arguments(argv):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", metavar="FILE",
+                        help="the img2img steps: a file, or a bundled recipe's name "
+                             "(default creative_upscale.json; see README 'Choosing a recipe')")
+    parser.add_argument("--set", action="append", metavar="[STEP:]KEY=VALUE",
+                        help="override a Draw Things API key in every step that sends it, or "
+                             "in one step (its name or number); VALUE is JSON or text; "
+                             "repeatable. Images already upscaled are not redone")
+    add_watch_arguments(parser, "GENERATIONS/")
+    parser.add_argument("--seed-offset", type=int, metavar="N",
+                        help="added to every file-name seed, for a different take (default 0)")
+    parser.add_argument("--settle-seconds", type=float, metavar="S",
+                        help="an incomplete input modified less than S seconds ago is waited "
+                             "for; older, it is reported as damaged (default 60)")
+    add_common_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
+    """upscale.py: every PNG under <root>/GENERATIONS through the recipe into UPSCALED_IMAGES."""
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    settings = resolve_settings(args, project_dir, stdin, stdout)
+    recipe = load_recipe(_recipe_path(args.recipe))
+    if args.set:
+        recipe = apply_overrides(recipe, [parse_override(text) for text in args.set])
+    warn = warning_printer()
+    for line in recipe.warnings:
+        warn(line)
+    settle_seconds = args.settle_seconds if args.settle_seconds is not None else DEFAULT_SETTLE_SECONDS
+    if settle_seconds < 0:
+        raise UsageError(f"--settle-seconds must be 0 or more, got {settle_seconds:g}")
+
+    def report_skipped(label: str, reason: str) -> None:
+        tqdm.write(f"skipped: {label}: {reason} (never sent)", file=sys.stderr)
+
+    freshness = local_freshness()
+    stage = UpscaleStage(settings.root, recipe, settings.client, settings.seed_offset,
+                         settle_seconds, on_skipped=None if args.dry_run else report_skipped,
+                         on_warning=warn, freshness=freshness)
+    print(f"recipe {recipe.path}: {len(recipe.steps)} step(s) "
+          f"({', '.join(step.name for step in recipe.steps)}) -> "
+          f"{recipe.output_size[0]}x{recipe.output_size[1]} px", file=stdout)
+    for override in recipe.overrides:
+        numbers = [str(n) for n, step in enumerate(recipe.steps, 1)
+                   if sends(step.payload, override.key)
+                   and step.payload[override.key] == override.value]
+        print(f"override --set {override.text}: step(s) {', '.join(numbers)}", file=stdout)
+    if args.dry_run:
+        return _print_upscale_plan(stage, settings, stdout)
+    try:
+        summary = run_stage(stage, engine_settings(settings, args))
+    finally:
+        freshness.save()
+    print_summary(summary, stdout)
+    print_rejected(stage.rejected, stdout)
+    if summary.total == 0 and not stage.skipped:
+        print(f"no .png images under {stage.input_folder} (run generate.py first, or pass "
+              "the right --root)", file=stdout)
+    if stage.skipped:
+        print(f"{len(stage.skipped)} input(s) skipped, not usable PNG images (never sent):",
+              file=stdout)
+        for label, reason in stage.skipped.items():
+            print(f"  {label}: {reason}", file=stdout)
+        print("replace or remove them and run the same command again", file=stdout)
+    if stage.ignored:
+        print(f"{len(stage.ignored)} file(s) under GENERATIONS/ are not .png and were ignored",
+              file=stdout)
+    print(f"upscaled images are in {stage.output_folder}", file=stdout)
+    code = summary.exit_code
+    return 1 if code == 0 and stage.skipped else code
+
+
+def _recipe_path(recipe: str | None) -> Path:
+    """--recipe FILE as given, else a bundled one by file name (upscale_fast.json) or name
+    (upscale_fast); the default recipe without --recipe."""
+    if recipe is None:
+        return bundled.DEFAULT_RECIPE
+    path = Path(recipe).expanduser()
+    if not path.exists():
+        for candidate in (bundled.PAYLOADS / recipe, bundled.PAYLOADS / f"{recipe}.json"):
+            if candidate.is_file():
+                return candidate
+    return path
+
+
+def _print_upscale_plan(stage: UpscaleStage, settings: CommonSettings, out) -> int:
+    """Per sub-folder of GENERATIONS/: to do, done, claimed by whom; then a total."""
+    with share_errors(settings.root):
+        jobs = stage.plan()
+    states = job_states(settings.root, stage, jobs, settings.lease_seconds)
+    folders: dict[str, tuple[list, list]] = {}
+    for job, state in zip(jobs, states):
+        folder = job.input.parent.relative_to(stage.input_folder).as_posix()
+        folder_jobs, folder_states = folders.setdefault(folder, ([], []))
+        folder_jobs.append(job)
+        folder_states.append(state)
+    groups = [(folder if folder != "." else "(top level)", folder_jobs, folder_states)
+              for folder, (folder_jobs, folder_states) in folders.items()]
+    total_to_do, total_done = print_plan(groups, "upscale", "claimed", out)
+    for label, reason in stage.skipped.items():
+        print(f"  skipped: {label}: {reason}", file=out)
+    if stage.ignored:
+        print(f"  ignored: {len(stage.ignored)} file(s) that are not .png", file=out)
+    print(f"dry run: {total_to_do} image(s) to upscale, {total_done} already done, "
+          f"{len(stage.skipped)} skipped, into {stage.output_folder}; nothing was sent",
+          file=out)
+    return 0
+
+
+def main(argv=None, project_dir: Path | None = None) -> int:
+    """The script: parse ``argv``, run, print a package error as one line; the exit code.
+    ``project_dir``: where drawpipe.toml is looked for and the default root (the
+    checkout for the top-level scripts, the current folder for installed commands)."""
+    return run_main(run, parse_arguments(sys.argv[1:] if argv is None else argv),
+                    project_dir or Path.cwd())
