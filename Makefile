@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/upscale.py
 	$(PY) bench/segment.py
 	$(PY) bench/report.py
+	$(PY) bench/primitives.py
 	$(PY) bench/curate.py
 
 clean:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from harness import (BENCH_DIR, PROJECT_DIR, ProcessUsage, print_table, run_measured,
                      start_simulator, stop_process)
+
 QUEUE_NATION, QUEUE_CATEGORY = "Japan", "family"
 TARGET_CPU_RATIO = 10.0
 TARGET_RSS_RATIO = 1.2  # "flat": within 20 % of the small run's peak

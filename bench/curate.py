@@ -2,7 +2,7 @@
 """Curating a 2,000-image share: quality signals (part 1), and a re-run after 20
 rejections (part 2).
 
-Part 1: quality signals (drawpipe/quality.py) over a share of generated images: first
+Part 1: quality signals (drawpipe/curate/quality.py) over a share of generated images: first
 run, second (cached) run, and what the downscaled measurement saves.
 
 The share: ``--images`` (default 2,000) generated PNGs of ``--size-px`` (default 1024,
@@ -27,7 +27,7 @@ measuring a reduced copy saves per image; ``first/second`` what the cache saves.
 Part 2: a complete share (``--remake-images``, default 2,000, at ``--remake-size-px``
 px: the work is per file, not per pixel) whose every image is generated, upscaled and
 cut out, each output recording its input's SHA-256 as the scripts write it; then 20
-images are rejected in review (reviews.py) and the three scripts run again, each in
+images are rejected in review (curate/verdicts.py) and the three scripts run again, each in
 its own process against the simulator (segment.py with a tiny random-weight SAM):
 
   --help         baseline: the script's start alone (interpreter, imports)
@@ -62,12 +62,12 @@ sys.path.insert(0, str(PROJECT_DIR))
 
 from harness import print_table, run_measured, start_simulator, stop_process  # noqa: E402
 
-from drawpipe import quality  # noqa: E402
-from drawpipe.stages.generate import seed_for  # noqa: E402
-from drawpipe.png import add_text_chunks  # noqa: E402
+from drawpipe.curate import quality  # noqa: E402
 from drawpipe.drawthings.provenance import provenance_chunks
-from drawpipe.report.data import scan_inventory  # noqa: E402
 from drawpipe.drawthings.simulator import encode_png, render_scene  # noqa: E402
+from drawpipe.png import add_text_chunks  # noqa: E402
+from drawpipe.report.data import scan_inventory  # noqa: E402
+from drawpipe.stages.generate import seed_for  # noqa: E402
 
 IMAGES_PER_GROUP = 50
 TARGET_SECOND_RUN_SECONDS = 1.0

@@ -128,8 +128,9 @@ def run_worker(args) -> None:
             points.append(record["point_coords"][0])
             boxes.append(record["bbox"])
     else:
-        from drawpipe.sam.mask_generator import LeanMaskGenerator, choose_points_per_batch
         import psutil
+
+        from drawpipe.sam.mask_generator import LeanMaskGenerator, choose_points_per_batch
 
         points_per_batch = settings.pop("points_per_batch") or choose_points_per_batch(
             psutil.virtual_memory().available)

@@ -47,8 +47,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import (PROJECT_DIR, Child, print_table, read_posts, run_measured,
-                     start_simulator, stop_process)
+from harness import (PROJECT_DIR, Child, print_table, read_posts, run_measured, start_simulator,
+                     stop_process)
 
 from drawpipe.drawthings.simulator import encode_png, render_scene
 

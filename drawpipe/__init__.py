@@ -1,22 +1,19 @@
 """drawpipe: resumable batch scripts over Draw Things' HTTP API (sdapi).
 
-Modules, one job each:
-  errors      the exception hierarchy and exit codes
-  drawthings  what Draw Things' HTTP API accepts: keys, aliases, ranges
-  sdapi       the HTTP client (one session, timeouts, retries, PNG checks)
-  simulator   a local stand-in for Draw Things' HTTP API
-  payloads    payload templates: load, validate, merge
-  prompts     prompt sets and the generation queue
-  claims      shared-folder work claims (exclusive create, heartbeat, take-over)
-  stage       the shared job loop (scan, claim, run, atomic write, metrics, progress)
-  metrics     CPU/RAM sampling and the per-host CSV logs
-  pngmeta     PNG text chunks written without re-encoding
-  config      drawpipe.toml profiles
-  cli, commands   the scripts' edge: options, profiles, each script's body
-  generation, upscaling, segmentation   the three stages
-  mask_generator, cutouts, checkpoints  SAM without its waste; masks -> cut-outs; downloads
-  report, report_stats, report_data, report_html   python -m drawpipe.report
-  demo        make demo
+Packages, lowest layer first; each imports only from the layers above it in this
+list (tests/test_architecture.py holds it):
+
+  errors, files, png, layout, bundled    exceptions; atomic writes and "done" checks;
+                                         PNG without decoding; the dataset's folders
+                                         and names; the shipped templates and prompts
+  engine/       the job loop, claims, the share guard, stop signals, metrics
+  drawthings/   the API table and its rules, the HTTP client, templates, the simulator
+  sam/          Segment Anything: settings, models, the lean mask generator, cut-outs
+  curate/       verdicts, takes (rejects re-made, stale outputs), quality signals
+  stages/       generate (+ prompts), upscale (recipes), segment
+  report/       figures, gallery, contact sheets (python -m drawpipe.report)
+  cli/          the scripts' options, profiles and bodies
+  review, export, demo, simulator   python -m entry points
 """
 
 __version__ = "0.1.0"

@@ -161,3 +161,30 @@ class RequestRejected(Exception):
         super().__init__(detail)
         self.detail = detail
         self.reason = reason or detail
+
+
+# What a network exception's text (requests, urllib3) says happened, in a few words;
+# the first match wins, so the specific come before the general.
+_NETWORK_REASONS = (
+    (("Connection refused",), "connection refused"),
+    (("NameResolutionError", "Failed to resolve", "Name or service not known",
+      "nodename nor servname", "Temporary failure in name resolution"),
+     "the host name could not be looked up (no network?)"),
+    (("Network is unreachable",), "the network is unreachable"),
+    (("RemoteDisconnected", "Remote end closed"),
+     "the server closed the connection without answering"),
+    (("IncompleteRead",), "the connection closed mid-answer"),
+    (("Connection reset", "Connection aborted", "connection closed"),
+     "the connection broke off"),
+    (("Read timed out",), "no more data within the read timeout"),
+    (("timed out", "Timeout"), "timed out"),
+)
+
+
+def network_reason(exc: Exception) -> str:
+    """A short reason for a network exception, without its nested reprs."""
+    text = str(exc)
+    for markers, reason in _NETWORK_REASONS:
+        if any(marker in text for marker in markers):
+            return reason
+    return text if len(text) < 160 else text[:157] + "..."

@@ -4,7 +4,7 @@
     python -m drawpipe.export --root SHARE --out DIR --include-unreviewed  + the unreviewed
 
 Writes, into a new or empty DIR, every generated image whose current take was
-accepted (reviews.py; with ``--include-unreviewed`` every take not rejected) with
+accepted (curate/verdicts.py; with ``--include-unreviewed`` every take not rejected) with
 its upscaled version and its cut-outs, in the share's own folder layout, and
 ``DIR/metadata.jsonl`` (written last), one JSON object per image::
 
@@ -40,16 +40,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from drawpipe.files import default_cache_dir
-from drawpipe.cli.common import resolve_settings, run_main
+from drawpipe.cli.common import add_share_arguments, resolve_settings, run_main
+from drawpipe.curate.verdicts import load_verdicts
 from drawpipe.errors import ExportRefused, UsageError
+from drawpipe.files import HashCache, default_cache_dir, file_sha256, write_atomically
+from drawpipe.layout import CUTOUTS_RECORD
 from drawpipe.png import read_text_chunks
 from drawpipe.report.data import scan_inventory
-from drawpipe.files import write_atomically
 from drawpipe.report.stats import STAGES, latest_done, load_logs
-from drawpipe.curate.verdicts import load_verdicts
-from drawpipe.files import HashCache, file_sha256
-from drawpipe.layout import CUTOUTS_RECORD
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 METADATA_NAME = "metadata.jsonl"
@@ -255,10 +253,7 @@ def parse_arguments(argv) -> argparse.Namespace:
         prog="python -m drawpipe.export",
         description="Write the accepted images, their upscaled versions and cut-outs as a "
                     "Hugging Face imagefolder with metadata.jsonl.")
-    parser.add_argument("--root", metavar="FOLDER",
-                        help="the (shared) folder holding GENERATIONS/ (default: the project folder)")
-    parser.add_argument("--profile", metavar="NAME", help="a [profiles.NAME] of drawpipe.toml")
-    parser.add_argument("--config", metavar="FILE", help="config file (as the scripts take it)")
+    add_share_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="a new or empty folder outside the share")
     parser.add_argument("--include-unreviewed", action="store_true",

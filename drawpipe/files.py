@@ -30,8 +30,6 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-
-
 # errno values that mean "someone else has this file open or is deleting it": SMB's
 
 

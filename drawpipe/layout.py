@@ -6,12 +6,13 @@
       CUTOUTS/<same folders>/<stem>_upscaled/<stem>_upscaled_cutout_<k>.png  segment.py
                                             /cutouts.json
       REJECTED/<any of the above, "_take<k>" added to the name>              takes.py
-      logs/<stage>-<host>.csv      one CSV per stage and host (metrics.py)
-      reviews/<host>.jsonl         one verdict file per host (reviews.py)
+      logs/<stage>-<host>.csv      one CSV per stage and host (engine/metrics.py)
+      reviews/<host>.jsonl         one verdict file per host (curate/verdicts.py)
       report/                      what python -m drawpipe.report writes
-      .claims/<stage>/<output>.claim   who works on what (claims.py)
+      .claims/<stage>/<output>.claim   who works on what (engine/claims.py)
 """
 
+import re
 from pathlib import Path
 
 GENERATIONS_FOLDER = "GENERATIONS"
@@ -51,3 +52,8 @@ def generated_for_upscaled(root: Path, upscaled: Path) -> Path | None:
         return None
     stem = relative.stem[:-len(UPSCALED_SUFFIX)]
     return Path(root) / GENERATIONS_FOLDER / relative.parent / (stem + ".png")
+
+
+def natural_key(text: str) -> list:
+    """"France_family_10" after "France_family_9"."""
+    return [int(part) if part.isdigit() else part.casefold() for part in re.split(r"(\d+)", text)]

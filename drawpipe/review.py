@@ -5,7 +5,7 @@
 
 Each nation and category is shown like the report's gallery: the generated image,
 its upscaled version and its cut-outs, the prompt and settings, the quality signals
-that make it suspect (quality.py) and its verdict. Keys: ``j``/``k`` (or the arrows)
+that make it suspect (curate/quality.py) and its verdict. Keys: ``j``/``k`` (or the arrows)
 next/previous, ``a`` accept, ``r`` reject (type a reason, then Enter; Esc cancels);
 the buttons do the same by mouse. ``?filter=unreviewed`` shows only the images whose
 current take has no verdict yet; ``?order=suspect`` puts the suspects first.
@@ -50,19 +50,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from drawpipe.report import pages
-from drawpipe.files import default_cache_dir
-from drawpipe.cli.common import resolve_settings, run_main
-from drawpipe.errors import BadVerdict, UsageError
-from drawpipe.layout import CUTOUTS_FOLDER, GENERATIONS_FOLDER, UPSCALED_FOLDER
-from drawpipe.files import host_name
-from drawpipe.report.pages import anchor
+from drawpipe.cli.common import add_share_arguments, resolve_settings, run_main
 from drawpipe.curate.quality import Signals, suspect_reasons, suspicion_order, update_signals
-from drawpipe.report.data import ReportCache, natural_key, read_metadata, scan_inventory
-from drawpipe.report.html import meta_view
 from drawpipe.curate.verdicts import Verdict, append_verdict, check_sha256, load_verdicts
-from drawpipe.files import HashCache, file_sha256
-from drawpipe.errors import TakeChanged
+from drawpipe.errors import BadVerdict, TakeChanged, UsageError
+from drawpipe.files import HashCache, default_cache_dir, file_sha256, host_name
+from drawpipe.layout import CUTOUTS_FOLDER, GENERATIONS_FOLDER, UPSCALED_FOLDER, natural_key
+from drawpipe.report import pages
+from drawpipe.report.data import ReportCache, read_metadata, scan_inventory
+from drawpipe.report.html import meta_view
+from drawpipe.report.pages import anchor
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8765
@@ -92,7 +89,7 @@ class ReviewSettings:
 class Snapshot:
     """What one page load shows: the folders, their signals and every host's verdicts."""
 
-    inventory: object  # report_data.Inventory
+    inventory: object  # report.data.Inventory
     signals: dict[str, Signals]
     verdicts: object  # reviews.VerdictIndex
     notes: list[str]
@@ -464,10 +461,7 @@ def parse_arguments(argv) -> argparse.Namespace:
         prog="python -m drawpipe.review",
         description="A local web page to accept or reject the generated images; verdicts "
                     "go to the share's reviews/<host>.jsonl.")
-    parser.add_argument("--root", metavar="FOLDER",
-                        help="the (shared) folder holding GENERATIONS/ (default: the project folder)")
-    parser.add_argument("--profile", metavar="NAME", help="a [profiles.NAME] of drawpipe.toml")
-    parser.add_argument("--config", metavar="FILE", help="config file (as the scripts take it)")
+    add_share_arguments(parser)
     parser.add_argument("--host", default=LOOPBACK, metavar="ADDRESS",
                         help=f"address to listen on (default {LOOPBACK}: this Mac only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N",

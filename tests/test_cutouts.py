@@ -4,11 +4,10 @@ import io
 
 import numpy as np
 import pytest
+from masks import mask_from_polygons
 from PIL import Image
 
 from drawpipe.sam.cutouts import cut_out, encode_png, mask_box, mask_polygons, square_canvas
-
-from masks import mask_from_polygons
 
 HEIGHT, WIDTH = 120, 160
 

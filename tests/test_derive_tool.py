@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from conftest import PROJECT_DIR
 
 TOOL = PROJECT_DIR / "tools" / "derive_drawthings_api.py"

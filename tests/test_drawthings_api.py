@@ -9,14 +9,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import PROJECT_DIR, png_files, run_script
 
 from drawpipe.bundled import TXT2IMG_TEMPLATE
 from drawpipe.drawthings.api import api_table, decode_body, output_size, resolve_extras
-from drawpipe.errors import InputFileError
 from drawpipe.drawthings.payloads import check_payload
 from drawpipe.drawthings.simulator import Simulator
-
-from conftest import PROJECT_DIR, png_files, run_script
+from drawpipe.errors import InputFileError
 
 PAYLOADS = PROJECT_DIR / "payloads"
 TEMPLATES = sorted(PAYLOADS.glob("*.json"))

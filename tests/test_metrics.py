@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from drawpipe.engine.metrics import COMMON_COLUMNS, MetricsLog, ResourceSampler, find_process, format_time_utc, read_logs
-
+from drawpipe.engine.metrics import (COMMON_COLUMNS, MetricsLog, ResourceSampler, find_process,
+                                     format_time_utc, read_logs)
 from drawpipe.files import host_name
 
 
@@ -61,20 +61,11 @@ def test_a_job_shorter_than_the_interval_gets_one_cpu_figure():
     assert usage.ram_mb_peak > 0
 
 
-def test_stop_is_prompt_and_cheap():
-    start = time.perf_counter()
+def test_a_job_shorter_than_the_interval_still_gets_its_two_readings():
+    # Stopping does not wait for the interval (bench/primitives.py times it).
     with ResourceSampler(interval_seconds=30) as sampler:
         pass
-    assert time.perf_counter() - start < 0.2
     assert sampler.result().samples == 2
-
-    cycles = 200
-    cpu_start = time.process_time()
-    for _ in range(cycles):
-        with ResourceSampler(interval_seconds=30):
-            pass
-    cpu_per_cycle = (time.process_time() - cpu_start) / cycles
-    assert cpu_per_cycle < 0.005  # measured ~0.3 ms, two readings included
 
 
 def test_sampler_tracks_the_server_process(stop_later):

@@ -8,21 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from drawpipe.errors import InputFileError, UsageError
 from drawpipe.bundled import PROMPT_SETS
-from drawpipe.stages.prompts import (
-    CATEGORIES,
-    QueueItem,
-    ask_queue,
-    format_nations,
-    format_queue,
-    is_safe_folder_name,
-    load_prompt_sets,
-    load_queue,
-    merge_queue,
-    parse_add,
-    parse_count,
-)
+from drawpipe.errors import InputFileError, UsageError
+from drawpipe.stages.prompts import (CATEGORIES, QueueItem, ask_queue, format_nations, format_queue,
+                                     is_safe_folder_name, load_prompt_sets, load_queue, merge_queue,
+                                     parse_add, parse_count)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NATION_QUESTION = "Nation (number or name, 'done' to finish): "
@@ -80,11 +70,6 @@ def test_bundled_names_are_safe_ascii_folder_names(bundled_sets):
     for name in bundled_sets.nations + bundled_sets.categories:
         assert is_safe_folder_name(name), name
         assert name.isascii() and " " not in name, name
-
-
-def test_bundled_file_has_one_entry_per_line():
-    lines = PROMPT_SETS.read_text(encoding="utf-8").splitlines()
-    assert sum(line.startswith('{"nation"') for line in lines) == 80
 
 
 def test_example_queue_loads(bundled_sets):

@@ -1,4 +1,4 @@
-"""Quality signals (drawpipe/quality.py) on images with known answers: a sharp
+"""Quality signals (drawpipe/curate/quality.py) on images with known answers: a sharp
 photo-like picture from the simulator, a Gaussian-blurred copy, an over-exposed
 copy, an under-exposed one, a near-duplicate in the same folder and the same picture
 in another nation's folder; the per-host cache on the share; the report's CSV columns."""
@@ -9,17 +9,16 @@ import subprocess
 import sys
 
 import pytest
+from conftest import PROJECT_DIR
 from PIL import Image, ImageEnhance, ImageFilter
 
-from drawpipe.png import add_text_chunks
-
+from drawpipe.curate.quality import (BLURRY_LAPLACIAN_VARIANCE, CSV_COLUMNS,
+                                     NEAR_DUPLICATE_MAX_DISTANCE, measure_png, suspect_reasons,
+                                     update_signals)
 from drawpipe.drawthings.provenance import provenance_chunks
-from drawpipe.curate.quality import (BLURRY_LAPLACIAN_VARIANCE, CSV_COLUMNS, NEAR_DUPLICATE_MAX_DISTANCE,
-                              measure_png, suspect_reasons, update_signals)
-from drawpipe.report.data import scan_inventory
 from drawpipe.drawthings.simulator import encode_png, render_scene
-
-from conftest import PROJECT_DIR
+from drawpipe.png import add_text_chunks
+from drawpipe.report.data import scan_inventory
 
 SIZE_PX = 1024  # the generated size: the thresholds are set for it
 

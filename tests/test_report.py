@@ -19,18 +19,17 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-from PIL import Image
-
-from drawpipe.stages.generate import seed_for
-from drawpipe.engine.metrics import COMMON_COLUMNS
-from drawpipe.png import add_text_chunks
-from drawpipe.drawthings.provenance import provenance_chunks
-from drawpipe.report.data import parse_infotext
-from drawpipe.report.stats import (LogRow, busy_seconds, estimate_eta, format_duration,
-                                   load_logs, percentile, stage_figures)
-
 from browser import LOAD_ALL_IMAGES, PageWatch, browser, skip_reason
 from conftest import PROJECT_DIR
+from PIL import Image
+
+from drawpipe.drawthings.provenance import provenance_chunks
+from drawpipe.engine.metrics import COMMON_COLUMNS
+from drawpipe.png import add_text_chunks
+from drawpipe.report.data import parse_infotext
+from drawpipe.report.stats import (LogRow, busy_seconds, estimate_eta, format_duration, load_logs,
+                                   percentile, stage_figures)
+from drawpipe.stages.generate import seed_for
 
 T0 = 1777629600.0  # 2026-05-01T10:00:00Z
 PROMPT = "a French family at dinner, photorealistic"

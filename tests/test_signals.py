@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import PROJECT_DIR, png_files, script_command, start_script, wait_for
 from PIL import Image
 
 from drawpipe.drawthings.simulator import Simulator
-
-from conftest import PROJECT_DIR, png_files, script_command, start_script, wait_for
 
 STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
 IDS = ["SIGINT", "SIGTERM", "SIGHUP"]

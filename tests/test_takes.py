@@ -2,7 +2,7 @@
 
 Real scripts on a real share: generate.py against the simulator, upscale.py with a
 small copy of the default recipe, segment.py with a tiny random-weight SAM; verdicts
-written through reviews.py as the review page writes them.
+written through curate/verdicts.py as the review page writes them.
 """
 
 import json
@@ -10,16 +10,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from drawpipe.stages.generate import seed_for
-from drawpipe.png import read_text_chunks
-from drawpipe.curate.verdicts import append_verdict
-from drawpipe.files import file_sha256
-from drawpipe.sam.models import save_random_checkpoint
-from drawpipe.drawthings.simulator import Simulator
-from drawpipe.curate.takes import set_aside
-
 from conftest import FAST_RETRY_ARGS, PROJECT_DIR, run_script, start_script
+
+from drawpipe.curate.takes import set_aside
+from drawpipe.curate.verdicts import append_verdict
+from drawpipe.drawthings.simulator import Simulator
+from drawpipe.files import file_sha256
+from drawpipe.png import read_text_chunks
+from drawpipe.sam.models import save_random_checkpoint
+from drawpipe.stages.generate import seed_for
 
 SMALL = ["--set", "width=256", "--set", "height=256", "--set", "hires_fix=false"]
 SAM_ARGS = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",

@@ -15,19 +15,17 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import FAST_RETRY_ARGS, PROJECT_DIR, png_files, run_script, start_script, wait_for
 from PIL import Image
 
 from drawpipe.drawthings import api as drawthings
+from drawpipe.drawthings.simulator import (Simulator, default_app_configuration, encode_png,
+                                           render_scene)
 from drawpipe.engine.claims import ClaimStore
 from drawpipe.errors import InputFileError
+from drawpipe.png import inspect_png, read_text_chunks
 from drawpipe.stages.generate import seed_for
-from drawpipe.png import read_text_chunks
-from drawpipe.drawthings.simulator import Simulator, default_app_configuration, encode_png, render_scene
 from drawpipe.stages.upscale import load_recipe, plan_chain
-from drawpipe.png import inspect_png
-
-from conftest import (FAST_RETRY_ARGS, PROJECT_DIR, png_files, run_script, start_script,
-                      wait_for)
 
 BUNDLED = PROJECT_DIR / "payloads" / "creative_upscale.json"
 DEFAULT_APP_CONFIGURATION = default_app_configuration()

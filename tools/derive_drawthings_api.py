@@ -2,14 +2,14 @@
 """Derive drawpipe's table of Draw Things' HTTP API from Draw Things' own source.
 
     python tools/derive_drawthings_api.py DRAW_THINGS_COMMUNITY COMMUNITY_MODELS \
-        [-o drawpipe/drawthings_api.json]
+        [-o drawpipe/drawthings/api_table.json]
 
 DRAW_THINGS_COMMUNITY is a checkout (or a bare git directory) of
 github.com/drawthingsai/draw-things-community, COMMUNITY_MODELS one of
 github.com/drawthingsai/community-models. The output is the one place drawpipe
 lists request keys, their types, ranges, aliases and null rules, the app's error
 texts and the model family of every known file; the client's validator and the
-simulator both read it (drawpipe/drawthings.py). Every entry names the upstream
+simulator both read it (drawpipe/drawthings/api.py). Every entry names the upstream
 file and line it came from, and the file is stamped with both commits.
 
 What is read, and why:

@@ -7,23 +7,21 @@ config file; the rest of the package takes explicit settings.
 import argparse
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from contextlib import contextmanager
 
 from tqdm import tqdm
 
-from drawpipe.curate.takes import Freshness
-from drawpipe.engine.claims import ClaimStore
-from drawpipe.engine.loop import EngineSettings, Job, job_done
-from drawpipe.errors import ShareLost
-from drawpipe.files import default_cache_dir
-
 from drawpipe.cli import config
+from drawpipe.curate.takes import Freshness
 from drawpipe.drawthings.api import DEFAULT_PORT
-from drawpipe.errors import DrawpipeError, Interrupted, UsageError
-from drawpipe.engine.interrupts import STOP_SIGNALS_STATE
 from drawpipe.drawthings.client import ClientSettings
+from drawpipe.engine.claims import ClaimStore
+from drawpipe.engine.interrupts import STOP_SIGNALS_STATE
+from drawpipe.engine.loop import EngineSettings, Job, job_done
+from drawpipe.errors import DrawpipeError, Interrupted, ShareLost, UsageError
+from drawpipe.files import default_cache_dir
 
 DEFAULT_SERVER = f"http://127.0.0.1:{DEFAULT_PORT}"
 
@@ -42,8 +40,8 @@ class CommonSettings:
     profile: str | None
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, server_options: bool = True) -> None:
-    """Options every script takes; ``server_options``: also those about Draw Things servers."""
+def add_share_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which folder, and the profile that may name it: every command takes these."""
     parser.add_argument("--root", metavar="FOLDER",
                         help="the (shared) folder holding GENERATIONS/, UPSCALED_IMAGES/, "
                              "CUTOUTS/, logs/ (default: the project folder)")
@@ -51,6 +49,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, server_options: bool =
     parser.add_argument("--config", metavar="FILE",
                         help="config file (default: $DRAWPIPE_CONFIG, else drawpipe.toml "
                              "in the project folder)")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, server_options: bool = True) -> None:
+    """Options every script takes; ``server_options``: also those about Draw Things servers."""
+    add_share_arguments(parser)
     parser.add_argument("--lease-seconds", type=_positive_float, metavar="S",
                         help="a claim not refreshed for this long is taken over (default 120)")
     parser.add_argument("--poll-seconds", type=_positive_float, metavar="S",
@@ -161,6 +164,15 @@ def resolve_settings(args: argparse.Namespace, project_dir: Path, stdin=None,
     )
 
 
+def script_main(run, parse_arguments, argv, project_dir: Path | None) -> int:
+    """A script's main: parse ``argv`` (None: the command line), ``run(args, project_dir)``,
+    print a package error as one line; the exit code. ``project_dir``: where
+    drawpipe.toml is looked for and the default root (the checkout for the top-level
+    scripts, the current folder for installed commands)."""
+    return run_main(run, parse_arguments(sys.argv[1:] if argv is None else argv),
+                    project_dir or Path.cwd())
+
+
 def run_main(main, *args) -> int:
     """Call ``main(*args) -> exit code``; print a package error as one line, no traceback.
 
@@ -229,7 +241,7 @@ def notice_printer():
 
 
 def local_freshness() -> Freshness:
-    """This Mac's hash cache for takes.py, in the local cache folder (never the share)."""
+    """This Mac's hash cache for curate/takes.py, in the local cache folder (never the share)."""
     return Freshness(default_cache_dir(os.environ))
 
 

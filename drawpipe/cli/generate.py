@@ -16,7 +16,7 @@ from pathlib import Path
 from drawpipe import bundled
 from drawpipe.cli.common import (CommonSettings, add_common_arguments, engine_settings, job_states,
                                  local_freshness, notice_printer, print_plan, print_summary,
-                                 resolve_settings, run_main, warning_printer)
+                                 resolve_settings, script_main, warning_printer)
 from drawpipe.curate.takes import Rejections
 from drawpipe.drawthings.payloads import check_payload, load_payload, parse_override, with_override
 from drawpipe.engine.loop import run_stage
@@ -116,8 +116,5 @@ def _print_generate_plan(stage: GenerateStage, settings: CommonSettings, out) ->
 
 
 def main(argv=None, project_dir: Path | None = None) -> int:
-    """The script: parse ``argv``, run, print a package error as one line; the exit code.
-    ``project_dir``: where drawpipe.toml is looked for and the default root (the
-    checkout for the top-level scripts, the current folder for installed commands)."""
-    return run_main(run, parse_arguments(sys.argv[1:] if argv is None else argv),
-                    project_dir or Path.cwd())
+    """generate.py (and drawpipe-generate): see cli.common.script_main."""
+    return script_main(run, parse_arguments, argv, project_dir)

@@ -20,14 +20,13 @@ from pathlib import Path
 
 from drawpipe.cli.common import (add_common_arguments, add_watch_arguments, check_positive,
                                  engine_settings, job_states, local_freshness, print_plan,
-                                 print_rejected,
-                                 print_summary, resolve_settings, run_main, share_errors)
+                                 print_rejected, print_summary, resolve_settings, script_main,
+                                 share_errors)
 from drawpipe.engine.loop import job_done, run_stage
 from drawpipe.errors import CheckpointError, UsageError
 from drawpipe.files import default_cache_dir
 from drawpipe.layout import CUTOUTS_FOLDER
 from drawpipe.sam.checkpoints import OFFICIAL_CHECKPOINTS
-
 
 GENERATOR_OPTIONS = (  # segment-anything's scripts/amg.py names; unset: SAM's defaults
     ("--points-per-side", int, "grid points along each side (default 32)"),
@@ -203,8 +202,8 @@ def _demo_checkpoint(args, cache_dir: Path, out) -> tuple[str | None, Path | Non
     """For make demo: --checkpoint if given, else an official checkpoint already in the
     cache (smallest first), else vit_b downloaded; (None, None) when none can be had
     (then one line says how to add the step)."""
-    from drawpipe.sam.checkpoints import download_checkpoint
     from drawpipe.errors import DownloadFailed
+    from drawpipe.sam.checkpoints import download_checkpoint
     from drawpipe.sam.models import MODEL_TYPES
 
     if args.checkpoint is not None:
@@ -234,8 +233,5 @@ def _download_url(official, mirror: str | None) -> str:
 
 
 def main(argv=None, project_dir: Path | None = None) -> int:
-    """The script: parse ``argv``, run, print a package error as one line; the exit code.
-    ``project_dir``: where drawpipe.toml is looked for and the default root (the
-    checkout for the top-level scripts, the current folder for installed commands)."""
-    return run_main(run, parse_arguments(sys.argv[1:] if argv is None else argv),
-                    project_dir or Path.cwd())
+    """segment.py (and drawpipe-segment): see cli.common.script_main."""
+    return script_main(run, parse_arguments, argv, project_dir)

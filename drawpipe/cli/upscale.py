@@ -19,13 +19,13 @@ from tqdm import tqdm
 from drawpipe import bundled
 from drawpipe.cli.common import (CommonSettings, add_common_arguments, add_watch_arguments,
                                  engine_settings, job_states, local_freshness, print_plan,
-                                 print_rejected, print_summary, resolve_settings, run_main,
+                                 print_rejected, print_summary, resolve_settings, script_main,
                                  share_errors, warning_printer)
 from drawpipe.drawthings.payloads import parse_override, sends
 from drawpipe.engine.loop import run_stage
 from drawpipe.errors import UsageError
-from drawpipe.stages.upscale import DEFAULT_SETTLE_SECONDS, UpscaleStage, apply_overrides, load_recipe
-
+from drawpipe.stages.upscale import (DEFAULT_SETTLE_SECONDS, UpscaleStage, apply_overrides,
+                                     load_recipe)
 
 
 def parse_arguments(argv):
@@ -142,8 +142,5 @@ def _print_upscale_plan(stage: UpscaleStage, settings: CommonSettings, out) -> i
 
 
 def main(argv=None, project_dir: Path | None = None) -> int:
-    """The script: parse ``argv``, run, print a package error as one line; the exit code.
-    ``project_dir``: where drawpipe.toml is looked for and the default root (the
-    checkout for the top-level scripts, the current folder for installed commands)."""
-    return run_main(run, parse_arguments(sys.argv[1:] if argv is None else argv),
-                    project_dir or Path.cwd())
+    """upscale.py (and drawpipe-upscale): see cli.common.script_main."""
+    return script_main(run, parse_arguments, argv, project_dir)

@@ -50,9 +50,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from drawpipe.report.data import natural_key
-
 from drawpipe.files import write_if_changed
+from drawpipe.layout import natural_key
 
 REPORT_FOLDER = "report"
 QUALITY_FOLDER = "quality"
@@ -273,7 +272,7 @@ def _map(function, tasks: list, processes: int) -> list:
 
 def update_signals(root: Path, files, host: str, processes: int = 1,
                    write_cache: bool = True) -> QualityRun:
-    """Signals of every file in ``files`` (report_data.ImageFile: root-relative ``path``,
+    """Signals of every file in ``files`` (report.data.ImageFile: root-relative ``path``,
     ``size``, ``mtime_ns``): cached ones reused, the others measured (in up to
     ``processes`` processes), near-duplicates found; then this host's cache file is
     rewritten when its content changed (``write_cache``)."""

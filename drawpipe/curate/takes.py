@@ -1,7 +1,7 @@
 """Takes: rejected images set aside and re-made, later stages kept consistent, like make.
 
 A *take* is one version of an image at its path. When a reviewer rejects the take
-that is there (reviews.py: a reject verdict for that file's SHA-256), generate.py
+that is there (curate/verdicts.py: a reject verdict for that file's SHA-256), generate.py
 moves it, and what upscale.py and segment.py made from it, into ``REJECTED/`` and
 makes the next take, whose seed comes from the file name *and* the take number, so
 every Mac sends the identical new request. Nothing is ever deleted::
@@ -34,9 +34,9 @@ import json
 import os
 from pathlib import Path
 
-from drawpipe.layout import REJECTED_FOLDER
 from drawpipe.curate.verdicts import VerdictIndex, load_verdicts
 from drawpipe.files import HashCache, file_sha256
+from drawpipe.layout import REJECTED_FOLDER
 
 RECORDED_SOURCES_CACHE = "recorded-sources.json"
 
@@ -130,7 +130,7 @@ class Freshness:
 
 
 class Rejections:
-    """Which generated images are rejected as they are now (reviews.py verdicts whose
+    """Which generated images are rejected as they are now (curate/verdicts.py verdicts whose
     SHA-256 is the file's), loaded once per plan."""
 
     def __init__(self, root: Path, freshness: Freshness):

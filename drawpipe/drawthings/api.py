@@ -1,9 +1,9 @@
 """Draw Things' HTTP API as its source defines it: the derived table and the rules that read it.
 
-Everything about the app's request format comes from ``drawthings_api.json``,
+Everything about the app's request format comes from ``api_table.json``,
 written by ``tools/derive_drawthings_api.py`` from Draw Things' own source (each
 entry names its upstream file and line; README says how to refresh it). Nothing
-here lists keys: the client's checks (payloads.py) and the simulator both call
+here lists keys: the client's checks (drawthings/payloads.py) and the simulator both call
 ``decode_body``, which follows the server's decoding step by step:
 
 1. ``restore_faces`` (a bool), then ``init_images`` (base64 strings, each an image);
@@ -33,10 +33,11 @@ import difflib
 import functools
 import json
 import math
-from drawpipe.errors import RequestRejected
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from drawpipe.errors import RequestRejected
 
 DEFAULT_PORT = 7860
 TABLE_PATH = Path(__file__).with_name("api_table.json")
@@ -80,7 +81,7 @@ class Parameter:
 
 
 class ApiTable:
-    """The contents of drawthings_api.json, indexed."""
+    """The contents of drawthings/api_table.json, indexed."""
 
     def __init__(self, data: dict):
         self.upstream: dict = data["upstream"]

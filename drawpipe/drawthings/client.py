@@ -30,9 +30,9 @@ import pybase64
 import requests
 import urllib3
 
-from drawpipe.errors import MaybeStillDrawing, ServerRejected, ServerUnreachable, TransientError, WrongSize
+from drawpipe.errors import (MaybeStillDrawing, ServerRejected, ServerUnreachable, TransientError,
+                             WrongSize, network_reason)
 from drawpipe.png import verified_size
-
 
 ENABLE_API_HINT = (
     "start Draw Things and turn on its HTTP API server (Settings > API Server: "
@@ -85,7 +85,7 @@ class SdapiClient:
             response = self.session.get(url, timeout=(self.settings.connect_timeout_seconds, 30))
         except requests.RequestException as exc:
             raise ServerUnreachable(
-                f"cannot reach {self.base_url} ({_reason(exc)}): {ENABLE_API_HINT}"
+                f"cannot reach {self.base_url} ({network_reason(exc)}): {ENABLE_API_HINT}"
             ) from None
         if response.status_code != 200:
             raise ServerUnreachable(
@@ -158,15 +158,15 @@ class SdapiClient:
                 url, f"no answer within {settings.read_timeout_seconds:g} s") from None
         except requests.RequestException as exc:
             if _never_connected(exc):
-                raise TransientError(f"cannot connect to {self.base_url} ({_reason(exc)})") from None
+                raise TransientError(f"cannot connect to {self.base_url} ({network_reason(exc)})") from None
             # The request went out and the answer did not come back.
-            raise self._maybe_still_drawing(url, _reason(exc)) from None
+            raise self._maybe_still_drawing(url, network_reason(exc)) from None
         try:
             # Headers arrived, so the app has finished drawing (it answers only at the
             # end): a failure now loses the answer, not the app's time; re-sending is safe.
             content = response.raw.read(decode_content=True)
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise TransientError(f"{url}: the answer was cut off ({_reason(exc)})") from None
+            raise TransientError(f"{url}: the answer was cut off ({network_reason(exc)})") from None
         if response.status_code == 422:
             raise ServerRejected(url, _error_detail(content))
         if response.status_code != 200:
@@ -238,22 +238,3 @@ def _error_detail(content: bytes) -> str:
             if body.get(key):
                 return str(body[key])
     return str(body)[:300]
-
-
-def _reason(exc: Exception) -> str:
-    """A short human reason for a requests exception (no nested reprs)."""
-    text = str(exc)
-    for marker, reason in (
-        ("Connection refused", "connection refused"),
-        ("Connection reset", "connection reset"),
-        ("RemoteDisconnected", "the server closed the connection without answering"),
-        ("Remote end closed", "the server closed the connection without answering"),
-        ("IncompleteRead", "the connection closed mid-answer"),
-        ("Read timed out", "no more data within the read timeout"),
-        ("Name or service not known", "unknown host name"),
-        ("nodename nor servname", "unknown host name"),
-        ("timed out", "connection timed out"),
-    ):
-        if marker in text:
-            return reason
-    return type(exc).__name__

@@ -1,6 +1,6 @@
 """Payload templates: load them and check them as the app would take them.
 
-A template is a JSON object of request keys (drawthings.py; the keys come from
+A template is a JSON object of request keys (drawthings/api.py; the keys come from
 Draw Things' source). Keys starting with "_" are notes for people and are never
 sent. Draw Things takes every key left out from whatever the app's window is set
 to, so templates name every field that matters, with null/[]/false where a feature
@@ -146,6 +146,19 @@ def check_against_app(payload: dict, source: str, app_configuration: dict, serve
                 f'remove "{key}" from {source}')
     return _window_only_warnings(app_configuration, server) + check_payload(
         payload, source, app_configuration)
+
+
+def preflight(client, payloads: list[tuple[dict, str]], on_warning=None) -> dict:
+    """Before a worker's first request: the app's GET / answer (ServerUnreachable when
+    there is none), with every ``(payload, source)`` checked against that app
+    (``check_against_app``); what it finds worth a warning goes to ``on_warning(line)``.
+    ``client``: the worker's SdapiClient."""
+    app_configuration = client.check_server()
+    for payload, source in payloads:
+        for line in check_against_app(payload, source, app_configuration, client.base_url):
+            if on_warning is not None:
+                on_warning(line)
+    return app_configuration
 
 
 def _window_only_warnings(app_configuration: dict, server: str) -> list[str]:

@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import collections
 import colorsys
+import hashlib
 import http.server
 import io
 import json
@@ -72,6 +73,7 @@ from PIL import Image, ImageChops, ImageDraw
 
 from drawpipe.drawthings import api as drawthings
 from drawpipe.errors import RequestRejected
+
 
 def _neutral_value(parameter: drawthings.Parameter):
     """A value of the parameter's type inside its range: 0 clamped, False, [], None or
@@ -577,8 +579,9 @@ class Simulator:
     or "canvas" when img2img had no single init image), ``keys`` (sorted keys sent),
     ``payload`` (the body without ``init_images``), ``detail`` (of a 422),
     ``applied`` ({"model", "refiner", "upscaler", "upscale_factor", "loras",
-    "controls"}: what the generation really used) and ``dropped`` (what the app left
-    out without a word: [{"kind", "index", "file", "reason"}]).
+    "controls"}: what the generation really used), ``dropped`` (what the app left
+    out without a word: [{"kind", "index", "file", "reason"}]) and ``images_sha256``
+    (of each PNG answered, when no fault changed the answer).
     """
 
     def __init__(
@@ -702,7 +705,7 @@ class Simulator:
             "path": path, "status": None, "fault": None, "seed": None, "prompt": None,
             "width": None, "height": None, "output_size": None, "init_size": None,
             "init_source": None, "keys": [], "payload": None, "detail": None,
-            "applied": None, "dropped": None,
+            "applied": None, "dropped": None, "images_sha256": None,
         }
         route = _ROUTES.get((method, path))
         try:
@@ -774,6 +777,10 @@ class Simulator:
         if fault == "truncate":
             images = [image[: len(image) // 2] for image in images]
 
+        if fault is None:
+            # What was sent, for tests that check the client keeps the bytes as they are.
+            entry["images_sha256"] = [hashlib.sha256(pybase64.b64decode(image)).hexdigest()
+                                      for image in images]
         answer = json_bytes({"images": images})
         # The app's generation time: the whole answer takes at least latency_seconds.
         if not self._pause(entry["started"] + self.latency_seconds - time.time()):

@@ -37,9 +37,10 @@ import secrets
 import socket
 import threading
 import time
-from drawpipe.files import is_busy
 from dataclasses import dataclass
 from pathlib import Path
+
+from drawpipe.files import is_busy
 
 CLAIMS_FOLDER = ".claims"
 

@@ -16,7 +16,7 @@ this module does the rest, the same way for all three:
   over, or the output appeared meanwhile (a folder output's rename then fails with
   EEXIST/ENOTEMPTY), the other worker's result is kept and a duplicate is logged.
 - One worker thread per server; any number of processes on any number of
-  machines coordinate through claims (claims.py). A worker does not leave while
+  machines coordinate through claims (engine/claims.py). A worker does not leave while
   jobs held by others are unfinished: it waits for them to appear, or for their
   claims to go stale and takes them over.
 - One bad job never stops the batch: it is logged as failed and the run goes on.
@@ -51,14 +51,14 @@ from typing import Callable, Protocol
 from tqdm import tqdm
 
 from drawpipe.engine.claims import Claim, ClaimStore
-
-from drawpipe.errors import (BadInput, DrawpipeError, Interrupted, JobDeferred, JobFailed,
-                     MaybeStillDrawing, ShareLost, UsageError)
 from drawpipe.engine.interrupts import STOP_SIGNALS_STATE, StopSignals
 from drawpipe.engine.metrics import MetricsLog, ResourceSampler
-from drawpipe.files import host_name
 from drawpipe.engine.share import ShareGuard
-from drawpipe.files import describe_os_error, make_folders_below, output_exists, remove_abandoned_scratch, remove_quietly, scratch_path, write_atomically
+from drawpipe.errors import (BadInput, DrawpipeError, Interrupted, JobDeferred, JobFailed,
+                             MaybeStillDrawing, ShareLost, UsageError)
+from drawpipe.files import (describe_os_error, host_name, make_folders_below, output_exists,
+                            remove_abandoned_scratch, remove_quietly, scratch_path,
+                            write_atomically)
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class Stage(Protocol):
     def make_worker(self, server: str | None, context: WorkerContext) -> RunJob:
         """A job runner for one worker thread (e.g. with its own HTTP client)."""
 
-    # Optional, for stages whose outputs can go stale (takes.py):
+    # Optional, for stages whose outputs can go stale (curate/takes.py):
     # is_current(job) -> bool: the output that exists is still the right one (its input
     #     has not changed, it was not rejected). Called while scanning; may raise OSError.
     # set_aside(job): move a stale output out of the way (into REJECTED/); called with

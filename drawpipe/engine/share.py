@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 from drawpipe.engine.claims import CLAIMS_FOLDER
-
-from drawpipe.files import is_busy
 from drawpipe.errors import ShareLost
+from drawpipe.files import is_busy
 
 MARKER_PREFIX = ".run-"
 

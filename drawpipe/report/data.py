@@ -17,11 +17,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from drawpipe.files import write_if_changed
 from drawpipe.layout import (CUTOUTS_FOLDER, CUTOUTS_RECORD, GENERATIONS_FOLDER, UPSCALED_FOLDER,
-                     image_name)
+                             image_name, natural_key)
 from drawpipe.png import read_text_chunks
 from drawpipe.stages.prompts import QueueItem
-from drawpipe.files import write_if_changed
 
 CACHE_VERSION = 1
 
@@ -127,11 +127,6 @@ class ImageEntry:
     @property
     def name(self) -> str:
         return self.key.rpartition("/")[2]
-
-
-def natural_key(text: str) -> list:
-    """"France_family_10" after "France_family_9"."""
-    return [int(part) if part.isdigit() else part.casefold() for part in re.split(r"(\d+)", text)]
 
 
 @dataclass
@@ -263,7 +258,7 @@ def parse_infotext(text: str) -> dict:
 
 
 def image_metadata(texts: dict[str, str]) -> dict:
-    """What the gallery shows of an image, from its PNG text chunks (pngmeta): the
+    """What the gallery shows of an image, from its PNG text chunks (png.py): the
     "parameters" infotext; for an upscaled image without it, "drawpipe-source"'s copy
     of its source's infotext; the "drawpipe" JSON request fills what both lack."""
     meta = {}

@@ -12,7 +12,7 @@ opens from the share on any Mac with no server and no internet::
 Clicking a thumbnail opens the full-size original through a relative link
 (``../GENERATIONS/...``): it works wherever the share's folders sit side by side.
 
-What is redone on a second run (report_data.ReportCache remembers the rest):
+What is redone on a second run (report.data.ReportCache remembers the rest):
 - a thumbnail, when its source's (size, mtime_ns) changed or the thumbnail is gone;
   thumbnails of sources that are gone are deleted;
 - a chart, when its stage's log files (name, size, mtime_ns) changed; matplotlib
@@ -35,12 +35,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from drawpipe.report import pages
-from drawpipe.report.pages import anchor
-from drawpipe.report.data import ImageEntry, natural_key
 from drawpipe.files import save_atomically, write_if_changed
-from drawpipe.report.stats import (STAGES, Logs, StageReport, eta_sentence, format_time, latest_done,
-                           summary_table)
+from drawpipe.layout import natural_key
+from drawpipe.report import pages
+from drawpipe.report.data import ImageEntry
+from drawpipe.report.pages import anchor
+from drawpipe.report.stats import (STAGES, Logs, StageReport, eta_sentence, format_time,
+                                   latest_done, summary_table)
 
 PAGE_NAME = "index.html"
 THUMBS_FOLDER = "thumbs"
@@ -371,7 +372,7 @@ def _fit(draw, text: str, font) -> str:
 
 # --------------------------------------------------------------------------- the page
 #
-# The page is templates/report.html (Jinja2, autoescaped; pages.py); the functions
+# The page is templates/report.html (Jinja2, autoescaped; report/pages.py); the functions
 # below turn the report's data into the plain view dicts the templates show.
 
 

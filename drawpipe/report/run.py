@@ -4,13 +4,13 @@
     python -m drawpipe.report --root SHARE --html           + SHARE/report/index.html
     python -m drawpipe.report --root SHARE --contact-sheets + SHARE/report/contact_sheets/*.png
     python -m drawpipe.report --root SHARE --csv [FILE]     + the per-image table (report/images.csv),
-                                                            with quality signals (quality.py)
+                                                            with quality signals (curate/quality.py)
     python -m drawpipe.report --root SHARE --queue q.json   + what generate.py still has to make
 
-Modules: this one is the command line and the per-image CSV export; report_stats.py
-reads the logs (figures, ETAs); report_data.py the folders (inventory, PNG metadata,
-work left) and keeps the cache; report_html.py makes thumbnails, charts, the page and
-contact sheets (Pillow and matplotlib are imported only there, only when needed).
+Modules: this one is the command line and the per-image CSV export; stats.py reads
+the logs (figures, ETAs); data.py the folders (inventory, PNG metadata, work left)
+and keeps the cache; html.py makes thumbnails, charts, the page and contact sheets
+(Pillow and matplotlib are imported only there, only when needed).
 
 The report reads ``logs/`` and the image folders and never writes to them; all it
 writes is under ``SHARE/report/`` and the ``--csv FILE`` named (nothing at all
@@ -29,7 +29,7 @@ done right now still counts as left):
 - segment: PNGs in UPSCALED_IMAGES/ without a ``CUTOUTS/.../<stem>/`` folder.
 
 The ETA of each stage is that count at the combined recent rate of all hosts
-(report_stats.py: "done" rows of the last ``--eta-window-minutes``, default 60, of
+(report/stats.py: "done" rows of the last ``--eta-window-minutes``, default 60, of
 that stage's log).
 """
 
@@ -44,17 +44,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drawpipe import bundled
-from drawpipe.cli.common import resolve_settings
-from drawpipe.errors import UsageError
-from drawpipe.layout import CUTOUTS_FOLDER, GENERATIONS_FOLDER, UPSCALED_FOLDER
-from drawpipe.files import host_name
-from drawpipe.stages.prompts import QueueItem, load_prompt_sets, load_queue, merge_queue, parse_add
+from drawpipe.cli.common import add_share_arguments, resolve_settings
 from drawpipe.curate.quality import CSV_COLUMNS as QUALITY_COLUMNS
 from drawpipe.curate.quality import csv_fields as quality_fields
-from drawpipe.report.data import ImageEntry, Inventory, ReportCache, natural_key, read_metadata, scan_inventory, work_left
-from drawpipe.files import write_if_changed
+from drawpipe.errors import UsageError
+from drawpipe.files import host_name, write_if_changed
+from drawpipe.layout import CUTOUTS_FOLDER, GENERATIONS_FOLDER, UPSCALED_FOLDER, natural_key
+from drawpipe.report.data import (ImageEntry, Inventory, ReportCache, read_metadata, scan_inventory,
+                                  work_left)
 from drawpipe.report.stats import (DEFAULT_ETA_WINDOW_SECONDS, STAGES, Logs, build_stage_reports,
-                           format_summary, latest_done, load_logs)
+                                   format_summary, latest_done, load_logs)
+from drawpipe.stages.prompts import QueueItem, load_prompt_sets, load_queue, merge_queue, parse_add
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
 REPORT_FOLDER = "report"
@@ -175,7 +175,8 @@ def run_report(settings: ReportSettings, out=None, now: float | None = None) -> 
     read_metadata(root, inventory, cache)
     try:
         if settings.html or settings.contact_sheets:
-            from drawpipe.report import html as report_html  # Pillow (and, for charts, matplotlib) only now
+            from drawpipe.report import \
+                html as report_html  # Pillow (and, for charts, matplotlib) only now
 
             kinds = None if settings.html else ("generated", "upscaled")
             made = report_html.update_thumbnails(root, report_dir, inventory, cache,
@@ -208,7 +209,7 @@ def run_report(settings: ReportSettings, out=None, now: float | None = None) -> 
 
 
 def measure_quality(root: Path, inventory: Inventory, processes: int, out) -> dict | None:
-    """Quality signals of every generated image (quality.py, cached under report/quality/),
+    """Quality signals of every generated image (curate/quality.py, cached under report/quality/),
     or None, said in one line, when the curate extra (numpy, imagehash) is missing."""
     if importlib.util.find_spec("imagehash") is None or importlib.util.find_spec("numpy") is None:
         out.write("quality columns left empty: numpy and imagehash are not installed "
@@ -229,11 +230,7 @@ def parse_arguments(argv) -> argparse.Namespace:
         prog="python -m drawpipe.report",
         description="Progress, ETA and costs of the three stages from the per-host logs; "
                     "a gallery, contact sheets and a per-image table.")
-    parser.add_argument("--root", metavar="FOLDER",
-                        help="the (shared) folder holding GENERATIONS/, UPSCALED_IMAGES/, "
-                             "CUTOUTS/, logs/ (default: the project folder)")
-    parser.add_argument("--profile", metavar="NAME", help="a [profiles.NAME] of drawpipe.toml")
-    parser.add_argument("--config", metavar="FILE", help="config file (as the scripts take it)")
+    add_share_arguments(parser)
     parser.add_argument("--html", action="store_true",
                         help="write report/index.html: gallery, failures, charts")
     parser.add_argument("--contact-sheets", action="store_true",

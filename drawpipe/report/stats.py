@@ -1,7 +1,7 @@
 """What the report knows from the logs: each stage's figures and ETAs.
 
 The folders (inventory, PNG metadata, work left) and the report's cache are
-report_data.py's.
+report/data.py's.
 
 Logs and figures:
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-from drawpipe.errors import DownloadFailed
 from tqdm import tqdm
 
+from drawpipe.errors import DownloadFailed, network_reason
 
 # Small enough that a broken connection loses little of what it had brought.
 CHUNK_BYTES = 64 * 1024
@@ -96,9 +96,9 @@ def download_checkpoint(url: str, destination: Path, sha256: str | None, *,
                 failures = 0 if got else failures + 1
                 if failures > retries:
                     raise DownloadFailed(
-                        f"cannot download {url} ({_reason(exc)}); run the same command again "
+                        f"cannot download {url} ({network_reason(exc)}); run the same command again "
                         f"to resume, or download {destination.name} by hand and pass "
-                        "--checkpoint", reason=_reason(exc)) from None
+                        "--checkpoint", reason=network_reason(exc)) from None
                 time.sleep(backoff_seconds * 2 ** max(0, failures - 1))
     finally:
         session.close()
@@ -147,24 +147,3 @@ def _fetch(session, url: str, partial: Path, show_progress: bool | None,
 
 def _disabled(show_progress: bool | None) -> bool | None:
     return None if show_progress is None else not show_progress
-
-
-# requests' messages nest urllib3's: name the cause in words instead.
-_CAUSES = (
-    (("NameResolutionError", "Failed to resolve", "Name or service not known",
-      "nodename nor servname", "Temporary failure in name resolution"),
-     "the name lookup failed: no internet connection?"),
-    (("Network is unreachable",), "the network is unreachable"),
-    (("Connection refused",), "connection refused"),
-    (("timed out", "Timeout"), "timed out"),
-    (("Connection reset", "Connection aborted", "IncompleteRead", "connection closed"),
-     "the connection broke off"),
-)
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc)
-    for needles, cause in _CAUSES:
-        if any(needle in text for needle in needles):
-            return cause
-    return text if len(text) < 160 else text[:157] + "..."

@@ -43,14 +43,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import get_rel_pos
-from segment_anything.utils.amg import (
-    batched_mask_to_box,
-    build_all_layer_point_grids,
-    calculate_stability_score,
-    generate_crop_boxes,
-    is_box_near_crop_edge,
-    remove_small_regions,
-)
+from segment_anything.utils.amg import (batched_mask_to_box, build_all_layer_point_grids,
+                                        calculate_stability_score, generate_crop_boxes,
+                                        is_box_near_crop_edge, remove_small_regions)
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops.boxes import batched_nms
 

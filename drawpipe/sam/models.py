@@ -22,10 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from drawpipe.errors import CheckpointError, UsageError
 from drawpipe.sam.checkpoints import OFFICIAL_CHECKPOINTS, CheckpointFile
-
-from drawpipe.errors import CheckpointError
-from drawpipe.errors import UsageError
 from drawpipe.sam.settings import GeneratorSettings, ModelSettings
 
 DEVICES = ("auto", "mps", "cuda", "cpu")

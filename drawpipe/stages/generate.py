@@ -5,9 +5,9 @@ Image n of (nation, category) is
 comes from its file name, so every run and every Mac sends the identical request
 for the same file, and asking for a larger count makes only the missing ones.
 
-An image rejected in review (reviews.py) is not done: its job sets it aside into
+An image rejected in review (curate/verdicts.py) is not done: its job sets it aside into
 REJECTED/ with what was made from it, and makes the next take, whose seed comes from
-the file name and the take number (takes.py).
+the file name and the take number (curate/takes.py).
 """
 
 import hashlib
@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from drawpipe.curate.takes import Freshness, Rejections, recorded_take, set_aside, takes_set_aside
 from drawpipe.drawthings import api as drawthings
-from drawpipe.drawthings.payloads import check_against_app, effective_parameters, fill_prompt
+from drawpipe.drawthings.client import ClientSettings, SdapiClient
+from drawpipe.drawthings.payloads import effective_parameters, fill_prompt, preflight
+from drawpipe.drawthings.provenance import provenance_chunks
+from drawpipe.engine.loop import Job, JobResult, WorkerContext
 from drawpipe.layout import GENERATIONS_FOLDER, cutouts_path, image_name, upscaled_path
 from drawpipe.png import add_text_chunks, read_text_chunks
-from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.stages.prompts import PromptSets, QueueItem
-from drawpipe.drawthings.client import ClientSettings, SdapiClient
-from drawpipe.engine.loop import Job, JobResult, WorkerContext
-from drawpipe.curate.takes import Freshness, Rejections, recorded_take, set_aside, takes_set_aside
 
 SEED_LIMIT = 2**32  # Draw Things takes seeds 0..4294967295
 
@@ -58,7 +58,7 @@ class GenerateStage:
                  on_notice: Callable[[str], None] | None = None):
         """``template``: checked, with any --set ``overrides`` (their texts, kept in each
         image's provenance) applied; ``on_warning(line)``: what the preflight finds the
-        app would do without a word; ``freshness``: this Mac's hash cache (takes.py);
+        app would do without a word; ``freshness``: this Mac's hash cache (curate/takes.py);
         ``on_notice(line)``: a rejected take set aside."""
         self.root = root
         self.freshness = freshness or Freshness(None)
@@ -146,11 +146,8 @@ class GenerateStage:
         """Preflight the server (``GET /``) and return this worker's job runner."""
         client = SdapiClient(server, self.client_settings, sleep=context.sleep,
                              on_resend=context.resent)
-        app_configuration = client.check_server()
-        for line in check_against_app(self.template, self.template_source, app_configuration,
-                                      server):
-            if self.on_warning is not None:
-                self.on_warning(line)
+        app_configuration = preflight(client, [(self.template, self.template_source)],
+                                      self.on_warning)
         expected_size = drawthings.output_size(
             effective_parameters(self.template, app_configuration))
 

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TextIO
 
-from drawpipe.errors import InputFileError, UsageError
 from drawpipe.drawthings.payloads import read_json_file
+from drawpipe.errors import InputFileError, UsageError
 
 CATEGORIES = ("family", "working")
 

@@ -27,7 +27,6 @@ from drawpipe.sam.cutouts import choose_cutouts
 from drawpipe.sam.models import Segmenter, first_line
 from drawpipe.sam.settings import CutoutSettings, GeneratorSettings, ModelSettings
 
-
 RECORD_VERSION = 1
 
 
@@ -78,7 +77,7 @@ def write_cutout_folder(folder: Path, stem: str, image, masks: list, record: dic
 
 
 class SegmentStage:
-    """The segment stage (stage.py's Stage protocol): one job per upscaled PNG, whose
+    """The segment stage (engine/loop.py's Stage protocol): one job per upscaled PNG, whose
     output is the folder CUTOUTS/<same sub-folders>/<stem>/."""
 
     name = "segment"
@@ -145,7 +144,7 @@ class SegmentStage:
                 record = {
                     "version": RECORD_VERSION,
                     "source": job.input.relative_to(self.root).as_posix(),
-                    # takes.py: cut-outs made from another image than the one there
+                    # curate/takes.py: cut-outs made from another image than the one there
                     # now are stale.
                     "source_sha256": hashlib.sha256(data).hexdigest(),
                     "width": width,

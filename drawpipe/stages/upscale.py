@@ -4,7 +4,7 @@
 ``<root>/UPSCALED_IMAGES/<sub-folders>/<stem>_upscaled.png`` through a *recipe*: an
 ordered list of img2img requests, the answer of one being the init image of the
 next. Intermediate images stay in memory, never on the share; the engine
-(stage.py) writes only the final PNG, atomically.
+(engine/loop.py) writes only the final PNG, atomically.
 
 A recipe file (``payloads/creative_upscale.json``, the default, and the others in
 ``payloads/``; README: "Choosing a recipe")::
@@ -60,22 +60,20 @@ from typing import Callable
 
 import pybase64
 
-from drawpipe.drawthings import api as drawthings
-from drawpipe.errors import (BadInput, InputFileError, JobDeferred, JobFailed, ServerRejected,
-                     TransientError, UsageError)
-from drawpipe.stages.generate import seed_for
-from drawpipe.layout import GENERATIONS_FOLDER, UPSCALED_FOLDER, upscaled_path
-from drawpipe.drawthings.payloads import (Override, check_against_app, check_payload, effective_parameters,
-                       read_json_file, sends, with_override, without_notes)
-from drawpipe.png import add_text_chunks, read_text_chunks
-from drawpipe.drawthings.provenance import provenance_chunks
-from drawpipe.drawthings.client import ClientSettings, SdapiClient
-from drawpipe.png import PNG_SIGNATURE
-from drawpipe.engine.loop import Job, JobResult, WorkerContext
-from drawpipe.files import output_exists, scan_inputs
 from drawpipe.curate.takes import Freshness, Rejections, recorded_take, set_aside, takes_set_aside
-from drawpipe.png import IEND_CHUNK, PngCheck, inspect_png, png_size
-from drawpipe.errors import StepRejected
+from drawpipe.drawthings import api as drawthings
+from drawpipe.drawthings.client import ClientSettings, SdapiClient
+from drawpipe.drawthings.payloads import (Override, check_payload, effective_parameters, preflight,
+                                          read_json_file, sends, with_override, without_notes)
+from drawpipe.drawthings.provenance import provenance_chunks
+from drawpipe.engine.loop import Job, JobResult, WorkerContext
+from drawpipe.errors import (BadInput, InputFileError, JobDeferred, JobFailed, ServerRejected,
+                             StepRejected, TransientError, UsageError)
+from drawpipe.files import output_exists, scan_inputs
+from drawpipe.layout import GENERATIONS_FOLDER, UPSCALED_FOLDER, upscaled_path
+from drawpipe.png import (IEND_CHUNK, PNG_SIGNATURE, PngCheck, add_text_chunks, inspect_png,
+                          png_size, read_text_chunks)
+from drawpipe.stages.generate import seed_for
 
 DEFAULT_OUTPUT_SIZE = (2048, 2048)
 # An incomplete input younger than this is waited for; older, it is reported as damaged.
@@ -417,13 +415,10 @@ class UpscaleStage:
         """Preflight the server (``GET /``) and return this worker's job runner."""
         client = SdapiClient(server, self.client_settings, sleep=context.sleep,
                              on_resend=context.resent)
-        app_configuration = client.check_server()
         recipe = self.recipe
-        for number, step in enumerate(recipe.steps, 1):
-            for line in check_against_app(step.payload, recipe.where(number), app_configuration,
-                                          server):
-                if self.on_warning is not None:
-                    self.on_warning(line)
+        app_configuration = preflight(client, [(step.payload, recipe.where(number))
+                                               for number, step in enumerate(recipe.steps, 1)],
+                                      self.on_warning)
         self._now = context.server_now
 
         def run(job: Job, scratch: Path) -> JobResult:
@@ -477,7 +472,7 @@ def provenance(chain: list[PlannedStep], label: str, source: "InputImage",
     ``parameters``: the last step's infotext (what PNG-info tools show); ``drawpipe``:
     {"request": last step, "steps": [{"name", "request"}, ...], "overrides": the --set
     options, when any} without images; ``drawpipe-source``: {"input": root-relative
-    path, "sha256": of the input's bytes (takes.py: an upscaled image made from
+    path, "sha256": of the input's bytes (curate/curate/takes.py: an upscaled image made from
     another input than the one there now is stale), "take": the input's take,
     "parameters": the input's own infotext (its prompt), when it had one}.
     """

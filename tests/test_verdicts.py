@@ -1,4 +1,4 @@
-"""The verdict store (drawpipe/reviews.py): per-host append-only files, merging,
+"""The verdict store (drawpipe/curate/verdicts.py): per-host append-only files, merging,
 takes pinned by SHA-256, and the bad input a shared folder brings: a line cut off
 by a crash, two Macs disagreeing within a second, a verdict for an image since
 removed. Real files in tmp_path; two "hosts" are two host names writing their own
@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-from drawpipe.errors import BadVerdict
 from drawpipe.curate.verdicts import append_verdict, load_verdicts, reviews_path
+from drawpipe.errors import BadVerdict
 from drawpipe.files import HashCache, file_sha256
 
 IMAGE = "GENERATIONS/France/family/France_family_1.png"

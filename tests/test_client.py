@@ -1,6 +1,7 @@
 """The HTTP client against the real simulator on loopback: every failure kind."""
 
 import contextlib
+import hashlib
 import io
 import socket
 import threading
@@ -9,10 +10,10 @@ import time
 import pytest
 from PIL import Image
 
-from drawpipe.errors import (MaybeStillDrawing, ServerRejected, ServerUnreachable, TransientError,
-                             WrongSize)
 from drawpipe.drawthings.client import ClientSettings, SdapiClient
 from drawpipe.drawthings.simulator import Simulator
+from drawpipe.errors import (MaybeStillDrawing, ServerRejected, ServerUnreachable, TransientError,
+                             WrongSize)
 
 FAST = ClientSettings(connect_timeout_seconds=2, read_timeout_seconds=10, retries=2,
                       backoff_seconds=0.01, backoff_cap_seconds=0.02)
@@ -29,9 +30,8 @@ def test_returns_the_servers_png_bytes_untouched(simulator):
     client = SdapiClient(simulator.url, FAST)
     answer = client.generate("txt2img", PAYLOAD, (512, 512))
     assert answer.attempts == 1
-    # Same request straight from the simulator's renderer: byte-identical, no re-encode.
-    again = client.generate("txt2img", PAYLOAD, (512, 512))
-    assert again.png == answer.png
+    # The very bytes the simulator sent: no decode, no re-encode.
+    assert simulator.requests[-1]["images_sha256"] == [hashlib.sha256(answer.png).hexdigest()]
     with Image.open(io.BytesIO(answer.png)) as image:
         assert image.size == (512, 512) and image.format == "PNG"
 

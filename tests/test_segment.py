@@ -15,24 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import PROJECT_DIR, run_script, start_script, wait_for
+from masks import full_mask, mask_from_polygons
 from PIL import Image
 from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.utils.amg import rle_to_mask
 
-from drawpipe.sam.checkpoints import download_checkpoint
-
-from drawpipe.errors import DownloadFailed
-from drawpipe.sam.cutouts import mask_box
-from drawpipe.errors import UsageError
-from drawpipe.sam.mask_generator import LeanMaskGenerator, choose_points_per_batch
+from drawpipe.drawthings.simulator import render_scene
 from drawpipe.engine.metrics import read_logs
+from drawpipe.errors import DownloadFailed, UsageError
+from drawpipe.sam.checkpoints import download_checkpoint
+from drawpipe.sam.cutouts import mask_box
+from drawpipe.sam.mask_generator import LeanMaskGenerator, choose_points_per_batch
 from drawpipe.sam.models import (choose_device, detect_model_type, load_sam, model_type_for,
                                  save_random_checkpoint)
 from drawpipe.sam.settings import GeneratorSettings
-from drawpipe.drawthings.simulator import render_scene
-
-from conftest import PROJECT_DIR, run_script, start_script, wait_for
-from masks import full_mask, mask_from_polygons
 
 SIZE_PX = 512
 # The random-weight tiny model predicts IoUs below 0 and logits near +-0.1, so SAM's
@@ -157,26 +154,40 @@ def test_two_workers_split_the_images_and_never_do_one_twice(share, tiny_checkpo
 
 
 def test_a_killed_worker_leaves_nothing_half_made_and_its_image_is_taken_over(share, tiny_checkpoint):
+    """Killed while a cut-out folder is being built (its scratch folder exists): no
+    folder appears under its final name half made, and the next worker makes it."""
     names = ["France/family/France_family_1_upscaled.png",
              "France/family/France_family_2_upscaled.png"]
-    sources = add_upscaled(share, *names)
+    sources = []
+    for number, name in enumerate(names, 1):  # 2048 px: writing the cut-outs takes a while
+        path = share / "UPSCALED_IMAGES" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        render_scene(number, "a family at home", 2048, 2048).save(path)
+        sources.append(path)
+    folder = share / "CUTOUTS/France/family"
     first = start_script("segment.py", "--root", share, "--checkpoint", tiny_checkpoint,
                          *FAST_ARGS, "--lease-seconds", "2")
-    claims = share / ".claims" / "segment"
     try:
-        wait_for(lambda: list(claims.rglob("*.claim")), timeout_seconds=60, interval_seconds=0.01)
+        building = wait_for(lambda: list(folder.glob(".*.tmp")), timeout_seconds=120,
+                            interval_seconds=0.002)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
+    assert all(scratch.is_dir() for scratch in building)
+    assert any(scratch.exists() for scratch in building)  # killed mid-build, left behind
     for name in names:  # any folder under its final name is whole
-        folder = cutout_folder(share, name)
-        assert not folder.exists() or (folder / "cutouts.json").is_file()
+        final = cutout_folder(share, name)
+        assert not final.exists() or (final / "cutouts.json").is_file()
 
-    second = segment(share, tiny_checkpoint, "--lease-seconds", "2", "--poll-seconds", "0.3")
+    second = segment(share, tiny_checkpoint, "--lease-seconds", "2", "--poll-seconds", "0.3",
+                     timeout=300)
     assert second.returncode == 0, second.stderr
     for name, source in zip(names, sources):
-        check_cutout_folder(cutout_folder(share, name), source, share)
-    assert not list(claims.rglob("*.claim"))
+        record = json.loads((cutout_folder(share, name) / "cutouts.json").read_text())
+        assert record["source"] == source.relative_to(share).as_posix()
+        assert len(record["cutouts"]) >= 1
+    assert not list(folder.glob(".*.tmp"))  # the dead worker's scratch was cleaned up
+    assert not list((share / ".claims" / "segment").rglob("*.claim"))
 
 
 def test_dry_run_loads_and_writes_nothing(share, tmp_path):
