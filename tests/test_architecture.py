@@ -7,6 +7,7 @@ nothing imports upward or in a cycle.
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -120,9 +121,15 @@ def test_a_wheel_installs_and_finds_its_templates_and_prompts(tmp_path):
     """Build the wheel, install it (without its dependencies, which come from this
     environment) into a fresh virtual environment, and plan a generate run from a
     folder that is not the checkout: the bundled template and prompt sets are found."""
+    # Built from a copy: setuptools leaves build/ and *.egg-info beside the sources.
+    source = tmp_path / "source"
+    shutil.copytree(PACKAGE, source / "drawpipe", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(PROJECT_DIR / name, source / name)
     wheels = tmp_path / "wheels"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                            "-q", "-w", str(wheels), str(PROJECT_DIR)],
+                            "-q", "-w", str(wheels), str(source)],
                            capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr
     (wheel,) = wheels.glob("drawpipe-*.whl")
