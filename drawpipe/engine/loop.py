@@ -51,7 +51,7 @@ from typing import Callable, Protocol
 from tqdm import tqdm
 
 from drawpipe.engine.claims import Claim, ClaimStore
-from drawpipe.engine.interrupts import STOP_SIGNALS_STATE, StopSignals
+from drawpipe.engine.interrupts import STOP_SIGNALS_STATE, Doorbell, StopSignals
 from drawpipe.engine.metrics import MetricsLog, ResourceSampler
 from drawpipe.engine.share import ShareGuard
 from drawpipe.errors import (BadInput, DrawpipeError, Interrupted, JobDeferred, JobFailed,
@@ -139,7 +139,10 @@ class EngineSettings:
     watch_retry_seconds: float = 60.0
     watch_retry_cap_seconds: float = 1800.0
     server_process_name: str | None = "Draw Things"
-    sample_interval_seconds: float = 0.5
+    # CPU % and RAM readings while a request runs (10-60 s on a Mac). Each reading wakes
+    # a thread, which on a VM costs milliseconds of CPU: sparse readings keep the client's
+    # CPU per image low (bench/upscale.py).
+    sample_interval_seconds: float = 2.0
     max_consecutive_failures: int = 3  # a worker whose server keeps failing retires
     show_progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
 
@@ -362,6 +365,8 @@ class _Run:
         self.in_flight: dict[str, Path] = {}  # job key -> its scratch path
         self.live_workers = len(settings.servers)
         self.workers_done = threading.Event()
+        # Rung by workers as they return or hit a fatal error, and by stop signals.
+        self.doorbell = Doorbell()
         self.deferred_logged: set[str] = set()
         # Jobs the server may still be drawing (MaybeStillDrawing): no worker of this
         # process sends them before this monotonic time.
@@ -392,6 +397,7 @@ class _Run:
             if self.fatal is None:
                 self.fatal = error
         self.stop.set()
+        self.doorbell.ring()
 
     def _claim_lost(self, store: ClaimStore, claim: Claim) -> None:
         reason = self.guard.lost_reason()
@@ -498,6 +504,7 @@ def _finish(run: _Run, workers: list[_Worker]) -> None:
         worker.store.close()
     share_reason = run.guard.lost_reason()
     run.guard.close()
+    run.doorbell.close()
     if run.progress is None:
         return
     if share_reason is None:
@@ -513,34 +520,48 @@ def _finish(run: _Run, workers: list[_Worker]) -> None:
     run.progress.close()
 
 
+# The main thread wakes when rung (a worker returned, a fatal error, a signal). A ring
+# between a check and the wait stays in the pipe, so none is lost; this timed wake-up
+# is a last resort, rare enough to cost nothing (a wake-up costs ~5 ms of CPU on a VM).
+MAIN_THREAD_WAKE_SECONDS = 10.0
+
+
 def _wait_for_workers(run: _Run, signals: StopSignals, baseline: int) -> None:
     """Wait until every worker has returned. One stop signal: finish the images in
     flight; two: abandon them. The handler only counts; this loop reacts."""
     seen = 0
-    while not run.workers_done.wait(0.1):
-        if isinstance(run.fatal, ShareLost):
-            # Nothing in flight can be delivered any more: do not wait for its answer.
-            _abandon(run)
-            return
-        received = signals.count - baseline
-        if received == seen:
-            continue
-        seen = received
-        run.summary.interrupted = True
-        run.stop.set()
-        with run.lock:
-            busy = bool(run.in_flight)
-        if received == 1 and busy:
-            run.log(f"stopping: finishing the images in flight ({signals.last_name}; "
-                    "a second Ctrl-C or stop signal abandons them)")
-            continue
-        if received == 1:
-            run.log(f"stopping ({signals.last_name})")
-            continue
-        _abandon(run)
-        if busy:
-            run.log("abandoning the images in flight")
-        return
+    with run.doorbell.rung_by_signals():
+        while not run.workers_done.is_set():
+            if isinstance(run.fatal, ShareLost):
+                # Nothing in flight can be delivered any more: do not wait for its answer.
+                _abandon(run)
+                return
+            received = signals.count - baseline
+            if received != seen:
+                seen = received
+                if _react_to_stop_signal(run, signals, received):
+                    return
+            run.doorbell.wait(MAIN_THREAD_WAKE_SECONDS)
+
+
+def _react_to_stop_signal(run: _Run, signals: StopSignals, received: int) -> bool:
+    """The first stop signal: no new jobs; the second: abandon the images in flight
+    (returns True: stop waiting)."""
+    run.summary.interrupted = True
+    run.stop.set()
+    with run.lock:
+        busy = bool(run.in_flight)
+    if received == 1 and busy:
+        run.log(f"stopping: finishing the images in flight ({signals.last_name}; "
+                "a second Ctrl-C or stop signal abandons them)")
+        return False
+    if received == 1:
+        run.log(f"stopping ({signals.last_name})")
+        return False
+    _abandon(run)
+    if busy:
+        run.log("abandoning the images in flight")
+    return True
 
 
 def _abandon(run: _Run) -> None:
@@ -572,6 +593,7 @@ def _worker_main(worker: _Worker) -> None:
             run.live_workers -= 1
             if run.live_workers == 0:
                 run.workers_done.set()
+        run.doorbell.ring()
 
 
 # Passes in a row whose scan or plan fails while the share looks fine, before the run
