@@ -229,6 +229,17 @@ def load_sam(model_type: str, checkpoint: Path, device: str = "cpu"):
     return sam.to(device).eval()
 
 
+def free_memory_bytes(device: str) -> int:
+    """Memory the decoder batches can use: the GPU's own free memory on CUDA; the
+    machine's available RAM on the CPU and on MPS (Apple Silicon's memory is unified)."""
+    import psutil
+
+    if device == "cuda":
+        free_bytes, _total_bytes = import_torch().cuda.mem_get_info()
+        return free_bytes
+    return psutil.virtual_memory().available
+
+
 def first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text if len(text) <= 160 else text[:157] + "..."
@@ -243,15 +254,13 @@ class Segmenter:
 
     def __init__(self, model: ModelSettings, generator: GeneratorSettings,
                  available_bytes: int | None = None):
-        import psutil
-
         from drawpipe.sam.mask_generator import LeanMaskGenerator, choose_points_per_batch
 
         self.device = choose_device(model.device)
         self.precision = choose_precision(model.precision, self.device)
         self.sam = load_sam(model.model_type, model.checkpoint, self.device)
         if available_bytes is None:
-            available_bytes = psutil.virtual_memory().available
+            available_bytes = free_memory_bytes(self.device)
         self.points_per_batch = generator.points_per_batch or choose_points_per_batch(available_bytes)
         self.generator = LeanMaskGenerator(self.sam, generator, self.precision,
                                            self.points_per_batch)
