@@ -4,9 +4,10 @@ terminal or ssh session closed), handled in one place for the whole process.
 ``cli.run_main`` installs one handler for the three. While the job loop holds the
 share (``StopSignals.deferred()``) the handler only counts: it raises nothing, so no
 exception can land inside a clean-up ``finally``, and takes no lock, so it cannot
-deadlock with the code it interrupted. The loop's main thread watches ``count``:
-the first signal means no new jobs, the images in flight finish, retries and their
-waits end; the second abandons the images in flight. Outside the job loop (reading
+deadlock with the code it interrupted. The loop's main thread, asleep on a
+``Doorbell`` that signals also ring, watches ``count``: the first signal means no new
+jobs, the images in flight finish, retries and their waits end; the second abandons
+the images in flight. Outside the job loop (reading
 the queue, preflight, loading a model) nothing needs finishing, so the handler
 raises KeyboardInterrupt there, as Python's own does, and run_main ends the script
 with "interrupted" and exit 130.
@@ -90,11 +91,11 @@ class Doorbell:
     """Wakes a thread that waits for news from other threads and from stop signals,
     without polling: a pipe that ``ring()`` writes a byte to and ``wait()`` selects on.
 
-    Why not a timed ``Event.wait`` loop: every timed wake-up costs CPU (about half a
-    millisecond each on a small VM, more for a cold thread), and an image takes a
-    minute of waiting on Draw Things, which a 10 Hz poll turned into the largest part
-    of the client's CPU per image. A signal handler cannot ring an Event (its lock is
-    not reentrant), but the C-level handler writes to ``signal.set_wakeup_fd``'s pipe
+    Why not a timed ``Event.wait`` loop: an image keeps the client waiting on Draw
+    Things for a minute, which a 10 Hz poll turns into 600 wake-ups for nothing, and
+    every wake-up costs CPU (bench/primitives.py: on a VM, 0.1 ms to several ms each).
+    Nor can it react at once: a signal handler cannot set an Event (its lock is not
+    reentrant), but the C-level handler writes to ``signal.set_wakeup_fd``'s pipe
     whichever thread the signal lands in: ``rung_by_signals()`` points it here.
     """
 
