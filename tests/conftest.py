@@ -142,3 +142,19 @@ def wait_for(condition, timeout_seconds: float = 30, interval_seconds: float = 0
             return value
         time.sleep(interval_seconds)
     raise AssertionError("condition not met in time")
+
+
+def make_old(path: Path, age_seconds: float) -> None:
+    """Set ``path``'s mtime ``age_seconds`` in the past, and wait until it shows."""
+    old = time.time() - age_seconds
+
+    def aged() -> bool:
+        if abs(path.stat().st_mtime - old) < 5:
+            return True
+        # On an SMB share the writer's handle may close a moment after write_bytes
+        # returned (the FUSE client delays it), and the close stamps the time again.
+        os.utime(path, (old, old))
+        return False
+
+    os.utime(path, (old, old))
+    wait_for(aged, timeout_seconds=10, interval_seconds=0.2)

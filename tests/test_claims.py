@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+from conftest import make_old
 
 from drawpipe.engine.claims import ClaimStore
 
@@ -35,15 +36,6 @@ def immutable(path):
 
 def make_stale(store: ClaimStore, key: str, age_seconds: float = 1000) -> None:
     make_old(store.claim_path(key), age_seconds)
-
-
-def make_old(path, age_seconds: float) -> None:
-    old = time.time() - age_seconds
-    os.utime(path, (old, old))
-    # The FUSE SMB client of ../shared/smb may show the old mtime only a moment later.
-    deadline = time.monotonic() + 10
-    while abs(path.stat().st_mtime - old) > 5 and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def test_one_claim_per_job(tmp_path):

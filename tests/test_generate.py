@@ -11,7 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import FAST_RETRY_ARGS, png_files, run_script, script_command, start_script, wait_for
+from conftest import (FAST_RETRY_ARGS, make_old, png_files, run_script, script_command,
+                      start_script, wait_for)
 from PIL import Image
 
 from drawpipe.drawthings.api import api_table
@@ -441,8 +442,7 @@ def test_a_killed_workers_temporary_file_is_cleaned_by_the_next_owner(share, sim
     abandoned.write_bytes(b"\x89PNG half")
     recent = folder / ".Peru_family_1.png.livehost-2-0.tmp"
     recent.write_bytes(b"\x89PNG being written")
-    old = time.time() - 3600
-    os.utime(abandoned, (old, old))
+    make_old(abandoned, 3600)
     result = generate(share, "--server", simulator.url, "--add", "Peru:family:1",
                       "--lease-seconds", "60")
     assert result.returncode == 0, result.stderr
@@ -640,8 +640,7 @@ def test_a_busy_stale_claim_waits_for_a_later_pass_and_never_stops_the_worker(sh
     dead.prepare()
     key = "GENERATIONS/Peru/family/Peru_family_1.png"
     dead.try_claim(key)
-    old = time.time() - 100
-    os.utime(dead.claim_path(key), (old, old))
+    make_old(dead.claim_path(key), 100)
     with immutable(dead.claim_path(key)):
         worker = start_script("generate.py", "--root", share, "--server", simulator.url,
                               "--add", "Peru:family:2", "--lease-seconds", "1",

@@ -15,7 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import FAST_RETRY_ARGS, PROJECT_DIR, png_files, run_script, start_script, wait_for
+from conftest import (FAST_RETRY_ARGS, PROJECT_DIR, make_old, png_files, run_script, start_script,
+                      wait_for)
 from PIL import Image
 
 from drawpipe.drawthings import api as drawthings
@@ -60,13 +61,6 @@ def add_raw_input(share: Path, relative: str, data: bytes, age_seconds: float = 
     if age_seconds:
         make_old(path, age_seconds)
     return path
-
-
-def make_old(path: Path, age_seconds: float) -> None:
-    old = time.time() - age_seconds
-    os.utime(path, (old, old))
-    # The FUSE SMB client of ../shared/smb may show the old mtime only a moment later.
-    wait_for(lambda: abs(path.stat().st_mtime - old) < 5, timeout_seconds=10)
 
 
 def small_recipe(tmp_path: Path, edit=None) -> Path:

@@ -26,16 +26,14 @@ GPU = os.environ.get("CHECK_DEVICE", "cuda")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from masks import full_mask, mask_from_polygons  # noqa: E402
-from PIL import Image  # noqa: E402
 from segment_anything import SamAutomaticMaskGenerator  # noqa: E402
 from segment_anything.utils.amg import rle_to_mask  # noqa: E402
 
 from drawpipe.drawthings.simulator import render_scene  # noqa: E402
 from drawpipe.sam.mask_generator import LeanMaskGenerator, choose_points_per_batch  # noqa: E402
-from drawpipe.sam.models import (Segmenter, choose_device, free_memory_bytes, load_sam,  # noqa: E402
-                                 save_random_checkpoint)
+from drawpipe.sam.models import (Segmenter, choose_device, free_memory_bytes,  # noqa: E402
+                                 load_sam, save_random_checkpoint)
 from drawpipe.sam.settings import GeneratorSettings, ModelSettings  # noqa: E402
-
 
 FAILED = []
 
