@@ -3,6 +3,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 
@@ -150,6 +151,27 @@ def test_log_writes_the_header_once_and_rows_parse_back(tmp_path):
     assert failed["error"].startswith("Timeout while reading x")
     assert len(failed["error"]) == 500 and failed["error"].endswith("...")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", failed["time_utc"])
+
+
+def test_worker_threads_starting_a_log_write_one_header(tmp_path):
+    # The workers of one run (one per --server) share one log; the first rows of a
+    # fresh file race for its header.
+    for attempt in range(100):
+        log = MetricsLog(tmp_path / f"logs-{attempt}", "upscale", "mac-a")
+        start = threading.Barrier(8)
+
+        def append_one(worker: int) -> None:
+            start.wait()
+            log.append({"worker": f"mac-a:{worker}", "status": "done"})
+
+        threads = [threading.Thread(target=append_one, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        lines = log.path.read_text().splitlines()
+        assert lines.count(",".join(COMMON_COLUMNS)) == 1 and lines[0] == ",".join(COMMON_COLUMNS)
+        assert len(lines) == 9
 
 
 def test_log_refuses_unknown_columns_and_blobs(tmp_path):

@@ -287,8 +287,9 @@ class MetricsLog:
     The first append of a log checks an existing file: one whose header is another
     layout is renamed to ``<stage>-<host>.<UTC yyyymmddTHHMMSS>.csv`` (``-1``, ``-2``
     ... if taken) and a new one started; a last line cut off by a crash gets its
-    newline. A file found empty (or removed) gets the header on any append. Two
-    processes starting a file at once may both write the header; readers skip it.
+    newline. A file found empty (or removed) gets the header on any append. The
+    workers of one process append one at a time; two processes on one Mac starting
+    the file at once may both write the header, and readers skip the second.
     """
 
     def __init__(self, logs_dir: Path, stage: str, host: str, extra_columns: tuple[str, ...] = ()):
@@ -305,6 +306,9 @@ class MetricsLog:
         self.path = self.logs_dir / f"{stage}-{host}.csv"
         self._header = _csv_line(columns).encode("utf-8")
         self._checked = False  # header and last line of an existing file checked
+        # Worker threads share this log: one append at a time, so two of them cannot
+        # both find the file empty and both write the header.
+        self._lock = threading.Lock()
         self.logs_dir.mkdir(parents=True, exist_ok=True)
 
     def append(self, row: dict) -> None:
@@ -322,7 +326,8 @@ class MetricsLog:
             raise ValueError(f"unknown metrics columns {unknown} (known: {', '.join(self.columns)})")
         values = {"time_utc": time.time(), "host": self.host, "stage": self.stage, **row}
         line = _csv_line([_format_value(column, values.get(column)) for column in self.columns]).encode("utf-8")
-        self._write(line)
+        with self._lock:
+            self._write(line)
 
     def _write(self, line: bytes) -> None:
         for _ in range(3):  # after a rotation, once more with the new file
