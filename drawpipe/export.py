@@ -37,6 +37,7 @@ import json
 import os
 import shutil
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,7 +175,7 @@ def run_export(settings: ExportSettings, out=None) -> int:
     verdicts.check_images(lambda image: (root / image).is_file())
     result = ExportResult(problems=list(verdicts.problems))
     chosen = []
-    with HashCache(settings.cache_dir) if settings.cache_dir else _NoCache() as hashes:
+    with HashCache(settings.cache_dir) if settings.cache_dir else nullcontext() as hashes:
         for entry in inventory.entries.values():
             if not entry.generated:
                 continue
@@ -238,14 +239,6 @@ def run_export(settings: ExportSettings, out=None) -> int:
         out.write(f"note: {line}\n")
     out.write(result.sentence(settings.out, settings.include_unreviewed) + "\n")
     return 0
-
-
-class _NoCache:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc_info):
-        pass
 
 
 def parse_arguments(argv) -> argparse.Namespace:

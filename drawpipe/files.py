@@ -7,6 +7,7 @@
     output_exists(path)            exact-path lstat, never a listing (SMB caches listings)
     scan_inputs(folder)            the visible files below a folder, sorted
     is_busy(exc)                   an SMB "someone has it open" refusal, not a lost share
+    unlink_when_free(path, ...)    delete, waiting briefly while someone has it open
     host_name()                    this Mac's name, as it names files (logs, verdicts)
     default_cache_dir(environ)     this Mac's cache folder (never the share)
     file_sha256(path, cache)       a file's SHA-256, remembered by (path, size, mtime_ns)
@@ -27,20 +28,35 @@ import re
 import shutil
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
 # errno values that mean "someone else has this file open or is deleting it": SMB's
-
-
 # sharing violation comes through as EBUSY, EACCES or EPERM.
-
-
 BUSY_ERRNOS = frozenset({errno.EBUSY, errno.EACCES, errno.EPERM, errno.ETXTBSY})
 
 
 def is_busy(exc: OSError) -> bool:
     return exc.errno in BUSY_ERRNOS
+
+
+def unlink_when_free(path: Path, tries: int, pause_seconds: float) -> bool:
+    """Delete ``path``, waiting out an SMB client that holds it open (a delayed close,
+    a reader): True when it is gone (or was already), False when it stayed busy for
+    ``tries`` attempts. Any other error is raised."""
+    for attempt in range(tries):
+        try:
+            os.unlink(path)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            if not is_busy(exc):
+                raise
+        if attempt + 1 < tries:
+            time.sleep(pause_seconds)
+    return False
 
 
 def host_name() -> str:

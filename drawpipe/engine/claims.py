@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from drawpipe.files import is_busy
+from drawpipe.files import is_busy, make_folders_below, unlink_when_free
 
 CLAIMS_FOLDER = ".claims"
 
@@ -135,7 +135,7 @@ class ClaimStore:
         waits for a later pass.
         """
         path = self.claim_path(key)
-        self._make_folders(path.parent)
+        make_folders_below(self.folder, path.parent)  # never the stage folder itself
         claim = self._try_create(path)
         if claim is not None:
             return claim
@@ -148,19 +148,6 @@ class ClaimStore:
         if age_seconds <= self.lease_seconds:
             return None
         return self._take_over(path, seen)
-
-    def _make_folders(self, folder: Path) -> None:
-        """Create ``folder`` and the missing folders between it and the stage folder,
-        never the stage folder or anything above it (FileNotFoundError then)."""
-        missing = []
-        while folder != self.folder and not folder.is_dir():
-            missing.append(folder)
-            folder = folder.parent
-        for folder in reversed(missing):
-            try:
-                os.mkdir(folder)
-            except FileExistsError:
-                pass
 
     def _try_create(self, path: Path) -> Claim | None:
         token = secrets.token_hex(8)
@@ -202,7 +189,7 @@ class ClaimStore:
                 return self._try_create(path)
             if current != seen or age_seconds <= self.lease_seconds:
                 return None  # taken over or refreshed since we looked
-            if not self._unlink_soon(path):
+            if not unlink_when_free(path, self.BUSY_RETRIES, self.BUSY_PAUSE_SECONDS):
                 return None  # someone keeps it open: the next pass tries again
             return self._create_soon(path)
         finally:
@@ -213,19 +200,6 @@ class ClaimStore:
     # winner (holding the lock) waits that out briefly rather than give up the pass.
     BUSY_RETRIES = 10
     BUSY_PAUSE_SECONDS = 0.1
-
-    def _unlink_soon(self, path: Path) -> bool:
-        for attempt in range(self.BUSY_RETRIES):
-            try:
-                os.unlink(path)
-                return True
-            except FileNotFoundError:
-                return True
-            except OSError as exc:
-                if not is_busy(exc):
-                    raise
-            time.sleep(self.BUSY_PAUSE_SECONDS)
-        return False
 
     def _create_soon(self, path: Path) -> Claim | None:
         """Create the claim just deleted; a name still "delete pending" (an exclusive

@@ -12,7 +12,7 @@ Nothing here ever creates the root or a folder above ``.claims``: a lost share m
 never turn into folders on the local disk.
 
 A file that someone else has open (SMB's sharing rules: EBUSY, EACCES, EPERM, a
-"delete pending" name) is not a lost share; see ``claims.is_busy``.
+"delete pending" name) is not a lost share; see ``files.is_busy``.
 """
 
 import os
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from drawpipe.engine.claims import CLAIMS_FOLDER
 from drawpipe.errors import ShareLost
-from drawpipe.files import is_busy
+from drawpipe.files import unlink_when_free
 
 MARKER_PREFIX = ".run-"
 
@@ -120,13 +120,8 @@ class ShareGuard:
         """Remove the marker (the run is over)."""
         if self.device is None:
             return
-        for _ in range(3):
-            try:
-                os.unlink(self.marker)
-                return
-            except FileNotFoundError:
-                return
-            except OSError as exc:
-                if not is_busy(exc):
-                    return
-                time.sleep(0.2)  # SMB: a client's delayed close; gone in a moment
+        try:
+            # SMB: a client's delayed close keeps it busy for a moment.
+            unlink_when_free(self.marker, tries=3, pause_seconds=0.2)
+        except OSError:
+            pass  # the share is failing, and the run is ending anyway
