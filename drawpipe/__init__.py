@@ -3,9 +3,12 @@
 Packages, lowest layer first; each imports only from the layers above it in this
 list (tests/test_architecture.py holds it):
 
-  errors, files, png, layout, bundled    exceptions; atomic writes and "done" checks;
+  errors, files, png, layout, settings, bundled
+                                         exceptions; atomic writes and "done" checks;
                                          PNG without decoding; the dataset's folders
-                                         and names; the shipped templates and prompts
+                                         and names; every setting once (flag, profile
+                                         key, default, help); the shipped templates
+                                         and prompts
   engine/       the job loop, claims, the share guard, stop signals, metrics
   drawthings/   the API table and its rules, the HTTP client, templates, the simulator
   sam/          Segment Anything: settings, models, the lean mask generator, cut-outs

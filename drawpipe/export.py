@@ -41,7 +41,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from drawpipe.cli.common import add_share_arguments, resolve_settings, run_main
+from drawpipe.cli.common import run_main
+from drawpipe.cli.options import add_setting_arguments, resolve_share
 from drawpipe.curate.verdicts import load_verdicts
 from drawpipe.errors import ExportRefused, UsageError
 from drawpipe.files import HashCache, default_cache_dir, file_sha256, write_atomically
@@ -49,6 +50,7 @@ from drawpipe.layout import CUTOUTS_RECORD
 from drawpipe.png import read_text_chunks
 from drawpipe.report.data import scan_inventory
 from drawpipe.report.stats import STAGES, latest_done, load_logs
+from drawpipe.settings import SHARE
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 METADATA_NAME = "metadata.jsonl"
@@ -246,7 +248,7 @@ def parse_arguments(argv) -> argparse.Namespace:
         prog="python -m drawpipe.export",
         description="Write the accepted images, their upscaled versions and cut-outs as a "
                     "Hugging Face imagefolder with metadata.jsonl.")
-    add_share_arguments(parser)
+    add_setting_arguments(parser, SHARE)
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="a new or empty folder outside the share")
     parser.add_argument("--include-unreviewed", action="store_true",
@@ -256,8 +258,7 @@ def parse_arguments(argv) -> argparse.Namespace:
 
 def main(argv=None, project_dir: Path = PROJECT_DIR) -> int:
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
-    args.lease_seconds = args.poll_seconds = None  # resolve_settings reads them
-    common = resolve_settings(args, project_dir)
+    common = resolve_share(args, project_dir)
     if not args.out.strip():
         raise UsageError("--out needs a folder")
     return run_export(ExportSettings(root=common.root, out=Path(args.out).expanduser(),

@@ -50,7 +50,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from drawpipe.cli.common import add_share_arguments, resolve_settings, run_main
+from drawpipe.cli.common import run_main
+from drawpipe.cli.options import add_setting_arguments, resolve_share
 from drawpipe.curate.quality import Signals, suspect_reasons, suspicion_order, update_signals
 from drawpipe.curate.verdicts import Verdict, append_verdict, check_sha256, load_verdicts
 from drawpipe.errors import BadVerdict, TakeChanged, UsageError
@@ -60,6 +61,7 @@ from drawpipe.report import pages
 from drawpipe.report.data import ReportCache, read_metadata, scan_inventory
 from drawpipe.report.html import meta_view
 from drawpipe.report.pages import anchor
+from drawpipe.settings import SHARE
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8765
@@ -461,7 +463,7 @@ def parse_arguments(argv) -> argparse.Namespace:
         prog="python -m drawpipe.review",
         description="A local web page to accept or reject the generated images; verdicts "
                     "go to the share's reviews/<host>.jsonl.")
-    add_share_arguments(parser)
+    add_setting_arguments(parser, SHARE)
     parser.add_argument("--host", default=LOOPBACK, metavar="ADDRESS",
                         help=f"address to listen on (default {LOOPBACK}: this Mac only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N",
@@ -474,8 +476,7 @@ def parse_arguments(argv) -> argparse.Namespace:
 
 
 def settings_from_arguments(args: argparse.Namespace, project_dir: Path, environ) -> ReviewSettings:
-    args.lease_seconds = args.poll_seconds = None  # resolve_settings reads them
-    common = resolve_settings(args, project_dir)
+    common = resolve_share(args, project_dir)
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0..65535, got {args.port}")
     name = args.host_name or host_name()

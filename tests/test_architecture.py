@@ -20,7 +20,7 @@ PACKAGE = PROJECT_DIR / "drawpipe"
 # (layer name, module prefixes). The entry points come last: they may import anything.
 LAYERS = (
     ("base", ("drawpipe.errors", "drawpipe.files", "drawpipe.png", "drawpipe.layout",
-              "drawpipe.bundled")),
+              "drawpipe.settings", "drawpipe.bundled")),
     ("services", ("drawpipe.engine", "drawpipe.drawthings", "drawpipe.sam", "drawpipe.curate")),
     ("stages", ("drawpipe.stages",)),
     ("report", ("drawpipe.report",)),

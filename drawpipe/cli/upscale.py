@@ -17,15 +17,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 from drawpipe import bundled
-from drawpipe.cli.common import (CommonSettings, add_common_arguments, add_watch_arguments,
-                                 engine_settings, job_states, local_freshness, print_plan,
-                                 print_rejected, print_summary, resolve_settings, script_main,
-                                 share_errors, warning_printer)
-from drawpipe.drawthings.payloads import parse_override, sends
+from drawpipe.cli.common import (CommonSettings, engine_settings, job_states, local_freshness,
+                                 print_plan, print_rejected, print_summary, resolve_settings,
+                                 script_main, share_errors, warning_printer)
+from drawpipe.cli.options import add_setting_arguments
+from drawpipe.drawthings.payloads import parse_override
 from drawpipe.engine.loop import run_stage
 from drawpipe.errors import UsageError
-from drawpipe.stages.upscale import (DEFAULT_SETTLE_SECONDS, UpscaleStage, apply_overrides,
-                                     load_recipe)
+from drawpipe.settings import RUN, SERVER, SHARE, WATCH
+from drawpipe.stages.upscale import UpscaleStage, apply_overrides, load_recipe
+
+# drawpipe/settings.py: the flags it takes
+SETTINGS = WATCH + ("seed_offset", "settle_seconds") + SHARE + RUN + SERVER
 
 
 def parse_arguments(argv):
@@ -39,13 +42,7 @@ def parse_arguments(argv):
                         help="override a Draw Things API key in every step that sends it, or "
                              "in one step (its name or number); VALUE is JSON or text; "
                              "repeatable. Images already upscaled are not redone")
-    add_watch_arguments(parser, "GENERATIONS/")
-    parser.add_argument("--seed-offset", type=int, metavar="N",
-                        help="added to every file-name seed, for a different take (default 0)")
-    parser.add_argument("--settle-seconds", type=float, metavar="S",
-                        help="an incomplete input modified less than S seconds ago is waited "
-                             "for; older, it is reported as damaged (default 60)")
-    add_common_arguments(parser)
+    add_setting_arguments(parser, SETTINGS, folder="GENERATIONS/")
     return parser.parse_args(argv)
 
 
@@ -53,14 +50,13 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     """upscale.py: every PNG under <root>/GENERATIONS through the recipe into UPSCALED_IMAGES."""
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
-    settings = resolve_settings(args, project_dir, stdin, stdout)
+    settings = resolve_settings(args, project_dir, SETTINGS, stdin, stdout)
     recipe = load_recipe(_recipe_path(args.recipe))
-    if args.set:
-        recipe = apply_overrides(recipe, [parse_override(text) for text in args.set])
+    recipe = apply_overrides(recipe, [parse_override(text) for text in args.set or []])
     warn = warning_printer()
     for line in recipe.warnings:
         warn(line)
-    settle_seconds = args.settle_seconds if args.settle_seconds is not None else DEFAULT_SETTLE_SECONDS
+    settle_seconds = settings.values["settle_seconds"]
     if settle_seconds < 0:
         raise UsageError(f"--settle-seconds must be 0 or more, got {settle_seconds:g}")
 
@@ -69,20 +65,18 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
 
     freshness = local_freshness()
     stage = UpscaleStage(settings.root, recipe, settings.client, settings.seed_offset,
-                         settle_seconds, on_skipped=None if args.dry_run else report_skipped,
+                         settle_seconds, on_skipped=None if settings.dry_run else report_skipped,
                          on_warning=warn, freshness=freshness)
     print(f"recipe {recipe.path}: {len(recipe.steps)} step(s) "
           f"({', '.join(step.name for step in recipe.steps)}) -> "
           f"{recipe.output_size[0]}x{recipe.output_size[1]} px", file=stdout)
-    for override in recipe.overrides:
-        numbers = [str(n) for n, step in enumerate(recipe.steps, 1)
-                   if sends(step.payload, override.key)
-                   and step.payload[override.key] == override.value]
-        print(f"override --set {override.text}: step(s) {', '.join(numbers)}", file=stdout)
-    if args.dry_run:
+    for override, numbers in zip(recipe.overrides, recipe.override_steps):
+        print(f"override --set {override.text}: step(s) {', '.join(map(str, numbers))}",
+              file=stdout)
+    if settings.dry_run:
         return _print_upscale_plan(stage, settings, stdout)
     try:
-        summary = run_stage(stage, engine_settings(settings, args))
+        summary = run_stage(stage, engine_settings(settings))
     finally:
         freshness.save()
     print_summary(summary, stdout)

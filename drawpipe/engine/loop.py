@@ -59,6 +59,7 @@ from drawpipe.errors import (BadInput, DrawpipeError, Interrupted, JobDeferred, 
 from drawpipe.files import (describe_os_error, host_name, make_folders_below, output_exists,
                             remove_abandoned_scratch, remove_quietly, scratch_path,
                             write_atomically)
+from drawpipe.settings import default
 
 
 @dataclass(frozen=True)
@@ -132,13 +133,13 @@ def job_done(stage: Stage, job: Job) -> bool:
 class EngineSettings:
     root: Path
     servers: tuple[str | None, ...] = (None,)  # one worker thread each; None = no server
-    lease_seconds: float = 120.0
-    poll_seconds: float = 5.0  # wait between passes when others hold the remaining jobs
+    lease_seconds: float = default("lease_seconds")
+    poll_seconds: float = default("poll_seconds")  # wait between passes when others hold the rest
     watch: bool = False  # keep polling for new jobs until interrupted
     # --watch: a failed job is tried again after this pause, doubled after each failure.
-    watch_retry_seconds: float = 60.0
+    watch_retry_seconds: float = default("watch_retry_seconds")
     watch_retry_cap_seconds: float = 1800.0
-    server_process_name: str | None = "Draw Things"
+    server_process_name: str | None = default("server_process_name")
     # CPU % and RAM readings while a request runs (10-60 s on a Mac). Each reading wakes
     # a thread, which on a VM costs milliseconds of CPU: sparse readings keep the client's
     # CPU per image low (bench/upscale.py).

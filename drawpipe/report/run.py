@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drawpipe import bundled
-from drawpipe.cli.common import add_share_arguments, resolve_settings
+from drawpipe.cli.options import add_setting_arguments, resolve_share
 from drawpipe.curate.quality import CSV_COLUMNS as QUALITY_COLUMNS
 from drawpipe.curate.quality import csv_fields as quality_fields
 from drawpipe.errors import UsageError
@@ -54,6 +54,7 @@ from drawpipe.report.data import (ImageEntry, Inventory, ReportCache, read_metad
                                   work_left)
 from drawpipe.report.stats import (DEFAULT_ETA_WINDOW_SECONDS, STAGES, Logs, build_stage_reports,
                                    format_summary, latest_done, load_logs)
+from drawpipe.settings import SHARE
 from drawpipe.stages.prompts import QueueItem, load_prompt_sets, load_queue, merge_queue, parse_add
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
@@ -230,7 +231,7 @@ def parse_arguments(argv) -> argparse.Namespace:
         prog="python -m drawpipe.report",
         description="Progress, ETA and costs of the three stages from the per-host logs; "
                     "a gallery, contact sheets and a per-image table.")
-    add_share_arguments(parser)
+    add_setting_arguments(parser, SHARE)
     parser.add_argument("--html", action="store_true",
                         help="write report/index.html: gallery, failures, charts")
     parser.add_argument("--contact-sheets", action="store_true",
@@ -252,8 +253,7 @@ def parse_arguments(argv) -> argparse.Namespace:
 
 
 def settings_from_arguments(args: argparse.Namespace, project_dir: Path) -> ReportSettings:
-    args.lease_seconds = args.poll_seconds = None  # resolve_settings reads them
-    common = resolve_settings(args, project_dir)
+    common = resolve_share(args, project_dir)
     queue = None
     if args.queue or args.add:
         sets = load_prompt_sets(Path(args.prompts) if args.prompts

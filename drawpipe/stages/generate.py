@@ -11,14 +11,16 @@ the file name and the take number (curate/takes.py).
 """
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from drawpipe.curate.takes import Freshness, Rejections, recorded_take, set_aside, takes_set_aside
 from drawpipe.drawthings import api as drawthings
 from drawpipe.drawthings.client import ClientSettings, SdapiClient
-from drawpipe.drawthings.payloads import effective_parameters, fill_prompt, preflight
+from drawpipe.drawthings.payloads import (Override, check_payload, effective_parameters,
+                                          fill_prompt, load_payload, override_payloads,
+                                          preflight)
 from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.engine.loop import Job, JobResult, WorkerContext
 from drawpipe.layout import GENERATIONS_FOLDER, cutouts_path, image_name, upscaled_path
@@ -37,6 +39,39 @@ def seed_for(name: str, offset: int = 0, take: int = 1) -> int:
 
 
 @dataclass(frozen=True)
+class Template:
+    """The txt2img template a run sends: checked, with any ``--set`` overrides applied."""
+
+    path: Path
+    payload: dict  # request keys, notes removed
+    warnings: tuple[str, ...]  # what the app would do without a word
+    overrides: tuple[Override, ...] = ()
+
+    @property
+    def source(self) -> str:
+        """Names the template in messages: its file, and the --set options changing it."""
+        if not self.overrides:
+            return str(self.path)
+        return f"{self.path} with {' '.join('--set ' + o.text for o in self.overrides)}"
+
+
+def load_template(path: Path) -> Template:
+    """The template file, checked (InputFileError naming it when the app would refuse it)."""
+    payload, warnings = load_payload(path)
+    return Template(Path(path), payload, tuple(warnings))
+
+
+def with_overrides(template: Template, overrides: list[Override]) -> Template:
+    """``template`` with ``--set KEY=VALUE`` values (payloads.override_payloads: the same
+    rules as a recipe's), checked again as a whole."""
+    if not overrides:
+        return template
+    overridden = override_payloads([template.payload], overrides, None, "generate.py")
+    changed = Template(template.path, overridden.payloads[0], (), tuple(overrides))
+    return replace(changed, warnings=tuple(check_payload(changed.payload, changed.source)))
+
+
+@dataclass(frozen=True)
 class Planned:
     """A generate job's context: which queue entry and prompt variant."""
 
@@ -51,22 +86,19 @@ class GenerateStage:
     extra_columns = ("server",)
 
     def __init__(self, root: Path, queue: list[QueueItem], prompt_sets: PromptSets,
-                 template: dict, client_settings: ClientSettings, seed_offset: int = 0,
-                 template_source: str = "the txt2img template", overrides: tuple[str, ...] = (),
+                 template: Template, client_settings: ClientSettings, seed_offset: int = 0,
                  on_warning: Callable[[str], None] | None = None,
                  freshness: Freshness | None = None,
                  on_notice: Callable[[str], None] | None = None):
-        """``template``: checked, with any --set ``overrides`` (their texts, kept in each
-        image's provenance) applied; ``on_warning(line)``: what the preflight finds the
-        app would do without a word; ``freshness``: this Mac's hash cache (curate/takes.py);
+        """``template``: checked, with any --set overrides (kept in each image's
+        provenance) applied; ``on_warning(line)``: what the preflight finds the app
+        would do without a word; ``freshness``: this Mac's hash cache (curate/takes.py);
         ``on_notice(line)``: a rejected take set aside."""
         self.root = root
         self.freshness = freshness or Freshness(None)
         self.on_notice = on_notice
         self.rejections: Rejections | None = None
         self._take_after_set_aside: dict[str, int] = {}  # job key -> the take to make
-        self.template_source = template_source
-        self.overrides = tuple(overrides)
         self.on_warning = on_warning
         self.queue = queue
         self.prompt_sets = prompt_sets
@@ -137,8 +169,8 @@ class GenerateStage:
         return grouped
 
     def payload_for(self, job: Job, seed: int | None = None) -> dict:
-        payload = dict(self.template)
-        payload["prompt"] = fill_prompt(self.template.get("prompt", ""), job.context.prompt)
+        payload = dict(self.template.payload)
+        payload["prompt"] = fill_prompt(payload.get("prompt", ""), job.context.prompt)
         payload["seed"] = job.seed if seed is None else seed
         return payload
 
@@ -146,10 +178,10 @@ class GenerateStage:
         """Preflight the server (``GET /``) and return this worker's job runner."""
         client = SdapiClient(server, self.client_settings, sleep=context.sleep,
                              on_resend=context.resent)
-        app_configuration = preflight(client, [(self.template, self.template_source)],
+        app_configuration = preflight(client, [(self.template.payload, self.template.source)],
                                       self.on_warning)
         expected_size = drawthings.output_size(
-            effective_parameters(self.template, app_configuration))
+            effective_parameters(self.template.payload, app_configuration))
 
         def run(job: Job, scratch: Path) -> JobResult:
             # Under the claim, after any rejected take was set aside: the take to make.
@@ -159,7 +191,7 @@ class GenerateStage:
             payload = self.payload_for(job, seed)
             answer = client.generate("txt2img", payload, expected_size)
             png = add_text_chunks(answer.png, provenance_chunks(
-                payload, overrides=list(self.overrides), take=take))
+                payload, overrides=[o.text for o in self.template.overrides], take=take))
             return JobResult(data=png, attempts=answer.attempts, extra={"server": server},
                              seed=seed)
 

@@ -54,7 +54,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -63,8 +63,9 @@ import pybase64
 from drawpipe.curate.takes import Freshness, Rejections, recorded_take, set_aside, takes_set_aside
 from drawpipe.drawthings import api as drawthings
 from drawpipe.drawthings.client import ClientSettings, SdapiClient
-from drawpipe.drawthings.payloads import (Override, check_payload, effective_parameters, preflight,
-                                          read_json_file, sends, with_override, without_notes)
+from drawpipe.drawthings.payloads import (Override, check_payload, effective_parameters,
+                                          override_payloads, preflight, read_json_file,
+                                          without_notes)
 from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.engine.loop import Job, JobResult, WorkerContext
 from drawpipe.errors import (BadInput, InputFileError, JobDeferred, JobFailed, ServerRejected,
@@ -73,11 +74,12 @@ from drawpipe.files import output_exists, scan_inputs
 from drawpipe.layout import GENERATIONS_FOLDER, UPSCALED_FOLDER, upscaled_path
 from drawpipe.png import (IEND_CHUNK, PNG_SIGNATURE, PngCheck, add_text_chunks, inspect_png,
                           png_size, read_text_chunks)
+from drawpipe.settings import default
 from drawpipe.stages.generate import seed_for
 
 DEFAULT_OUTPUT_SIZE = (2048, 2048)
 # An incomplete input younger than this is waited for; older, it is reported as damaged.
-DEFAULT_SETTLE_SECONDS = 60.0
+DEFAULT_SETTLE_SECONDS = default("settle_seconds")
 
 # Keys the chain sets on every request, with why a recipe must not set them.
 CHAIN_KEYS = {
@@ -104,6 +106,7 @@ class Recipe:
     output_size: tuple[int, int]  # (width, height) px the last step must return
     warnings: tuple[str, ...] = ()  # what the app would do without a word, per step
     overrides: tuple[Override, ...] = ()  # --set options applied to the steps
+    override_steps: tuple[tuple[int, ...], ...] = ()  # per override: the steps it set
 
     @property
     def name(self) -> str:
@@ -152,44 +155,22 @@ def load_recipe(path: Path) -> Recipe:
 
 
 def apply_overrides(recipe: Recipe, overrides: list[Override]) -> Recipe:
-    """``recipe`` with ``--set`` values: a STEP:KEY override changes (or adds) KEY in that
-    step (by name or number); a plain KEY override changes every step that sends KEY.
-    UsageError when a step is not found or no step sends the key; each changed step is
-    checked again like the recipe itself."""
-    steps = list(recipe.steps)
-    for override in overrides:
-        if override.step is None:
-            numbers = [n for n, step in enumerate(steps, 1) if sends(step.payload, override.key)]
-            if not numbers:
-                raise UsageError(f"--set {override.text}: no step of {recipe.name} sends "
-                                 f"{override.key}; add it to one step with --set "
-                                 f"STEP:{override.text} ({_step_list(recipe)})")
-        else:
-            numbers = [_step_number(recipe, override)]
-        for number in numbers:
-            step = steps[number - 1]
-            if override.key in CHAIN_KEYS:
-                raise UsageError(f"--set {override.text}: {CHAIN_KEYS[override.key]}")
-            steps[number - 1] = RecipeStep(step.name, with_override(step.payload, override))
-    changed = Recipe(recipe.path, tuple(steps), recipe.output_size, (), tuple(overrides))
+    """``recipe`` with ``--set`` values (payloads.override_payloads: a STEP:KEY override
+    changes or adds KEY in that step, by name or number; a plain KEY override changes
+    every step that sends KEY; UsageError when a step is not found or no step sends
+    the key); each changed step is checked again like the recipe itself."""
+    if not overrides:
+        return recipe
+    overridden = override_payloads([step.payload for step in recipe.steps], overrides,
+                                   [step.name for step in recipe.steps], recipe.name)
+    steps = tuple(RecipeStep(step.name, payload)
+                  for step, payload in zip(recipe.steps, overridden.payloads))
+    changed = Recipe(recipe.path, steps, recipe.output_size, (), tuple(overrides),
+                     overridden.steps)
     warnings = []
     for number, step in enumerate(changed.steps, 1):
         warnings += check_payload(step.payload, f"{changed.where(number)} with --set")
-    return Recipe(changed.path, changed.steps, changed.output_size, tuple(warnings),
-                  changed.overrides)
-
-
-def _step_list(recipe: Recipe) -> str:
-    return "steps: " + ", ".join(f"{n} '{step.name}'" for n, step in enumerate(recipe.steps, 1))
-
-
-def _step_number(recipe: Recipe, override: Override) -> int:
-    wanted = override.step
-    for number, step in enumerate(recipe.steps, 1):
-        if wanted == str(number) or wanted.lower() == step.name.lower():
-            return number
-    raise UsageError(f"--set {override.text}: {recipe.name} has no step \"{wanted}\" "
-                     f"({_step_list(recipe)})")
+    return replace(changed, warnings=tuple(warnings))
 
 
 def _check_known_keys(data: dict, known: tuple[str, ...], where: str) -> None:
