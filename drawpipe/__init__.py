@@ -12,6 +12,7 @@ list (tests/test_architecture.py holds it):
   engine/       the job loop, claims, the share guard, stop signals, metrics
   drawthings/   the API table and its rules, the HTTP client, templates, the simulator
   sam/          Segment Anything: settings, models, the lean mask generator, cut-outs
+  inventory     what is on a share: images, cut-outs, metadata, verdict files, logs
   curate/       verdicts, takes (rejects re-made, stale outputs), quality signals
   stages/       generate (+ prompts), upscale (recipes), segment
   report/       figures, gallery, contact sheets (python -m drawpipe.report)

@@ -46,10 +46,9 @@ from drawpipe.cli.options import add_setting_arguments, resolve_share
 from drawpipe.curate.verdicts import load_verdicts
 from drawpipe.errors import ExportRefused, UsageError
 from drawpipe.files import HashCache, default_cache_dir, file_sha256, write_atomically
-from drawpipe.layout import CUTOUTS_RECORD
+from drawpipe.inventory import STAGES, latest_done, load_logs, scan_inventory
+from drawpipe.layout import CUTOUTS_RECORD, logs_folder
 from drawpipe.png import read_text_chunks
-from drawpipe.report.data import scan_inventory
-from drawpipe.report.stats import STAGES, latest_done, load_logs
 from drawpipe.settings import SHARE
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -195,7 +194,7 @@ def run_export(settings: ExportSettings, out=None) -> int:
             + ("" if settings.include_unreviewed else " (review them with python -m "
                "drawpipe.review, or add --include-unreviewed)")
             + "; nothing was written")
-    logs = load_logs(root / "logs")
+    logs = load_logs(logs_folder(root))
     done = {stage: latest_done(logs.rows.get(stage, [])) for stage in STAGES}
     settings.out.mkdir(parents=True, exist_ok=True)
     placer = _Placer(root, settings.out, result)

@@ -56,9 +56,10 @@ from drawpipe.curate.quality import Signals, suspect_reasons, suspicion_order, u
 from drawpipe.curate.verdicts import Verdict, append_verdict, check_sha256, load_verdicts
 from drawpipe.errors import BadVerdict, TakeChanged, UsageError
 from drawpipe.files import HashCache, default_cache_dir, file_sha256, host_name
-from drawpipe.layout import CUTOUTS_FOLDER, GENERATIONS_FOLDER, UPSCALED_FOLDER, natural_key
+from drawpipe.inventory import ReportCache, read_metadata, scan_inventory
+from drawpipe.layout import (CUTOUTS_FOLDER, GENERATIONS_FOLDER, IMAGE_FOLDERS, REPORT_CACHE,
+                             natural_key, report_folder)
 from drawpipe.report import pages
-from drawpipe.report.data import ReportCache, read_metadata, scan_inventory
 from drawpipe.report.html import meta_view
 from drawpipe.report.pages import anchor
 from drawpipe.settings import SHARE
@@ -67,7 +68,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8765
 LOOPBACK = "127.0.0.1"
 LISTENING = "review page: "
-SERVED_FOLDERS = (GENERATIONS_FOLDER, UPSCALED_FOLDER, CUTOUTS_FOLDER)
+SERVED_FOLDERS = IMAGE_FOLDERS
 FILTERS = ("all", "unreviewed", "rejected", "accepted")
 ORDERS = ("name", "suspect")
 THUMB_PX = 320
@@ -91,7 +92,7 @@ class ReviewSettings:
 class Snapshot:
     """What one page load shows: the folders, their signals and every host's verdicts."""
 
-    inventory: object  # report.data.Inventory
+    inventory: object  # inventory.Inventory
     signals: dict[str, Signals]
     verdicts: object  # reviews.VerdictIndex
     notes: list[str]
@@ -115,7 +116,7 @@ class Review:
         with self._lock:  # two page loads at once would measure the same new images twice
             inventory = scan_inventory(self.root)
             # The report's cache is read, never written here: report/ is the report's.
-            read_metadata(self.root, inventory, ReportCache(self.root / "report" / "cache.json"))
+            read_metadata(self.root, inventory, ReportCache(report_folder(self.root) / REPORT_CACHE))
             files = [entry.generated for entry in inventory.entries.values() if entry.generated]
             run = update_signals(self.root, files, self.settings.host_name,
                                  self.settings.processes)

@@ -21,7 +21,9 @@ PACKAGE = PROJECT_DIR / "drawpipe"
 LAYERS = (
     ("base", ("drawpipe.errors", "drawpipe.files", "drawpipe.png", "drawpipe.layout",
               "drawpipe.settings", "drawpipe.bundled")),
-    ("services", ("drawpipe.engine", "drawpipe.drawthings", "drawpipe.sam", "drawpipe.curate")),
+    ("services", ("drawpipe.engine", "drawpipe.drawthings", "drawpipe.sam")),
+    ("inventory", ("drawpipe.inventory",)),
+    ("curate", ("drawpipe.curate",)),
     ("stages", ("drawpipe.stages",)),
     ("report", ("drawpipe.report",)),
     ("command line", ("drawpipe.cli",)),

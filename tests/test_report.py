@@ -25,10 +25,10 @@ from PIL import Image
 
 from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.engine.metrics import COMMON_COLUMNS
+from drawpipe.inventory import LogRow, load_logs, parse_infotext
 from drawpipe.png import add_text_chunks
-from drawpipe.report.data import parse_infotext
-from drawpipe.report.stats import (LogRow, busy_seconds, estimate_eta, format_duration, load_logs,
-                                   percentile, stage_figures)
+from drawpipe.report.stats import (busy_seconds, estimate_eta, format_duration, percentile,
+                                   stage_figures)
 from drawpipe.stages.generate import seed_for
 
 T0 = 1777629600.0  # 2026-05-01T10:00:00Z

@@ -21,6 +21,7 @@ from drawpipe.cli.options import add_setting_arguments
 from drawpipe.curate.takes import Rejections
 from drawpipe.drawthings.payloads import parse_override
 from drawpipe.engine.loop import run_stage
+from drawpipe.layout import GENERATIONS_FOLDER
 from drawpipe.settings import RUN, SERVER, SHARE
 from drawpipe.stages.generate import GenerateStage, load_template, with_overrides
 from drawpipe.stages.prompts import (ask_queue, format_queue, load_prompt_sets, load_queue,
@@ -92,7 +93,7 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     finally:
         freshness.save()
     print_summary(summary, stdout)
-    print(f"images are in {settings.root / 'GENERATIONS'}", file=stdout)
+    print(f"images are in {settings.root / GENERATIONS_FOLDER}", file=stdout)
     return summary.exit_code
 
 
@@ -102,7 +103,7 @@ def _print_generate_plan(stage: GenerateStage, settings: CommonSettings, out) ->
                job_states(settings.root, stage, jobs, settings.lease_seconds))
               for item, jobs in stage.jobs_by_entry()]
     total_to_make, _ = print_plan(groups, "make", "claimed by other workers", out)
-    print(f"dry run: {total_to_make} image(s) to make into {settings.root / 'GENERATIONS'}; "
+    print(f"dry run: {total_to_make} image(s) to make into {settings.root / GENERATIONS_FOLDER}; "
           "nothing was sent", file=out)
     return 0
 

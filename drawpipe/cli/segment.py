@@ -25,7 +25,7 @@ from drawpipe.cli.options import add_setting_arguments
 from drawpipe.engine.loop import job_done, run_stage
 from drawpipe.errors import CheckpointError, UsageError
 from drawpipe.files import default_cache_dir
-from drawpipe.layout import CUTOUTS_FOLDER
+from drawpipe.layout import CUTOUTS_FOLDER, UPSCALED_FOLDER
 from drawpipe.sam.checkpoints import OFFICIAL_CHECKPOINTS
 from drawpipe.settings import CUTOUTS, GENERATOR, RUN, SHARE, WATCH
 
@@ -48,7 +48,7 @@ def parse_arguments(argv):
                         "official file names (default: Meta's own address)")
     parser.add_argument("--cache-dir", metavar="FOLDER", help="checkpoints go to FOLDER/sam/ "
                         "(default $DRAWPIPE_CACHE_DIR, else ~/.cache/drawpipe)")
-    add_setting_arguments(parser, GENERATOR + CUTOUTS + WATCH, folder="UPSCALED_IMAGES/")
+    add_setting_arguments(parser, GENERATOR + CUTOUTS + WATCH, folder=UPSCALED_FOLDER + "/")
     parser.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)  # make demo
     add_setting_arguments(parser, SHARE + RUN)
     return parser.parse_args(argv)

@@ -24,6 +24,7 @@ from drawpipe.cli.options import add_setting_arguments
 from drawpipe.drawthings.payloads import parse_override
 from drawpipe.engine.loop import run_stage
 from drawpipe.errors import UsageError
+from drawpipe.layout import GENERATIONS_FOLDER
 from drawpipe.settings import RUN, SERVER, SHARE, WATCH
 from drawpipe.stages.upscale import UpscaleStage, apply_overrides, load_recipe
 
@@ -42,7 +43,7 @@ def parse_arguments(argv):
                         help="override a Draw Things API key in every step that sends it, or "
                              "in one step (its name or number); VALUE is JSON or text; "
                              "repeatable. Images already upscaled are not redone")
-    add_setting_arguments(parser, SETTINGS, folder="GENERATIONS/")
+    add_setting_arguments(parser, SETTINGS, folder=GENERATIONS_FOLDER + "/")
     return parser.parse_args(argv)
 
 
@@ -91,8 +92,8 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
             print(f"  {label}: {reason}", file=stdout)
         print("replace or remove them and run the same command again", file=stdout)
     if stage.ignored:
-        print(f"{len(stage.ignored)} file(s) under GENERATIONS/ are not .png and were ignored",
-              file=stdout)
+        print(f"{len(stage.ignored)} file(s) under {GENERATIONS_FOLDER}/ are not .png and were "
+              "ignored", file=stdout)
     print(f"upscaled images are in {stage.output_folder}", file=stdout)
     code = summary.exit_code
     return 1 if code == 0 and stage.skipped else code

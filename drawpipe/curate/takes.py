@@ -35,7 +35,7 @@ import os
 from pathlib import Path
 
 from drawpipe.curate.verdicts import VerdictIndex, load_verdicts
-from drawpipe.files import HashCache, file_sha256
+from drawpipe.files import HashCache, file_sha256, make_folders_below
 from drawpipe.layout import REJECTED_FOLDER
 
 RECORDED_SOURCES_CACHE = "recorded-sources.json"
@@ -77,10 +77,7 @@ def set_aside(root: Path, relative: str, take: int) -> Path | None:
         base = rejected_path(root, relative, take)
         target = base.with_name(f"{base.stem}_{number}{base.suffix}")
     # Folders below the root only: never a REJECTED folder where the share is not.
-    folder = Path(root)
-    for part in target.parent.relative_to(root).parts:
-        folder = folder / part
-        folder.mkdir(exist_ok=True)
+    make_folders_below(Path(root), target.parent)
     os.rename(source, target)
     return target
 

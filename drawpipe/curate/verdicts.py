@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Callable
 
 from drawpipe.errors import BadVerdict
-from drawpipe.layout import GENERATIONS_FOLDER, REVIEWS_FOLDER
+from drawpipe.inventory import verdict_files
+from drawpipe.layout import GENERATIONS_FOLDER, REVIEWS_FOLDER, reviews_path
 
 VERDICTS = ("accept", "reject")
 # Two Macs' clocks agree to within a second at best (NTP over Wi-Fi): closer verdicts
@@ -111,10 +112,6 @@ def check_sha256(sha256: str) -> str:
     if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
         raise BadVerdict(f"sha256 {sha256!r} is not a hex SHA-256 (64 characters 0-9a-f)")
     return sha256
-
-
-def reviews_path(root: Path, host: str) -> Path:
-    return Path(root) / REVIEWS_FOLDER / f"{host}.jsonl"
 
 
 def append_verdict(root: Path, host: str, image: str, sha256: str, verdict: str,
@@ -211,14 +208,8 @@ def load_verdicts(root: Path) -> VerdictIndex:
     """Read every ``<root>/reviews/*.jsonl`` (never writing) and merge them; a missing
     folder gives an empty index. Unreadable files and lines are problems, not errors."""
     index = VerdictIndex()
-    folder = Path(root) / REVIEWS_FOLDER
-    try:
-        paths = sorted(p for p in folder.iterdir()
-                       if p.suffix == ".jsonl" and not p.name.startswith("."))
-    except (FileNotFoundError, NotADirectoryError):
-        return index
     everything: list[tuple[Verdict, float, int]] = []
-    for path in paths:
+    for path in verdict_files(root):
         relative = f"{REVIEWS_FOLDER}/{path.name}"
         index.files.append(relative)
         try:

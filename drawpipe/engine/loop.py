@@ -59,6 +59,7 @@ from drawpipe.errors import (BadInput, DrawpipeError, Interrupted, JobDeferred, 
 from drawpipe.files import (describe_os_error, host_name, make_folders_below, output_exists,
                             remove_abandoned_scratch, remove_quietly, scratch_path,
                             write_atomically)
+from drawpipe.layout import logs_folder
 from drawpipe.settings import default
 
 
@@ -460,7 +461,7 @@ def run_stage(stage: Stage, settings: EngineSettings,
             run.guard.establish()
             for worker in workers:
                 worker.store.prepare()
-            run.metrics = MetricsLog(settings.root / "logs", stage.name, host,
+            run.metrics = MetricsLog(logs_folder(settings.root), stage.name, host,
                                      extra_columns=stage.extra_columns)
         except OSError as exc:
             run.guard.close()

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import psutil
 
+from drawpipe.layout import log_name, log_pattern
+
 MIB = 1024 * 1024
 
 
@@ -303,7 +305,7 @@ class MetricsLog:
         self.stage = stage
         self.host = host
         self.columns = columns
-        self.path = self.logs_dir / f"{stage}-{host}.csv"
+        self.path = self.logs_dir / log_name(stage, host)
         self._header = _csv_line(columns).encode("utf-8")
         self._checked = False  # header and last line of an existing file checked
         # Worker threads share this log: one append at a time, so two of them cannot
@@ -363,7 +365,8 @@ class MetricsLog:
     def _rotate(self) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         for n in range(100):
-            target = self.path.with_name(f"{self.stage}-{self.host}.{stamp}{f'-{n}' if n else ''}.csv")
+            target = self.path.with_name(
+                log_name(self.stage, self.host, f".{stamp}{f'-{n}' if n else ''}"))
             if target.exists():
                 continue
             try:
@@ -395,7 +398,7 @@ def read_logs(logs_dir: Path, stage: str) -> tuple[list[dict], int]:
     logs_dir = Path(logs_dir)
     if not logs_dir.is_dir():
         return rows, skipped
-    for path in sorted(logs_dir.glob(f"{stage}-*.csv")):
+    for path in sorted(logs_dir.glob(log_pattern(stage))):
         file_rows, file_skipped = _read_log(path, stage)
         rows.extend(file_rows)
         skipped += file_skipped

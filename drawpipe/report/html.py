@@ -12,7 +12,7 @@ opens from the share on any Mac with no server and no internet::
 Clicking a thumbnail opens the full-size original through a relative link
 (``../GENERATIONS/...``): it works wherever the share's folders sit side by side.
 
-What is redone on a second run (report.data.ReportCache remembers the rest):
+What is redone on a second run (inventory.ReportCache remembers the rest):
 - a thumbnail, when its source's (size, mtime_ns) changed or the thumbnail is gone;
   thumbnails of sources that are gone are deleted;
 - a chart, when its stage's log files (name, size, mtime_ns) changed; matplotlib
@@ -36,12 +36,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from drawpipe.files import save_atomically, write_if_changed
+from drawpipe.inventory import STAGES, ImageEntry, Logs, latest_done
 from drawpipe.layout import natural_key
 from drawpipe.report import pages
-from drawpipe.report.data import ImageEntry
 from drawpipe.report.pages import anchor
-from drawpipe.report.stats import (STAGES, Logs, StageReport, eta_sentence, format_time,
-                                   latest_done, summary_table)
+from drawpipe.report.stats import StageReport, eta_sentence, format_time, summary_table
 
 PAGE_NAME = "index.html"
 THUMBS_FOLDER = "thumbs"

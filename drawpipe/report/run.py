@@ -49,17 +49,16 @@ from drawpipe.curate.quality import CSV_COLUMNS as QUALITY_COLUMNS
 from drawpipe.curate.quality import csv_fields as quality_fields
 from drawpipe.errors import UsageError
 from drawpipe.files import host_name, write_if_changed
-from drawpipe.layout import CUTOUTS_FOLDER, GENERATIONS_FOLDER, UPSCALED_FOLDER, natural_key
-from drawpipe.report.data import (ImageEntry, Inventory, ReportCache, read_metadata, scan_inventory,
-                                  work_left)
-from drawpipe.report.stats import (DEFAULT_ETA_WINDOW_SECONDS, STAGES, Logs, build_stage_reports,
-                                   format_summary, latest_done, load_logs)
+from drawpipe.inventory import (STAGES, ImageEntry, Inventory, Logs, ReportCache, latest_done,
+                                load_logs, read_metadata, scan_inventory)
+from drawpipe.layout import (CUTOUTS_FOLDER, GENERATIONS_FOLDER, IMAGE_FOLDERS, LOGS_FOLDER,
+                             REPORT_CACHE, UPSCALED_FOLDER, image_name, logs_folder, natural_key,
+                             report_folder)
+from drawpipe.report.stats import DEFAULT_ETA_WINDOW_SECONDS, build_stage_reports, format_summary
 from drawpipe.settings import SHARE
 from drawpipe.stages.prompts import QueueItem, load_prompt_sets, load_queue, merge_queue, parse_add
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
-REPORT_FOLDER = "report"
-CACHE_NAME = "cache.json"
 CSV_NAME = "images.csv"
 
 
@@ -130,7 +129,7 @@ class ReportSettings:
 
     @property
     def report_dir(self) -> Path:
-        return self.root / REPORT_FOLDER
+        return report_folder(self.root)
 
 
 def failures_by_image(root: Path, reports) -> dict[str, dict]:
@@ -150,7 +149,7 @@ def run_report(settings: ReportSettings, out=None, now: float | None = None) -> 
     out = out or sys.stdout
     now = time.time() if now is None else now
     root = settings.root
-    logs = load_logs(root / "logs")
+    logs = load_logs(logs_folder(root))
     inventory = scan_inventory(root)
     if logs.file_count == 0 and not inventory.entries:
         raise UsageError(f"nothing to report in {root}: no logs/*.csv and no images in "
@@ -172,7 +171,7 @@ def run_report(settings: ReportSettings, out=None, now: float | None = None) -> 
     except OSError as exc:
         raise UsageError(f"cannot create {report_dir} ({exc.strerror or exc}): is the share "
                          "mounted read-write?") from None
-    cache = ReportCache(report_dir / CACHE_NAME)
+    cache = ReportCache(report_dir / REPORT_CACHE)
     read_metadata(root, inventory, cache)
     try:
         if settings.html or settings.contact_sheets:
@@ -226,6 +225,30 @@ def measure_quality(root: Path, inventory: Inventory, processes: int, out) -> di
     return run.signals
 
 
+def work_left(root: Path, inventory: Inventory, queue: list[QueueItem] | None
+              ) -> dict[str, tuple[int | None, str]]:
+    """stage -> (jobs left or None when unknown, how it was counted); see this module's docstring."""
+    generated = inventory.count("generated")
+    upscaled = inventory.count("upscaled")
+    if queue is None:
+        generate = (None, "unknown (generate.py's queue is not kept in the folder: give the same "
+                          "--queue FILE or --add NATION:CATEGORY:COUNT to count it)")
+    else:
+        planned = [f"{item.nation}/{item.category}/{Path(image_name(item.nation, item.category, n)).stem}"
+                   for item in queue for n in range(1, item.count + 1)]
+        missing = sum(1 for key in planned
+                      if key not in inventory.entries or not inventory.entries[key].generated)
+        generate = (missing, f"of the {len(planned):,} images in the queue not generated yet")
+    upscale = sum(1 for entry in inventory.entries.values() if entry.generated and not entry.upscaled)
+    segment = sum(1 for entry in inventory.entries.values()
+                  if entry.upscaled and not entry.cutouts_folder)
+    return {
+        "generate": generate,
+        "upscale": (upscale, f"of {generated:,} generated images not upscaled yet"),
+        "segment": (segment, f"of {upscaled:,} upscaled images without cut-outs yet"),
+    }
+
+
 def parse_arguments(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m drawpipe.report",
@@ -270,8 +293,8 @@ def settings_from_arguments(args: argparse.Namespace, project_dir: Path) -> Repo
         raise UsageError(f"--processes must be 1 or more, got {args.processes}")
     csv_path = None
     if args.csv is not None:
-        csv_path = Path(args.csv).resolve() if args.csv else common.root / REPORT_FOLDER / CSV_NAME
-        for folder in ("logs", GENERATIONS_FOLDER, UPSCALED_FOLDER, CUTOUTS_FOLDER):
+        csv_path = Path(args.csv).resolve() if args.csv else report_folder(common.root) / CSV_NAME
+        for folder in (LOGS_FOLDER, *IMAGE_FOLDERS):
             if csv_path.is_relative_to(common.root / folder):
                 raise UsageError(f"--csv {args.csv}: the report never writes into {folder}/; "
                                  "choose a file elsewhere (default: report/images.csv)")

@@ -22,7 +22,8 @@ from drawpipe.engine.loop import Job, JobResult
 from drawpipe.engine.metrics import ResourceSampler
 from drawpipe.errors import BadInput
 from drawpipe.files import remove_quietly, scan_inputs, write_synced
-from drawpipe.layout import CUTOUTS_RECORD, UPSCALED_FOLDER, cutouts_path, generated_for_upscaled
+from drawpipe.layout import (CUTOUTS_RECORD, UPSCALED_FOLDER, cutout_name, cutouts_path,
+                             generated_for_upscaled)
 from drawpipe.sam.cutouts import choose_cutouts
 from drawpipe.sam.models import Segmenter, first_line
 from drawpipe.sam.settings import CutoutSettings, GeneratorSettings, ModelSettings
@@ -58,7 +59,7 @@ def write_cutout_folder(folder: Path, stem: str, image, masks: list, record: dic
     for number, mask in enumerate(masks, 1):
         x, y, w, h = mask.box
         cutout = cut_out(image, mask.mask, margin_fraction, offset=(x, y))
-        name = f"{stem}_cutout_{number}.png"
+        name = cutout_name(stem, number)
         write_synced(folder / name, encode_png(cutout.rgba))
         entries.append({
             "file": name,

@@ -69,7 +69,7 @@ from drawpipe.drawthings.payloads import (Override, check_payload, effective_par
 from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.engine.loop import Job, JobResult, WorkerContext
 from drawpipe.errors import (BadInput, InputFileError, JobDeferred, JobFailed, ServerRejected,
-                             StepRejected, TransientError, UsageError)
+                             StepRejected, TransientError)
 from drawpipe.files import output_exists, scan_inputs
 from drawpipe.layout import GENERATIONS_FOLDER, UPSCALED_FOLDER, upscaled_path
 from drawpipe.png import (IEND_CHUNK, PNG_SIGNATURE, PngCheck, add_text_chunks, inspect_png,
