@@ -418,7 +418,7 @@ def test_second_run_touches_only_what_changed(dataset):
 
 
 def test_matplotlib_is_imported_only_to_redraw_charts(dataset):
-    probe = ("import sys; from drawpipe.report.run import main; main(sys.argv[1:]); "
+    probe = ("import sys; from drawpipe.cli.report import main; main(sys.argv[1:]); "
              "print('matplotlib' in sys.modules)")
 
     def imported(*args):

@@ -24,7 +24,7 @@ from drawpipe.curate.verdicts import append_verdict, load_verdicts, reviews_path
 from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.drawthings.simulator import encode_png, render_scene
 from drawpipe.png import add_text_chunks
-from drawpipe.review import LISTENING
+from drawpipe.curate.review import LISTENING
 from drawpipe.stages.generate import seed_for
 
 needs_browser = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
