@@ -23,13 +23,13 @@ from browser import LOAD_ALL_IMAGES, PageWatch, browser, skip_reason
 from conftest import PROJECT_DIR
 from PIL import Image
 
+from drawpipe.curate.takes import seed_for
 from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.engine.metrics import COMMON_COLUMNS
 from drawpipe.inventory import LogRow, load_logs, parse_infotext
 from drawpipe.png import add_text_chunks
 from drawpipe.report.stats import (busy_seconds, estimate_eta, format_duration, percentile,
                                    stage_figures)
-from drawpipe.stages.generate import seed_for
 
 T0 = 1777629600.0  # 2026-05-01T10:00:00Z
 PROMPT = "a French family at dinner, photorealistic"

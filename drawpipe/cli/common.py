@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from drawpipe.cli.options import resolve, resolve_share
-from drawpipe.curate.takes import Freshness
+from drawpipe.curate.takes import Freshness, Takes
 from drawpipe.drawthings.client import ClientSettings
 from drawpipe.engine.claims import ClaimStore
 from drawpipe.engine.interrupts import STOP_SIGNALS_STATE
@@ -159,9 +159,10 @@ def notice_printer():
     return notice
 
 
-def local_freshness() -> Freshness:
-    """This Mac's hash cache for curate/takes.py, in the local cache folder (never the share)."""
-    return Freshness(default_cache_dir(os.environ))
+def local_takes(root: Path) -> Takes:
+    """The takes policy (curate/takes.py) for ``root``, with this Mac's hash cache in the
+    local cache folder (never the share)."""
+    return Takes(root, Freshness(default_cache_dir(os.environ)))
 
 
 def print_rejected(rejected: list[str], out) -> None:

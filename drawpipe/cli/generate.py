@@ -14,11 +14,10 @@ import sys
 from pathlib import Path
 
 from drawpipe import bundled
-from drawpipe.cli.common import (CommonSettings, engine_settings, job_states, local_freshness,
+from drawpipe.cli.common import (CommonSettings, engine_settings, job_states, local_takes,
                                  notice_printer, print_plan, print_summary, resolve_settings,
                                  script_main, warning_printer)
 from drawpipe.cli.options import add_setting_arguments
-from drawpipe.curate.takes import Rejections
 from drawpipe.drawthings.payloads import parse_override
 from drawpipe.engine.loop import run_stage
 from drawpipe.layout import GENERATIONS_FOLDER
@@ -76,22 +75,22 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     queue = merge_queue(queue)
     print(format_queue(queue), file=stdout)
 
-    freshness = local_freshness()
+    takes = local_takes(settings.root)
     stage = GenerateStage(settings.root, queue, prompt_sets, template, settings.client,
-                          settings.seed_offset, warn, freshness, notice_printer())
+                          settings.seed_offset, warn, takes, notice_printer())
     if template.overrides:
         print("overrides: " + ", ".join(f"--set {o.text}" for o in template.overrides),
               file=stdout)
     if settings.dry_run:
         return _print_generate_plan(stage, settings, stdout)
-    verdicts = Rejections(settings.root, freshness).verdicts
+    verdicts = takes.reload()
     verdicts.check_images(lambda image: (settings.root / image).exists())
     for line in verdicts.problems:
         warn(line)
     try:
         summary = run_stage(stage, engine_settings(settings))
     finally:
-        freshness.save()
+        takes.save()
     print_summary(summary, stdout)
     print(f"images are in {settings.root / GENERATIONS_FOLDER}", file=stdout)
     return summary.exit_code

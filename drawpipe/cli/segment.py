@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from drawpipe.cli.common import (check_positive, engine_settings, job_states, local_freshness,
+from drawpipe.cli.common import (check_positive, engine_settings, job_states, local_takes,
                                  print_plan, print_rejected, print_summary, resolve_settings,
                                  script_main, share_errors)
 from drawpipe.cli.options import add_setting_arguments
@@ -87,8 +87,8 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
         raise CheckpointError(missing_checkpoint_message(model_type, checkpoint))
     model = ModelSettings(model_type, checkpoint, settings.values["device"],
                           settings.values["precision"])
-    freshness = local_freshness()
-    stage = SegmentStage(settings.root, model, generator, cutouts, freshness)
+    takes = local_takes(settings.root)
+    stage = SegmentStage(settings.root, model, generator, cutouts, takes)
     output_folder = settings.root / CUTOUTS_FOLDER
     if settings.dry_run:
         with share_errors(settings.root):
@@ -112,7 +112,7 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     try:
         summary = run_stage(stage, engine_settings(settings))
     finally:
-        freshness.save()
+        takes.save()
     print_summary(summary, stdout)
     print_rejected(stage.rejected, stdout)
     print(f"cut-outs are in {output_folder}", file=stdout)

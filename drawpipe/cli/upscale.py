@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from drawpipe import bundled
-from drawpipe.cli.common import (CommonSettings, engine_settings, job_states, local_freshness,
+from drawpipe.cli.common import (CommonSettings, engine_settings, job_states, local_takes,
                                  print_plan, print_rejected, print_summary, resolve_settings,
                                  script_main, share_errors, warning_printer)
 from drawpipe.cli.options import add_setting_arguments
@@ -64,10 +64,10 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     def report_skipped(label: str, reason: str) -> None:
         tqdm.write(f"skipped: {label}: {reason} (never sent)", file=sys.stderr)
 
-    freshness = local_freshness()
+    takes = local_takes(settings.root)
     stage = UpscaleStage(settings.root, recipe, settings.client, settings.seed_offset,
                          settle_seconds, on_skipped=None if settings.dry_run else report_skipped,
-                         on_warning=warn, freshness=freshness)
+                         on_warning=warn, takes=takes)
     print(f"recipe {recipe.path}: {len(recipe.steps)} step(s) "
           f"({', '.join(step.name for step in recipe.steps)}) -> "
           f"{recipe.output_size[0]}x{recipe.output_size[1]} px", file=stdout)
@@ -79,7 +79,7 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     try:
         summary = run_stage(stage, engine_settings(settings))
     finally:
-        freshness.save()
+        takes.save()
     print_summary(summary, stdout)
     print_rejected(stage.rejected, stdout)
     if summary.total == 0 and not stage.skipped:

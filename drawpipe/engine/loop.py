@@ -81,7 +81,6 @@ class JobResult:
     folder_built: bool = False
     attempts: int = 1
     extra: dict = field(default_factory=dict)  # values of the stage's extra metric columns
-    seed: int | None = None  # the seed used, when the job chose another than Job.seed
 
 
 # run_job(job, scratch) -> JobResult. ``scratch``: a temporary path beside the output
@@ -120,6 +119,8 @@ class Stage(Protocol):
     #     has not changed, it was not rejected). Called while scanning; may raise OSError.
     # set_aside(job): move a stale output out of the way (into REJECTED/); called with
     #     the job's claim held, just before the job runs.
+    # claimed(job) -> Job: the job as it runs, what it sends fixed now (its seed), with
+    #     its claim held and any stale output set aside; the log records that job.
 
 
 def job_done(stage: Stage, job: Job) -> bool:
@@ -742,6 +743,9 @@ def _claim_and_do(worker: _Worker, job: Job) -> str:
                 run.stage.set_aside(job)  # a stale output: out of the way, then redo it
             # File-server time, like claims: machines' clocks are never compared.
             remove_abandoned_scratch(job.output, store.server_now() - run.settings.lease_seconds)
+            claimed = getattr(run.stage, "claimed", None)
+            if claimed is not None:
+                job = claimed(job)
         except OSError as exc:
             run.guard.check()
             _note_busy(worker, job.key, exc)
@@ -809,8 +813,6 @@ def _do_job(worker: _Worker, job: Job, claim: Claim) -> str:
         with sampler:
             result = run_job(job, scratch)
         row["attempt"] = result.attempts
-        if result.seed is not None:
-            row["seed"] = result.seed
         status = _deliver(worker, job, claim, result, scratch)
         outcome = "done"
     except ShareLost:
