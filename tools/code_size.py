@@ -3,6 +3,7 @@
     python tools/code_size.py            the ten of each
     python tools/code_size.py --most 20
 
+Functions are named ``<file>:Class.function``.
 A function's length is its lines from ``def`` to its last statement (decorators and
 the docstring included; a nested function counts inside its parent and on its own);
 a module's size is its line count. Tests, tools and bench are not counted.
@@ -17,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "drawpipe"
 
 
 def functions(path: Path) -> list[tuple[int, str]]:
-    """(lines, "module.py:Class.function") of every function in ``path``."""
+    """(lines, "Class.function") of every function in ``path``."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found = []
 

@@ -5,11 +5,11 @@ generate.py (re-making the rejects) go through it.
 
     append_verdict(root, host, image, sha256, verdict, reason)   -> Verdict (written)
     load_verdicts(root)                                          -> VerdictIndex (every host merged)
-    file_sha256(path, cache)                                     -> hex SHA-256 of a file's bytes
-    HashCache(cache_dir)                                         this Mac's (path, size, mtime_ns) -> SHA-256
+
+A take's SHA-256 comes from files.file_sha256 (with this Mac's files.HashCache).
 
 Files: ``<root>/reviews/<host>.jsonl``, one per host, append-only, one JSON object
-per line (DESIGN.md: no file on the share is written by two Macs)::
+per line (docs/DESIGN.md: no file on the share is written by two Macs)::
 
     {"image": "GENERATIONS/France/family/France_family_1.png",   root-relative, "/"-separated
      "sha256": "9f86d0...",        hex SHA-256 of that PNG's bytes as the reviewer saw them
@@ -55,7 +55,7 @@ TIE_WINDOW_SECONDS = 1.0
 MAX_REASON_CHARS = 2000
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_HOST = re.compile(r"[A-Za-z0-9_-]+")  # metrics.host_name() makes names of this shape
+_HOST = re.compile(r"[A-Za-z0-9_-]+")  # files.host_name() makes names of this shape
 _FIELDS = ("image", "sha256", "verdict", "reason", "time", "host")
 # One process appends to its host's file from several threads (the review server).
 _append_lock = threading.Lock()

@@ -125,7 +125,7 @@ def check_payload(payload: dict, source: str, app_configuration: dict | None = N
             if word is not None and word.lower() not in words:
                 warnings.append(f"{source}: {list_key}[{index}].{field} \"{word}\" is not one of "
                                 f"{', '.join(words)}: the app uses \"{default}\"")
-    parameters = drawthings.effective_parameters(app_configuration or {}, decoded.values)
+    parameters = drawthings.effective_parameters(decoded.values, app_configuration or {})
     for drop in drawthings.resolve_extras(parameters).dropped:
         if drawthings.is_blocking(drop):
             raise InputFileError(f"{source}: {drop.text}")
@@ -196,9 +196,10 @@ def fill_prompt(template_prompt: str, prompt: str) -> str:
 
 
 def effective_parameters(payload: dict, app_configuration: dict) -> dict:
-    """What the app will use: its configuration, overridden by the (valid) payload."""
-    return drawthings.effective_parameters(app_configuration,
-                                           drawthings.decode_body(payload).values)
+    """What the app will use: its configuration, overridden by the (valid) payload
+    (decoded: aliases and types as the app reads them; api.effective_parameters)."""
+    return drawthings.effective_parameters(drawthings.decode_body(payload).values,
+                                           app_configuration)
 
 
 # Keys the client sets on every request: an override of them would be overwritten.

@@ -1,6 +1,5 @@
 """CPU/RAM sampling while a request runs, and the per-host CSV logs.
 
-    host_name()          this machine's short name, safe in a file name
     ResourceSampler      context manager: samples whole-machine CPU % and used RAM in
                          a background thread (the server does the work, so the
                          client's own process says nothing), and the Draw Things
@@ -10,7 +9,9 @@
     MetricsLog           appends one row per job to <logs>/<stage>-<host>.csv
     read_logs(logs, stg) every host's rows of one stage, merged
 
-Each host writes only its own CSV file (DESIGN.md: no shared writable files); every
+A host names its log with files.host_name(); the file names come from layout.py.
+
+Each host writes only its own CSV file (docs/DESIGN.md: no shared writable files); every
 row is one ``write`` of one complete line to a file opened with O_APPEND, so
 processes of one host appending at once never interleave within a line.
 """
@@ -138,7 +139,7 @@ class ResourceSampler:
     CPU time and RSS, when it runs on this machine.
 
         with ResourceSampler(0.5, "Draw Things") as sampler:
-            response = client.txt2img(payload)
+            answer = client.generate("txt2img", payload, expected_size)
         usage = sampler.result()
 
     A reading is taken on entry, every ``interval_seconds`` and on exit, so a job
