@@ -19,7 +19,7 @@ from drawpipe.curate.takes import Freshness, Takes
 from drawpipe.drawthings.client import ClientSettings
 from drawpipe.engine.claims import ClaimStore
 from drawpipe.engine.interrupts import STOP_SIGNALS_STATE
-from drawpipe.engine.loop import EngineSettings, Job, job_done
+from drawpipe.engine.loop import EngineSettings, Job, Summary, job_done, run_stage
 from drawpipe.errors import DrawpipeError, Interrupted, ShareLost, UsageError
 from drawpipe.files import default_cache_dir
 from drawpipe.settings import DEFAULT_SERVER, SETTINGS
@@ -114,6 +114,17 @@ def _print_quietly(line: str) -> None:
         print(line, file=sys.stderr)
     except OSError:
         pass  # the terminal is gone (SIGHUP): nobody to tell
+
+
+def run_and_summarise(stage, settings: CommonSettings, takes: Takes, out) -> Summary:
+    """Run ``stage`` on the engine, keep this Mac's hashes whatever happens (the takes
+    policy's cache) and print the summary; the Summary."""
+    try:
+        summary = run_stage(stage, engine_settings(settings))
+    finally:
+        takes.save()
+    print_summary(summary, out)
+    return summary
 
 
 def engine_settings(settings: CommonSettings) -> EngineSettings:

@@ -14,12 +14,11 @@ import sys
 from pathlib import Path
 
 from drawpipe import bundled
-from drawpipe.cli.common import (CommonSettings, engine_settings, job_states, local_takes,
-                                 notice_printer, print_plan, print_summary, resolve_settings,
-                                 script_main, warning_printer)
+from drawpipe.cli.common import (CommonSettings, job_states, local_takes, notice_printer,
+                                 print_plan, resolve_settings, run_and_summarise, script_main,
+                                 warning_printer)
 from drawpipe.cli.options import add_setting_arguments
 from drawpipe.drawthings.payloads import parse_override
-from drawpipe.engine.loop import run_stage
 from drawpipe.layout import GENERATIONS_FOLDER
 from drawpipe.settings import RUN, SERVER, SHARE
 from drawpipe.stages.generate import GenerateStage, load_template, with_overrides
@@ -87,11 +86,7 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     verdicts.check_images(lambda image: (settings.root / image).exists())
     for line in verdicts.problems:
         warn(line)
-    try:
-        summary = run_stage(stage, engine_settings(settings))
-    finally:
-        takes.save()
-    print_summary(summary, stdout)
+    summary = run_and_summarise(stage, settings, takes, stdout)
     print(f"images are in {settings.root / GENERATIONS_FOLDER}", file=stdout)
     return summary.exit_code
 

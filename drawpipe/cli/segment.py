@@ -18,11 +18,11 @@ import os
 import sys
 from pathlib import Path
 
-from drawpipe.cli.common import (check_positive, engine_settings, job_states, local_takes,
-                                 print_plan, print_rejected, print_summary, resolve_settings,
+from drawpipe.cli.common import (check_positive, job_states, local_takes, print_plan,
+                                 print_rejected, resolve_settings, run_and_summarise,
                                  script_main, share_errors)
 from drawpipe.cli.options import add_setting_arguments
-from drawpipe.engine.loop import job_done, run_stage
+from drawpipe.engine.loop import job_done
 from drawpipe.errors import CheckpointError, UsageError
 from drawpipe.files import default_cache_dir
 from drawpipe.layout import CUTOUTS_FOLDER, UPSCALED_FOLDER
@@ -109,11 +109,7 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
         device = stage.segmenter().device
     print(f"SAM {model_type} from {checkpoint} on {device}, "
           f"{generator.points_per_side} x {generator.points_per_side} points", file=stdout)
-    try:
-        summary = run_stage(stage, engine_settings(settings))
-    finally:
-        takes.save()
-    print_summary(summary, stdout)
+    summary = run_and_summarise(stage, settings, takes, stdout)
     print_rejected(stage.rejected, stdout)
     print(f"cut-outs are in {output_folder}", file=stdout)
     return summary.exit_code

@@ -17,12 +17,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from drawpipe import bundled
-from drawpipe.cli.common import (CommonSettings, engine_settings, job_states, local_takes,
-                                 print_plan, print_rejected, print_summary, resolve_settings,
+from drawpipe.cli.common import (CommonSettings, job_states, local_takes, print_plan,
+                                 print_rejected, resolve_settings, run_and_summarise,
                                  script_main, share_errors, warning_printer)
 from drawpipe.cli.options import add_setting_arguments
 from drawpipe.drawthings.payloads import parse_override
-from drawpipe.engine.loop import run_stage
 from drawpipe.errors import UsageError
 from drawpipe.layout import GENERATIONS_FOLDER
 from drawpipe.settings import RUN, SERVER, SHARE, WATCH
@@ -76,11 +75,7 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
               file=stdout)
     if settings.dry_run:
         return _print_upscale_plan(stage, settings, stdout)
-    try:
-        summary = run_stage(stage, engine_settings(settings))
-    finally:
-        takes.save()
-    print_summary(summary, stdout)
+    summary = run_and_summarise(stage, settings, takes, stdout)
     print_rejected(stage.rejected, stdout)
     if summary.total == 0 and not stage.skipped:
         print(f"no .png images under {stage.input_folder} (run generate.py first, or pass "
