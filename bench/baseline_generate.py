@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The original generate script's way of working, kept as the benchmarks' baseline.
 
-DESIGN.md, "The original scripts: the baseline to beat": for each image, POST
+docs/DESIGN.md, "The original scripts: the baseline to beat": for each image, POST
 txt2img with ``requests``; decode the base64 answer with the standard library,
 open it with Pillow and save it again (a full PNG re-encode); append a CSV row
 holding the whole base64 string plus CPU % and RAM sampled once just before the

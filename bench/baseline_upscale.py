@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The original upscale script's way of working, kept as the benchmarks' baseline.
 
-DESIGN.md, "The original scripts: the baseline to beat": choose the machine from a
+docs/DESIGN.md, "The original scripts: the baseline to beat": choose the machine from a
 typed answer that picks hard-coded folders; walk the input folder twice (once to
 count, once to work); skip the names listed in a processed-files log, whose first
 line is skipped when read (so the first file is always redone); for each image

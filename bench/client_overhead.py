@@ -12,7 +12,7 @@ the slope between two runs of different sizes on fresh folders:
     per_image = (cpu(large) - cpu(small)) / (large - small)
     fixed     = cpu(small) - small * per_image
 
-and the ratio is baseline per_image / drawpipe per_image (DESIGN target: >= 10).
+and the ratio is baseline per_image / drawpipe per_image (docs/DESIGN.md's target: >= 10).
 Memory: the drawpipe client's peak RSS after ``--rss-images`` images over its
 peak after the small run (target: flat, a ratio near 1.0).
 
@@ -20,7 +20,7 @@ peak after the small run (target: flat, a ratio near 1.0).
     .venv/bin/python bench/client_overhead.py --images 5,20 --images-2048 3,10 --rss-images 60
 
 Runs at 1024 px (the default template) and at 2048 px (the same template with
-the upscaler at 2x: the ~4-8 MB answers of DESIGN's "What a request costs").
+the upscaler at 2x: the ~4-8 MB answers of docs/DESIGN.md's "What a request costs").
 """
 
 import argparse

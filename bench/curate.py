@@ -63,11 +63,12 @@ sys.path.insert(0, str(PROJECT_DIR))
 from harness import print_table, run_measured, start_simulator, stop_process  # noqa: E402
 
 from drawpipe.curate import quality  # noqa: E402
+from drawpipe.curate.takes import seed_for  # noqa: E402
 from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.drawthings.simulator import encode_png, render_scene  # noqa: E402
+from drawpipe.inventory import scan_inventory  # noqa: E402
+from drawpipe.layout import quality_folder  # noqa: E402
 from drawpipe.png import add_text_chunks  # noqa: E402
-from drawpipe.report.data import scan_inventory  # noqa: E402
-from drawpipe.stages.generate import seed_for  # noqa: E402
 
 IMAGES_PER_GROUP = 50
 TARGET_SECOND_RUN_SECONDS = 1.0
@@ -131,7 +132,7 @@ def signals_benchmark(args) -> None:
         full_ms = (time.perf_counter() - started) / len(paths) * 1000
 
         first_seconds, first = timed_run(root, "bench-one", 1)
-        shutil.rmtree(quality.quality_dir(root))
+        shutil.rmtree(quality_folder(root))
         pool_seconds, _ = timed_run(root, "bench-pool", args.processes)
         second_seconds, second = timed_run(root, "bench-pool", args.processes)
         if second.measured:

@@ -39,11 +39,11 @@ sys.path.insert(0, str(PROJECT_DIR))
 
 from PIL import Image, ImageDraw  # noqa: E402
 
+from drawpipe.curate.takes import seed_for  # noqa: E402
 from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.drawthings.simulator import encode_png, render_scene  # noqa: E402
 from drawpipe.engine.metrics import MetricsLog  # noqa: E402
 from drawpipe.png import add_text_chunks  # noqa: E402
-from drawpipe.stages.generate import seed_for  # noqa: E402
 
 CATEGORIES = ("family", "working")
 IMAGES_PER_GROUP = 50

@@ -1,19 +1,38 @@
 """drawpipe: resumable batch scripts over Draw Things' HTTP API (sdapi).
 
-Packages, lowest layer first; each imports only from the layers above it in this
-list (tests/test_architecture.py holds it):
+The layers, lowest first. A module imports modules of lower layers and of its own
+package; packages of one layer do not import each other (the base modules may);
+the entry points may import anything. tests/test_architecture.py reads this table
+and holds the code to it:
 
-  errors, files, png, layout, bundled    exceptions; atomic writes and "done" checks;
-                                         PNG without decoding; the dataset's folders
-                                         and names; the shipped templates and prompts
+  layer         modules
+  base          errors, files, png, layout, settings, pages, bundled
+  services      engine, drawthings, sam
+  inventory     inventory
+  curate        curate
+  stages        stages
+  report        report
+  command line  cli
+  entry points  review, export, report.__main__, demo, simulator
+
+What each holds:
+
+  errors        the exceptions a user sees, one line each, with their exit codes
+  files, png    atomic writes and "done" checks; PNG chunks without decoding
+  layout        the share's folders and file names
+  settings      every setting once: flag, profile key, default, unit, help
+  pages         the HTML templates (templates/) of the report and the review page
+  bundled       the shipped payload templates, recipes and prompt sets
   engine/       the job loop, claims, the share guard, stop signals, metrics
   drawthings/   the API table and its rules, the HTTP client, templates, the simulator
   sam/          Segment Anything: settings, models, the lean mask generator, cut-outs
-  curate/       verdicts, takes (rejects re-made, stale outputs), quality signals
+  inventory     what is on a share: images, cut-outs, metadata, verdict files, logs
+  curate/       verdicts, takes (rejects re-made, stale outputs, the seed), quality
+                signals, the review page, the export
   stages/       generate (+ prompts), upscale (recipes), segment
-  report/       figures, gallery, contact sheets (python -m drawpipe.report)
-  cli/          the scripts' options, profiles and bodies
-  review, export, demo, simulator   python -m entry points
+  report/       figures, gallery, contact sheets, the per-image table
+  cli/          every command's options and main; profiles; dry runs
+  review, export, report.__main__, demo, simulator   python -m entry points
 """
 
 __version__ = "0.1.0"

@@ -12,9 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from drawpipe.cli.common import PROJECT_DIR
 from drawpipe.drawthings.simulator import start_process, stop_process
+from drawpipe.layout import IMAGE_FOLDERS, LOGS_FOLDER, REPORT_FOLDER
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEMO_ROOT = PROJECT_DIR / "demo"
 DEMO_QUEUE = ("France:family:2", "Japan:working:2", "Kenya:family:1")
 SIMULATED_LATENCY_SECONDS = "0.05"
@@ -54,7 +55,7 @@ def main() -> int:
                     [sys.executable, "-m", "drawpipe.report", "--root", str(DEMO_ROOT), "--html"])
     if code != 0:
         return code
-    made = [name + "/" for name in ("GENERATIONS", "UPSCALED_IMAGES", "CUTOUTS", "logs", "report")
+    made = [name + "/" for name in (*IMAGE_FOLDERS, LOGS_FOLDER, REPORT_FOLDER)
             if (DEMO_ROOT / name).is_dir()]
     print(f"\nall done: see {DEMO_ROOT} ({', '.join(made)}); "
           "run `make demo` again and nothing is redone")

@@ -216,7 +216,7 @@ HASH_CACHE_VERSION = 1
 class HashCache:
     """This Mac's SHA-256 of files by (absolute path, size, mtime_ns), in
     ``<cache_dir>/<name>`` (default sha256.json; a local folder, never the share: e.g.
-    checkpoints.default_cache_dir(os.environ)). Re-hashing unchanged files then costs
+    default_cache_dir(os.environ)). Re-hashing unchanged files then costs
     one stat each. ``save()`` writes it (atomically) when something was added; a
     missing or damaged file is an empty cache. Safe to share between threads."""
 

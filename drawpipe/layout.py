@@ -5,11 +5,18 @@
       UPSCALED_IMAGES/<same folders>/<stem>_upscaled.png                     upscale.py
       CUTOUTS/<same folders>/<stem>_upscaled/<stem>_upscaled_cutout_<k>.png  segment.py
                                             /cutouts.json
-      REJECTED/<any of the above, "_take<k>" added to the name>              takes.py
+      REJECTED/<any of the above, "_take<k>" added to the name>   curate/takes.py
       logs/<stage>-<host>.csv      one CSV per stage and host (engine/metrics.py)
       reviews/<host>.jsonl         one verdict file per host (curate/verdicts.py)
-      report/                      what python -m drawpipe.report writes
+      report/                      what python -m drawpipe.report writes (report/)
+        cache.json                 what it read or made of each file (inventory.py ReportCache)
+        quality/<host>.json        quality signals measured by each host (curate/quality.py;
+                                   the review page measures them too)
       .claims/<stage>/<output>.claim   who works on what (engine/claims.py)
+      .drawpipe/                   what runs keep beside the dataset (status, pause files)
+
+Every module that names a folder or a file of the share takes it from here;
+inventory.py lists what is there.
 """
 
 import re
@@ -22,8 +29,13 @@ REJECTED_FOLDER = "REJECTED"
 LOGS_FOLDER = "logs"
 REVIEWS_FOLDER = "reviews"
 REPORT_FOLDER = "report"
+CLAIMS_FOLDER = ".claims"
+CONTROL_FOLDER = ".drawpipe"  # hidden: what runs keep beside the dataset
+QUALITY_FOLDER = "quality"  # in REPORT_FOLDER
+REPORT_CACHE = "cache.json"  # in REPORT_FOLDER
 UPSCALED_SUFFIX = "_upscaled"  # added to a generated image's stem
 CUTOUTS_RECORD = "cutouts.json"  # in each cut-out folder
+IMAGE_FOLDERS = (GENERATIONS_FOLDER, UPSCALED_FOLDER, CUTOUTS_FOLDER)  # the stages' outputs
 
 
 def image_name(nation: str, category: str, number: int) -> str:
@@ -52,6 +64,70 @@ def generated_for_upscaled(root: Path, upscaled: Path) -> Path | None:
         return None
     stem = relative.stem[:-len(UPSCALED_SUFFIX)]
     return Path(root) / GENERATIONS_FOLDER / relative.parent / (stem + ".png")
+
+
+def cutout_name(stem: str, number: int) -> str:
+    """``France_family_1_upscaled``, 2 -> ``France_family_1_upscaled_cutout_2.png``."""
+    return f"{stem}_cutout_{number}.png"
+
+
+def logs_folder(root: Path) -> Path:
+    return Path(root) / LOGS_FOLDER
+
+
+def log_name(stage: str, host: str, set_aside: str = "") -> str:
+    """One stage's log of one host: ``upscale``, ``mac-a`` -> ``upscale-mac-a.csv``; one
+    set aside (another column layout) adds ``set_aside`` (``.20261122T140920``) before
+    ``.csv``."""
+    return f"{stage}-{host}{set_aside}.csv"
+
+
+def log_pattern(stage: str) -> str:
+    """A glob of every log of ``stage``: each host's, and those set aside (rotated)."""
+    return f"{stage}-*.csv"
+
+
+def reviews_path(root: Path, host: str) -> Path:
+    """The verdict file of ``host``: ``<root>/reviews/<host>.jsonl``."""
+    return Path(root) / REVIEWS_FOLDER / f"{host}.jsonl"
+
+
+def report_folder(root: Path) -> Path:
+    return Path(root) / REPORT_FOLDER
+
+
+def quality_folder(root: Path) -> Path:
+    """Where each host keeps the quality signals it measured (shared: measured once).
+    In report/ with the report's other caches: the report and the review page both
+    measure, and a report run writes nothing outside report/."""
+    return Path(root) / REPORT_FOLDER / QUALITY_FOLDER
+
+
+# first folder of a stage's output -> what ends the image's name in it (case-insensitive)
+_KEY_SUFFIXES = {
+    GENERATIONS_FOLDER: ".png",
+    UPSCALED_FOLDER: UPSCALED_SUFFIX + ".png",
+    CUTOUTS_FOLDER: UPSCALED_SUFFIX,
+}
+
+
+def image_key(relative_path: str) -> str | None:
+    """The image a stage's output belongs to: sub-folders and the generated image's stem.
+
+    "GENERATIONS/France/family/France_family_1.png", "UPSCALED_IMAGES/France/family/
+    France_family_1_upscaled.png" and "CUTOUTS/France/family/France_family_1_upscaled"
+    all give "France/family/France_family_1"; a path outside the three folders None.
+    """
+    folder, _, rest = relative_path.partition("/")
+    suffix = _KEY_SUFFIXES.get(folder)
+    if suffix is None or not rest:
+        return None
+    lowered = rest.lower()
+    if lowered.endswith(suffix):
+        return rest[: -len(suffix)]
+    if folder != CUTOUTS_FOLDER and lowered.endswith(".png"):
+        return rest[:-4]
+    return rest
 
 
 def natural_key(text: str) -> list:

@@ -1,12 +1,13 @@
 """The package's layout holds: imports flow one way, and a wheel carries what it needs.
 
-Layers, lowest first (README: Architecture). A module may import modules of lower
-layers and of its own package; packages of one layer do not import each other, and
-nothing imports upward or in a cycle.
+Layers, lowest first, as drawpipe/__init__.py draws them (README: Architecture). A
+module may import modules of lower layers and of its own package; packages of one
+layer do not import each other, and nothing imports upward or in a cycle.
 """
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,17 +18,24 @@ from conftest import PROJECT_DIR
 
 PACKAGE = PROJECT_DIR / "drawpipe"
 
+
+def layers_of_the_package() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(layer name, module prefixes), lowest first, from drawpipe/__init__.py's table:
+    the package's own map of its layers is the one this test holds."""
+    text = ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text()))
+    lines = text.splitlines()
+    start = next(n for n, line in enumerate(lines) if line.split() == ["layer", "modules"])
+    layers = []
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        name, modules = re.split(r"\s{2,}", line.strip())
+        layers.append((name, tuple(f"drawpipe.{module.strip()}" for module in modules.split(","))))
+    return tuple(layers)
+
+
 # (layer name, module prefixes). The entry points come last: they may import anything.
-LAYERS = (
-    ("base", ("drawpipe.errors", "drawpipe.files", "drawpipe.png", "drawpipe.layout",
-              "drawpipe.bundled")),
-    ("services", ("drawpipe.engine", "drawpipe.drawthings", "drawpipe.sam", "drawpipe.curate")),
-    ("stages", ("drawpipe.stages",)),
-    ("report", ("drawpipe.report",)),
-    ("command line", ("drawpipe.cli",)),
-    ("entry points", ("drawpipe.report.run", "drawpipe.report.__main__", "drawpipe.review",
-                      "drawpipe.export", "drawpipe.demo", "drawpipe.simulator")),
-)
+LAYERS = layers_of_the_package()
 
 
 def module_name(path: Path) -> str:
@@ -68,6 +76,21 @@ def imports_of(path: Path) -> set[str]:
 
 def import_graph() -> dict[str, set[str]]:
     return {module_name(path): imports_of(path) for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def test_the_layers_are_the_packages_own():
+    assert [name for name, _ in LAYERS] == ["base", "services", "inventory", "curate", "stages",
+                                            "report", "command line", "entry points"]
+    assert LAYERS[0][1] == ("drawpipe.errors", "drawpipe.files", "drawpipe.png", "drawpipe.layout",
+                            "drawpipe.settings", "drawpipe.pages", "drawpipe.bundled")
+    assert LAYERS[-1][1] == ("drawpipe.review", "drawpipe.export", "drawpipe.report.__main__",
+                             "drawpipe.demo", "drawpipe.simulator")
+    described = ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text()))
+    for _, prefixes in LAYERS:  # each has its line under "What each holds"
+        for prefix in prefixes:
+            name = prefix.removeprefix("drawpipe.")
+            assert re.search(rf"^  (\S+, )*{re.escape(name)}\b", described.split("What each holds")[1],
+                             re.M), name
 
 
 def test_every_module_has_a_layer():

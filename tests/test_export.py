@@ -17,12 +17,12 @@ import pytest
 from conftest import PROJECT_DIR
 from PIL import Image
 
+from drawpipe.curate.takes import seed_for
 from drawpipe.curate.verdicts import append_verdict
 from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.drawthings.simulator import encode_png, render_scene
 from drawpipe.engine.metrics import MetricsLog
 from drawpipe.png import add_text_chunks
-from drawpipe.stages.generate import seed_for
 
 KEYS = ("France/family/France_family_1", "France/family/France_family_2",
         "France/family/France_family_3", "France/family/France_family_4",

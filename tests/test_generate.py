@@ -15,10 +15,10 @@ from conftest import (FAST_RETRY_ARGS, make_old, png_files, run_script, script_c
                       start_script, wait_for)
 from PIL import Image
 
+from drawpipe.curate.takes import seed_for
 from drawpipe.drawthings.api import api_table
 from drawpipe.drawthings.simulator import Simulator
 from drawpipe.png import read_text_chunks
-from drawpipe.stages.generate import seed_for
 
 UPSTREAM_COMMIT = api_table().upstream["draw-things-community"]["commit"]
 

@@ -17,8 +17,8 @@ from drawpipe.curate.quality import (BLURRY_LAPLACIAN_VARIANCE, CSV_COLUMNS,
                                      update_signals)
 from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.drawthings.simulator import encode_png, render_scene
+from drawpipe.inventory import scan_inventory
 from drawpipe.png import add_text_chunks
-from drawpipe.report.data import scan_inventory
 
 SIZE_PX = 1024  # the generated size: the thresholds are set for it
 

@@ -23,13 +23,13 @@ from browser import LOAD_ALL_IMAGES, PageWatch, browser, skip_reason
 from conftest import PROJECT_DIR
 from PIL import Image
 
+from drawpipe.curate.takes import seed_for
 from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.engine.metrics import COMMON_COLUMNS
+from drawpipe.inventory import LogRow, load_logs, parse_infotext
 from drawpipe.png import add_text_chunks
-from drawpipe.report.data import parse_infotext
-from drawpipe.report.stats import (LogRow, busy_seconds, estimate_eta, format_duration, load_logs,
-                                   percentile, stage_figures)
-from drawpipe.stages.generate import seed_for
+from drawpipe.report.stats import (busy_seconds, estimate_eta, format_duration, percentile,
+                                   stage_figures)
 
 T0 = 1777629600.0  # 2026-05-01T10:00:00Z
 PROMPT = "a French family at dinner, photorealistic"
@@ -418,7 +418,7 @@ def test_second_run_touches_only_what_changed(dataset):
 
 
 def test_matplotlib_is_imported_only_to_redraw_charts(dataset):
-    probe = ("import sys; from drawpipe.report.run import main; main(sys.argv[1:]); "
+    probe = ("import sys; from drawpipe.cli.report import main; main(sys.argv[1:]); "
              "print('matplotlib' in sys.modules)")
 
     def imported(*args):

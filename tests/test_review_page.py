@@ -20,12 +20,12 @@ from browser import LOAD_ALL_IMAGES, PageWatch, browser, skip_reason
 from conftest import PROJECT_DIR
 from PIL import Image, ImageFilter
 
+from drawpipe.curate.review import LISTENING
+from drawpipe.curate.takes import seed_for
 from drawpipe.curate.verdicts import append_verdict, load_verdicts, reviews_path
 from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.drawthings.simulator import encode_png, render_scene
 from drawpipe.png import add_text_chunks
-from drawpipe.review import LISTENING
-from drawpipe.stages.generate import seed_for
 
 needs_browser = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 GEN = "GENERATIONS/{}.png".format

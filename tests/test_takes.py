@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 from conftest import FAST_RETRY_ARGS, PROJECT_DIR, run_script, start_script
 
-from drawpipe.curate.takes import set_aside
+from drawpipe.curate.takes import seed_for, set_aside
 from drawpipe.curate.verdicts import append_verdict
 from drawpipe.drawthings.simulator import Simulator
 from drawpipe.files import file_sha256
 from drawpipe.png import read_text_chunks
 from drawpipe.sam.models import save_random_checkpoint
-from drawpipe.stages.generate import seed_for
 
 SMALL = ["--set", "width=256", "--set", "height=256", "--set", "hires_fix=false"]
 SAM_ARGS = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",

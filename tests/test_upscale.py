@@ -19,13 +19,13 @@ from conftest import (FAST_RETRY_ARGS, PROJECT_DIR, make_old, png_files, run_scr
                       wait_for)
 from PIL import Image
 
+from drawpipe.curate.takes import seed_for
 from drawpipe.drawthings import api as drawthings
 from drawpipe.drawthings.simulator import (Simulator, default_app_configuration, encode_png,
                                            render_scene)
 from drawpipe.engine.claims import ClaimStore
 from drawpipe.errors import InputFileError
 from drawpipe.png import inspect_png, read_text_chunks
-from drawpipe.stages.generate import seed_for
 from drawpipe.stages.upscale import load_recipe, plan_chain
 
 BUNDLED = PROJECT_DIR / "payloads" / "creative_upscale.json"

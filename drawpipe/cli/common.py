@@ -1,7 +1,8 @@
-"""What the three scripts share at the edge: common options, profiles, printing errors.
+"""What the three scripts share at the edge: their resolved settings, printing errors, dry runs.
 
-Only this module and the scripts read the command line, the environment and the
-config file; the rest of the package takes explicit settings.
+Only cli/ reads the command line, the environment and the config file (options.py
+turns the settings table into flags and resolves them; config.py reads profiles);
+the rest of the package takes explicit settings.
 """
 
 import argparse
@@ -13,154 +14,73 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from drawpipe.cli import config
-from drawpipe.curate.takes import Freshness
-from drawpipe.drawthings.api import DEFAULT_PORT
+from drawpipe.cli.options import resolve, resolve_share
+from drawpipe.curate.takes import Freshness, Takes
 from drawpipe.drawthings.client import ClientSettings
 from drawpipe.engine.claims import ClaimStore
 from drawpipe.engine.interrupts import STOP_SIGNALS_STATE
-from drawpipe.engine.loop import EngineSettings, Job, job_done
+from drawpipe.engine.loop import EngineSettings, Job, Summary, job_done, run_stage
 from drawpipe.errors import DrawpipeError, Interrupted, ShareLost, UsageError
 from drawpipe.files import default_cache_dir
+from drawpipe.settings import DEFAULT_SERVER, SETTINGS
 
-DEFAULT_SERVER = f"http://127.0.0.1:{DEFAULT_PORT}"
+# The settings ClientSettings takes from the table (its backoff cap is not a setting).
+CLIENT_SETTINGS = ("connect_timeout_seconds", "read_timeout_seconds", "retries",
+                   "backoff_seconds")
+
+# The checkout (or, installed, the folder above the package): where the python -m
+# commands look for drawpipe.toml, and their default root.
+PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
 
 
 @dataclass(frozen=True)
 class CommonSettings:
-    """The resolved settings: built-in defaults < profile < command-line flags."""
+    """A stage's resolved settings: the table's defaults < profile < command-line flags."""
 
     root: Path
-    servers: tuple[str, ...]
+    servers: tuple[str | None, ...]  # (None,): one worker, no server (segment.py)
     client: ClientSettings
     lease_seconds: float
     poll_seconds: float
-    server_process_name: str | None
+    server_process_name: str | None  # None: no server process to sample
     seed_offset: int
     profile: str | None
+    watch: bool
+    watch_retry_seconds: float
+    show_progress: bool | None  # False: --no-progress; None: a bar on a terminal
+    dry_run: bool
+    values: dict  # every setting of the table by name, as resolved for this command
 
 
-def add_share_arguments(parser: argparse.ArgumentParser) -> None:
-    """Which folder, and the profile that may name it: every command takes these."""
-    parser.add_argument("--root", metavar="FOLDER",
-                        help="the (shared) folder holding GENERATIONS/, UPSCALED_IMAGES/, "
-                             "CUTOUTS/, logs/ (default: the project folder)")
-    parser.add_argument("--profile", metavar="NAME", help="a [profiles.NAME] of drawpipe.toml")
-    parser.add_argument("--config", metavar="FILE",
-                        help="config file (default: $DRAWPIPE_CONFIG, else drawpipe.toml "
-                             "in the project folder)")
-
-
-def add_common_arguments(parser: argparse.ArgumentParser, server_options: bool = True) -> None:
-    """Options every script takes; ``server_options``: also those about Draw Things servers."""
-    add_share_arguments(parser)
-    parser.add_argument("--lease-seconds", type=_positive_float, metavar="S",
-                        help="a claim not refreshed for this long is taken over (default 120)")
-    parser.add_argument("--poll-seconds", type=_positive_float, metavar="S",
-                        help="wait between passes while others hold the remaining jobs "
-                             "(default 5)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="show what would be done, what is done, what is claimed; "
-                             "contact no server, write nothing")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="log one line per job instead of a progress bar")
-    if server_options:
-        add_server_arguments(parser)
-
-
-def add_watch_arguments(parser: argparse.ArgumentParser, folder: str) -> None:
-    """--watch and how it retries failed jobs (upscale.py, segment.py)."""
-    parser.add_argument("--watch", action="store_true",
-                        help=f"keep polling {folder} for new images until Ctrl-C")
-    parser.add_argument("--watch-retry-seconds", type=_positive_float, metavar="S",
-                        help="with --watch, a failed job is tried again after S seconds, "
-                             "doubling each time up to 30 minutes (default 60)")
-
-
-def add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", action="append", metavar="URL", dest="servers",
-                        help=f"Draw Things API server; repeat for one worker per server "
-                             f"(default: {DEFAULT_SERVER})")
-    parser.add_argument("--connect-timeout-seconds", type=_positive_float, metavar="S")
-    parser.add_argument("--read-timeout-seconds", type=_positive_float, metavar="S",
-                        help="how long one request may take (default 1800)")
-    parser.add_argument("--retries", type=_non_negative_int, metavar="N",
-                        help="retries of a transient failure before a job fails (default 4)")
-    parser.add_argument("--backoff-seconds", type=_positive_float, metavar="S",
-                        help="first wait before a retry; doubles each time, capped at 60 "
-                             "(default 2)")
-    parser.add_argument("--server-process-name", metavar="NAME",
-                        help="process whose CPU and RAM are logged when the server is local "
-                             "(default 'Draw Things')")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got '{text}'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got '{text}'")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got '{text}'")
-    return int(text)
-
-
-def resolve_settings(args: argparse.Namespace, project_dir: Path, stdin=None,
+def resolve_settings(args: argparse.Namespace, project_dir: Path, names, stdin=None,
                      stdout=None) -> CommonSettings:
-    """Merge built-in defaults, the chosen profile and the flags the user set."""
-    stdin = stdin or sys.stdin
-    stdout = stdout or sys.stdout
-    path = config.find_config_file(args.config, os.environ.get("DRAWPIPE_CONFIG"), project_dir)
-    profiles, default = config.load_profiles(path) if path else ({}, None)
-
-    def ask(names):
-        if not stdin.isatty():
-            return None
-        stdout.write(f"Profiles in {path}:\n")
-        return config.ask_profile_on_terminal(names, stdin, stdout)
-
-    profile_name, profile = config.choose_profile(profiles, default, args.profile, ask)
-
-    def pick(flag_value, key, fallback):
-        if flag_value is not None:
-            return flag_value
-        return profile.get(key, fallback)
-
-    def flag(name):
-        return getattr(args, name, None)  # segment.py has no server options
-
-    root_text = args.root if args.root is not None else profile.get("root")
-    root = Path(root_text).expanduser() if root_text else project_dir
-    if not root.is_dir():
-        raise UsageError(f"root folder {root} does not exist (is the share mounted?)")
-    servers = tuple(flag("servers") or profile.get("servers") or [DEFAULT_SERVER])
-    for server in servers:
+    """A stage's settings from the share, the profile and the flags. ``names``: the
+    settings the command took (its flags, drawpipe/settings.py); one it did not take
+    keeps the table's default, and a command without the SERVER settings (segment.py)
+    runs one worker with no server and no server process to sample."""
+    share = resolve_share(args, project_dir, stdin, stdout)
+    values = {name: setting.default for name, setting in SETTINGS.items()}
+    values.update(resolve(args, names, share.profile))
+    with_servers = "servers" in names
+    servers = tuple(values["servers"]) if with_servers else (None,)
+    for server in servers if with_servers else ():
         if not server.startswith(("http://", "https://")):
             raise UsageError(f"--server {server}: expected a URL like {DEFAULT_SERVER}")
-    defaults = ClientSettings()
-    client = ClientSettings(
-        connect_timeout_seconds=pick(flag("connect_timeout_seconds"), "connect_timeout_seconds",
-                                     defaults.connect_timeout_seconds),
-        read_timeout_seconds=pick(flag("read_timeout_seconds"), "read_timeout_seconds",
-                                  defaults.read_timeout_seconds),
-        retries=pick(flag("retries"), "retries", defaults.retries),
-        backoff_seconds=pick(flag("backoff_seconds"), "backoff_seconds", defaults.backoff_seconds),
-        backoff_cap_seconds=defaults.backoff_cap_seconds,
-    )
+    client = ClientSettings(**{name: values[name] for name in CLIENT_SETTINGS})
     return CommonSettings(
-        root=root.resolve(),
+        root=share.root,
         servers=servers,
         client=client,
-        lease_seconds=pick(args.lease_seconds, "lease_seconds", 120.0),
-        poll_seconds=pick(args.poll_seconds, "poll_seconds", 5.0),
-        server_process_name=pick(flag("server_process_name"), "server_process_name", "Draw Things"),
-        seed_offset=pick(getattr(args, "seed_offset", None), "seed_offset", 0),
-        profile=profile_name,
+        lease_seconds=values["lease_seconds"],
+        poll_seconds=values["poll_seconds"],
+        server_process_name=values["server_process_name"] if with_servers else None,
+        seed_offset=values["seed_offset"],
+        profile=share.profile_name,
+        watch=values["watch"],
+        watch_retry_seconds=values["watch_retry_seconds"],
+        show_progress=False if values["no_progress"] else None,
+        dry_run=values["dry_run"],
+        values=values,
     )
 
 
@@ -196,17 +116,27 @@ def _print_quietly(line: str) -> None:
         pass  # the terminal is gone (SIGHUP): nobody to tell
 
 
-def engine_settings(settings: CommonSettings, args, servers=None) -> EngineSettings:
+def run_and_summarise(stage, settings: CommonSettings, takes: Takes, out) -> Summary:
+    """Run ``stage`` on the engine, keep this Mac's hashes whatever happens (the takes
+    policy's cache) and print the summary; the Summary."""
+    try:
+        summary = run_stage(stage, engine_settings(settings))
+    finally:
+        takes.save()
+    print_summary(summary, out)
+    return summary
+
+
+def engine_settings(settings: CommonSettings) -> EngineSettings:
     return EngineSettings(
         root=settings.root,
-        servers=tuple(servers if servers is not None else settings.servers),
+        servers=settings.servers,
         lease_seconds=settings.lease_seconds,
         poll_seconds=settings.poll_seconds,
-        watch=getattr(args, "watch", False),
-        **({"watch_retry_seconds": args.watch_retry_seconds}
-           if getattr(args, "watch_retry_seconds", None) is not None else {}),
+        watch=settings.watch,
+        watch_retry_seconds=settings.watch_retry_seconds,
         server_process_name=settings.server_process_name,
-        show_progress=False if args.no_progress else None,
+        show_progress=settings.show_progress,
     )
 
 
@@ -240,9 +170,10 @@ def notice_printer():
     return notice
 
 
-def local_freshness() -> Freshness:
-    """This Mac's hash cache for curate/takes.py, in the local cache folder (never the share)."""
-    return Freshness(default_cache_dir(os.environ))
+def local_takes(root: Path) -> Takes:
+    """The takes policy (curate/takes.py) for ``root``, with this Mac's hash cache in the
+    local cache folder (never the share)."""
+    return Takes(root, Freshness(default_cache_dir(os.environ)))
 
 
 def print_rejected(rejected: list[str], out) -> None:

@@ -11,7 +11,8 @@ Replaces the first version's hard-coded "MacBook/MacMini" folder paths::
     server_process_name = "Draw Things"
 
 Found at ``--config FILE``, else ``$DRAWPIPE_CONFIG``, else ``drawpipe.toml`` in the
-project folder. Command-line flags override the chosen profile.
+project folder. Command-line flags override the chosen profile. Which settings a
+profile may hold, and of what kind: drawpipe/settings.py (``profile=True``).
 """
 
 import difflib
@@ -19,22 +20,23 @@ import tomllib
 from pathlib import Path
 
 from drawpipe.errors import InputFileError, UsageError
+from drawpipe.settings import PROFILE_SETTINGS as PROFILE_NAMES
+from drawpipe.settings import SETTINGS
 
 CONFIG_FILE_NAME = "drawpipe.toml"
 
-# setting -> (accepted Python types, what to tell the user)
-PROFILE_SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
-    "root": ((str,), "a folder path"),
-    "servers": ((list,), "a list of URLs"),
-    "connect_timeout_seconds": ((int, float), "a number of seconds"),
-    "read_timeout_seconds": ((int, float), "a number of seconds"),
-    "retries": ((int,), "a whole number"),
-    "backoff_seconds": ((int, float), "a number of seconds"),
-    "lease_seconds": ((int, float), "a number of seconds"),
-    "poll_seconds": ((int, float), "a number of seconds"),
-    "server_process_name": ((str,), "a process name"),
-    "seed_offset": ((int,), "a whole number"),
+# A profile value's kind (drawpipe/settings.py) -> (accepted Python types, what to tell the user)
+_PROFILE_KINDS = {
+    "folder": ((str,), "a folder path"),
+    "urls": ((list,), "a list of URLs"),
+    "seconds": ((int, float), "a number of seconds"),
+    "count": ((int,), "a whole number"),
+    "integer": ((int,), "a whole number"),
+    "process": ((str,), "a process name"),
 }
+# setting -> (accepted Python types, what to tell the user), for every setting a profile may set
+PROFILE_SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
+    name: _PROFILE_KINDS[SETTINGS[name].kind] for name in PROFILE_NAMES}
 
 
 def find_config_file(explicit: str | None, environment_value: str | None,

@@ -14,16 +14,18 @@ import sys
 from pathlib import Path
 
 from drawpipe import bundled
-from drawpipe.cli.common import (CommonSettings, add_common_arguments, engine_settings, job_states,
-                                 local_freshness, notice_printer, print_plan, print_summary,
-                                 resolve_settings, script_main, warning_printer)
-from drawpipe.curate.takes import Rejections
-from drawpipe.drawthings.payloads import check_payload, load_payload, parse_override, with_override
-from drawpipe.engine.loop import run_stage
-from drawpipe.errors import UsageError
-from drawpipe.stages.generate import GenerateStage
+from drawpipe.cli.common import (CommonSettings, job_states, local_takes, notice_printer,
+                                 print_plan, resolve_settings, run_and_summarise, script_main,
+                                 warning_printer)
+from drawpipe.cli.options import add_setting_arguments
+from drawpipe.drawthings.payloads import parse_override
+from drawpipe.layout import GENERATIONS_FOLDER
+from drawpipe.settings import RUN, SERVER, SHARE
+from drawpipe.stages.generate import GenerateStage, load_template, with_overrides
 from drawpipe.stages.prompts import (ask_queue, format_queue, load_prompt_sets, load_queue,
                                      merge_queue, parse_add)
+
+SETTINGS = ("seed_offset",) + SHARE + RUN + SERVER  # drawpipe/settings.py: the flags it takes
 
 
 def parse_arguments(argv):
@@ -34,8 +36,7 @@ def parse_arguments(argv):
                         help='JSON list of {"nation", "category", "count"}; repeatable')
     parser.add_argument("--add", action="append", metavar="NATION:CATEGORY:COUNT",
                         help="queue one entry; repeatable")
-    parser.add_argument("--seed-offset", type=int, metavar="N",
-                        help="added to every file-name seed, for a different take (default 0)")
+    add_setting_arguments(parser, ("seed_offset",))
     parser.add_argument("--payload", metavar="FILE", help="txt2img template "
                         "(default payloads/txt2img.json)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -44,30 +45,20 @@ def parse_arguments(argv):
     parser.add_argument("--prompts", metavar="FILE", help="prompt sets "
                         "(default prompts/variable_sets.json)")
     parser.add_argument("--list-nations", action="store_true", help="print the nations and exit")
-    add_common_arguments(parser)
+    add_setting_arguments(parser, SHARE + RUN + SERVER)
     return parser.parse_args(argv)
 
 
 def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
-    settings = resolve_settings(args, project_dir, stdin, stdout)
+    settings = resolve_settings(args, project_dir, SETTINGS, stdin, stdout)
     prompt_sets = load_prompt_sets(Path(args.prompts) if args.prompts
                                    else bundled.PROMPT_SETS)
-    payload_path = Path(args.payload) if args.payload else bundled.TXT2IMG_TEMPLATE
-    template, warnings = load_payload(payload_path)
-    overrides = [parse_override(text) for text in args.set or []]
-    source = str(payload_path)
-    for override in overrides:
-        if override.step is not None:
-            raise UsageError(f"--set {override.text}: generate.py has one template, no steps: "
-                             "use --set KEY=VALUE")
-        template = with_override(template, override)
-    if overrides:
-        source = f"{payload_path} with {' '.join('--set ' + o.text for o in overrides)}"
-        warnings = check_payload(template, source)
+    template = load_template(Path(args.payload) if args.payload else bundled.TXT2IMG_TEMPLATE)
+    template = with_overrides(template, [parse_override(text) for text in args.set or []])
     warn = warning_printer()
-    for line in warnings:
+    for line in template.warnings:
         warn(line)
 
     if args.list_nations:
@@ -83,24 +74,20 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     queue = merge_queue(queue)
     print(format_queue(queue), file=stdout)
 
-    freshness = local_freshness()
+    takes = local_takes(settings.root)
     stage = GenerateStage(settings.root, queue, prompt_sets, template, settings.client,
-                          settings.seed_offset, source, tuple(o.text for o in overrides), warn,
-                          freshness, notice_printer())
-    if overrides:
-        print("overrides: " + ", ".join(f"--set {o.text}" for o in overrides), file=stdout)
-    if args.dry_run:
+                          settings.seed_offset, warn, takes, notice_printer())
+    if template.overrides:
+        print("overrides: " + ", ".join(f"--set {o.text}" for o in template.overrides),
+              file=stdout)
+    if settings.dry_run:
         return _print_generate_plan(stage, settings, stdout)
-    verdicts = Rejections(settings.root, freshness).verdicts
+    verdicts = takes.reload()
     verdicts.check_images(lambda image: (settings.root / image).exists())
     for line in verdicts.problems:
         warn(line)
-    try:
-        summary = run_stage(stage, engine_settings(settings, args))
-    finally:
-        freshness.save()
-    print_summary(summary, stdout)
-    print(f"images are in {settings.root / 'GENERATIONS'}", file=stdout)
+    summary = run_and_summarise(stage, settings, takes, stdout)
+    print(f"images are in {settings.root / GENERATIONS_FOLDER}", file=stdout)
     return summary.exit_code
 
 
@@ -110,7 +97,7 @@ def _print_generate_plan(stage: GenerateStage, settings: CommonSettings, out) ->
                job_states(settings.root, stage, jobs, settings.lease_seconds))
               for item, jobs in stage.jobs_by_entry()]
     total_to_make, _ = print_plan(groups, "make", "claimed by other workers", out)
-    print(f"dry run: {total_to_make} image(s) to make into {settings.root / 'GENERATIONS'}; "
+    print(f"dry run: {total_to_make} image(s) to make into {settings.root / GENERATIONS_FOLDER}; "
           "nothing was sent", file=out)
     return 0
 

@@ -18,26 +18,19 @@ import os
 import sys
 from pathlib import Path
 
-from drawpipe.cli.common import (add_common_arguments, add_watch_arguments, check_positive,
-                                 engine_settings, job_states, local_freshness, print_plan,
-                                 print_rejected, print_summary, resolve_settings, script_main,
-                                 share_errors)
-from drawpipe.engine.loop import job_done, run_stage
+from drawpipe.cli.common import (check_positive, job_states, local_takes, print_plan,
+                                 print_rejected, resolve_settings, run_and_summarise,
+                                 script_main, share_errors)
+from drawpipe.cli.options import add_setting_arguments
+from drawpipe.engine.loop import job_done
 from drawpipe.errors import CheckpointError, UsageError
 from drawpipe.files import default_cache_dir
-from drawpipe.layout import CUTOUTS_FOLDER
+from drawpipe.layout import CUTOUTS_FOLDER, UPSCALED_FOLDER
 from drawpipe.sam.checkpoints import OFFICIAL_CHECKPOINTS
+from drawpipe.settings import CUTOUTS, GENERATOR, RUN, SHARE, WATCH
 
-GENERATOR_OPTIONS = (  # segment-anything's scripts/amg.py names; unset: SAM's defaults
-    ("--points-per-side", int, "grid points along each side (default 32)"),
-    ("--points-per-batch", int, "grid points per decoder batch (default: from free memory)"),
-    ("--pred-iou-thresh", float, "keep masks with predicted IoU above this (default 0.88)"),
-    ("--stability-score-thresh", float, "keep masks at least this stable (default 0.95)"),
-    ("--stability-score-offset", float, "logit offset of the stability score (default 1.0)"),
-    ("--box-nms-thresh", float, "box IoU above which duplicates are dropped (default 0.7)"),
-    ("--crop-n-layers", int, "also run on 2^i x 2^i crops, i = 1..N (default 0)"),
-    ("--min-mask-region-area", int, "remove islands and holes smaller than this, px (default 0)"),
-)
+# drawpipe/settings.py: the flags it takes (no server: SAM runs on this Mac)
+SETTINGS = ("device", "precision") + GENERATOR + CUTOUTS + WATCH + SHARE + RUN
 
 
 def parse_arguments(argv):
@@ -48,29 +41,16 @@ def parse_arguments(argv):
                         "official file of --model in the cache folder)")
     parser.add_argument("--model", choices=tuple(OFFICIAL_CHECKPOINTS),
                         help="default: named in the checkpoint's file name, else vit_b")
-    parser.add_argument("--device", choices=("auto", "mps", "cuda", "cpu"), default="auto",
-                        help="auto: mps on Apple Silicon, cuda where present, else cpu")
-    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"),
-                        default="auto", help="auto: float32 (the masks SAM gives)")
+    add_setting_arguments(parser, ("device", "precision"))
     parser.add_argument("--download", action="store_true", help="fetch the official "
                         "checkpoint if missing (resumable, SHA-256 checked)")
     parser.add_argument("--download-from", metavar="URL", help="a mirror holding the "
                         "official file names (default: Meta's own address)")
     parser.add_argument("--cache-dir", metavar="FOLDER", help="checkpoints go to FOLDER/sam/ "
                         "(default $DRAWPIPE_CACHE_DIR, else ~/.cache/drawpipe)")
-    for flag, kind, text in GENERATOR_OPTIONS:
-        parser.add_argument(flag, type=kind, metavar="N" if kind is int else "X", help=text)
-    parser.add_argument("--min-area-fraction", type=float, metavar="X", help="drop masks "
-                        "smaller than this fraction of the image (default 0.001)")
-    parser.add_argument("--max-cutouts", type=int, metavar="N", help="at most N per image, "
-                        "largest first (default: all)")
-    parser.add_argument("--keep-background", action="store_true", help="keep masks whose "
-                        "box touches all four edges (dropped as background by default)")
-    parser.add_argument("--margin", type=float, metavar="X", help="space around the object "
-                        "as a fraction of its longer side (default 0.05)")
-    add_watch_arguments(parser, "UPSCALED_IMAGES/")
+    add_setting_arguments(parser, GENERATOR + CUTOUTS + WATCH, folder=UPSCALED_FOLDER + "/")
     parser.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)  # make demo
-    add_common_arguments(parser, server_options=False)
+    add_setting_arguments(parser, SHARE + RUN)
     return parser.parse_args(argv)
 
 
@@ -82,11 +62,11 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     from drawpipe.stages.segment import SegmentStage
 
     stdout = stdout or sys.stdout
-    settings = resolve_settings(args, project_dir, stdin, stdout)
+    settings = resolve_settings(args, project_dir, SETTINGS, stdin, stdout)
     cache_dir = (Path(args.cache_dir).expanduser() if args.cache_dir
                  else default_cache_dir(os.environ)) / "sam"
-    generator = _generator_settings(args)
-    cutouts = _cutout_settings(args)
+    generator = _generator_settings(settings.values)
+    cutouts = _cutout_settings(settings.values)
     if args.demo:
         model_type, checkpoint = _demo_checkpoint(args, cache_dir, stdout)
         if checkpoint is None:
@@ -97,20 +77,20 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     else:
         model_type, checkpoint = _segment_checkpoint(args.model, args.checkpoint, cache_dir)
     official = MODEL_TYPES[model_type].official
-    if not checkpoint.is_file() and args.download and not args.dry_run:
+    if not checkpoint.is_file() and args.download and not settings.dry_run:
         if official is None:
             raise UsageError(f"--download: {model_type} has no published checkpoint")
         url = _download_url(official, args.download_from)
         print(f"downloading {url} -> {checkpoint}", file=stdout, flush=True)
-        download_checkpoint(url, checkpoint, official.sha256,
-                            show_progress=False if args.no_progress else None)
-    if not checkpoint.is_file() and not args.dry_run:
+        download_checkpoint(url, checkpoint, official.sha256, show_progress=settings.show_progress)
+    if not checkpoint.is_file() and not settings.dry_run:
         raise CheckpointError(missing_checkpoint_message(model_type, checkpoint))
-    model = ModelSettings(model_type, checkpoint, args.device, args.precision)
-    freshness = local_freshness()
-    stage = SegmentStage(settings.root, model, generator, cutouts, freshness)
+    model = ModelSettings(model_type, checkpoint, settings.values["device"],
+                          settings.values["precision"])
+    takes = local_takes(settings.root)
+    stage = SegmentStage(settings.root, model, generator, cutouts, takes)
     output_folder = settings.root / CUTOUTS_FOLDER
-    if args.dry_run:
+    if settings.dry_run:
         with share_errors(settings.root):
             jobs = stage.plan()
         states = job_states(settings.root, stage, jobs, settings.lease_seconds)
@@ -120,7 +100,7 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
               + ("" if checkpoint.is_file() else f" (the checkpoint {checkpoint} is missing)"),
               file=stdout)
         return 0
-    device = args.device
+    device = model.device
     with share_errors(settings.root):
         something_to_do = any(not job_done(stage, job) for job in stage.plan())
     if something_to_do:
@@ -129,52 +109,41 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
         device = stage.segmenter().device
     print(f"SAM {model_type} from {checkpoint} on {device}, "
           f"{generator.points_per_side} x {generator.points_per_side} points", file=stdout)
-    engine = dataclasses.replace(engine_settings(settings, args, servers=[None]),
-                                 server_process_name=None)
-    try:
-        summary = run_stage(stage, engine)
-    finally:
-        freshness.save()
-    print_summary(summary, stdout)
+    summary = run_and_summarise(stage, settings, takes, stdout)
     print_rejected(stage.rejected, stdout)
     print(f"cut-outs are in {output_folder}", file=stdout)
     return summary.exit_code
 
 
-def _generator_settings(args):
-    """GeneratorSettings from the flags the user set; the rest keep SAM's defaults."""
+def _generator_settings(values: dict):
+    """GeneratorSettings from the resolved settings (SAM's defaults where none was given)."""
     from drawpipe.sam.settings import GeneratorSettings
 
-    names = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
-             "stability_score_offset", "box_nms_thresh", "crop_n_layers", "min_mask_region_area")
-    chosen = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    chosen = {name: values[name] for name in GENERATOR}
     for name in ("points_per_side", "points_per_batch"):
-        if name in chosen:
+        if chosen[name] is not None:
             check_positive(chosen[name], "--" + name.replace("_", "-"))
     for name in ("crop_n_layers", "min_mask_region_area"):
-        if chosen.get(name, 0) < 0:
+        if chosen[name] < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {chosen[name]}")
     return GeneratorSettings(**chosen)
 
 
-def _cutout_settings(args):
-    """CutoutSettings from the flags the user set; the rest keep their defaults."""
+def _cutout_settings(values: dict):
+    """CutoutSettings from the resolved settings, checked."""
     from drawpipe.sam.settings import CutoutSettings
 
-    chosen = {"keep_background": args.keep_background}
-    if args.margin is not None:
-        if not 0 <= args.margin <= 1:
-            raise UsageError(f"--margin is a fraction of the object's size, 0 to 1; got {args.margin:g}")
-        chosen["margin_fraction"] = args.margin
-    if args.min_area_fraction is not None:
-        if not 0 <= args.min_area_fraction < 1:
-            raise UsageError(f"--min-area-fraction must be 0 or more and below 1, got "
-                             f"{args.min_area_fraction:g}")
-        chosen["min_area_fraction"] = args.min_area_fraction
-    if args.max_cutouts is not None:
-        check_positive(args.max_cutouts, "--max-cutouts")
-        chosen["max_cutouts"] = args.max_cutouts
-    return CutoutSettings(**chosen)
+    margin, min_area_fraction = values["margin"], values["min_area_fraction"]
+    if not 0 <= margin <= 1:
+        raise UsageError(f"--margin is a fraction of the object's size, 0 to 1; got {margin:g}")
+    if not 0 <= min_area_fraction < 1:
+        raise UsageError(f"--min-area-fraction must be 0 or more and below 1, got "
+                         f"{min_area_fraction:g}")
+    if values["max_cutouts"] is not None:
+        check_positive(values["max_cutouts"], "--max-cutouts")
+    return CutoutSettings(margin_fraction=margin, min_area_fraction=min_area_fraction,
+                          max_cutouts=values["max_cutouts"],
+                          keep_background=values["keep_background"])
 
 
 def _segment_checkpoint(model_type: str | None, checkpoint: str | None,

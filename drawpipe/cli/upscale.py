@@ -17,15 +17,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 from drawpipe import bundled
-from drawpipe.cli.common import (CommonSettings, add_common_arguments, add_watch_arguments,
-                                 engine_settings, job_states, local_freshness, print_plan,
-                                 print_rejected, print_summary, resolve_settings, script_main,
-                                 share_errors, warning_printer)
-from drawpipe.drawthings.payloads import parse_override, sends
-from drawpipe.engine.loop import run_stage
+from drawpipe.cli.common import (CommonSettings, job_states, local_takes, print_plan,
+                                 print_rejected, resolve_settings, run_and_summarise,
+                                 script_main, share_errors, warning_printer)
+from drawpipe.cli.options import add_setting_arguments
+from drawpipe.drawthings.payloads import parse_override
 from drawpipe.errors import UsageError
-from drawpipe.stages.upscale import (DEFAULT_SETTLE_SECONDS, UpscaleStage, apply_overrides,
-                                     load_recipe)
+from drawpipe.layout import GENERATIONS_FOLDER
+from drawpipe.settings import RUN, SERVER, SHARE, WATCH
+from drawpipe.stages.upscale import UpscaleStage, apply_overrides, load_recipe
+
+# drawpipe/settings.py: the flags it takes
+SETTINGS = WATCH + ("seed_offset", "settle_seconds") + SHARE + RUN + SERVER
 
 
 def parse_arguments(argv):
@@ -39,13 +42,7 @@ def parse_arguments(argv):
                         help="override a Draw Things API key in every step that sends it, or "
                              "in one step (its name or number); VALUE is JSON or text; "
                              "repeatable. Images already upscaled are not redone")
-    add_watch_arguments(parser, "GENERATIONS/")
-    parser.add_argument("--seed-offset", type=int, metavar="N",
-                        help="added to every file-name seed, for a different take (default 0)")
-    parser.add_argument("--settle-seconds", type=float, metavar="S",
-                        help="an incomplete input modified less than S seconds ago is waited "
-                             "for; older, it is reported as damaged (default 60)")
-    add_common_arguments(parser)
+    add_setting_arguments(parser, SETTINGS, folder=GENERATIONS_FOLDER + "/")
     return parser.parse_args(argv)
 
 
@@ -53,39 +50,32 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     """upscale.py: every PNG under <root>/GENERATIONS through the recipe into UPSCALED_IMAGES."""
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
-    settings = resolve_settings(args, project_dir, stdin, stdout)
+    settings = resolve_settings(args, project_dir, SETTINGS, stdin, stdout)
     recipe = load_recipe(_recipe_path(args.recipe))
-    if args.set:
-        recipe = apply_overrides(recipe, [parse_override(text) for text in args.set])
+    recipe = apply_overrides(recipe, [parse_override(text) for text in args.set or []])
     warn = warning_printer()
     for line in recipe.warnings:
         warn(line)
-    settle_seconds = args.settle_seconds if args.settle_seconds is not None else DEFAULT_SETTLE_SECONDS
+    settle_seconds = settings.values["settle_seconds"]
     if settle_seconds < 0:
         raise UsageError(f"--settle-seconds must be 0 or more, got {settle_seconds:g}")
 
     def report_skipped(label: str, reason: str) -> None:
         tqdm.write(f"skipped: {label}: {reason} (never sent)", file=sys.stderr)
 
-    freshness = local_freshness()
+    takes = local_takes(settings.root)
     stage = UpscaleStage(settings.root, recipe, settings.client, settings.seed_offset,
-                         settle_seconds, on_skipped=None if args.dry_run else report_skipped,
-                         on_warning=warn, freshness=freshness)
+                         settle_seconds, on_skipped=None if settings.dry_run else report_skipped,
+                         on_warning=warn, takes=takes)
     print(f"recipe {recipe.path}: {len(recipe.steps)} step(s) "
           f"({', '.join(step.name for step in recipe.steps)}) -> "
           f"{recipe.output_size[0]}x{recipe.output_size[1]} px", file=stdout)
-    for override in recipe.overrides:
-        numbers = [str(n) for n, step in enumerate(recipe.steps, 1)
-                   if sends(step.payload, override.key)
-                   and step.payload[override.key] == override.value]
-        print(f"override --set {override.text}: step(s) {', '.join(numbers)}", file=stdout)
-    if args.dry_run:
+    for override, numbers in zip(recipe.overrides, recipe.override_steps):
+        print(f"override --set {override.text}: step(s) {', '.join(map(str, numbers))}",
+              file=stdout)
+    if settings.dry_run:
         return _print_upscale_plan(stage, settings, stdout)
-    try:
-        summary = run_stage(stage, engine_settings(settings, args))
-    finally:
-        freshness.save()
-    print_summary(summary, stdout)
+    summary = run_and_summarise(stage, settings, takes, stdout)
     print_rejected(stage.rejected, stdout)
     if summary.total == 0 and not stage.skipped:
         print(f"no .png images under {stage.input_folder} (run generate.py first, or pass "
@@ -97,8 +87,8 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
             print(f"  {label}: {reason}", file=stdout)
         print("replace or remove them and run the same command again", file=stdout)
     if stage.ignored:
-        print(f"{len(stage.ignored)} file(s) under GENERATIONS/ are not .png and were ignored",
-              file=stdout)
+        print(f"{len(stage.ignored)} file(s) under {GENERATIONS_FOLDER}/ are not .png and were "
+              "ignored", file=stdout)
     print(f"upscaled images are in {stage.output_folder}", file=stdout)
     code = summary.exit_code
     return 1 if code == 0 and stage.skipped else code

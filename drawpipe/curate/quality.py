@@ -29,10 +29,10 @@ mean the same for 1024 and 2048 px images and one image costs ~30 ms:
 The thresholds are named constants below; they flag images to look at first,
 they never reject anything.
 
-Cache: ``<root>/report/quality/<host>.json``, one file per host (no file on the
-share is written by two Macs: several people may run the review page at once),
-each holding ``{"version", "analysis_px", "images": {path: [size, mtime_ns,
-measurements]}}`` for every image that host last saw. Every host's file is read and
+Cache: ``<root>/report/quality/<host>.json`` (layout.quality_folder), one file per
+host (no file on the share is written by two Macs: several people may run the review
+page at once), each holding ``{"version", "analysis_px", "images": {path: [size,
+mtime_ns, measurements]}}`` for every image that host last saw. Every host's file is read and
 an entry is used when its image's (size, mtime_ns) still match, so an image is
 measured once for all the Macs, and a second run over 2,000 images opens none. On
 the share rather than in a local cache because the measurements are the same for
@@ -51,10 +51,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from drawpipe.files import write_if_changed
-from drawpipe.layout import natural_key
+from drawpipe.layout import natural_key, quality_folder
 
-REPORT_FOLDER = "report"
-QUALITY_FOLDER = "quality"
 QUALITY_VERSION = 1
 ANALYSIS_PX = 512
 
@@ -235,10 +233,6 @@ class QualityRun:
                 f"{self.measured:,} measured), {suspects:,} suspect")
 
 
-def quality_dir(root: Path) -> Path:
-    return Path(root) / REPORT_FOLDER / QUALITY_FOLDER
-
-
 def _read_caches(folder: Path) -> dict[str, list]:
     """path -> [size, mtime_ns, measurements] from every host's file (a later file's
     entry replaces an earlier one: they agree whenever size and mtime do)."""
@@ -272,12 +266,12 @@ def _map(function, tasks: list, processes: int) -> list:
 
 def update_signals(root: Path, files, host: str, processes: int = 1,
                    write_cache: bool = True) -> QualityRun:
-    """Signals of every file in ``files`` (report.data.ImageFile: root-relative ``path``,
+    """Signals of every file in ``files`` (inventory.ImageFile: root-relative ``path``,
     ``size``, ``mtime_ns``): cached ones reused, the others measured (in up to
     ``processes`` processes), near-duplicates found; then this host's cache file is
     rewritten when its content changed (``write_cache``)."""
     root = Path(root)
-    folder = quality_dir(root)
+    folder = quality_folder(root)
     known = _read_caches(folder)
     run = QualityRun(signals={})
     entries, tasks = {}, []

@@ -25,20 +25,51 @@ The take of a file is the number its provenance records (``"take"`` in the
 takes already in ``REJECTED/`` (looked up by exact path, ``_take1``, ``_take2``,
 ..., never by a folder listing: SMB listings are cached).
 
+The seed of take n of a file comes from its name and n (``seed_for``); it is fixed
+once, when a worker has claimed the job (``Takes.take_to_make``, ``take_of_input``):
+whatever was set aside under that claim is known then, and every Mac that makes
+the same take sends the same seed.
+
 Hashing is cheap to repeat: ``Freshness`` keeps this Mac's SHA-256 of every file it
 has read, and the input hash each output records, by (path, size, mtime_ns) in the
-local cache folder (reviews.HashCache), so re-planning 2,000 images costs stats.
+local cache folder (files.HashCache), so re-planning 2,000 images costs stats.
+
+``Takes`` is the one policy the three stages follow:
+
+    reload()                       the verdicts as they are now (once per plan)
+    is_rejected(image)             the take of a generated image there now was rejected
+    made_from_rejected(input)      an input (generated or upscaled) of a rejected take
+    is_current(output, input)      an output made from the input there now (or recording none)
+    set_aside_rejected(key, made)  generate.py: the rejected take and what was made of it
+    set_aside_stale(key, output)   upscale.py, segment.py: an output made from an older input
+    take_to_make(key)              generate.py, claim held: the take its job makes now
+    take_of_input(input)           upscale.py, claim held: the take of the image it upscales
+    seed_for(stem, offset, take)   that take's seed (a module function)
 """
 
+import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 from drawpipe.curate.verdicts import VerdictIndex, load_verdicts
-from drawpipe.files import HashCache, file_sha256
-from drawpipe.layout import REJECTED_FOLDER
+from drawpipe.files import HashCache, file_sha256, make_folders_below
+from drawpipe.inventory import recorded_source
+from drawpipe.layout import (CUTOUTS_FOLDER, CUTOUTS_RECORD, GENERATIONS_FOLDER, REJECTED_FOLDER,
+                             UPSCALED_FOLDER, generated_for_upscaled)
+from drawpipe.png import read_text_chunks
 
 RECORDED_SOURCES_CACHE = "recorded-sources.json"
+SEED_LIMIT = 2**32  # Draw Things takes seeds 0..4294967295
+
+
+def seed_for(name: str, offset: int = 0, take: int = 1) -> int:
+    """A stable seed from a file stem, e.g. ``France_family_3`` (plus ``offset``); a
+    later take of the same file gets its own (``France_family_3_take2``)."""
+    text = name if take == 1 else f"{name}_take{take}"
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return (int.from_bytes(digest[:4], "big") + offset) % SEED_LIMIT
 
 
 def take_name(name: str, take: int) -> str:
@@ -77,10 +108,7 @@ def set_aside(root: Path, relative: str, take: int) -> Path | None:
         base = rejected_path(root, relative, take)
         target = base.with_name(f"{base.stem}_{number}{base.suffix}")
     # Folders below the root only: never a REJECTED folder where the share is not.
-    folder = Path(root)
-    for part in target.parent.relative_to(root).parts:
-        folder = folder / part
-        folder.mkdir(exist_ok=True)
+    make_folders_below(Path(root), target.parent)
     os.rename(source, target)
     return target
 
@@ -88,7 +116,7 @@ def set_aside(root: Path, relative: str, take: int) -> Path | None:
 class Freshness:
     """SHA-256 of files and the input hashes outputs record, cached on this Mac.
 
-    ``cache_dir``: a local folder (checkpoints.default_cache_dir); None keeps the
+    ``cache_dir``: a local folder (files.default_cache_dir); None keeps the
     cache in memory only. Safe to share between worker threads.
     """
 
@@ -101,9 +129,10 @@ class Freshness:
     def sha256(self, path: Path) -> str:
         return file_sha256(path, self._hashes)
 
-    def recorded_source(self, output: Path, read_record) -> str | None:
-        """The input hash ``output`` records (``read_record(output) -> str | None``),
-        cached by the output's size and mtime; None when it records none (or is gone)."""
+    def recorded_source(self, output: Path) -> str | None:
+        """The input hash ``output`` records (inventory.recorded_source: an upscaled PNG,
+        or a cut-out folder's cutouts.json), cached by the output's size and mtime;
+        None when it records none (or is gone)."""
         try:
             stat = os.stat(output)
         except FileNotFoundError:
@@ -112,15 +141,16 @@ class Freshness:
             known = self._recorded.get(Path(output).absolute(), stat.st_size, stat.st_mtime_ns)
             if known is not None:
                 return known or None
-        recorded = read_record(output)
+        record = recorded_source(output)
+        recorded = record.sha256 if record is not None else None
         if self._recorded is not None:
             self._recorded.put(Path(output).absolute(), stat.st_size, stat.st_mtime_ns,
                                recorded or "")
         return recorded
 
-    def is_current(self, output: Path, source: Path, read_record) -> bool:
+    def is_current(self, output: Path, source: Path) -> bool:
         """Whether ``output`` was made from the ``source`` there now (or records nothing)."""
-        recorded = self.recorded_source(output, read_record)
+        recorded = self.recorded_source(output)
         return recorded is None or recorded == self.sha256(source)
 
     def save(self) -> None:
@@ -129,28 +159,119 @@ class Freshness:
                 cache.save()
 
 
-class Rejections:
-    """Which generated images are rejected as they are now (curate/verdicts.py verdicts whose
-    SHA-256 is the file's), loaded once per plan."""
+class Takes:
+    """The one policy for takes (the module docstring), for the three stages.
 
-    def __init__(self, root: Path, freshness: Freshness):
+    ``root``: the share; ``freshness``: this Mac's hash cache (None: in memory only).
+    ``reload()`` before planning; the rest is safe to call from worker threads.
+    """
+
+    def __init__(self, root: Path, freshness: Freshness | None = None):
         self.root = Path(root)
-        self.freshness = freshness
-        self.verdicts: VerdictIndex = load_verdicts(self.root)
-        self._rejected_paths = {verdict.image for verdict in self.verdicts.rejected()}
+        self.freshness = freshness or Freshness(None)
+        self.verdicts: VerdictIndex = VerdictIndex()
+        self._rejected_paths: set[str] = set()
+        self._lock = threading.Lock()
+        self._take_after_set_aside: dict[str, int] = {}  # job key -> the take to make
+
+    def reload(self) -> VerdictIndex:
+        """Read every host's verdicts again (once per plan); returns them."""
+        verdicts = load_verdicts(self.root)
+        with self._lock:
+            self.verdicts = verdicts
+            self._rejected_paths = {verdict.image for verdict in verdicts.rejected()}
+        return verdicts
+
+    def save(self) -> None:
+        """Keep this Mac's hashes for the next run (its local cache folder)."""
+        self.freshness.save()
+
+    # ------------------------------------------------------------------ is it done?
 
     def is_rejected(self, image: str) -> bool:
         """``image``: root-relative path of a generated PNG. Hashes only the files that
         have a reject verdict, whatever its take."""
-        if image not in self._rejected_paths:
+        with self._lock:
+            verdicts, rejected_paths = self.verdicts, self._rejected_paths
+        if image not in rejected_paths:
             return False
-        path = self.root / image
         try:
-            sha256 = self.freshness.sha256(path)
+            sha256 = self.freshness.sha256(self.root / image)
         except FileNotFoundError:
             return False
-        verdict = self.verdicts.for_image(image, sha256)
+        verdict = verdicts.for_image(image, sha256)
         return verdict is not None and verdict.rejected
+
+    def made_from_rejected(self, path: Path) -> bool:
+        """Whether ``path``, a generated image or an upscaled one, is (made from) a take
+        rejected in review: later stages leave it out until generate.py has made the
+        next take."""
+        relative = Path(path).relative_to(self.root)
+        if relative.parts[0] == UPSCALED_FOLDER:
+            generated = generated_for_upscaled(self.root, path)
+            if generated is None:
+                return False
+            relative = generated.relative_to(self.root)
+        return relative.parts[0] == GENERATIONS_FOLDER and self.is_rejected(relative.as_posix())
+
+    def is_current(self, output: Path, source: Path) -> bool:
+        """Whether ``output`` (an upscaled PNG or a cut-out folder) was made from the
+        ``source`` there now, or records nothing."""
+        if Path(output).is_relative_to(self.root / CUTOUTS_FOLDER):
+            output = Path(output) / CUTOUTS_RECORD
+        return self.freshness.is_current(output, source)
+
+    # ------------------------------------------------------------------ setting aside
+
+    def take_there(self, key: str) -> int:
+        """The take of the file at ``key`` (root-relative): what it records, and never one
+        already in REJECTED/."""
+        try:
+            recorded = recorded_take(read_text_chunks(self.root / key))
+        except (OSError, ValueError):
+            recorded = 1
+        return max(recorded, takes_set_aside(self.root, key) + 1)
+
+    def set_aside_rejected(self, key: str, made_of_it: list[Path]) -> tuple[int, list[str]]:
+        """Move the rejected generated image ``key``, and ``made_of_it`` (its upscaled
+        image, its cut-outs), into REJECTED/ under its take (claim held); (that take,
+        the root-relative paths they went to). The job's next take is one more."""
+        take = self.take_there(key)
+        with self._lock:
+            self._take_after_set_aside[key] = take + 1
+        moved = []
+        for path in [self.root / key, *made_of_it]:
+            target = set_aside(self.root, Path(path).relative_to(self.root).as_posix(), take)
+            if target is not None:
+                moved.append(target.relative_to(self.root).as_posix())
+        return take, moved
+
+    def set_aside_stale(self, key: str, output: Path) -> None:
+        """Move an output made from an older input into REJECTED/ (claim held), numbered
+        with the take of the input it records, else one after those set aside."""
+        record = recorded_source(output)
+        take = record.take if record is not None and record.take else None
+        set_aside(self.root, key, take or takes_set_aside(self.root, key) + 1)
+
+    # ------------------------------------------------------------------ the take to make
+
+    def take_to_make(self, key: str) -> int:
+        """The take a generate job for ``key`` makes, asked with its claim held, after
+        any rejected take was set aside: one after it, else one after those in REJECTED/."""
+        with self._lock:
+            take = self._take_after_set_aside.pop(key, None)
+        return take or takes_set_aside(self.root, key) + 1
+
+    @staticmethod
+    def take_of_input(image: Path | bytes) -> int:
+        """The take of a generated image (its path, or its bytes as a job read them):
+        what its provenance records; 1 when it records none, is gone or is not a PNG
+        (the job reads it and says why it cannot be used). Other OSErrors propagate (a
+        busy file: the engine tries the job on a later pass)."""
+        try:
+            return recorded_take(read_text_chunks(image))
+        except (FileNotFoundError, ValueError):
+            return 1
 
 
 def recorded_take(texts: dict) -> int:

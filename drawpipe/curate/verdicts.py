@@ -5,11 +5,11 @@ generate.py (re-making the rejects) go through it.
 
     append_verdict(root, host, image, sha256, verdict, reason)   -> Verdict (written)
     load_verdicts(root)                                          -> VerdictIndex (every host merged)
-    file_sha256(path, cache)                                     -> hex SHA-256 of a file's bytes
-    HashCache(cache_dir)                                         this Mac's (path, size, mtime_ns) -> SHA-256
+
+A take's SHA-256 comes from files.file_sha256 (with this Mac's files.HashCache).
 
 Files: ``<root>/reviews/<host>.jsonl``, one per host, append-only, one JSON object
-per line (DESIGN.md: no file on the share is written by two Macs)::
+per line (docs/DESIGN.md: no file on the share is written by two Macs)::
 
     {"image": "GENERATIONS/France/family/France_family_1.png",   root-relative, "/"-separated
      "sha256": "9f86d0...",        hex SHA-256 of that PNG's bytes as the reviewer saw them
@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Callable
 
 from drawpipe.errors import BadVerdict
-from drawpipe.layout import GENERATIONS_FOLDER, REVIEWS_FOLDER
+from drawpipe.inventory import verdict_files
+from drawpipe.layout import GENERATIONS_FOLDER, REVIEWS_FOLDER, reviews_path
 
 VERDICTS = ("accept", "reject")
 # Two Macs' clocks agree to within a second at best (NTP over Wi-Fi): closer verdicts
@@ -54,7 +55,7 @@ TIE_WINDOW_SECONDS = 1.0
 MAX_REASON_CHARS = 2000
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_HOST = re.compile(r"[A-Za-z0-9_-]+")  # metrics.host_name() makes names of this shape
+_HOST = re.compile(r"[A-Za-z0-9_-]+")  # files.host_name() makes names of this shape
 _FIELDS = ("image", "sha256", "verdict", "reason", "time", "host")
 # One process appends to its host's file from several threads (the review server).
 _append_lock = threading.Lock()
@@ -111,10 +112,6 @@ def check_sha256(sha256: str) -> str:
     if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
         raise BadVerdict(f"sha256 {sha256!r} is not a hex SHA-256 (64 characters 0-9a-f)")
     return sha256
-
-
-def reviews_path(root: Path, host: str) -> Path:
-    return Path(root) / REVIEWS_FOLDER / f"{host}.jsonl"
 
 
 def append_verdict(root: Path, host: str, image: str, sha256: str, verdict: str,
@@ -211,14 +208,8 @@ def load_verdicts(root: Path) -> VerdictIndex:
     """Read every ``<root>/reviews/*.jsonl`` (never writing) and merge them; a missing
     folder gives an empty index. Unreadable files and lines are problems, not errors."""
     index = VerdictIndex()
-    folder = Path(root) / REVIEWS_FOLDER
-    try:
-        paths = sorted(p for p in folder.iterdir()
-                       if p.suffix == ".jsonl" and not p.name.startswith("."))
-    except (FileNotFoundError, NotADirectoryError):
-        return index
     everything: list[tuple[Verdict, float, int]] = []
-    for path in paths:
+    for path in verdict_files(root):
         relative = f"{REVIEWS_FOLDER}/{path.name}"
         index.files.append(relative)
         try:

@@ -360,9 +360,10 @@ def decode_body(body: dict, decode_image: Callable[[bytes], object] | None = Non
 # --------------------------------------------------------------------------- what the app does
 
 
-def effective_parameters(app_configuration: dict, values: dict) -> dict:
-    """The parameters a request runs with: the app's current values (its GET / answer)
-    overridden by the decoded body's ``values``."""
+def effective_parameters(values: dict, app_configuration: dict) -> dict:
+    """The parameters a request runs with: the decoded body's ``values`` over the app's
+    current values (its GET / answer). Same argument order as
+    payloads.effective_parameters (what is sent, then the app's configuration)."""
     return {**app_configuration, **values}
 
 

@@ -33,6 +33,7 @@ import urllib3
 from drawpipe.errors import (MaybeStillDrawing, ServerRejected, ServerUnreachable, TransientError,
                              WrongSize, network_reason)
 from drawpipe.png import verified_size
+from drawpipe.settings import default
 
 ENABLE_API_HINT = (
     "start Draw Things and turn on its HTTP API server (Settings > API Server: "
@@ -44,11 +45,12 @@ ROUTES = {"txt2img": "/sdapi/v1/txt2img", "img2img": "/sdapi/v1/img2img"}
 
 @dataclass(frozen=True)
 class ClientSettings:
-    connect_timeout_seconds: float = 5.0
+    connect_timeout_seconds: float = default("connect_timeout_seconds")
     # A 2048 px tiled pass can take many minutes and the server answers only at the end.
-    read_timeout_seconds: float = 1800.0
-    retries: int = 4  # extra attempts after the first, for transient failures only
-    backoff_seconds: float = 2.0  # first wait; doubles each time
+    read_timeout_seconds: float = default("read_timeout_seconds")
+    # Extra attempts after the first, for transient failures only.
+    retries: int = default("retries")
+    backoff_seconds: float = default("backoff_seconds")  # first wait; doubles each time
     backoff_cap_seconds: float = 60.0
 
 

@@ -125,7 +125,7 @@ def check_payload(payload: dict, source: str, app_configuration: dict | None = N
             if word is not None and word.lower() not in words:
                 warnings.append(f"{source}: {list_key}[{index}].{field} \"{word}\" is not one of "
                                 f"{', '.join(words)}: the app uses \"{default}\"")
-    parameters = drawthings.effective_parameters(app_configuration or {}, decoded.values)
+    parameters = drawthings.effective_parameters(decoded.values, app_configuration or {})
     for drop in drawthings.resolve_extras(parameters).dropped:
         if drawthings.is_blocking(drop):
             raise InputFileError(f"{source}: {drop.text}")
@@ -196,9 +196,10 @@ def fill_prompt(template_prompt: str, prompt: str) -> str:
 
 
 def effective_parameters(payload: dict, app_configuration: dict) -> dict:
-    """What the app will use: its configuration, overridden by the (valid) payload."""
-    return drawthings.effective_parameters(app_configuration,
-                                           drawthings.decode_body(payload).values)
+    """What the app will use: its configuration, overridden by the (valid) payload
+    (decoded: aliases and types as the app reads them; api.effective_parameters)."""
+    return drawthings.effective_parameters(drawthings.decode_body(payload).values,
+                                           app_configuration)
 
 
 # Keys the client sets on every request: an override of them would be overwritten.
@@ -262,3 +263,61 @@ def with_override(payload: dict, override: Override) -> dict:
     result = {key: value for key, value in payload.items() if key not in aliases}
     result[override.key] = override.value
     return result
+
+
+@dataclass(frozen=True)
+class Overridden:
+    """``override_payloads``' answer: each step's payload with the overrides, and for each
+    override (in the order given) the 1-based steps where its value stands."""
+
+    payloads: tuple[dict, ...]
+    steps: tuple[tuple[int, ...], ...]
+
+
+def override_payloads(payloads: list[dict], overrides: list[Override],
+                    step_names: list[str] | None, owner: str) -> Overridden:
+    """The one place ``--set`` lands, for a template and for a recipe's steps alike.
+
+    ``step_names`` None: ``payloads`` is one template (``owner``: the script, e.g.
+    "generate.py"); KEY=VALUE changes or adds KEY, STEP:KEY=VALUE is a UsageError.
+    Otherwise a recipe (``owner``: its name) whose steps are named ``step_names``:
+    KEY=VALUE changes KEY in every step that sends it (a UsageError when none does),
+    STEP:KEY=VALUE changes or adds it in that step (its name or number). A later
+    override of a key wins over an earlier one in the steps both set.
+    """
+    payloads = [dict(payload) for payload in payloads]
+    changed: list[list[int]] = []
+    for override in overrides:
+        if step_names is None:
+            if override.step is not None:
+                raise UsageError(f"--set {override.text}: {owner} has one template, no steps: "
+                                 "use --set KEY=VALUE")
+            numbers = [1]
+        elif override.step is None:
+            numbers = [n for n, payload in enumerate(payloads, 1) if sends(payload, override.key)]
+            if not numbers:
+                raise UsageError(f"--set {override.text}: no step of {owner} sends "
+                                 f"{override.key}; add it to one step with --set "
+                                 f"STEP:{override.text} ({_step_list(step_names)})")
+        else:
+            numbers = [_step_number(step_names, override, owner)]
+        for number in numbers:
+            payloads[number - 1] = with_override(payloads[number - 1], override)
+        for earlier, previous in zip(overrides, changed):  # a later value stands there now
+            if earlier.key == override.key:
+                previous[:] = [n for n in previous if n not in numbers]
+        changed.append(numbers)
+    return Overridden(tuple(payloads), tuple(tuple(numbers) for numbers in changed))
+
+
+def _step_list(step_names: list[str]) -> str:
+    return "steps: " + ", ".join(f"{n} '{name}'" for n, name in enumerate(step_names, 1))
+
+
+def _step_number(step_names: list[str], override: Override, owner: str) -> int:
+    wanted = override.step
+    for number, name in enumerate(step_names, 1):
+        if wanted == str(number) or wanted.lower() == name.lower():
+            return number
+    raise UsageError(f"--set {override.text}: {owner} has no step \"{wanted}\" "
+                     f"({_step_list(step_names)})")

@@ -200,7 +200,7 @@ def validate_request(route: str, body: dict, app_configuration: dict,
     """
     table = drawthings.api_table()
     decoded = drawthings.decode_body(body, _decode_image, missing_keys)
-    parameters = drawthings.effective_parameters(app_configuration, decoded.values)
+    parameters = drawthings.effective_parameters(decoded.values, app_configuration)
 
     init_image, init_source = None, None
     if route == "txt2img":

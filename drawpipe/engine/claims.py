@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drawpipe.files import is_busy, make_folders_below, unlink_when_free
+from drawpipe.layout import CLAIMS_FOLDER
 
-CLAIMS_FOLDER = ".claims"
 
 
 @dataclass

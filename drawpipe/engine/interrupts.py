@@ -1,7 +1,7 @@
 """Stop signals: SIGINT (Ctrl-C), SIGTERM (logout, shutdown, kill) and SIGHUP (the
 terminal or ssh session closed), handled in one place for the whole process.
 
-``cli.run_main`` installs one handler for the three. While the job loop holds the
+``cli.common.run_main`` installs one handler for the three. While the job loop holds the
 share (``StopSignals.deferred()``) the handler only counts: it raises nothing, so no
 exception can land inside a clean-up ``finally``, and takes no lock, so it cannot
 deadlock with the code it interrupted. The loop's main thread, asleep on a

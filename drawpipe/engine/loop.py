@@ -59,6 +59,8 @@ from drawpipe.errors import (BadInput, DrawpipeError, Interrupted, JobDeferred, 
 from drawpipe.files import (describe_os_error, host_name, make_folders_below, output_exists,
                             remove_abandoned_scratch, remove_quietly, scratch_path,
                             write_atomically)
+from drawpipe.layout import logs_folder
+from drawpipe.settings import default
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,6 @@ class JobResult:
     folder_built: bool = False
     attempts: int = 1
     extra: dict = field(default_factory=dict)  # values of the stage's extra metric columns
-    seed: int | None = None  # the seed used, when the job chose another than Job.seed
 
 
 # run_job(job, scratch) -> JobResult. ``scratch``: a temporary path beside the output
@@ -118,6 +119,8 @@ class Stage(Protocol):
     #     has not changed, it was not rejected). Called while scanning; may raise OSError.
     # set_aside(job): move a stale output out of the way (into REJECTED/); called with
     #     the job's claim held, just before the job runs.
+    # claimed(job) -> Job: the job as it runs, what it sends fixed now (its seed), with
+    #     its claim held and any stale output set aside; the log records that job.
 
 
 def job_done(stage: Stage, job: Job) -> bool:
@@ -132,13 +135,13 @@ def job_done(stage: Stage, job: Job) -> bool:
 class EngineSettings:
     root: Path
     servers: tuple[str | None, ...] = (None,)  # one worker thread each; None = no server
-    lease_seconds: float = 120.0
-    poll_seconds: float = 5.0  # wait between passes when others hold the remaining jobs
+    lease_seconds: float = default("lease_seconds")
+    poll_seconds: float = default("poll_seconds")  # wait between passes when others hold the rest
     watch: bool = False  # keep polling for new jobs until interrupted
     # --watch: a failed job is tried again after this pause, doubled after each failure.
-    watch_retry_seconds: float = 60.0
+    watch_retry_seconds: float = default("watch_retry_seconds")
     watch_retry_cap_seconds: float = 1800.0
-    server_process_name: str | None = "Draw Things"
+    server_process_name: str | None = default("server_process_name")
     # CPU % and RAM readings while a request runs (10-60 s on a Mac). Each reading wakes
     # a thread, which on a VM costs milliseconds of CPU: sparse readings keep the client's
     # CPU per image low (bench/upscale.py).
@@ -459,7 +462,7 @@ def run_stage(stage: Stage, settings: EngineSettings,
             run.guard.establish()
             for worker in workers:
                 worker.store.prepare()
-            run.metrics = MetricsLog(settings.root / "logs", stage.name, host,
+            run.metrics = MetricsLog(logs_folder(settings.root), stage.name, host,
                                      extra_columns=stage.extra_columns)
         except OSError as exc:
             run.guard.close()
@@ -740,6 +743,9 @@ def _claim_and_do(worker: _Worker, job: Job) -> str:
                 run.stage.set_aside(job)  # a stale output: out of the way, then redo it
             # File-server time, like claims: machines' clocks are never compared.
             remove_abandoned_scratch(job.output, store.server_now() - run.settings.lease_seconds)
+            claimed = getattr(run.stage, "claimed", None)
+            if claimed is not None:
+                job = claimed(job)
         except OSError as exc:
             run.guard.check()
             _note_busy(worker, job.key, exc)
@@ -807,8 +813,6 @@ def _do_job(worker: _Worker, job: Job, claim: Claim) -> str:
         with sampler:
             result = run_job(job, scratch)
         row["attempt"] = result.attempts
-        if result.seed is not None:
-            row["seed"] = result.seed
         status = _deliver(worker, job, claim, result, scratch)
         outcome = "done"
     except ShareLost:

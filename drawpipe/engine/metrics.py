@@ -1,6 +1,5 @@
 """CPU/RAM sampling while a request runs, and the per-host CSV logs.
 
-    host_name()          this machine's short name, safe in a file name
     ResourceSampler      context manager: samples whole-machine CPU % and used RAM in
                          a background thread (the server does the work, so the
                          client's own process says nothing), and the Draw Things
@@ -10,7 +9,9 @@
     MetricsLog           appends one row per job to <logs>/<stage>-<host>.csv
     read_logs(logs, stg) every host's rows of one stage, merged
 
-Each host writes only its own CSV file (DESIGN.md: no shared writable files); every
+A host names its log with files.host_name(); the file names come from layout.py.
+
+Each host writes only its own CSV file (docs/DESIGN.md: no shared writable files); every
 row is one ``write`` of one complete line to a file opened with O_APPEND, so
 processes of one host appending at once never interleave within a line.
 """
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from drawpipe.layout import log_name, log_pattern
 
 MIB = 1024 * 1024
 
@@ -136,7 +139,7 @@ class ResourceSampler:
     CPU time and RSS, when it runs on this machine.
 
         with ResourceSampler(0.5, "Draw Things") as sampler:
-            response = client.txt2img(payload)
+            answer = client.generate("txt2img", payload, expected_size)
         usage = sampler.result()
 
     A reading is taken on entry, every ``interval_seconds`` and on exit, so a job
@@ -303,7 +306,7 @@ class MetricsLog:
         self.stage = stage
         self.host = host
         self.columns = columns
-        self.path = self.logs_dir / f"{stage}-{host}.csv"
+        self.path = self.logs_dir / log_name(stage, host)
         self._header = _csv_line(columns).encode("utf-8")
         self._checked = False  # header and last line of an existing file checked
         # Worker threads share this log: one append at a time, so two of them cannot
@@ -363,7 +366,8 @@ class MetricsLog:
     def _rotate(self) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         for n in range(100):
-            target = self.path.with_name(f"{self.stage}-{self.host}.{stamp}{f'-{n}' if n else ''}.csv")
+            target = self.path.with_name(
+                log_name(self.stage, self.host, f".{stamp}{f'-{n}' if n else ''}"))
             if target.exists():
                 continue
             try:
@@ -395,7 +399,7 @@ def read_logs(logs_dir: Path, stage: str) -> tuple[list[dict], int]:
     logs_dir = Path(logs_dir)
     if not logs_dir.is_dir():
         return rows, skipped
-    for path in sorted(logs_dir.glob(f"{stage}-*.csv")):
+    for path in sorted(logs_dir.glob(log_pattern(stage))):
         file_rows, file_skipped = _read_log(path, stage)
         rows.extend(file_rows)
         skipped += file_skipped

@@ -21,9 +21,9 @@ import threading
 import time
 from pathlib import Path
 
-from drawpipe.engine.claims import CLAIMS_FOLDER
 from drawpipe.errors import ShareLost
 from drawpipe.files import unlink_when_free
+from drawpipe.layout import CLAIMS_FOLDER
 
 MARKER_PREFIX = ".run-"
 

@@ -1,8 +1,8 @@
-"""``python -m drawpipe.report``: see drawpipe/report/run.py."""
+"""``python -m drawpipe.report``: the report (cli/report.py; the report itself: report/build.py)."""
 
 import sys
 
 from drawpipe.cli.common import run_main
-from drawpipe.report.run import main
+from drawpipe.cli.report import main
 
 sys.exit(run_main(main))

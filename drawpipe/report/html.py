@@ -12,7 +12,7 @@ opens from the share on any Mac with no server and no internet::
 Clicking a thumbnail opens the full-size original through a relative link
 (``../GENERATIONS/...``): it works wherever the share's folders sit side by side.
 
-What is redone on a second run (report.data.ReportCache remembers the rest):
+What is redone on a second run (inventory.ReportCache remembers the rest):
 - a thumbnail, when its source's (size, mtime_ns) changed or the thumbnail is gone;
   thumbnails of sources that are gone are deleted;
 - a chart, when its stage's log files (name, size, mtime_ns) changed; matplotlib
@@ -35,13 +35,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from drawpipe import pages
 from drawpipe.files import save_atomically, write_if_changed
+from drawpipe.inventory import STAGES, ImageEntry, Logs, latest_done
 from drawpipe.layout import natural_key
-from drawpipe.report import pages
-from drawpipe.report.data import ImageEntry
-from drawpipe.report.pages import anchor
-from drawpipe.report.stats import (STAGES, Logs, StageReport, eta_sentence, format_time,
-                                   latest_done, summary_table)
+from drawpipe.pages import anchor, meta_view
+from drawpipe.report.stats import StageReport, eta_sentence, format_time, summary_table
 
 PAGE_NAME = "index.html"
 THUMBS_FOLDER = "thumbs"
@@ -372,7 +371,7 @@ def _fit(draw, text: str, font) -> str:
 
 # --------------------------------------------------------------------------- the page
 #
-# The page is templates/report.html (Jinja2, autoescaped; report/pages.py); the functions
+# The page is templates/report.html (Jinja2, autoescaped; drawpipe/pages.py); the functions
 # below turn the report's data into the plain view dicts the templates show.
 
 
@@ -425,16 +424,6 @@ def _item(entry, cache, done: dict, failures: dict) -> dict:
                             "upscale failed" if "upscale" in failed else "not upscaled yet"),
         "cutouts": cutouts, **meta_view(entry), "notes": notes,
     }
-
-
-def meta_view(entry) -> dict:
-    """{name, facts, prompt, negative_prompt} of an image from its PNG metadata."""
-    meta = entry.meta
-    facts = [f"seed {meta['seed']}" if meta.get("seed") else None, meta.get("model"),
-             meta.get("size"), f"{meta['steps']} steps" if meta.get("steps") else None,
-             meta.get("sampler"), f"CFG {meta['cfg_scale']}" if meta.get("cfg_scale") else None]
-    return {"name": entry.name, "facts": [fact for fact in facts if fact],
-            "prompt": meta.get("prompt", ""), "negative_prompt": meta.get("negative_prompt", "")}
 
 
 def render_page(root: Path, inventory, logs: Logs, reports: list[StageReport], failures: dict,

@@ -1,16 +1,13 @@
 """What the report knows from the logs: each stage's figures and ETAs.
 
-The folders (inventory, PNG metadata, work left) and the report's cache are
-report/data.py's.
+The logs are read and parsed by inventory.py (load_logs: LogRow, one job as logged,
+times in epoch seconds; latest_done); the folders too (scan_inventory).
 
-Logs and figures:
+Figures:
 
-    load_logs(logs_dir)          every stage's rows, parsed, with what was skipped and why
-    LogRow                       one job as logged (times in epoch seconds)
     stage_figures(rows)          [HostFigures per host ..., HostFigures of all hosts]
     estimate_eta(rows, left, W)  Eta: work left at the combined recent throughput
     outstanding_failures(rows)   the jobs whose latest row is a failure
-    latest_done(rows)            image key -> its latest "done" row
     percentile(values, fraction) linear interpolation between closest ranks
     format_summary(...)          the plain-text report
 
@@ -50,167 +47,15 @@ only the figures of the missing columns are left out, and the report names them.
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from drawpipe.engine.metrics import COMMON_COLUMNS, read_logs
-from drawpipe.report.data import image_key
+from drawpipe.inventory import STAGES, LogRow, Logs, counted
+from drawpipe.settings import default
 
-STAGES = ("generate", "upscale", "segment")
-DEFAULT_ETA_WINDOW_SECONDS = 3600.0
+DEFAULT_ETA_WINDOW_SECONDS = default("eta_window_minutes") * 60
 ALL_HOSTS = "all hosts"
-
-_REQUIRED_COLUMNS = ("time_utc", "status", "output")
-
-
-@dataclass(slots=True)
-class LogRow:
-    stage: str
-    host: str
-    end: float  # epoch seconds (time_utc: written when the job ended)
-    seconds: float | None
-    status: str
-    attempt: int
-    output: str  # the job key: output path relative to the root
-    input: str
-    seed: str
-    cpu_percent_mean: float | None
-    cpu_percent_peak: float | None
-    ram_mb_mean: float | None
-    ram_mb_peak: float | None
-    server_cpu_seconds: float | None
-    error: str
-
-    @property
-    def start(self) -> float:
-        return self.end - (self.seconds or 0.0)
-
-    @property
-    def key(self) -> str | None:
-        return image_key(self.output)
-
-
-@dataclass
-class Logs:
-    """Every stage's usable rows (sorted by end time) and what was left out.
-
-    ``files``: (name, size, mtime_ns) of each stage's CSV files, to tell whether the
-    logs changed since the last report (charts are redrawn only then).
-    """
-
-    rows: dict[str, list[LogRow]]
-    files: dict[str, list[tuple[str, int, int]]]
-    lines_skipped: int = 0  # half-written or malformed lines
-    rows_skipped: int = 0  # rows without a usable time_utc, status or output
-    older_layout_rows: int = 0  # read, but without some of today's columns
-    missing_columns: set[str] = field(default_factory=set)
-
-    @property
-    def row_count(self) -> int:
-        return sum(len(rows) for rows in self.rows.values())
-
-    @property
-    def file_count(self) -> int:
-        return sum(len(files) for files in self.files.values())
-
-    def skipped_lines(self) -> list[str]:
-        """What was not read, as sentences for the report (empty when all was read)."""
-        said = []
-        if self.lines_skipped:
-            said.append(f"skipped {_count(self.lines_skipped, 'line')} cut off by a crash or "
-                        "malformed")
-        if self.rows_skipped:
-            said.append(f"skipped {_count(self.rows_skipped, 'row')} without a usable "
-                        "time_utc, status or output")
-        if self.older_layout_rows:
-            said.append(f"{_count(self.older_layout_rows, 'row')} of an older layout without "
-                        f"{', '.join(sorted(self.missing_columns))}: read, those figures left out")
-        return said
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
-
-
-def _number(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def parse_time_utc(text: str) -> float | None:
-    """"2026-11-22T14:09:20.123Z" -> epoch seconds; None when it is not such a time."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
-
-
-def load_logs(logs_dir: Path, stages: tuple[str, ...] = STAGES) -> Logs:
-    """Read ``<logs_dir>/<stage>-*.csv`` of every stage (metrics.read_logs), never writing."""
-    logs_dir = Path(logs_dir)
-    logs = Logs(rows={}, files={})
-    common = set(COMMON_COLUMNS)
-    for stage in stages:
-        raw_rows, skipped = read_logs(logs_dir, stage)
-        logs.lines_skipped += skipped
-        parsed = []
-        for raw in raw_rows:
-            missing = common.difference(raw)
-            if missing:
-                logs.older_layout_rows += 1
-                logs.missing_columns |= missing
-            row = _parse_row(stage, raw)
-            if row is None:
-                logs.rows_skipped += 1
-            else:
-                parsed.append(row)
-        parsed.sort(key=lambda row: row.end)
-        logs.rows[stage] = parsed
-        files = []
-        if logs_dir.is_dir():
-            for path in sorted(logs_dir.glob(f"{stage}-*.csv")):
-                try:
-                    stat = path.stat()
-                except OSError:
-                    continue
-                files.append((path.name, stat.st_size, stat.st_mtime_ns))
-        logs.files[stage] = files
-    return logs
-
-
-def _parse_row(stage: str, raw: dict) -> LogRow | None:
-    if any(not raw.get(column) for column in _REQUIRED_COLUMNS):
-        return None
-    end = parse_time_utc(raw["time_utc"])
-    if end is None:
-        return None
-    attempt = _number(raw.get("attempt"))
-    return LogRow(
-        stage=stage,
-        host=raw.get("host") or "?",
-        end=end,
-        seconds=_number(raw.get("seconds")),
-        status=raw["status"],
-        attempt=int(attempt) if attempt is not None and attempt >= 1 else 1,
-        output=raw["output"],
-        input=raw.get("input", ""),
-        seed=raw.get("seed", ""),
-        cpu_percent_mean=_number(raw.get("cpu_percent_mean")),
-        cpu_percent_peak=_number(raw.get("cpu_percent_peak")),
-        ram_mb_mean=_number(raw.get("ram_mb_mean")),
-        ram_mb_peak=_number(raw.get("ram_mb_peak")),
-        server_cpu_seconds=_number(raw.get("server_cpu_seconds")),
-        error=raw.get("error", ""),
-    )
 
 
 # --------------------------------------------------------------------------- figures
@@ -379,17 +224,6 @@ def outstanding_failures(rows: list[LogRow]) -> list[LogRow]:
                   key=lambda row: row.end)
 
 
-def latest_done(rows: list[LogRow]) -> dict[str, LogRow]:
-    """image key -> the latest "done" row of that image (one stage's rows)."""
-    found = {}
-    for row in rows:
-        if row.status == "done":
-            key = row.key
-            if key is not None:
-                found[key] = row
-    return found
-
-
 # --------------------------------------------------------------------------- text
 
 
@@ -508,7 +342,7 @@ def format_summary(root: Path, logs: Logs, reports: list[StageReport], window_se
         lines.append("no job logged yet in logs/")
     else:
         age = f", {format_duration(now - latest)} ago" if now >= latest else ""
-        lines.append(f"read {_count(logs.row_count, 'row')} from {_count(logs.file_count, 'log file')}"
+        lines.append(f"read {counted(logs.row_count, 'row')} from {counted(logs.file_count, 'log file')}"
                      f" (latest {format_time(latest)}{age})")
         if now - latest > window_seconds:
             lines.append("note: nothing was logged in the last "
@@ -521,7 +355,7 @@ def format_summary(root: Path, logs: Logs, reports: list[StageReport], window_se
             lines.extend(_aligned(summary_table(report.figures), "  "))
             everyone = report.figures[-1]
             if everyone.duplicate:
-                lines.append(f"  {_count(everyone.duplicate, 'job')} done twice (another "
+                lines.append(f"  {counted(everyone.duplicate, 'job')} done twice (another "
                              "worker had finished it first)")
         else:
             lines.append("  no job logged")

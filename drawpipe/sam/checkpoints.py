@@ -1,10 +1,11 @@
 """Official Segment Anything checkpoints: where they live, download with resume, SHA-256.
 
     OFFICIAL_CHECKPOINTS     model type -> CheckpointFile (file name, URL, SHA-256)
-    default_cache_dir(env)   the folder checkpoints are downloaded into
     download_checkpoint(...) fetch a file with a progress bar, resuming a broken
                              download, verifying its SHA-256 before it gets its name
     sha256_of(path)          hex SHA-256 of a file
+
+The cache folder they are downloaded into is files.default_cache_dir's ``sam/``.
 
     CheckpointError (UsageError)       a checkpoint is missing, unreadable, or wrong
     └── DownloadFailed                 the download did not finish or did not verify

@@ -1,8 +1,11 @@
 """How SAM is run: the mask generator's settings and the model to load (no torch here:
-the scripts build these before deciding whether to load anything)."""
+the scripts build these before deciding whether to load anything). The defaults of
+what segment.py's options set come from the settings table (drawpipe/settings.py)."""
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from drawpipe.settings import default
 
 
 @dataclass(frozen=True)
@@ -10,25 +13,25 @@ class GeneratorSettings:
     """SamAutomaticMaskGenerator's settings and defaults (segment-anything's names).
     ``points_per_batch`` None: chosen from the memory available."""
 
-    points_per_side: int = 32
-    points_per_batch: int | None = None
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
+    points_per_side: int = default("points_per_side")
+    points_per_batch: int | None = default("points_per_batch")
+    pred_iou_thresh: float = default("pred_iou_thresh")
+    stability_score_thresh: float = default("stability_score_thresh")
+    stability_score_offset: float = default("stability_score_offset")
+    box_nms_thresh: float = default("box_nms_thresh")
+    crop_n_layers: int = default("crop_n_layers")
     crop_nms_thresh: float = 0.7
     crop_overlap_ratio: float = 512 / 1500
     crop_n_points_downscale_factor: int = 1
-    min_mask_region_area: int = 0
+    min_mask_region_area: int = default("min_mask_region_area")
 
 
 @dataclass(frozen=True)
 class ModelSettings:
     model_type: str
     checkpoint: Path
-    device: str = "auto"
-    precision: str = "auto"
+    device: str = default("device")
+    precision: str = default("precision")
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class CutoutSettings:
     specks; a mask whose box touches all four image edges is the background (kept
     only with ``keep_background``); at most ``max_cutouts`` (None: all), largest first."""
 
-    margin_fraction: float = 0.05
-    min_area_fraction: float = 0.001
-    max_cutouts: int | None = None
-    keep_background: bool = False
+    margin_fraction: float = default("margin")
+    min_area_fraction: float = default("min_area_fraction")
+    max_cutouts: int | None = default("max_cutouts")
+    keep_background: bool = default("keep_background")

@@ -7,43 +7,69 @@ for the same file, and asking for a larger count makes only the missing ones.
 
 An image rejected in review (curate/verdicts.py) is not done: its job sets it aside into
 REJECTED/ with what was made from it, and makes the next take, whose seed comes from
-the file name and the take number (curate/takes.py).
+the file name and the take number, fixed when the job is claimed (curate/takes.py).
 """
 
-import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from drawpipe.curate.takes import Freshness, Rejections, recorded_take, set_aside, takes_set_aside
+from drawpipe.curate.takes import Takes, seed_for
 from drawpipe.drawthings import api as drawthings
 from drawpipe.drawthings.client import ClientSettings, SdapiClient
-from drawpipe.drawthings.payloads import effective_parameters, fill_prompt, preflight
+from drawpipe.drawthings.payloads import (Override, check_payload, effective_parameters,
+                                          fill_prompt, load_payload, override_payloads,
+                                          preflight)
 from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.engine.loop import Job, JobResult, WorkerContext
 from drawpipe.layout import GENERATIONS_FOLDER, cutouts_path, image_name, upscaled_path
-from drawpipe.png import add_text_chunks, read_text_chunks
+from drawpipe.png import add_text_chunks
 from drawpipe.stages.prompts import PromptSets, QueueItem
 
-SEED_LIMIT = 2**32  # Draw Things takes seeds 0..4294967295
+
+@dataclass(frozen=True)
+class Template:
+    """The txt2img template a run sends: checked, with any ``--set`` overrides applied."""
+
+    path: Path
+    payload: dict  # request keys, notes removed
+    warnings: tuple[str, ...]  # what the app would do without a word
+    overrides: tuple[Override, ...] = ()
+
+    @property
+    def source(self) -> str:
+        """Names the template in messages: its file, and the --set options changing it."""
+        if not self.overrides:
+            return str(self.path)
+        return f"{self.path} with {' '.join('--set ' + o.text for o in self.overrides)}"
 
 
-def seed_for(name: str, offset: int = 0, take: int = 1) -> int:
-    """A stable seed from a file stem, e.g. ``France_family_3`` (plus ``offset``); a
-    later take of the same file gets its own (``France_family_3_take2``)."""
-    text = name if take == 1 else f"{name}_take{take}"
-    digest = hashlib.sha256(text.encode("utf-8")).digest()
-    return (int.from_bytes(digest[:4], "big") + offset) % SEED_LIMIT
+def load_template(path: Path) -> Template:
+    """The template file, checked (InputFileError naming it when the app would refuse it)."""
+    payload, warnings = load_payload(path)
+    return Template(Path(path), payload, tuple(warnings))
+
+
+def with_overrides(template: Template, overrides: list[Override]) -> Template:
+    """``template`` with ``--set KEY=VALUE`` values (payloads.override_payloads: the same
+    rules as a recipe's), checked again as a whole."""
+    if not overrides:
+        return template
+    overridden = override_payloads([template.payload], overrides, None, "generate.py")
+    changed = Template(template.path, overridden.payloads[0], (), tuple(overrides))
+    return replace(changed, warnings=tuple(check_payload(changed.payload, changed.source)))
 
 
 @dataclass(frozen=True)
 class Planned:
-    """A generate job's context: which queue entry and prompt variant."""
+    """A generate job's context: which queue entry and prompt variant, and (fixed when
+    the job is claimed) which take it makes."""
 
     nation: str
     category: str
     number: int
     prompt: str
+    take: int | None = None
 
 
 class GenerateStage:
@@ -51,22 +77,17 @@ class GenerateStage:
     extra_columns = ("server",)
 
     def __init__(self, root: Path, queue: list[QueueItem], prompt_sets: PromptSets,
-                 template: dict, client_settings: ClientSettings, seed_offset: int = 0,
-                 template_source: str = "the txt2img template", overrides: tuple[str, ...] = (),
+                 template: Template, client_settings: ClientSettings, seed_offset: int = 0,
                  on_warning: Callable[[str], None] | None = None,
-                 freshness: Freshness | None = None,
+                 takes: Takes | None = None,
                  on_notice: Callable[[str], None] | None = None):
-        """``template``: checked, with any --set ``overrides`` (their texts, kept in each
-        image's provenance) applied; ``on_warning(line)``: what the preflight finds the
-        app would do without a word; ``freshness``: this Mac's hash cache (curate/takes.py);
-        ``on_notice(line)``: a rejected take set aside."""
+        """``template``: checked, with any --set overrides (kept in each image's
+        provenance) applied; ``on_warning(line)``: what the preflight finds the app
+        would do without a word; ``takes``: the policy for rejected takes, with this
+        Mac's hash cache (curate/takes.py); ``on_notice(line)``: a rejected take set aside."""
         self.root = root
-        self.freshness = freshness or Freshness(None)
+        self.takes = takes or Takes(root)
         self.on_notice = on_notice
-        self.rejections: Rejections | None = None
-        self._take_after_set_aside: dict[str, int] = {}  # job key -> the take to make
-        self.template_source = template_source
-        self.overrides = tuple(overrides)
         self.on_warning = on_warning
         self.queue = queue
         self.prompt_sets = prompt_sets
@@ -75,57 +96,39 @@ class GenerateStage:
         self.seed_offset = seed_offset
 
     def plan(self) -> list[Job]:
-        """Every image of the queue; ``seed``: the take a job would make now (the next
-        one after those in REJECTED/, or after the one there if it is rejected)."""
+        """Every image of the queue (its seed is fixed when its job is claimed)."""
         jobs = []
         folder = self.root / GENERATIONS_FOLDER
-        self.rejections = Rejections(self.root, self.freshness)
+        self.takes.reload()
         for item in self.queue:
             for number in range(1, item.count + 1):
                 name = image_name(item.nation, item.category, number)
                 output = folder / item.nation / item.category / name
-                key = output.relative_to(self.root).as_posix()
                 prompt = self.prompt_sets.prompt_for(item.nation, item.category, number)
-                jobs.append(Job(
-                    key=key,
-                    output=output,
-                    seed=seed_for(output.stem, self.seed_offset, self.next_take(key)),
-                    context=Planned(item.nation, item.category, number, prompt),
-                ))
+                jobs.append(Job(key=output.relative_to(self.root).as_posix(), output=output,
+                                context=Planned(item.nation, item.category, number, prompt)))
         return jobs
 
     def is_current(self, job: Job) -> bool:
         """An image is done unless a reviewer rejected the take that is there."""
-        return not self.rejections.is_rejected(job.key)
-
-    def next_take(self, key: str) -> int:
-        """The take a job for ``key`` makes: one after the rejected take there, else one
-        after the takes set aside."""
-        if self.rejections.is_rejected(key):
-            return self._take_there(key) + 1
-        return takes_set_aside(self.root, key) + 1
-
-    def _take_there(self, key: str) -> int:
-        try:
-            recorded = recorded_take(read_text_chunks(self.root / key))
-        except (OSError, ValueError):
-            recorded = 1
-        return max(recorded, takes_set_aside(self.root, key) + 1)
+        return not self.takes.is_rejected(job.key)
 
     def set_aside(self, job: Job) -> None:
         """Move the rejected take, and what upscale.py and segment.py made of it, into
         REJECTED/ (called with the job's claim held)."""
-        take = self._take_there(job.key)
-        self._take_after_set_aside[job.key] = take + 1
         upscaled = upscaled_path(self.root, job.output)
-        moved = []
-        for path in (job.output, upscaled, cutouts_path(self.root, upscaled)):
-            target = set_aside(self.root, path.relative_to(self.root).as_posix(), take)
-            if target is not None:
-                moved.append(target.relative_to(self.root).as_posix())
+        take, moved = self.takes.set_aside_rejected(
+            job.key, [upscaled, cutouts_path(self.root, upscaled)])
         if self.on_notice is not None and moved:
             self.on_notice(f"rejected: {job.key} (take {take}) moved to {', '.join(moved)}; "
                            f"making take {take + 1}")
+
+    def claimed(self, job: Job) -> Job:
+        """The job as it runs, its take and seed fixed now: with its claim held, after
+        any rejected take was set aside."""
+        take = self.takes.take_to_make(job.key)
+        return replace(job, seed=seed_for(job.output.stem, self.seed_offset, take),
+                       context=replace(job.context, take=take))
 
     def jobs_by_entry(self) -> list[tuple[QueueItem, list[Job]]]:
         """The plan grouped by queue entry, for --dry-run."""
@@ -136,31 +139,27 @@ class GenerateStage:
             start += item.count
         return grouped
 
-    def payload_for(self, job: Job, seed: int | None = None) -> dict:
-        payload = dict(self.template)
-        payload["prompt"] = fill_prompt(self.template.get("prompt", ""), job.context.prompt)
-        payload["seed"] = job.seed if seed is None else seed
+    def payload_for(self, job: Job) -> dict:
+        payload = dict(self.template.payload)
+        payload["prompt"] = fill_prompt(payload.get("prompt", ""), job.context.prompt)
+        payload["seed"] = job.seed
         return payload
 
     def make_worker(self, server: str, context: WorkerContext):
         """Preflight the server (``GET /``) and return this worker's job runner."""
         client = SdapiClient(server, self.client_settings, sleep=context.sleep,
                              on_resend=context.resent)
-        app_configuration = preflight(client, [(self.template, self.template_source)],
+        app_configuration = preflight(client, [(self.template.payload, self.template.source)],
                                       self.on_warning)
         expected_size = drawthings.output_size(
-            effective_parameters(self.template, app_configuration))
+            effective_parameters(self.template.payload, app_configuration))
 
         def run(job: Job, scratch: Path) -> JobResult:
-            # Under the claim, after any rejected take was set aside: the take to make.
-            take = (self._take_after_set_aside.pop(job.key, None)
-                    or takes_set_aside(self.root, job.key) + 1)
-            seed = seed_for(job.output.stem, self.seed_offset, take)
-            payload = self.payload_for(job, seed)
+            payload = self.payload_for(job)  # job: as claimed (its take and seed fixed)
             answer = client.generate("txt2img", payload, expected_size)
             png = add_text_chunks(answer.png, provenance_chunks(
-                payload, overrides=list(self.overrides), take=take))
-            return JobResult(data=png, attempts=answer.attempts, extra={"server": server},
-                             seed=seed)
+                payload, overrides=[o.text for o in self.template.overrides],
+                take=job.context.take))
+            return JobResult(data=png, attempts=answer.attempts, extra={"server": server})
 
         return run

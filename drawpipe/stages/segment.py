@@ -17,12 +17,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from drawpipe.curate.takes import Freshness, Rejections, set_aside, takes_set_aside
+from drawpipe.curate.takes import Takes
 from drawpipe.engine.loop import Job, JobResult
 from drawpipe.engine.metrics import ResourceSampler
 from drawpipe.errors import BadInput
 from drawpipe.files import remove_quietly, scan_inputs, write_synced
-from drawpipe.layout import CUTOUTS_RECORD, UPSCALED_FOLDER, cutouts_path, generated_for_upscaled
+from drawpipe.layout import CUTOUTS_RECORD, UPSCALED_FOLDER, cutout_name, cutouts_path
 from drawpipe.sam.cutouts import choose_cutouts
 from drawpipe.sam.models import Segmenter, first_line
 from drawpipe.sam.settings import CutoutSettings, GeneratorSettings, ModelSettings
@@ -58,7 +58,7 @@ def write_cutout_folder(folder: Path, stem: str, image, masks: list, record: dic
     for number, mask in enumerate(masks, 1):
         x, y, w, h = mask.box
         cutout = cut_out(image, mask.mask, margin_fraction, offset=(x, y))
-        name = f"{stem}_cutout_{number}.png"
+        name = cutout_name(stem, number)
         write_synced(folder / name, encode_png(cutout.rgba))
         entries.append({
             "file": name,
@@ -85,9 +85,9 @@ class SegmentStage:
                      "peak_rss_mb", "device")
 
     def __init__(self, root: Path, model: ModelSettings, generator: GeneratorSettings,
-                 cutouts: CutoutSettings, freshness: Freshness | None = None):
+                 cutouts: CutoutSettings, takes: Takes | None = None):
         self.root = Path(root)
-        self.freshness = freshness or Freshness(None)
+        self.takes = takes or Takes(root)
         self.rejected: list[str] = []  # upscaled images of rejected takes, as of the last plan
         self.model = model
         self.generator = generator
@@ -98,12 +98,10 @@ class SegmentStage:
     def plan(self) -> list[Job]:
         """One job per upscaled PNG, but those of a take rejected in review (generate.py
         sets them aside when it makes the next take)."""
-        rejections = Rejections(self.root, self.freshness)
+        self.takes.reload()
         jobs, rejected = [], []
         for path in scan_inputs(self.root / UPSCALED_FOLDER):
-            generated = generated_for_upscaled(self.root, path)
-            if generated is not None and rejections.is_rejected(
-                    generated.relative_to(self.root).as_posix()):
+            if self.takes.made_from_rejected(path):
                 rejected.append(path.relative_to(self.root).as_posix())
                 continue
             output = cutouts_path(self.root, path)
@@ -114,12 +112,11 @@ class SegmentStage:
 
     def is_current(self, job: Job) -> bool:
         """The cut-outs were made from the upscaled image there now (or record nothing)."""
-        return self.freshness.is_current(job.output / CUTOUTS_RECORD, job.input,
-                                         recorded_source_sha256)
+        return self.takes.is_current(job.output, job.input)
 
     def set_aside(self, job: Job) -> None:
         """Move cut-outs made from an older upscaled image into REJECTED/ (claim held)."""
-        set_aside(self.root, job.key, takes_set_aside(self.root, job.key) + 1)
+        self.takes.set_aside_stale(job.key, job.output)
 
     def segmenter(self) -> Segmenter:
         """The model, loaded on first use (a run with nothing to do loads nothing)."""
@@ -167,16 +164,3 @@ class SegmentStage:
                 "peak_rss_mb": usage.result().process_rss_mb, "device": segmenter.device})
 
         return run
-
-
-def recorded_source_sha256(record_path: Path) -> str | None:
-    """The upscaled image's SHA-256 a cutouts.json records, or None (made before drawpipe
-    recorded one, or not readable as ours)."""
-    try:
-        record = json.loads(Path(record_path).read_bytes())
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        return None
-    sha256 = record.get("source_sha256") if isinstance(record, dict) else None
-    return sha256 if isinstance(sha256, str) else None

@@ -26,8 +26,9 @@ upscaler multiplies it) and checked on arrival; before anything is sent, the
 whole chain is predicted from the input's size and must end at the recipe's
 output size.
 
-The seed: every step of an image uses ``seed_for(<input stem>, seed_offset)``, the
-same seed generate.py used for that image. One number per image is what the
+The seed: every step of an image uses ``seed_for(<input stem>, seed_offset, take)``
+(curate/takes.py), the same seed generate.py used for that take of the image, fixed
+when the job is claimed. One number per image is what the
 metrics' ``seed`` column and the infotext can hold, so any step can be re-run by
 hand from the output's metadata; the seed is stable across recipes (the fast and
 the creative recipe get the same noise, so they compare like for like); and it
@@ -54,30 +55,31 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import pybase64
 
-from drawpipe.curate.takes import Freshness, Rejections, recorded_take, set_aside, takes_set_aside
+from drawpipe.curate.takes import Takes, recorded_take, seed_for
 from drawpipe.drawthings import api as drawthings
 from drawpipe.drawthings.client import ClientSettings, SdapiClient
-from drawpipe.drawthings.payloads import (Override, check_payload, effective_parameters, preflight,
-                                          read_json_file, sends, with_override, without_notes)
+from drawpipe.drawthings.payloads import (Override, check_payload, effective_parameters,
+                                          override_payloads, preflight, read_json_file,
+                                          without_notes)
 from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.engine.loop import Job, JobResult, WorkerContext
 from drawpipe.errors import (BadInput, InputFileError, JobDeferred, JobFailed, ServerRejected,
-                             StepRejected, TransientError, UsageError)
+                             StepRejected, TransientError)
 from drawpipe.files import output_exists, scan_inputs
 from drawpipe.layout import GENERATIONS_FOLDER, UPSCALED_FOLDER, upscaled_path
 from drawpipe.png import (IEND_CHUNK, PNG_SIGNATURE, PngCheck, add_text_chunks, inspect_png,
-                          png_size, read_text_chunks)
-from drawpipe.stages.generate import seed_for
+                          png_size)
+from drawpipe.settings import default
 
 DEFAULT_OUTPUT_SIZE = (2048, 2048)
 # An incomplete input younger than this is waited for; older, it is reported as damaged.
-DEFAULT_SETTLE_SECONDS = 60.0
+DEFAULT_SETTLE_SECONDS = default("settle_seconds")
 
 # Keys the chain sets on every request, with why a recipe must not set them.
 CHAIN_KEYS = {
@@ -104,6 +106,7 @@ class Recipe:
     output_size: tuple[int, int]  # (width, height) px the last step must return
     warnings: tuple[str, ...] = ()  # what the app would do without a word, per step
     overrides: tuple[Override, ...] = ()  # --set options applied to the steps
+    override_steps: tuple[tuple[int, ...], ...] = ()  # per override: the steps it set
 
     @property
     def name(self) -> str:
@@ -152,44 +155,22 @@ def load_recipe(path: Path) -> Recipe:
 
 
 def apply_overrides(recipe: Recipe, overrides: list[Override]) -> Recipe:
-    """``recipe`` with ``--set`` values: a STEP:KEY override changes (or adds) KEY in that
-    step (by name or number); a plain KEY override changes every step that sends KEY.
-    UsageError when a step is not found or no step sends the key; each changed step is
-    checked again like the recipe itself."""
-    steps = list(recipe.steps)
-    for override in overrides:
-        if override.step is None:
-            numbers = [n for n, step in enumerate(steps, 1) if sends(step.payload, override.key)]
-            if not numbers:
-                raise UsageError(f"--set {override.text}: no step of {recipe.name} sends "
-                                 f"{override.key}; add it to one step with --set "
-                                 f"STEP:{override.text} ({_step_list(recipe)})")
-        else:
-            numbers = [_step_number(recipe, override)]
-        for number in numbers:
-            step = steps[number - 1]
-            if override.key in CHAIN_KEYS:
-                raise UsageError(f"--set {override.text}: {CHAIN_KEYS[override.key]}")
-            steps[number - 1] = RecipeStep(step.name, with_override(step.payload, override))
-    changed = Recipe(recipe.path, tuple(steps), recipe.output_size, (), tuple(overrides))
+    """``recipe`` with ``--set`` values (payloads.override_payloads: a STEP:KEY override
+    changes or adds KEY in that step, by name or number; a plain KEY override changes
+    every step that sends KEY; UsageError when a step is not found or no step sends
+    the key); each changed step is checked again like the recipe itself."""
+    if not overrides:
+        return recipe
+    overridden = override_payloads([step.payload for step in recipe.steps], overrides,
+                                   [step.name for step in recipe.steps], recipe.name)
+    steps = tuple(RecipeStep(step.name, payload)
+                  for step, payload in zip(recipe.steps, overridden.payloads))
+    changed = Recipe(recipe.path, steps, recipe.output_size, (), tuple(overrides),
+                     overridden.steps)
     warnings = []
     for number, step in enumerate(changed.steps, 1):
         warnings += check_payload(step.payload, f"{changed.where(number)} with --set")
-    return Recipe(changed.path, changed.steps, changed.output_size, tuple(warnings),
-                  changed.overrides)
-
-
-def _step_list(recipe: Recipe) -> str:
-    return "steps: " + ", ".join(f"{n} '{step.name}'" for n, step in enumerate(recipe.steps, 1))
-
-
-def _step_number(recipe: Recipe, override: Override) -> int:
-    wanted = override.step
-    for number, step in enumerate(recipe.steps, 1):
-        if wanted == str(number) or wanted.lower() == step.name.lower():
-            return number
-    raise UsageError(f"--set {override.text}: {recipe.name} has no step \"{wanted}\" "
-                     f"({_step_list(recipe)})")
+    return replace(changed, warnings=tuple(warnings))
 
 
 def _check_known_keys(data: dict, known: tuple[str, ...], where: str) -> None:
@@ -301,10 +282,10 @@ class UpscaleStage:
                  seed_offset: int = 0, settle_seconds: float = DEFAULT_SETTLE_SECONDS,
                  on_skipped: Callable[[str, str], None] | None = None,
                  on_warning: Callable[[str], None] | None = None,
-                 freshness: Freshness | None = None):
+                 takes: Takes | None = None):
         self.root = Path(root)
         self.on_warning = on_warning
-        self.freshness = freshness or Freshness(None)
+        self.takes = takes or Takes(root)
         self.rejected: list[str] = []  # inputs rejected in review, as of the last plan
         self.recipe = recipe
         self.client_settings = client_settings
@@ -338,13 +319,13 @@ class UpscaleStage:
         """
         with self._lock:
             jobs, skipped, ignored, rejected = [], {}, [], []
-            rejections = Rejections(self.root, self.freshness)
+            self.takes.reload()
             for path in scan_inputs(self.input_folder, suffixes=("",)):
                 label = path.relative_to(self.root).as_posix()
                 if path.suffix.lower() != ".png":
                     ignored.append(label)
                     continue
-                if rejections.is_rejected(label):
+                if self.takes.made_from_rejected(path):
                     rejected.append(label)  # generate.py makes its next take
                     continue
                 output = self.output_for(path)
@@ -354,7 +335,7 @@ class UpscaleStage:
                         skipped[label] = reason
                         continue
                 jobs.append(Job(key=output.relative_to(self.root).as_posix(), output=output,
-                                input=path, seed=seed_for(path.stem, self.seed_offset)))
+                                input=path))
             self.skipped, self.ignored, self.rejected = skipped, ignored, rejected
             new = [(label, reason) for label, reason in skipped.items()
                    if (label, reason) not in self._reported]
@@ -366,17 +347,18 @@ class UpscaleStage:
 
     def is_current(self, job: Job) -> bool:
         """The upscaled image was made from the input there now (or records nothing)."""
-        return self.freshness.is_current(job.output, job.input, recorded_source_sha256)
+        return self.takes.is_current(job.output, job.input)
 
     def set_aside(self, job: Job) -> None:
         """Move an upscaled image made from an older input into REJECTED/ (claim held),
         numbered with the take of the input it was made from."""
-        try:
-            source = json.loads(read_text_chunks(job.output).get("drawpipe-source", "{}"))
-            take = source.get("take") or takes_set_aside(self.root, job.key) + 1
-        except (OSError, ValueError, AttributeError):
-            take = takes_set_aside(self.root, job.key) + 1
-        set_aside(self.root, job.key, take)
+        self.takes.set_aside_stale(job.key, job.output)
+
+    def claimed(self, job: Job) -> Job:
+        """The job as it runs, its seed fixed now (claim held): that of the take of the
+        image there, the seed generate.py used for it; ``context``: that take."""
+        take = self.takes.take_of_input(job.input)
+        return replace(job, seed=seed_for(job.input.stem, self.seed_offset, take), context=take)
 
     def _screen(self, path: Path) -> str | None:
         """Why ``path`` is clearly unusable, or None to plan it (the job checks it fully).
@@ -424,10 +406,12 @@ class UpscaleStage:
         def run(job: Job, scratch: Path) -> JobResult:
             label = job.input.relative_to(self.root).as_posix()
             source = read_input(job.input, label, self.settle_seconds, context.server_now)
-            # The seed generate.py used for this take of the image.
-            seed = seed_for(job.input.stem, self.seed_offset, recorded_take(source.texts))
+            take = self.takes.take_of_input(source.data)
+            if take != job.context:  # job: as claimed, its take and seed fixed then
+                raise JobDeferred(f"{label} was replaced since its job was claimed (take "
+                                  f"{take}, not {job.context}): tried again on a later pass")
             try:
-                chain = plan_chain(recipe, source.size, seed, app_configuration)
+                chain = plan_chain(recipe, source.size, job.seed, app_configuration)
             except ValueError as exc:
                 raise BadInput(f"{label} does not fit the recipe: {exc}; not sent") from None
             png = source.data
@@ -454,7 +438,7 @@ class UpscaleStage:
                 raise TransientError(f"{label}: the last step returned {png_size(png)}, "
                                      f"not {recipe.output_size}")
             png = add_text_chunks(png, provenance(chain, label, source, recipe.overrides))
-            return JobResult(data=png, attempts=max(attempts), seed=seed, extra={
+            return JobResult(data=png, attempts=max(attempts), extra={
                 "server": server,
                 "recipe": recipe.name,
                 "steps": len(chain),
@@ -472,7 +456,7 @@ def provenance(chain: list[PlannedStep], label: str, source: "InputImage",
     ``parameters``: the last step's infotext (what PNG-info tools show); ``drawpipe``:
     {"request": last step, "steps": [{"name", "request"}, ...], "overrides": the --set
     options, when any} without images; ``drawpipe-source``: {"input": root-relative
-    path, "sha256": of the input's bytes (curate/curate/takes.py: an upscaled image made from
+    path, "sha256": of the input's bytes (curate/takes.py: an upscaled image made from
     another input than the one there now is stale), "take": the input's take,
     "parameters": the input's own infotext (its prompt), when it had one}.
     """
@@ -485,14 +469,3 @@ def provenance(chain: list[PlannedStep], label: str, source: "InputImage",
         record["parameters"] = source.texts["parameters"]
     texts["drawpipe-source"] = json.dumps(record, sort_keys=True, ensure_ascii=False)
     return texts
-
-
-def recorded_source_sha256(output: Path) -> str | None:
-    """The input SHA-256 an upscaled PNG records, or None (made before drawpipe recorded
-    one, or not readable as ours)."""
-    try:
-        record = json.loads(read_text_chunks(output).get("drawpipe-source", "{}"))
-    except ValueError:
-        return None
-    sha256 = record.get("sha256") if isinstance(record, dict) else None
-    return sha256 if isinstance(sha256, str) else None

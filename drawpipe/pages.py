@@ -1,6 +1,8 @@
 """The HTML pages' templates: one Jinja2 environment for the report and the review page.
 
     render(template_name, **context)   the page as a string
+    anchor(prefix, key)                an HTML id made of an image key
+    meta_view(entry)                   what the gallery shows of an image's PNG metadata
 
 Templates live in ``drawpipe/templates/``: ``base.html`` (the page frame, the shared
 ``style.css`` inlined so a page needs no other file), ``gallery.html`` (macros for an
@@ -27,6 +29,17 @@ def url_path(relative: str) -> str:
 def anchor(prefix: str, key: str) -> str:
     """An HTML id from ``key``: "i-France-family-France_family_1"."""
     return prefix + re.sub(r"[^A-Za-z0-9_-]", "-", key)
+
+
+def meta_view(entry) -> dict:
+    """{name, facts, prompt, negative_prompt} of an image (inventory.ImageEntry) from
+    its PNG metadata: what templates/gallery.html shows under each image."""
+    meta = entry.meta
+    facts = [f"seed {meta['seed']}" if meta.get("seed") else None, meta.get("model"),
+             meta.get("size"), f"{meta['steps']} steps" if meta.get("steps") else None,
+             meta.get("sampler"), f"CFG {meta['cfg_scale']}" if meta.get("cfg_scale") else None]
+    return {"name": entry.name, "facts": [fact for fact in facts if fact],
+            "prompt": meta.get("prompt", ""), "negative_prompt": meta.get("negative_prompt", "")}
 
 
 @lru_cache(maxsize=1)

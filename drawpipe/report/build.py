@@ -1,4 +1,4 @@
-"""python -m drawpipe.report: how far each stage is, how long is left, what it cost; pictures.
+"""The report: how far each stage is, how long is left, what it cost; pictures.
 
     python -m drawpipe.report --root SHARE                  the figures, on the terminal
     python -m drawpipe.report --root SHARE --html           + SHARE/report/index.html
@@ -7,16 +7,19 @@
                                                             with quality signals (curate/quality.py)
     python -m drawpipe.report --root SHARE --queue q.json   + what generate.py still has to make
 
-Modules: this one is the command line and the per-image CSV export; stats.py reads
-the logs (figures, ETAs); data.py the folders (inventory, PNG metadata, work left)
-and keeps the cache; html.py makes thumbnails, charts, the page and contact sheets
-(Pillow and matplotlib are imported only there, only when needed).
+Modules: this one runs the report (run_report), counts the work left and makes the
+per-image table; stats.py turns the logs into figures and ETAs; html.py makes
+thumbnails, charts, the page and contact sheets (Pillow and matplotlib are imported
+only there, only when needed). The logs and the folders are read by inventory.py
+(load_logs, scan_inventory, read_metadata, ReportCache); the command line is
+cli/report.py.
 
 The report reads ``logs/`` and the image folders and never writes to them; all it
 writes is under ``SHARE/report/`` and the ``--csv FILE`` named (nothing at all
-without --html, --contact-sheets or --csv). ``report/cache.json`` remembers each file's (size, mtime_ns) with what was
-read from it (PNG metadata) or made from it (thumbnail), each chart's log files and
-each contact sheet's tiles, so a second run reads and redraws only what changed.
+without --html, --contact-sheets or --csv). ``report/cache.json`` remembers each
+file's (size, mtime_ns) with what was read from it (PNG metadata) or made from it
+(thumbnail), each chart's log files and each contact sheet's tiles, so a second run
+reads and redraws only what changed.
 Files are written atomically, and only when their content changed.
 
 *Work left* per stage, counted in the folders (a listing, not claims: a job being
@@ -33,7 +36,6 @@ The ETA of each stage is that count at the combined recent rate of all hosts
 that stage's log).
 """
 
-import argparse
 import csv
 import importlib.util
 import io
@@ -43,23 +45,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from drawpipe import bundled
-from drawpipe.cli.common import add_share_arguments, resolve_settings
 from drawpipe.curate.quality import CSV_COLUMNS as QUALITY_COLUMNS
 from drawpipe.curate.quality import csv_fields as quality_fields
 from drawpipe.errors import UsageError
 from drawpipe.files import host_name, write_if_changed
-from drawpipe.layout import CUTOUTS_FOLDER, GENERATIONS_FOLDER, UPSCALED_FOLDER, natural_key
-from drawpipe.report.data import (ImageEntry, Inventory, ReportCache, read_metadata, scan_inventory,
-                                  work_left)
-from drawpipe.report.stats import (DEFAULT_ETA_WINDOW_SECONDS, STAGES, Logs, build_stage_reports,
-                                   format_summary, latest_done, load_logs)
-from drawpipe.stages.prompts import QueueItem, load_prompt_sets, load_queue, merge_queue, parse_add
+from drawpipe.inventory import (STAGES, ImageEntry, Inventory, Logs, ReportCache, latest_done,
+                                load_logs, read_metadata, scan_inventory)
+from drawpipe.layout import (CUTOUTS_FOLDER, GENERATIONS_FOLDER, REPORT_CACHE, UPSCALED_FOLDER,
+                             image_name, logs_folder, natural_key, report_folder)
+from drawpipe.report.stats import DEFAULT_ETA_WINDOW_SECONDS, build_stage_reports, format_summary
+from drawpipe.stages.prompts import QueueItem
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
-REPORT_FOLDER = "report"
-CACHE_NAME = "cache.json"
-CSV_NAME = "images.csv"
+CSV_NAME = "images.csv"  # in report/
 
 
 # --------------------------------------------------------------------------- per-image CSV
@@ -129,7 +126,7 @@ class ReportSettings:
 
     @property
     def report_dir(self) -> Path:
-        return self.root / REPORT_FOLDER
+        return report_folder(self.root)
 
 
 def failures_by_image(root: Path, reports) -> dict[str, dict]:
@@ -149,7 +146,7 @@ def run_report(settings: ReportSettings, out=None, now: float | None = None) -> 
     out = out or sys.stdout
     now = time.time() if now is None else now
     root = settings.root
-    logs = load_logs(root / "logs")
+    logs = load_logs(logs_folder(root))
     inventory = scan_inventory(root)
     if logs.file_count == 0 and not inventory.entries:
         raise UsageError(f"nothing to report in {root}: no logs/*.csv and no images in "
@@ -171,7 +168,7 @@ def run_report(settings: ReportSettings, out=None, now: float | None = None) -> 
     except OSError as exc:
         raise UsageError(f"cannot create {report_dir} ({exc.strerror or exc}): is the share "
                          "mounted read-write?") from None
-    cache = ReportCache(report_dir / CACHE_NAME)
+    cache = ReportCache(report_dir / REPORT_CACHE)
     read_metadata(root, inventory, cache)
     try:
         if settings.html or settings.contact_sheets:
@@ -225,62 +222,25 @@ def measure_quality(root: Path, inventory: Inventory, processes: int, out) -> di
     return run.signals
 
 
-def parse_arguments(argv) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m drawpipe.report",
-        description="Progress, ETA and costs of the three stages from the per-host logs; "
-                    "a gallery, contact sheets and a per-image table.")
-    add_share_arguments(parser)
-    parser.add_argument("--html", action="store_true",
-                        help="write report/index.html: gallery, failures, charts")
-    parser.add_argument("--contact-sheets", action="store_true",
-                        help="write one PNG grid per nation and category to report/contact_sheets/")
-    parser.add_argument("--csv", nargs="?", const="", metavar="FILE",
-                        help=f"write the per-image table (default report/{CSV_NAME})")
-    parser.add_argument("--queue", action="append", metavar="FILE",
-                        help="generate.py's queue file, to count the images still to generate")
-    parser.add_argument("--add", action="append", metavar="NATION:CATEGORY:COUNT",
-                        help="a queue entry, as generate.py takes it; repeatable")
-    parser.add_argument("--prompts", metavar="FILE",
-                        help="prompt sets naming the nations (default prompts/variable_sets.json)")
-    parser.add_argument("--eta-window-minutes", type=float, metavar="M",
-                        help="the ETA's rate is measured over the last M minutes of each "
-                             "stage's log (default 60)")
-    parser.add_argument("--processes", type=int, metavar="N",
-                        help="processes making thumbnails (default: one per CPU core)")
-    return parser.parse_args(argv)
-
-
-def settings_from_arguments(args: argparse.Namespace, project_dir: Path) -> ReportSettings:
-    args.lease_seconds = args.poll_seconds = None  # resolve_settings reads them
-    common = resolve_settings(args, project_dir)
-    queue = None
-    if args.queue or args.add:
-        sets = load_prompt_sets(Path(args.prompts) if args.prompts
-                                else bundled.PROMPT_SETS)
-        items = [item for path in args.queue or [] for item in load_queue(Path(path), sets)]
-        items += [parse_add(spec, sets) for spec in args.add or []]
-        queue = tuple(merge_queue(items))
-    window = DEFAULT_ETA_WINDOW_SECONDS
-    if args.eta_window_minutes is not None:
-        if args.eta_window_minutes <= 0:
-            raise UsageError(f"--eta-window-minutes must be more than 0, got {args.eta_window_minutes:g}")
-        window = args.eta_window_minutes * 60
-    if args.processes is not None and args.processes < 1:
-        raise UsageError(f"--processes must be 1 or more, got {args.processes}")
-    csv_path = None
-    if args.csv is not None:
-        csv_path = Path(args.csv).resolve() if args.csv else common.root / REPORT_FOLDER / CSV_NAME
-        for folder in ("logs", GENERATIONS_FOLDER, UPSCALED_FOLDER, CUTOUTS_FOLDER):
-            if csv_path.is_relative_to(common.root / folder):
-                raise UsageError(f"--csv {args.csv}: the report never writes into {folder}/; "
-                                 "choose a file elsewhere (default: report/images.csv)")
-    return ReportSettings(
-        root=common.root, html=args.html, contact_sheets=args.contact_sheets, csv_path=csv_path,
-        queue=queue, eta_window_seconds=window,
-        processes=args.processes or min(os.cpu_count() or 1, 8))
-
-
-def main(argv=None, project_dir: Path = PROJECT_DIR) -> int:
-    args = parse_arguments(sys.argv[1:] if argv is None else argv)
-    return run_report(settings_from_arguments(args, project_dir))
+def work_left(root: Path, inventory: Inventory, queue: list[QueueItem] | None
+              ) -> dict[str, tuple[int | None, str]]:
+    """stage -> (jobs left or None when unknown, how it was counted); see this module's docstring."""
+    generated = inventory.count("generated")
+    upscaled = inventory.count("upscaled")
+    if queue is None:
+        generate = (None, "unknown (generate.py's queue is not kept in the folder: give the same "
+                          "--queue FILE or --add NATION:CATEGORY:COUNT to count it)")
+    else:
+        planned = [f"{item.nation}/{item.category}/{Path(image_name(item.nation, item.category, n)).stem}"
+                   for item in queue for n in range(1, item.count + 1)]
+        missing = sum(1 for key in planned
+                      if key not in inventory.entries or not inventory.entries[key].generated)
+        generate = (missing, f"of the {len(planned):,} images in the queue not generated yet")
+    upscale = sum(1 for entry in inventory.entries.values() if entry.generated and not entry.upscaled)
+    segment = sum(1 for entry in inventory.entries.values()
+                  if entry.upscaled and not entry.cutouts_folder)
+    return {
+        "generate": generate,
+        "upscale": (upscale, f"of {generated:,} generated images not upscaled yet"),
+        "segment": (segment, f"of {upscaled:,} upscaled images without cut-outs yet"),
+    }

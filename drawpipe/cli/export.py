@@ -1,0 +1,40 @@
+"""python -m drawpipe.export: the export's command line (the export: curate/export.py).
+
+    python -m drawpipe.export --root SHARE --out DIR                       accepted images
+    python -m drawpipe.export --root SHARE --out DIR --include-unreviewed  + the unreviewed
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from drawpipe.cli.common import PROJECT_DIR
+from drawpipe.cli.options import add_setting_arguments, resolve_share
+from drawpipe.curate.export import ExportSettings, run_export
+from drawpipe.errors import UsageError
+from drawpipe.files import default_cache_dir
+from drawpipe.settings import SHARE
+
+
+def parse_arguments(argv) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m drawpipe.export",
+        description="Write the accepted images, their upscaled versions and cut-outs as a "
+                    "Hugging Face imagefolder with metadata.jsonl.")
+    add_setting_arguments(parser, SHARE)
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="a new or empty folder outside the share")
+    parser.add_argument("--include-unreviewed", action="store_true",
+                        help="also export the images nobody has reviewed yet (never the rejected)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None, project_dir: Path = PROJECT_DIR) -> int:
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    share = resolve_share(args, project_dir)
+    if not args.out.strip():
+        raise UsageError("--out needs a folder")
+    return run_export(ExportSettings(root=share.root, out=Path(args.out).expanduser(),
+                                     include_unreviewed=args.include_unreviewed,
+                                     cache_dir=default_cache_dir(os.environ)))

@@ -1,0 +1,239 @@
+"""The export: the reviewed dataset as a Hugging Face ``imagefolder``.
+
+    python -m drawpipe.export --root SHARE --out DIR                       accepted images
+    python -m drawpipe.export --root SHARE --out DIR --include-unreviewed  + the unreviewed
+
+(the command and its options: cli/export.py.)
+
+Writes, into a new or empty DIR, every generated image whose current take was
+accepted (curate/verdicts.py; with ``--include-unreviewed`` every take not rejected) with
+its upscaled version and its cut-outs, in the share's own folder layout, and
+``DIR/metadata.jsonl`` (written last), one JSON object per image::
+
+    file_name              GENERATIONS/France/family/France_family_1.png  (the "image" column)
+    nation, category       France, family
+    prompt, negative_prompt, seed, model, sampler, steps, size ("1024x1024")
+                           from the PNG's own "drawpipe" text chunk (the request sent)
+    sha256                 of the generated PNG: the take that was reviewed
+    upscaled_file_name     UPSCALED_IMAGES/.../France_family_1_upscaled.png, or null
+    cutouts_file_names     [CUTOUTS/.../France_family_1_upscaled_cutout_1.png, ...]
+    cutout_boxes           [[x, y, width, height], ...] in the upscaled image's pixels
+                           (cutouts.json), one per cut-out, in the same order
+    verdict, verdict_reason, verdict_host, verdict_time      null when not reviewed
+    generate_seconds, upscale_seconds, segment_seconds       from logs/<stage>-<host>.csv
+
+``datasets.load_dataset("imagefolder", data_dir=DIR)`` loads it as it is: ``file_name``
+becomes the ``image`` column, ``upscaled_file_name`` an ``upscaled`` image column and
+``cutouts_file_names`` a ``cutouts`` list of images; ``pandas.read_json(...,
+lines=True)`` reads the metadata.
+
+Files are hard links when DIR is on the share's file system (no bytes copied;
+do not edit them in place: the share's file is the same file), else copies. The
+share is never written. A DIR that is not empty, or one inside the share, is
+refused before anything is written.
+"""
+
+import errno
+import json
+import os
+import shutil
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from drawpipe.curate.verdicts import load_verdicts
+from drawpipe.errors import ExportRefused
+from drawpipe.files import HashCache, file_sha256, write_atomically
+from drawpipe.inventory import STAGES, latest_done, load_logs, scan_inventory
+from drawpipe.layout import CUTOUTS_RECORD, logs_folder
+from drawpipe.png import read_text_chunks
+
+METADATA_NAME = "metadata.jsonl"
+# A hard link across file systems, or on one that has none (FAT, some SMB servers):
+# copy instead, and stop trying to link.
+_NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP,
+                   errno.EACCES}
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    root: Path
+    out: Path
+    include_unreviewed: bool = False
+    cache_dir: Path | None = None  # this Mac's SHA-256 cache (files.HashCache)
+
+
+@dataclass
+class ExportResult:
+    exported: int = 0
+    accepted: int = 0
+    unreviewed: int = 0
+    left_rejected: int = 0
+    left_unreviewed: int = 0
+    linked: int = 0
+    copied: int = 0
+    upscaled: int = 0
+    cutouts: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def sentence(self, out: Path, include_unreviewed: bool) -> str:
+        kinds = f"{self.accepted:,} accepted" + (
+            f", {self.unreviewed:,} not reviewed" if include_unreviewed else "")
+        left = [f"{self.left_rejected:,} rejected"]
+        if not include_unreviewed:
+            left.append(f"{self.left_unreviewed:,} not reviewed (--include-unreviewed adds them)")
+        return (f"exported {self.exported:,} images ({kinds}) with {self.upscaled:,} upscaled and "
+                f"{self.cutouts:,} cut-outs to {out}: {self.linked:,} files hard-linked, "
+                f"{self.copied:,} copied; left out: {', '.join(left)}")
+
+
+def check_out_folder(root: Path, out: Path) -> None:
+    """ExportRefused unless ``out`` is absent or an empty folder outside the share."""
+    root, target = root.resolve(), out.resolve()
+    if target == root or target.is_relative_to(root):
+        raise ExportRefused(f"--out {out} is inside the shared folder {root}: the export never "
+                            "writes into the share; choose a folder elsewhere")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ExportRefused(f"--out {out} is not empty: export into a new or empty folder "
+                            "(nothing was written)")
+
+
+def request_fields(texts: dict[str, str]) -> dict | None:
+    """prompt ... size from the PNG's "drawpipe" chunk (its "request"); None without one."""
+    try:
+        request = json.loads(texts["drawpipe"])["request"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not isinstance(request, dict):
+        return None
+    width, height = request.get("width"), request.get("height")
+    sampler = request.get("sampler", request.get("sampler_name"))
+    return {"prompt": request.get("prompt"), "negative_prompt": request.get("negative_prompt"),
+            "seed": request.get("seed"), "model": request.get("model"), "sampler": sampler,
+            "steps": request.get("steps"),
+            "size": f"{width}x{height}" if width and height else None}
+
+
+def _cutouts(root: Path, folder: str | None, problems: list[str]) -> tuple[list[str], list]:
+    """(cut-out files, their boxes) listed in ``folder``'s cutouts.json and present."""
+    if not folder:
+        return [], []
+    try:
+        record = json.loads((root / folder / CUTOUTS_RECORD).read_bytes())
+        entries = record["cutouts"]
+    except (OSError, ValueError, KeyError, TypeError):
+        problems.append(f"{folder}/{CUTOUTS_RECORD} is missing or unreadable: its cut-outs are "
+                        "left out")
+        return [], []
+    files, boxes = [], []
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            continue
+        relative = f"{folder}/{entry['file']}"
+        if (root / relative).is_file():
+            files.append(relative)
+            boxes.append(entry.get("bbox"))
+        else:
+            problems.append(f"{relative} is listed in {CUTOUTS_RECORD} but missing: left out")
+    return files, boxes
+
+
+class _Placer:
+    """Hard-links files from the share into the export, or copies them once a link fails."""
+
+    def __init__(self, root: Path, out: Path, result: ExportResult):
+        self.root, self.out, self.result = root, out, result
+        self.link = True
+
+    def place(self, relative: str) -> None:
+        target = self.out / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if self.link:
+            try:
+                os.link(self.root / relative, target)
+                self.result.linked += 1
+                return
+            except OSError as exc:
+                if exc.errno not in _NO_LINK_ERRNOS:
+                    raise
+                self.link = False
+        shutil.copyfile(self.root / relative, target)
+        self.result.copied += 1
+
+
+def run_export(settings: ExportSettings, out=None) -> int:
+    """Export (see the module docstring); returns 0. ExportRefused before writing when
+    the folder is not usable or nothing is to be exported."""
+    out = out or sys.stdout
+    root = settings.root.resolve()
+    check_out_folder(root, settings.out)
+    inventory = scan_inventory(root)
+    verdicts = load_verdicts(root)
+    verdicts.check_images(lambda image: (root / image).is_file())
+    result = ExportResult(problems=list(verdicts.problems))
+    chosen = []
+    with HashCache(settings.cache_dir) if settings.cache_dir else nullcontext() as hashes:
+        for entry in inventory.entries.values():
+            if not entry.generated:
+                continue
+            sha256 = file_sha256(root / entry.generated.path, hashes)
+            verdict = verdicts.for_image(entry.generated.path, sha256)
+            if verdict is not None and verdict.rejected:
+                result.left_rejected += 1
+            elif verdict is None and not settings.include_unreviewed:
+                result.left_unreviewed += 1
+            else:
+                chosen.append((entry, sha256, verdict))
+    if not chosen:
+        raise ExportRefused(
+            f"nothing to export from {root}: no generated image is accepted"
+            + ("" if settings.include_unreviewed else " (review them with python -m "
+               "drawpipe.review, or add --include-unreviewed)")
+            + "; nothing was written")
+    logs = load_logs(logs_folder(root))
+    done = {stage: latest_done(logs.rows.get(stage, [])) for stage in STAGES}
+    settings.out.mkdir(parents=True, exist_ok=True)
+    placer = _Placer(root, settings.out, result)
+    lines = []
+    for entry, sha256, verdict in chosen:
+        parts = entry.key.split("/")  # Nation/category/stem, as generate.py names them
+        nation, category = (parts[0], parts[1]) if len(parts) >= 3 else (None, None)
+        try:
+            fields = request_fields(read_text_chunks(root / entry.generated.path))
+        except (OSError, ValueError):
+            fields = None
+        if fields is None:
+            result.problems.append(f"{entry.generated.path} has no readable drawpipe request: its "
+                                   "prompt, seed and settings are null")
+            fields = dict.fromkeys(("prompt", "negative_prompt", "seed", "model", "sampler",
+                                    "steps", "size"))
+        cutout_files, boxes = _cutouts(root, entry.cutouts_folder, result.problems)
+        placer.place(entry.generated.path)
+        if entry.upscaled:
+            placer.place(entry.upscaled.path)
+            result.upscaled += 1
+        for relative in cutout_files:
+            placer.place(relative)
+        result.cutouts += len(cutout_files)
+        row = {"file_name": entry.generated.path, "nation": nation, "category": category,
+               **fields, "sha256": sha256,
+               "upscaled_file_name": entry.upscaled.path if entry.upscaled else None,
+               "cutouts_file_names": cutout_files, "cutout_boxes": boxes,
+               "verdict": verdict.verdict if verdict else None,
+               "verdict_reason": verdict.reason if verdict else None,
+               "verdict_host": verdict.host if verdict else None,
+               "verdict_time": verdict.time if verdict else None}
+        for stage in STAGES:
+            logged = done[stage].get(entry.key)
+            row[f"{stage}_seconds"] = logged.seconds if logged else None
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+        result.exported += 1
+        result.accepted += verdict is not None
+        result.unreviewed += verdict is None
+    # The metadata last, atomically: an export cut short has none, and reads as unfinished.
+    write_atomically(settings.out / METADATA_NAME, "".join(lines).encode("utf-8"))
+    for line in result.problems:
+        out.write(f"note: {line}\n")
+    out.write(result.sentence(settings.out, settings.include_unreviewed) + "\n")
+    return 0

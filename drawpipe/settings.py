@@ -1,0 +1,174 @@
+"""Every setting a user can give, declared once: name, kind, default, unit, help, profile.
+
+Everything else comes from this table: the command-line flags (cli/options.py: one
+flag each, ``--`` and the name with ``-``, unless ``flag`` says otherwise), the keys a
+``drawpipe.toml`` profile may set (``profile=True``; cli/config.py checks them by
+kind), the defaults of the settings dataclasses (cli/common.py CommonSettings,
+engine/loop.py EngineSettings, drawthings/client.py ClientSettings, sam/settings.py
+GeneratorSettings and CutoutSettings) and README's option lists
+(tests/test_settings.py holds them equal to this table).
+
+    SETTINGS[name]     the Setting
+    default(name)      its default value
+    help_text(name)    its help, the default filled in
+    PROFILE_SETTINGS   the names a profile may set, in the table's order
+    SHARE, RUN, SERVER, WATCH, GENERATOR, CUTOUTS   the groups commands take
+
+Kinds (how a value is read from a flag and checked in a profile):
+
+    folder    a path                       profile: "a folder path"
+    text      text                         (command line only)
+    process   a process name               profile: "a process name"
+    urls      repeatable URL               profile: "a list of URLs"
+    seconds   a number of seconds, > 0     profile: "a number of seconds"
+    count     a whole number, >= 0         profile: "a whole number"
+    integer   a whole number               profile: "a whole number"
+    number    a decimal number             (command line only)
+    switch    on when given                (command line only)
+    choice    one of ``choices``           (command line only)
+
+A default of None means "worked out when the command runs"; the help says how.
+"""
+
+from dataclasses import dataclass
+
+# Draw Things' API server on this Mac (its default port, drawthings/api.py DEFAULT_PORT).
+DEFAULT_SERVER = "http://127.0.0.1:7860"
+
+KINDS = ("folder", "text", "process", "urls", "seconds", "count", "integer", "number",
+         "switch", "choice")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # the Python name and the profile key, e.g. "lease_seconds"
+    kind: str  # one of KINDS
+    default: object  # None: worked out at run time
+    help: str  # "{default}" is replaced by the default; "{folder}" by what the command says
+    unit: str = ""  # "s", "px", "points", "fraction", ...: what a number counts
+    profile: bool = False  # a drawpipe.toml profile may set it
+    metavar: str | None = None
+    flag: str | None = None  # when not "--" + the name with "-"
+    choices: tuple[str, ...] = ()
+
+    @property
+    def option(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+
+def _table(*settings: Setting) -> dict[str, Setting]:
+    return {setting.name: setting for setting in settings}
+
+
+SETTINGS: dict[str, Setting] = _table(
+    # ------------------------------------------------------------ the share (every command)
+    Setting("root", "folder", None, "the (shared) folder holding GENERATIONS/, UPSCALED_IMAGES/, "
+            "CUTOUTS/, logs/ (default: the project folder)", profile=True, metavar="FOLDER"),
+    Setting("profile", "text", None, "a [profiles.NAME] of drawpipe.toml", metavar="NAME"),
+    Setting("config", "text", None, "config file (default: $DRAWPIPE_CONFIG, else drawpipe.toml "
+            "in the project folder)", metavar="FILE"),
+    # ------------------------------------------------------------ a run of a stage
+    Setting("lease_seconds", "seconds", 120.0, "a claim not refreshed for this long is taken "
+            "over (default {default})", unit="s", profile=True, metavar="S"),
+    Setting("poll_seconds", "seconds", 5.0, "wait between passes while others hold the "
+            "remaining jobs (default {default})", unit="s", profile=True, metavar="S"),
+    Setting("dry_run", "switch", False, "show what would be done, what is done, what is "
+            "claimed; contact no server, write nothing"),
+    Setting("no_progress", "switch", False, "log one line per job instead of a progress bar"),
+    Setting("watch", "switch", False, "keep polling {folder} for new images until Ctrl-C"),
+    Setting("watch_retry_seconds", "seconds", 60.0, "with --watch, a failed job is tried again "
+            "after S seconds, doubling each time up to 30 minutes (default {default})",
+            unit="s", metavar="S"),
+    # ------------------------------------------------------------ Draw Things servers
+    Setting("servers", "urls", (DEFAULT_SERVER,), "Draw Things API server; repeat for one "
+            "worker per server (default: {default})", profile=True, metavar="URL",
+            flag="--server"),
+    Setting("connect_timeout_seconds", "seconds", 5.0, "how long to wait for a connection to "
+            "the server (default {default})", unit="s", profile=True, metavar="S"),
+    Setting("read_timeout_seconds", "seconds", 1800.0, "how long one request may take "
+            "(default {default})", unit="s", profile=True, metavar="S"),
+    Setting("retries", "count", 4, "retries of a transient failure before a job fails "
+            "(default {default})", profile=True, metavar="N"),
+    Setting("backoff_seconds", "seconds", 2.0, "first wait before a retry; doubles each time, "
+            "capped at 60 (default {default})", unit="s", profile=True, metavar="S"),
+    Setting("server_process_name", "process", "Draw Things", "process whose CPU and RAM are "
+            "logged when the server is local (default '{default}')", profile=True,
+            metavar="NAME"),
+    # ------------------------------------------------------------ generate, upscale
+    Setting("seed_offset", "integer", 0, "added to every file-name seed, for a different take "
+            "(default {default})", profile=True, metavar="N"),
+    Setting("settle_seconds", "number", 60.0, "an incomplete input modified less than S seconds "
+            "ago is waited for; older, it is reported as damaged (default {default})",
+            unit="s", metavar="S"),
+    # ------------------------------------------------------------ segment
+    Setting("device", "choice", "auto", "auto: mps on Apple Silicon, cuda where present, else "
+            "cpu", choices=("auto", "mps", "cuda", "cpu")),
+    Setting("precision", "choice", "auto", "auto: float32 (the masks SAM gives)",
+            choices=("auto", "float32", "bfloat16", "float16")),
+    # segment-anything's SamAutomaticMaskGenerator, named as in its scripts/amg.py
+    Setting("points_per_side", "integer", 32, "grid points along each side (default {default})",
+            unit="points", metavar="N"),
+    Setting("points_per_batch", "integer", None, "grid points per decoder batch (default: from "
+            "free memory)", unit="points", metavar="N"),
+    Setting("pred_iou_thresh", "number", 0.88, "keep masks with predicted IoU above this "
+            "(default {default})", metavar="X"),
+    Setting("stability_score_thresh", "number", 0.95, "keep masks at least this stable "
+            "(default {default})", metavar="X"),
+    Setting("stability_score_offset", "number", 1.0, "logit offset of the stability score "
+            "(default {default})", metavar="X"),
+    Setting("box_nms_thresh", "number", 0.7, "box IoU above which duplicates are dropped "
+            "(default {default})", metavar="X"),
+    Setting("crop_n_layers", "integer", 0, "also run on 2^i x 2^i crops, i = 1..N "
+            "(default {default})", metavar="N"),
+    Setting("min_mask_region_area", "integer", 0, "remove islands and holes smaller than this, "
+            "px (default {default})", unit="px", metavar="N"),
+    # the cut-outs made of the masks
+    Setting("min_area_fraction", "number", 0.001, "drop masks smaller than this fraction of the "
+            "image (default {default})", unit="fraction", metavar="X"),
+    Setting("max_cutouts", "integer", None, "at most N per image, largest first (default: all)",
+            metavar="N"),
+    Setting("keep_background", "switch", False, "keep masks whose box touches all four edges "
+            "(dropped as background by default)"),
+    Setting("margin", "number", 0.05, "space around the object as a fraction of its longer side "
+            "(default {default})", unit="fraction", metavar="X"),
+    # ------------------------------------------------------------ report, review page
+    Setting("eta_window_minutes", "number", 60.0, "the ETA's rate is measured over the last M "
+            "minutes of each stage's log (default {default})", unit="min", metavar="M"),
+    Setting("host", "text", "127.0.0.1", "address to listen on (default {default}: this Mac "
+            "only)", metavar="ADDRESS"),
+    Setting("port", "integer", 8765, "port (default {default}; 0 picks a free one)",
+            metavar="N"),
+)
+
+# The groups of settings commands take (each command's cli module names its own).
+SHARE = ("root", "profile", "config")
+RUN = ("lease_seconds", "poll_seconds", "dry_run", "no_progress")
+SERVER = ("servers", "connect_timeout_seconds", "read_timeout_seconds", "retries",
+          "backoff_seconds", "server_process_name")
+WATCH = ("watch", "watch_retry_seconds")
+GENERATOR = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
+             "stability_score_offset", "box_nms_thresh", "crop_n_layers", "min_mask_region_area")
+CUTOUTS = ("min_area_fraction", "max_cutouts", "keep_background", "margin")
+
+PROFILE_SETTINGS = tuple(name for name, setting in SETTINGS.items() if setting.profile)
+
+
+def default(name: str):
+    """The default of setting ``name`` (KeyError for a name not in the table)."""
+    return SETTINGS[name].default
+
+
+def format_value(value) -> str:
+    """A default as help and README show it: 120.0 -> "120", 0.88 -> "0.88", a tuple
+    of URLs -> them, ", "-separated."""
+    if isinstance(value, (tuple, list)):
+        return ", ".join(format_value(item) for item in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def help_text(name: str, **values: str) -> str:
+    """The help of setting ``name``, its default filled in (and ``values``, e.g. folder)."""
+    setting = SETTINGS[name]
+    return setting.help.format(default=format_value(setting.default), **values)
