@@ -208,18 +208,19 @@ def probe_protocol(host: str, port: int, timeout_seconds: float = 3.0) -> str:
         pass
     except OSError:
         return "unreachable"
-    try:
-        with socket.create_connection((host, port), timeout=timeout_seconds) as plain:
-            # The HTTP/2 connection preface and an empty SETTINGS frame.
-            plain.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
-            answer = plain.recv(16)
-    except OSError:
-        return "unknown"
-    if answer.startswith(b"HTTP/"):
+    def first_bytes(greeting: bytes) -> bytes:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_seconds) as plain:
+                plain.sendall(greeting)
+                return plain.recv(16)
+        except OSError:
+            return b""
+
+    if first_bytes(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()).startswith(b"HTTP/"):
         return "http1"
-    if len(answer) >= 4 and answer[3] == 4:  # a SETTINGS frame back
-        return "grpc"
-    return "unknown"
+    # The HTTP/2 connection preface and an empty SETTINGS frame: a SETTINGS frame comes back.
+    answer = first_bytes(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+    return "grpc" if len(answer) >= 4 and answer[3] == 4 else "unknown"
 
 
 # --------------------------------------------------------------------------- the client
@@ -232,6 +233,8 @@ class GrpcClient:
 
     def __init__(self, url: str, settings: GrpcSettings = GrpcSettings(), sleep=time.sleep,
                  on_resend=None, on_progress: Callable[[Progress], None] | None = None):
+        # grpcio's C core logs connection events to stderr; the user sees our one line.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         import grpc
 
         from drawpipe.drawthings.generated import imageService_pb2 as service
@@ -263,7 +266,9 @@ class GrpcClient:
         self._lock = threading.Lock()
         self._call = None  # the GenerateImage call in flight
         self._cancel_reason: str | None = None
-        self._wake = threading.Event()
+        # Wakes the watchdog: cancel(), the first message (the timeout changes), the end.
+        self._wake = threading.Condition(self._lock)
+        self._call_ended = False
 
     def close(self) -> None:
         self._channel.close()
@@ -360,7 +365,7 @@ class GrpcClient:
             if self._call is None:
                 return
             self._cancel_reason = reason
-            self._wake.set()
+            self._wake.notify_all()
             self._call.cancel()
 
     def generate(self, mode: str, payload: dict, expected_size: tuple[int, int] | None,
@@ -404,7 +409,7 @@ class GrpcClient:
         settings = self.settings
         with self._lock:
             self._cancel_reason = None
-            self._wake.clear()
+            self._call_ended = False
             call = self._stub.GenerateImage(request, wait_for_ready=False)
             self._call = call
         received = {"last": time.monotonic(), "any": False}
@@ -419,7 +424,11 @@ class GrpcClient:
         try:
             for response in call:
                 now = time.monotonic()
-                received["last"], received["any"] = now, True
+                if not received["any"]:
+                    with self._lock:
+                        received["any"] = True
+                        self._wake.notify_all()
+                received["last"] = now
                 if response.HasField("currentSignpost"):
                     kind = response.currentSignpost.WhichOneof("signpost")
                     stage = STAGES.get(kind, kind)
@@ -445,7 +454,8 @@ class GrpcClient:
         finally:
             with self._lock:
                 self._call = None
-                self._wake.set()
+                self._call_ended = True
+                self._wake.notify_all()
             watchdog.join()
         if self._cancel_reason is not None:  # cancelled as the stream ended
             raise self._stopped_error(received["any"])
@@ -457,22 +467,19 @@ class GrpcClient:
         return self._png(images[0], expected_size), stage_seconds
 
     def _watch(self, call, received: dict) -> None:
-        """Cancel the call after too long a silence; ``_wake`` ends the watch (cancel(), or
-        the call's end)."""
+        """Cancel the call after too long a silence (``start_timeout_seconds`` before the
+        first message, ``read_timeout_seconds`` after); ends with the call or a cancel()."""
         settings = self.settings
-        while True:
-            timeout = settings.read_timeout_seconds if received["any"] else \
-                settings.start_timeout_seconds
-            remaining = received["last"] + timeout - time.monotonic()
-            if remaining <= 0:
-                with self._lock:
-                    if self._call is not call:
-                        return
-                    self._cancel_reason = self._cancel_reason or "read timeout"
-                call.cancel()
-                return
-            if self._wake.wait(remaining):
-                return
+        with self._lock:
+            while not self._call_ended and self._cancel_reason is None:
+                timeout = settings.read_timeout_seconds if received["any"] else \
+                    settings.start_timeout_seconds
+                remaining = received["last"] + timeout - time.monotonic()
+                if remaining <= 0:
+                    self._cancel_reason = "read timeout"
+                    call.cancel()
+                    return
+                self._wake.wait(remaining)
 
     def _stopped_error(self, streamed: bool) -> TransientError:
         reason = self._cancel_reason

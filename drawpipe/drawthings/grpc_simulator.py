@@ -47,6 +47,7 @@ TLS followed by `` certificate=PATH``) and runs until SIGTERM or SIGINT.
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import os
@@ -69,6 +70,7 @@ from drawpipe.drawthings.simulator import GenerationRequest, render_pictures
 CHUNK_BYTES = 4 * 1024 * 1024  # ImageGenerationServiceImpl.swift:521
 PROCESSING_ERROR = "unknown error processing request"  # grpc-swift GRPCStatus.processingError
 LISTENING = "drawpipe gRPC simulator listening on "
+FAULT_KINDS = ("ok", "empty", "wrong_size")
 
 
 def installed_files(missing_files=()) -> set[str]:
@@ -170,6 +172,7 @@ class GrpcSimulator:
         self.model_browser = model_browser
         self.request_log_path = request_log_path
         self.server_identifier = random.getrandbits(64)
+        self._faults: collections.deque[str] = collections.deque()
         self._log: list[dict] = []
         self._log_lock = threading.Lock()
         self._generation_lock = threading.Lock()
@@ -184,6 +187,7 @@ class GrpcSimulator:
     # -- lifecycle
 
     def start(self) -> "GrpcSimulator":
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # no C-core connection logs on stderr
         import grpc
 
         from drawpipe.drawthings.generated import imageService_pb2_grpc as service_grpc
@@ -238,6 +242,15 @@ class GrpcSimulator:
             if self.request_log_path is not None:
                 with open(self.request_log_path, "a", encoding="utf-8") as log:
                     log.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
+
+    def queue_faults(self, kinds: list[str]) -> None:
+        """The next generations get these faults, in order: "ok" (none), "empty" (the
+        stream ends without an image, as the server's does when the generator returns
+        none, :498-519), "wrong_size" (an image of half the width and height)."""
+        unknown = set(kinds) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {', '.join(FAULT_KINDS)}")
+        self._faults.extend(kinds)
 
     def secret_accepted(self, given: str) -> bool:
         return self.shared_secret is None or given == self.shared_secret
@@ -381,7 +394,14 @@ class _Servicer:
             yield service.ImageGenerationResponse(currentSignpost=_signpost(service, kind, step),
                                                   signposts=expected)
 
-        pictures = render_pictures(generation)
+        fault = simulator._faults.popleft() if simulator._faults else "ok"
+        entry["fault"] = fault
+        if fault == "empty":
+            entry["status"] = "ok"
+            yield service.ImageGenerationResponse(scaleFactor=1, chunkState=service.LAST_CHUNK)
+            return
+        pictures = render_pictures(
+            generation, (max(1, width // 2), max(1, height // 2)) if fault == "wrong_size" else None)
         entry["images_rgb_sha256"] = [hashlib.sha256(picture.tobytes()).hexdigest()
                                       for picture in pictures]
         codec = "fpzip" if simulator.response_compression else "raw"
