@@ -407,3 +407,22 @@ def test_the_simulator_runs_as_a_process_with_tls_and_a_secret(tmp_path):
     finally:
         stop_process(process)
     assert process.returncode == 0
+
+
+def test_the_grpc_table_fits_the_generated_code_and_the_api_table():
+    from drawpipe.drawthings import api
+    from drawpipe.drawthings.generated.config import GenerationConfiguration
+
+    table = grpc_request.grpc_table()
+    # Derived from the same upstream commit as the HTTP API table.
+    assert table["upstream"]["draw-things-community"]["commit"] == \
+        api.api_table().upstream["draw-things-community"]["commit"]
+    keys = {field.get("key") for field in table["fields"]} - {None}
+    # Every key but the one the HTTP API cannot send sets a field.
+    assert keys - set(api.api_table().parameters) == {"stage_2_steps", "restore_faces"}
+    assert set(api.api_table().parameters) - keys == {"prompt", "negative_prompt"}
+    for field in table["fields"]:
+        if not field.get("deprecated"):
+            assert hasattr(GenerationConfiguration, "Add" + grpc_request._python_name(field["field"]))
+            assert field["source"].startswith("Libraries/Invocation/Sources/Invocation.swift:") \
+                or "key" not in field

@@ -124,7 +124,7 @@ class GrpcSettings:
     retries: int = 4  # extra attempts after the first, for transient failures only
     backoff_seconds: float = 2.0
     backoff_cap_seconds: float = 60.0
-    shared_secret: str | None = None
+    shared_secret: str | None = field(default=None, repr=False)  # never printed
     # Where the secret came from, for messages ("the environment variable DT_SECRET").
     shared_secret_source: str = "the shared secret setting"
     certificate_path: Path | None = None  # the root to trust for grpcs://; None: Draw Things'
