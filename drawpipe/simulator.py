@@ -1,8 +1,18 @@
-"""``python -m drawpipe.simulator``: the simulator's command line (drawthings/simulator.py)."""
+"""``python -m drawpipe.simulator``: the simulator's command line: Draw Things' HTTP API
+(drawthings/simulator.py), or with ``--grpc`` its gRPC API (drawthings/grpc_simulator.py)."""
 
 import sys
 
-from drawpipe.drawthings.simulator import main
+
+def main(argv: list[str]) -> int:
+    if "--grpc" in argv:
+        from drawpipe.drawthings.grpc_simulator import main as grpc_main
+
+        return grpc_main([argument for argument in argv if argument != "--grpc"])
+    from drawpipe.drawthings.simulator import main as http_main
+
+    return http_main(argv)
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -409,22 +409,28 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def render_images(request: GenerationRequest, size: tuple[int, int] | None = None) -> list[str]:
-    """The base64 PNGs answering ``request`` (``size`` overrides its output size)."""
+def render_pictures(request: GenerationRequest,
+                    size: tuple[int, int] | None = None) -> list[Image.Image]:
+    """The RGB pictures answering ``request`` (``size`` overrides its output size); the
+    gRPC simulator (drawthings/grpc_simulator.py) draws with it too."""
     width, height = size or request.output_size
     parameters = request.parameters
-    images = []
+    pictures = []
     for index in range(request.image_count):
         # The app gives each image of a batch the next seed.
         seed = (parameters["seed"] + index) % 2**32
         if request.init_image is None:
-            picture = render_scene(seed, parameters["prompt"], width, height)
+            pictures.append(render_scene(seed, parameters["prompt"], width, height))
         else:
-            picture = render_img2img(
-                request.init_image, seed, parameters["prompt"], width, height, parameters["strength"]
-            )
-        images.append(pybase64.b64encode(encode_png(picture)).decode("ascii"))
-    return images
+            pictures.append(render_img2img(request.init_image, seed, parameters["prompt"], width,
+                                           height, parameters["strength"]))
+    return pictures
+
+
+def render_images(request: GenerationRequest, size: tuple[int, int] | None = None) -> list[str]:
+    """The base64 PNGs answering ``request`` (``size`` overrides its output size)."""
+    return [pybase64.b64encode(encode_png(picture)).decode("ascii")
+            for picture in render_pictures(request, size)]
 
 
 # --------------------------------------------------------------------------- server
@@ -834,7 +840,8 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m drawpipe.simulator",
         description="A local stand-in for Draw Things' HTTP API (sdapi).",
-        epilog="Fault kinds: " + "; ".join(f"{k}: {v}" for k, v in FAULT_KINDS.items()),
+        epilog="Fault kinds: " + "; ".join(f"{k}: {v}" for k, v in FAULT_KINDS.items())
+        + ". Draw Things' gRPC API instead: python -m drawpipe.simulator --grpc --help.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=drawthings.DEFAULT_PORT,

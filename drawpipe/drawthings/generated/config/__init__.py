@@ -1,0 +1,1 @@
+"""FlatBuffers code for config.fbs (see ../__init__.py)."""
