@@ -574,7 +574,7 @@ def needed_files(payloads: list[tuple[dict, str]]) -> list[NeededFile]:
     for payload, source in payloads:
         values = drawthings.decode_body(
             {k: v for k, v in payload.items() if k != "init_images"}).values
-        parameters = drawthings.effective_parameters(grpc_request.default_configuration(), values)
+        parameters = drawthings.effective_parameters(values, grpc_request.default_configuration())
         named = [("model", grpc_request.resolved_model(parameters.get("model"))),
                  ("refiner", grpc_request.resolved_model(parameters.get("refiner_model"))),
                  ("upscaler", parameters.get("upscaler"))]

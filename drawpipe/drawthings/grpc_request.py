@@ -173,7 +173,7 @@ def effective_request_parameters(mode: str, payload: dict, images: list | None =
     HTTP API would refuse the payload or a required key is missing."""
     table = drawthings.api_table()
     decoded = drawthings.decode_body(payload)
-    parameters = drawthings.effective_parameters(default_configuration(), decoded.values)
+    parameters = drawthings.effective_parameters(decoded.values, default_configuration())
     if mode == "txt2img":
         if decoded.init_images is not None:
             raise RequestRejected(table.message("init_images_txt2img"))
