@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from powercap import DRAM_RANGE_UJ, PACKAGE_RANGE_UJ, set_energy, two_socket_machine, write_zone
 
 from drawpipe.engine import energy
 from drawpipe.engine.energy import (CLIENT_SIDE, ENERGY_COLUMNS, IDLE_MIN_SECONDS, LOCAL,
@@ -19,8 +20,6 @@ from drawpipe.engine.energy import (CLIENT_SIDE, ENERGY_COLUMNS, IDLE_MIN_SECOND
 DOUBLES = Path(__file__).resolve().parent / "doubles"
 MAC = ("darwin", "arm64")
 LINUX = ("linux", "x86_64")
-# max_energy_range_uj of a real package-0 (Intel, 2^32 - 1 counts of 61.04 µJ)
-PACKAGE_RANGE_UJ = 262143328850
 
 
 class Clock:
@@ -33,44 +32,12 @@ class Clock:
         return self.now
 
 
-# ---------------------------------------------------------------- a powercap tree
-
-
-def write_zone(root: Path, zone: str, name: str, energy_uj: int,
-               max_energy_range_uj: int = PACKAGE_RANGE_UJ) -> Path:
-    """One zone as the kernel shows it under /sys/class/powercap (the files a reader
-    needs, and constraint files it must ignore)."""
-    folder = root / zone
-    folder.mkdir(parents=True)
-    (folder / "name").write_text(name + "\n")
-    (folder / "energy_uj").write_text(f"{energy_uj}\n")
-    (folder / "max_energy_range_uj").write_text(f"{max_energy_range_uj}\n")
-    (folder / "enabled").write_text("1\n")
-    (folder / "constraint_0_name").write_text("long_term\n")
-    (folder / "constraint_0_power_limit_uw").write_text("15000000\n")
-    return folder
-
-
-def set_energy(root: Path, zone: str, energy_uj: int) -> None:
-    (root / zone / "energy_uj").write_text(f"{energy_uj}\n")
+# ---------------------------------------------------------------- RAPL
 
 
 @pytest.fixture
 def powercap(tmp_path) -> Path:
-    """A two-socket Intel machine's powercap class folder: packages with core, uncore and
-    dram subzones, psys, and the MMIO interface to package 0 again."""
-    root = tmp_path / "powercap"
-    (root / "intel-rapl").mkdir(parents=True)  # the control type: no zone of its own
-    (root / "intel-rapl" / "enabled").write_text("1\n")
-    write_zone(root, "intel-rapl:0", "package-0", 1_000_000)
-    write_zone(root, "intel-rapl:0:0", "core", 500_000)
-    write_zone(root, "intel-rapl:0:1", "uncore", 100_000)
-    write_zone(root, "intel-rapl:0:2", "dram", 2_000_000, 65712999613)
-    write_zone(root, "intel-rapl:1", "package-1", 3_000_000)
-    write_zone(root, "intel-rapl:1:0", "dram", 4_000_000, 65712999613)
-    write_zone(root, "intel-rapl:2", "psys", 9_000_000)
-    write_zone(root, "intel-rapl-mmio:0", "package-0", 1_000_000)
-    return root
+    return two_socket_machine(tmp_path / "powercap")
 
 
 def test_rapl_reads_packages_and_dram_and_leaves_out_what_they_contain(powercap):
@@ -79,7 +46,7 @@ def test_rapl_reads_packages_and_dram_and_leaves_out_what_they_contain(powercap)
     assert [(d.path.name, d.name, d.component) for d in domains] == [
         ("intel-rapl:0", "package-0", "cpu"), ("intel-rapl:0:2", "dram", "dram"),
         ("intel-rapl:1", "package-1", "cpu"), ("intel-rapl:1:0", "dram", "dram")]
-    assert domains[1].max_energy_range_uj == 65712999613
+    assert domains[1].max_energy_range_uj == DRAM_RANGE_UJ
     counter = RaplCounter(powercap)
     assert counter.components == ("cpu", "dram")
     assert counter.scope == "RAPL: package-0, dram, package-1, dram"

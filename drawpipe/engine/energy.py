@@ -71,6 +71,7 @@ Every energy column is empty when no meter exists, when a read failed in that wi
 How the engine uses it (the wiring; one meter per process, shared by its workers):
 
     meter = choose_meter(gpus=...)            # run start; gpus: the CUDA devices in use
+                                              # (segment on cuda: its device's UUID)
     log(meter.describe())                     # "energy: rapl (CPU, DRAM) on host" or
                                               # "energy: not measured on host: ..."
     meter.measure_idle(IDLE_START_SECONDS, wait=stop.wait)   # before the workers start
@@ -319,9 +320,12 @@ def _cuda_visible_devices() -> list[str] | None:
 class NvmlCounter:
     """NVIDIA GPUs' total-energy counters through NVML (nvidia-ml-py).
 
-    ``gpus``: the GPUs in use as CUDA sees them (the index in ``cuda:N``, mapped through
-    CUDA_VISIBLE_DEVICES as CUDA maps it) or NVML UUIDs ("GPU-..."); None: every GPU
-    this process can see. Raises CounterUnavailable with the reason.
+    ``gpus``: the GPUs in use, as UUIDs ("GPU-...": torch gives
+    ``"GPU-" + str(torch.cuda.get_device_properties(i).uuid)``) or as the index in
+    ``cuda:N``, mapped through CUDA_VISIBLE_DEVICES; None: every GPU this process can
+    see. An index is NVML's number for the GPU (PCI bus order), which is CUDA's too
+    unless the machine mixes GPU models (CUDA puts the fastest first): there, pass the
+    UUID. Raises CounterUnavailable with the reason.
     """
 
     name = "nvml"

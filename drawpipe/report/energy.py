@@ -10,7 +10,7 @@ columns (engine/energy.py writes them). Pure functions, no files read:
     energy_wh_by_output(rows)         output key -> Wh of its latest done row (the export)
     format_energy(stage_energy)       the plain-text report's lines
 
-Definitions (README's Report section should say the same):
+Definitions (for README's Report section when the report shows them):
 
 - *gross* energy of a job: its window's ``energy_j``, the meter's whole counter (whole
   chip, GPU or CPU package) while the job ran. *net*: ``energy_j - idle_w x seconds``,
