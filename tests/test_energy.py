@@ -216,14 +216,21 @@ def test_idle_power_at_start_and_from_gaps_between_windows(powercap):
     assert meter.idle_age_seconds() == 0.0
 
 
-def test_idle_is_not_measured_while_a_window_is_open(powercap):
-    meter = EnergyMeter(RaplCounter(powercap), clock=Clock())
+def test_idle_is_not_measured_while_a_window_is_open_or_when_cut_short(powercap):
+    clock = Clock()
+    meter = EnergyMeter(RaplCounter(powercap), clock=clock)
     window = meter.open_window()
 
     assert meter.measure_idle(3.0, wait=lambda seconds: None) is None
     window.close()
     opened = []
     assert meter.measure_idle(3.0, wait=lambda seconds: opened.append(meter.open_window())) is None
+    opened[0].close()
+
+    def stopped_at_once(seconds):
+        clock.now += 0.1
+
+    assert meter.measure_idle(3.0, wait=stopped_at_once) is None  # a stop signal came
     assert meter.idle_w is None
 
 

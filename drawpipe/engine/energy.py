@@ -72,8 +72,8 @@ How the engine uses it (the wiring; one meter per process, shared by its workers
 
     meter = choose_meter(gpus=...)            # run start; gpus: the CUDA devices in use
                                               # (segment on cuda: its device's UUID)
-    log(meter.describe())                     # "energy: rapl (CPU, DRAM) on host" or
-                                              # "energy: not measured on host: ..."
+    log(meter.describe())                     # "energy: rapl (RAPL: package-0, dram) on
+                                              # host" or "energy: not measured on host: ..."
     meter.measure_idle(IDLE_START_SECONDS, wait=stop.wait)   # before the workers start
     ...
     window = meter.open_window(local=_is_local(server))      # where the job's stopwatch
@@ -88,7 +88,9 @@ microseconds for RAPL; bench/energy.py); without a meter they read nothing. A wi
 also a context manager (``with meter.open_window() as window: ...``; then
 ``window.reading``). Between jobs nothing needs calling: a worker that waits with no
 window open is idle time. ``meter.idle_age_seconds()`` says how old the idle figure is,
-for a worker that wants a fresh one before a long run of back-to-back jobs.
+for a worker that wants a fresh one before a long run of back-to-back jobs. The segment
+stage needs nothing of its own: its jobs have no server, so the engine's window around
+them is local (on CUDA, choose_meter gets the stage's GPU).
 """
 
 import os
@@ -624,7 +626,8 @@ class EnergyMeter:
         """Measure idle power over ``seconds`` with no window open (call it before the
         workers start). ``wait(seconds)``: how to wait (the run's stop Event's ``wait``
         returns early on a stop signal). Returns the new idle_w in W, or None when a
-        window was open at either end, a read failed, or there is no meter."""
+        window was open at either end, a read failed, the wait ended before half its
+        time, or there is no meter."""
         if self.counter is None:
             return None
         with self._lock:
@@ -637,8 +640,8 @@ class EnergyMeter:
         with self._lock:
             now = self._clock()
             self._advance(now)
-            if self._open or self._idle_since != started or now <= started:
-                return None
+            if self._open or self._idle_since != started or now - started < seconds / 2:
+                return None  # a window opened, a read failed, or a stop cut the wait short
             self.idle_w = self._idle_joules / (now - started)
             self._idle_measured_at = now
             self._idle_since, self._idle_joules = now, 0.0
