@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) bench/segment.py
 	$(PY) bench/report.py
 	$(PY) bench/primitives.py
+	$(PY) bench/energy.py
 	$(PY) bench/curate.py
 	$(PY) bench/grpc_transport.py
 

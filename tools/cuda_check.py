@@ -1,8 +1,11 @@
 """segment.py's CUDA path on a machine with an NVIDIA GPU: device choice, the batch
 size from the GPU's free memory, lean vs stock masks on CUDA, CUDA vs CPU masks,
 segment.py end to end in float32, bfloat16 and float16 (and a re-run that does
-nothing). Random-weight vit_tiny, as in the tests. Prints one JSON line per check;
-exits 1 when a check fails.
+nothing), and the GPU's energy per image from NVML (engine/energy.py): idle power, then
+segment.py on 8 images and the model alone in this process, gross and net of idle.
+Random-weight vit_tiny, as in the tests (its joules are a toy model's, not vit_h's).
+Prints one JSON line per check; exits 1 when a check fails. The energy check needs
+nvidia-ml-py (the energy extra).
 
     .venv/bin/python tools/cuda_check.py                     # needs CUDA and the segment extra
     CHECK_DEVICE=cpu .venv/bin/python tools/cuda_check.py    # the script itself, anywhere
@@ -30,6 +33,7 @@ from segment_anything import SamAutomaticMaskGenerator  # noqa: E402
 from segment_anything.utils.amg import rle_to_mask  # noqa: E402
 
 from drawpipe.drawthings.simulator import render_scene  # noqa: E402
+from drawpipe.engine.energy import CounterUnavailable, EnergyMeter, NvmlCounter  # noqa: E402
 from drawpipe.sam.mask_generator import LeanMaskGenerator, choose_points_per_batch  # noqa: E402
 from drawpipe.sam.models import (Segmenter, choose_device, free_memory_bytes,  # noqa: E402
                                  load_sam, save_random_checkpoint)
@@ -73,6 +77,64 @@ def compare(reference, other):
 def agree(comparison, lowest_iou):
     return (comparison["pairs"] > 0 and comparison["missing_points"] == 0
             and comparison["min_iou"] >= lowest_iou)
+
+
+ENERGY_IMAGES = 8
+IDLE_SECONDS = 5.0
+
+
+def energy_check(work: Path, checkpoint: Path) -> None:
+    """J per image from NVML's total-energy counter of cuda:0: idle power over a few
+    seconds, then one window around segment.py on ENERGY_IMAGES 1024 px images (start-up
+    and model loading included) and one around the model alone in this process, both with
+    the default generator settings (what a user runs)."""
+    try:
+        meter = EnergyMeter(NvmlCounter((0,)))
+    except CounterUnavailable as exc:
+        report("energy (nvml)", ok=GPU != "cuda", reason=str(exc))
+        return
+    idle_w = meter.measure_idle(IDLE_SECONDS)
+    root = work / "energy"
+    for number in range(1, ENERGY_IMAGES + 1):
+        path = root / "UPSCALED_IMAGES" / "Peru" / "family" / f"Peru_family_{number}_upscaled.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        render_scene(number, "a family at home", 1024, 1024).save(path)
+    command = [sys.executable, str(REPO / "segment.py"), "--root", str(root),
+               "--checkpoint", str(checkpoint), "--no-progress"]
+    if GPU == "cpu":
+        command += ["--device", "cpu"]
+    with meter.open_window() as run_window:
+        run = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                             timeout=300, cwd=REPO)
+    segmenter = Segmenter(ModelSettings(model_type="vit_tiny", checkpoint=checkpoint),
+                          GeneratorSettings())
+    images = [np.asarray(render_scene(n, "a family at home", 1024, 1024).convert("RGB"))
+              for n in range(1, ENERGY_IMAGES + 1)]
+    segmenter.find_masks(images[0])  # warm-up: kernels chosen and loaded
+    if GPU == "cuda":
+        torch.cuda.synchronize()
+    with meter.open_window() as model_window:
+        for image in images:
+            segmenter.find_masks(image)
+        if GPU == "cuda":
+            torch.cuda.synchronize()
+    meter.close()
+
+    def per_image(reading):
+        gross = reading.energy_j
+        net = None if gross is None or idle_w is None else gross - idle_w * reading.seconds
+        return {"seconds": round(reading.seconds, 2),
+                "j_per_image_gross": None if gross is None else round(gross / ENERGY_IMAGES, 2),
+                "j_per_image_net": None if net is None else round(net / ENERGY_IMAGES, 2),
+                "error": reading.error}
+
+    run_figures, model_figures = per_image(run_window.reading), per_image(model_window.reading)
+    report("energy (nvml)",
+           ok=run.returncode == 0 and run_window.reading.energy_j is not None
+           and model_window.reading.energy_j is not None,
+           gpu=meter.counter.scope, idle_w=None if idle_w is None else round(idle_w, 1),
+           images=ENERGY_IMAGES, segment_py=run_figures, model_only=model_figures,
+           segment_exit=run.returncode, stderr_tail=run.stderr.strip().splitlines()[-2:])
 
 
 def main():
@@ -182,6 +244,7 @@ def main():
                pairs=len(ious),
                mean_iou=round(float(np.mean(ious)), 4) if ious else None,
                min_iou=round(float(np.min(ious)), 4) if ious else None)
+    energy_check(work, checkpoint)
     shutil.rmtree(work)
     if FAILED:
         print(f"failed: {', '.join(FAILED)}", file=sys.stderr)
