@@ -86,9 +86,8 @@ def test_a_vocabulary_file_marks_stuff_and_ignores_comments_blanks_and_spacing(t
     ("chair\nstuff:\n", 'line 2: "stuff:" without a name'),
     ("chair\n" + "x" * 61 + "\n", "line 2: a name of 61 characters; at most 60 fit the "
                                   "model's text"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00", "not a text file (byte 0 is not UTF-8); write one name per "
-                                   "line"),
-    (b"chair\x00table\n", "not a text file (it holds NUL bytes); write one name per line"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "not UTF-8 text (bad byte at offset 0)"),
+    (b"chair\x00table\n", "not text (it holds NUL bytes); write one name per line"),
 ])
 def test_a_bad_vocabulary_file_is_one_line_naming_the_file(tmp_path, content, message):
     path = vocabulary_file(tmp_path, content)
@@ -101,10 +100,10 @@ def test_a_bad_vocabulary_file_is_one_line_naming_the_file(tmp_path, content, me
 def test_a_missing_vocabulary_file_or_a_folder(tmp_path):
     with pytest.raises(InputFileError) as raised:
         read_vocabulary(tmp_path / "nothing.txt")
-    assert str(raised.value) == f"{tmp_path / 'nothing.txt'}: no such labels file"
+    assert str(raised.value) == f"{tmp_path / 'nothing.txt'}: no such file"
     with pytest.raises(InputFileError) as raised:
         read_vocabulary(tmp_path)
-    assert str(raised.value) == f"{tmp_path}: is a folder, not a labels file"
+    assert str(raised.value) == f"{tmp_path}: is a folder, not a file"
 
 
 # ---------------------------------------------------------------- the decision

@@ -89,6 +89,7 @@ import numpy as np
 
 from drawpipe.bundled import DEFAULT_VOCABULARY
 from drawpipe.errors import CheckpointError, InputFileError, UsageError
+from drawpipe.files import read_user_text
 from drawpipe.sam.checkpoints import CheckpointFile, download_checkpoint
 
 # ---------------------------------------------------------------- the vocabulary
@@ -117,23 +118,9 @@ class Vocabulary:
 def read_vocabulary(path: Path) -> Vocabulary:
     """The vocabulary in the file at ``path`` (format: the module docstring). Raises
     InputFileError with the file, the line and what to do."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputFileError(f"{path}: no such labels file") from None
-    except IsADirectoryError:
-        raise InputFileError(f"{path}: is a folder, not a labels file") from None
-    except OSError as error:
-        raise InputFileError(f"{path}: cannot read it ({error.strerror or error})") from None
-    try:
-        text = raw.decode("utf-8-sig")  # editors on Windows may add a BOM
-    except UnicodeDecodeError as error:
-        raise InputFileError(f"{path}: not a text file (byte {error.start} is not UTF-8); "
-                             "write one name per line") from None
+    text = read_user_text(path)
     if "\x00" in text:
-        raise InputFileError(f"{path}: not a text file (it holds NUL bytes); write one name "
-                             "per line")
+        raise InputFileError(f"{path}: not text (it holds NUL bytes); write one name per line")
     names, stuff, seen = [], set(), {}
     for number, line in enumerate(text.splitlines(), 1):
         entry = line.strip()
@@ -442,14 +429,6 @@ def detect_label_model(state_dict: dict) -> str | None:
     return None
 
 
-def _weights(state):
-    """The state_dict in what torch.load returned: a training checkpoint, as open_clip's
-    trainer saves, holds it under "state_dict"."""
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        return state["state_dict"]
-    return state
-
-
 def load_label_model(model: str, checkpoint: Path, device: str = "cpu"):
     """The open_clip model of ``model`` with the weights in ``checkpoint``, in eval mode
     on ``device`` (float32).
@@ -457,33 +436,19 @@ def load_label_model(model: str, checkpoint: Path, device: str = "cpu"):
     Raises CheckpointError (one line: what is wrong, what to do) for a missing file, a
     file that is not a PyTorch file (corrupt, cut short), or weights of another model.
     """
-    from drawpipe.sam.models import first_line
+    from drawpipe.sam.models import read_weights
 
-    torch, open_clip = import_open_clip()
+    _, open_clip = import_open_clip()
     checkpoint = Path(checkpoint)
     official = _architecture(model).official
     if not checkpoint.is_file():
         raise CheckpointError(missing_label_model_message(model, checkpoint))
-    fetch_again = (f"delete it and download {official.file_name} again from {official.url}"
-                   if official else "make it again")
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip, pickle and I/O errors all mean: not a usable file
-        raise CheckpointError(f"label model file {checkpoint} is not a readable PyTorch file "
-                              f"({first_line(exc)}); it may be cut short or corrupt: "
-                              f"{fetch_again}") from None
-    state = _weights(state)
-    if not isinstance(state, dict) or not state or not all(
-            torch.is_tensor(value) for value in state.values()):
-        raise CheckpointError(f"label model file {checkpoint} holds no model weights "
-                              "(expected a state_dict of tensors)")
+    read_weights(checkpoint, "label model file", official)  # unreadable, no weights: one line
     built = build_label_model(model)
-    del state  # open_clip reads the file again, converting older layouts as it does
-    try:
+    try:  # open_clip reads the file again, converting older layouts of its weights as it does
         open_clip.load_checkpoint(built, str(checkpoint), strict=True, weights_only=True)
     except Exception:  # size mismatch, missing or unexpected keys, a layout it cannot convert
-        detected = detect_label_model(_weights(torch.load(checkpoint, map_location="cpu",
-                                                          weights_only=True)))
+        detected = detect_label_model(read_weights(checkpoint, "label model file", official))
         hint = (f"it is a {detected} model file: pass --label-model {detected}" if detected
                 else "is it an open_clip model file?")
         raise CheckpointError(f"label model file {checkpoint} does not fit label model "
