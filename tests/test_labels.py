@@ -180,7 +180,8 @@ def test_a_cutout_named_as_stuff_is_background(tmp_path):
 def test_background_counts_all_stuff_words_together(tmp_path):
     # Two stuff words with one colour split a grey cut-out's probability: neither is
     # trusted alone, together they are background.
-    labeller = stand_in_labeller(tmp_path, "red ball\nblue car\nstuff: grey wall\nstuff: grey floor\n")
+    labeller = stand_in_labeller(tmp_path,
+                                 "red ball\nblue car\nstuff: grey wall\nstuff: grey floor\n")
     (wall,) = labeller.label([picture((128, 128, 128))])
     assert wall.name == "grey wall" and wall.runner_up == "grey floor"
     assert wall.score < 0.5 and not wall.trusted
@@ -190,7 +191,8 @@ def test_background_counts_all_stuff_words_together(tmp_path):
 
 def test_a_cutout_named_as_a_thing_is_never_background(tmp_path):
     # The thing comes first among three equals: stuff holds two thirds, the thing one.
-    labeller = stand_in_labeller(tmp_path, "silver car\nred ball\nstuff: grey wall\nstuff: grey floor\n")
+    labeller = stand_in_labeller(tmp_path,
+                                 "silver car\nred ball\nstuff: grey wall\nstuff: grey floor\n")
     (car,) = labeller.label([picture((128, 128, 128))])
     assert car.name == "silver car" and car.background_score > 0.5
     assert not car.background and not car.trusted
@@ -290,11 +292,33 @@ def test_the_whole_path_with_a_random_weight_model(tiny_label_model):
     assert labeller.device == "cpu"
 
 
+def test_the_name_vectors_are_kept_in_the_cache_for_the_next_process(tmp_path, tiny_label_model):
+    vocabulary = read_vocabulary(vocabulary_file(tmp_path, "chair\ntable\nstuff: wall\n"))
+    settings = LabelSettings("ViT-tiny-test", tiny_label_model, "cpu")
+    first = load_labeller(settings, vocabulary, tmp_path / "cache")
+    (kept,) = (tmp_path / "cache" / "labels").glob("names-*.npy")
+    np.testing.assert_array_equal(np.load(kept), first.name_vectors)
+    # What the next process reads is what the file holds: the text tower does not run.
+    planted = np.tile(np.float32([1, 0] + [0] * 30), (3, 1))
+    np.save(kept, planted)
+    assert np.array_equal(load_labeller(settings, vocabulary, tmp_path / "cache").name_vectors,
+                          planted)
+    # Damaged, or of another vocabulary: embedded again.
+    kept.write_bytes(b"not numpy")
+    again = load_labeller(settings, vocabulary, tmp_path / "cache")
+    np.testing.assert_allclose(again.name_vectors, first.name_vectors, rtol=1e-5)
+    np.testing.assert_allclose(np.load(kept), first.name_vectors, rtol=1e-5)
+    other = read_vocabulary(vocabulary_file(tmp_path, "chair\nsofa\nstuff: wall\n"))
+    load_labeller(settings, other, tmp_path / "cache")
+    assert len(list((tmp_path / "cache" / "labels").glob("names-*.npy"))) == 2
+
+
 def test_a_random_weight_model_loads_in_float32_with_its_learned_scale(tiny_label_model):
     network = load_label_model("ViT-tiny-test", tiny_label_model)
     assert {p.dtype for p in network.parameters()} == {torch.float32}
     assert not network.training
-    assert float(network.logit_scale.detach().exp()) == pytest.approx(1 / 0.07)  # open_clip's initial
+    # open_clip's initial temperature, 1 / 0.07, as the file holds it
+    assert float(network.logit_scale.detach().exp()) == pytest.approx(1 / 0.07)
     assert len(PROMPT_TEMPLATES) == 6
 
 

@@ -20,7 +20,8 @@ name it finds most probable is the cut-out's label, with its score and the runne
     settings_record(settings, vocabulary)  what cutouts.json records for the redo rule
     ClipEmbedder                  cut-outs and names -> unit vectors, with one model
     Labeller                      names once, then label(cut-outs) -> [Label]
-    load_labeller(settings, vocabulary)    the model loaded once, names embedded once
+    load_labeller(settings, vocabulary, cache_root)   the model loaded once, the names
+                                  embedded once (and kept in the cache folder)
 
 **The vocabulary file** is UTF-8 text, one name per line, as it would end "a photo of
 the ...". A line ``stuff: NAME`` names background (wall, floor, sky): a cut-out named
@@ -69,8 +70,8 @@ functions that need them: without --label nothing of them is loaded.
     missing and --download: download_label_model(name, root, mirror); still missing:
     CheckpointError(missing_label_model_message(name, path)).
   - the stage: one Labeller per process, made on first use like its Segmenter
-    (load_labeller), so a run with nothing to do loads nothing. Per image:
-    ``labels = labeller.label([cutout.rgba, ...])``; each entry of cutouts.json gets
+    (load_labeller, with the cache root), so a run with nothing to do loads nothing.
+    Per image: ``labels = labeller.label([cutout.rgba, ...])``; each entry of cutouts.json gets
     ``"label": label.record()``; each PNG ``add_text_chunks(encode_png(rgba),
     label.png_texts())`` (png.py: no re-encoding). A cut-out with ``label.background``
     is, unless --keep-background, not written as a PNG and goes to cutouts.json's
@@ -81,6 +82,8 @@ functions that need them: without --label nothing of them is loaded.
 """
 
 import hashlib
+import io
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -532,15 +535,18 @@ class ClipEmbedder:
 class Labeller:
     """Names cut-outs. ``embedder``: anything with ``embed_names(names)`` and
     ``embed_cutouts(pictures)`` (unit rows) and ``logit_scale`` - ClipEmbedder, or a
-    stand-in in tests. The names are embedded once, here."""
+    stand-in in tests. The names are embedded once, here, unless ``name_vectors`` (N x D
+    unit rows, in the vocabulary's order) are given."""
 
     def __init__(self, embedder, vocabulary: Vocabulary, trust_threshold: float = TRUST_THRESHOLD,
-                 device: str | None = None):
+                 device: str | None = None, name_vectors: np.ndarray | None = None):
         self.embedder = embedder
         self.vocabulary = vocabulary
         self.trust_threshold = trust_threshold
         self.device = device
-        self.name_vectors = np.asarray(embedder.embed_names(vocabulary.names), dtype=np.float32)
+        if name_vectors is None:
+            name_vectors = embedder.embed_names(vocabulary.names)
+        self.name_vectors = np.asarray(name_vectors, dtype=np.float32)
 
     def probabilities(self, pictures) -> np.ndarray:
         """n x N: each cut-out's probability of each name (softmax of the model's logits)."""
@@ -555,15 +561,59 @@ class Labeller:
                 for row in self.probabilities(pictures)]
 
 
-def load_labeller(settings: LabelSettings, vocabulary: Vocabulary) -> Labeller:
-    """The model of ``settings`` loaded on its device, the vocabulary's names embedded:
-    seconds to a minute on a CPU (the text tower runs over every name and prompt), so a
-    process makes one and keeps it. CheckpointError/UsageError as load_label_model."""
+def names_cache_path(settings: LabelSettings, vocabulary: Vocabulary, cache_root: Path) -> Path:
+    """Where the vocabulary's name vectors for this model file are kept:
+    <root>/labels/names-<key>.npy, the key a SHA-256 of the model, its file (path, size,
+    modification time), the vocabulary and the prompts: any of them changed, another file."""
+    stat = Path(settings.checkpoint).stat()
+    identity = {"model": settings.model, "vocabulary_sha256": vocabulary.sha256,
+                "checkpoint": [str(Path(settings.checkpoint).resolve()), stat.st_size,
+                               stat.st_mtime_ns],
+                "prompts_sha256": PROMPTS_SHA256}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
+    return Path(cache_root) / LABELS_CACHE_FOLDER / f"names-{key[:32]}.npy"
+
+
+def _cached_name_vectors(path: Path, count: int) -> np.ndarray | None:
+    """The N x D float32 unit rows in ``path``, or None (missing, damaged, other shape)."""
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if (vectors.ndim != 2 or vectors.shape[0] != count or vectors.dtype != np.float32
+            or not np.all(np.isfinite(vectors))
+            or not np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)):
+        return None
+    return vectors
+
+
+def load_labeller(settings: LabelSettings, vocabulary: Vocabulary,
+                  cache_root: Path | None = None) -> Labeller:
+    """The model of ``settings`` loaded on its device and the vocabulary's names embedded,
+    so a process makes one and keeps it. Embedding the names runs the text tower over
+    every name in every prompt (1,236 prompts for the bundled vocabulary: ViT-B-32 took
+    4 min on 2 busy CPU cores), so with ``cache_root`` the vectors are kept in its
+    labels/ folder (names_cache_path) and a later process reads them in milliseconds.
+    CheckpointError/UsageError as load_label_model."""
+    from drawpipe.files import write_atomically
     from drawpipe.sam.models import choose_device
 
     if settings.checkpoint is None:
         raise UsageError("no label model file given (LabelSettings.checkpoint)")
     device = choose_device(settings.device)
     network = load_label_model(settings.model, settings.checkpoint, device)
-    return Labeller(ClipEmbedder(settings.model, network, device), vocabulary,
-                    settings.trust_threshold, device)
+    embedder = ClipEmbedder(settings.model, network, device)
+    cached = cache_path = None
+    if cache_root is not None:
+        cache_path = names_cache_path(settings, vocabulary, cache_root)
+        cached = _cached_name_vectors(cache_path, len(vocabulary.names))
+    labeller = Labeller(embedder, vocabulary, settings.trust_threshold, device, cached)
+    if cache_path is not None and cached is None:
+        buffer = io.BytesIO()
+        np.save(buffer, labeller.name_vectors, allow_pickle=False)
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(cache_path, buffer.getvalue())
+        except OSError:
+            pass  # a cache that cannot be written costs the next process time, nothing else
+    return labeller
