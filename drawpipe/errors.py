@@ -7,7 +7,8 @@
     │   ├── ServerIncompatible    the running app lacks a key the template sends (an older app)
     │   ├── ServerRejected        HTTP 422: the server refused the request (never retried)
     │   │   └── StepRejected      ... naming the upscale recipe's step
-    │   ├── CheckpointError       a SAM checkpoint missing, damaged or of another model
+    │   ├── CheckpointError       a SAM checkpoint or label model file missing, damaged
+    │   │                         or of another model
     │   │   └── DownloadFailed    --download could not fetch or verify it
     │   ├── BadVerdict            a review verdict the store refuses: not accept/reject, not a
     │   │                         generated image, not a SHA-256
@@ -131,7 +132,8 @@ class Interrupted(DrawpipeError):
 
 
 class CheckpointError(UsageError):
-    """A SAM checkpoint is missing, unreadable, or does not fit the model type."""
+    """A SAM checkpoint or a label model file (sam/labels.py) is missing, unreadable, or
+    does not fit the model it is loaded as."""
 
 
 class DownloadFailed(CheckpointError):

@@ -10,6 +10,7 @@
     unlink_when_free(path, ...)    delete, waiting briefly while someone has it open
     host_name()                    this Mac's name, as it names files (logs, verdicts)
     default_cache_dir(environ)     this Mac's cache folder (never the share)
+    read_user_text(path)           a file the user wrote, as text (InputFileError: one line)
     file_sha256(path, cache)       a file's SHA-256, remembered by (path, size, mtime_ns)
 
 Every file drawpipe writes on the share appears under its final name only when
@@ -31,6 +32,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Callable
+
+from drawpipe.errors import InputFileError
 
 # errno values that mean "someone else has this file open or is deleting it": SMB's
 # sharing violation comes through as EBUSY, EACCES or EPERM.
@@ -196,6 +199,24 @@ def describe_os_error(exc: OSError, path: Path) -> str:
     if exc.errno == errno.EROFS:
         return f"cannot write {path}: {exc.strerror}"
     return f"{exc.strerror or exc} on {exc.filename or path}"
+
+
+def read_user_text(path: Path) -> str:
+    """The text of a file a user wrote (payloads, recipes, prompt sets, queues, label
+    vocabularies): UTF-8, a leading BOM dropped. InputFileError naming the file when it
+    is missing, a folder, unreadable or not UTF-8."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputFileError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputFileError(f"{path}: is a folder, not a file") from None
+    except OSError as error:
+        raise InputFileError(f"{path}: cannot read ({error.strerror or error})") from None
+    try:
+        return raw.decode("utf-8-sig")  # editors on Windows may add a BOM
+    except UnicodeDecodeError as error:
+        raise InputFileError(f"{path}: not UTF-8 text (bad byte at offset {error.start})") from None
 
 
 def default_cache_dir(environ) -> Path:

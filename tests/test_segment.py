@@ -1,21 +1,18 @@
 """segment.py end to end with a real (tiny, random-weight) SAM, the lean mask generator
 against stock SamAutomaticMaskGenerator, checkpoint loading and downloading."""
 
-import hashlib
-import http.server
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import PROJECT_DIR, run_script, start_script, wait_for
+from fileserver import PAYLOAD, PAYLOAD_SHA256, FileServer, closed_port_url
 from masks import full_mask, mask_from_polygons
 from PIL import Image
 from segment_anything import SamAutomaticMaskGenerator
@@ -268,63 +265,9 @@ def test_a_file_that_is_not_an_image_fails_alone_and_is_left_as_it_is(share, tin
 # ---------------------------------------------------------------- checkpoints
 
 
-class _FileServer(http.server.ThreadingHTTPServer):
-    """Serves ``payload`` at any path on loopback, honouring Range; the first ``breaks``
-    answers stop after ``break_after`` bytes; ``ignore_range`` answers 200 always."""
-
-    def __init__(self, payload: bytes, breaks: int = 0, break_after: int = 0,
-                 ignore_range: bool = False):
-        super().__init__(("127.0.0.1", 0), _FileHandler)
-        self.payload, self.breaks, self.break_after = payload, breaks, break_after
-        self.ignore_range = ignore_range
-        self.ranges = []  # the Range header of each request (None: none)
-        self.url = f"http://127.0.0.1:{self.server_address[1]}/sam_vit_b_01ec64.pth"
-
-    def __enter__(self):
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self.shutdown()
-        self.server_close()
-
-
-class _FileHandler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, format, *args):
-        pass
-
-    def do_GET(self):
-        server = self.server
-        header = self.headers.get("Range")
-        server.ranges.append(header)
-        start = 0
-        if header and not server.ignore_range:
-            start = int(header.split("=")[1].split("-")[0])
-            self.send_response(206)
-            self.send_header("Content-Range",
-                             f"bytes {start}-{len(server.payload) - 1}/{len(server.payload)}")
-        else:
-            self.send_response(200)
-        body = server.payload[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if server.breaks > 0:
-            server.breaks -= 1
-            self.wfile.write(body[:server.break_after])
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_RDWR)
-            self.close_connection = True
-        else:
-            self.wfile.write(body)
-
-
-PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
-PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
-
-
 def test_download_resumes_a_broken_connection_and_verifies_the_sum(tmp_path):
     destination = tmp_path / "cache" / "sam_vit_b_01ec64.pth"
-    with _FileServer(PAYLOAD, breaks=2, break_after=5 * 65536) as server:
+    with FileServer(PAYLOAD, breaks=2, break_after=5 * 65536) as server:
         result = download_checkpoint(server.url, destination, PAYLOAD_SHA256,
                                      show_progress=False, backoff_seconds=0.01)
     assert result == destination
@@ -336,7 +279,7 @@ def test_download_resumes_a_broken_connection_and_verifies_the_sum(tmp_path):
 def test_download_resumes_the_part_file_of_an_earlier_run(tmp_path):
     destination = tmp_path / "sam_vit_b_01ec64.pth"
     (tmp_path / "sam_vit_b_01ec64.pth.part").write_bytes(PAYLOAD[:1000])
-    with _FileServer(PAYLOAD) as server:
+    with FileServer(PAYLOAD) as server:
         download_checkpoint(server.url, destination, PAYLOAD_SHA256, show_progress=False)
     assert server.ranges == ["bytes=1000-"]
     assert destination.read_bytes() == PAYLOAD
@@ -345,27 +288,20 @@ def test_download_resumes_the_part_file_of_an_earlier_run(tmp_path):
 def test_download_starts_again_when_the_server_ignores_range(tmp_path):
     destination = tmp_path / "sam_vit_b_01ec64.pth"
     (tmp_path / "sam_vit_b_01ec64.pth.part").write_bytes(b"x" * 500)
-    with _FileServer(PAYLOAD, ignore_range=True) as server:
+    with FileServer(PAYLOAD, ignore_range=True) as server:
         download_checkpoint(server.url, destination, PAYLOAD_SHA256, show_progress=False)
     assert destination.read_bytes() == PAYLOAD
 
 
 def test_download_with_a_wrong_sum_keeps_nothing(tmp_path):
     destination = tmp_path / "sam_vit_b_01ec64.pth"
-    with _FileServer(PAYLOAD) as server:
+    with FileServer(PAYLOAD) as server:
         with pytest.raises(DownloadFailed) as raised:
             download_checkpoint(server.url, destination, "0" * 64, show_progress=False)
     assert str(raised.value) == (
         f"{server.url} downloaded with SHA-256 {PAYLOAD_SHA256}, expected {'0' * 64}: the file "
         "was deleted; run the same command again, or download it by hand")
     assert list(tmp_path.iterdir()) == []
-
-
-def closed_port_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 def test_download_from_nowhere_fails_with_the_reason(tmp_path):
@@ -377,7 +313,7 @@ def test_download_from_nowhere_fails_with_the_reason(tmp_path):
 
 def test_segment_download_verifies_the_official_sum(share, tmp_path):
     add_upscaled(share, "A/b/A_b_1_upscaled.png")
-    with _FileServer(PAYLOAD) as server:
+    with FileServer(PAYLOAD) as server:
         mirror = server.url.rsplit("/", 1)[0]
         result = run_script("segment.py", "--root", share, "--cache-dir", tmp_path / "cache",
                             "--download", "--download-from", mirror, "--no-progress")

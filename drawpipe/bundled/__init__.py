@@ -1,4 +1,5 @@
-"""The data drawpipe ships: payload templates, upscale recipes, prompt sets.
+"""The data drawpipe ships: payload templates, upscale recipes, prompt sets, and the
+vocabulary that names cut-outs.
 
 Package data, found beside this file in a checkout and in an installed wheel alike;
 in a checkout the folders ``payloads/`` and ``prompts/`` at the top are links here,
@@ -10,6 +11,8 @@ from pathlib import Path
 FOLDER = Path(__file__).resolve().parent
 PAYLOADS = FOLDER / "payloads"
 PROMPTS = FOLDER / "prompts"
+LABELS = FOLDER / "labels"
 TXT2IMG_TEMPLATE = PAYLOADS / "txt2img.json"
 DEFAULT_RECIPE = PAYLOADS / "creative_upscale.json"
 PROMPT_SETS = PROMPTS / "variable_sets.json"
+DEFAULT_VOCABULARY = LABELS / "vocabulary.txt"

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from drawpipe.drawthings import api as drawthings
 from drawpipe.errors import InputFileError, ServerIncompatible, UsageError
+from drawpipe.files import read_user_text
 
 PROMPT_PLACEHOLDER = "{prompt}"
 
@@ -48,18 +49,7 @@ def read_json_file(path: Path):
 
     InputFileError naming the file, and for bad JSON the line and column.
     """
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputFileError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputFileError(f"{path}: is a folder, not a file") from None
-    except OSError as error:
-        raise InputFileError(f"{path}: cannot read ({error.strerror or error})") from None
-    try:
-        text = raw.decode("utf-8-sig")  # editors on Windows may add a BOM
-    except UnicodeDecodeError as error:
-        raise InputFileError(f"{path}: not UTF-8 text (bad byte at offset {error.start})") from None
+    text = read_user_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:

@@ -1,6 +1,7 @@
 """Official Segment Anything checkpoints: where they live, download with resume, SHA-256.
 
     OFFICIAL_CHECKPOINTS     model type -> CheckpointFile (file name, URL, SHA-256)
+    CheckpointFile.address(mirror)  its URL, or the same file name under a mirror
     download_checkpoint(...) fetch a file with a progress bar, resuming a broken
                              download, verifying its SHA-256 before it gets its name
     sha256_of(path)          hex SHA-256 of a file
@@ -37,6 +38,10 @@ class CheckpointFile:
     url: str
     sha256: str | None  # None: not published; the download is then not verified
 
+    def address(self, mirror: str | None = None) -> str:
+        """The official URL, or the same file name under ``mirror`` (--download-from)."""
+        return self.url if mirror is None else mirror.rstrip("/") + "/" + self.file_name
+
 
 # The SHA-256 sums are not published by Meta next to the files; these are the sums
 # that several independent projects pin for the same URLs (e.g. micro-sam's model
@@ -68,7 +73,8 @@ def sha256_of(path: Path) -> str:
 def download_checkpoint(url: str, destination: Path, sha256: str | None, *,
                         show_progress: bool | None = None, retries: int = 3,
                         backoff_seconds: float = 1.0,
-                        timeout_seconds: tuple[float, float] = (10.0, 60.0)) -> Path:
+                        timeout_seconds: tuple[float, float] = (10.0, 60.0),
+                        by_hand_flag: str = "--checkpoint") -> Path:
     """Download ``url`` to ``destination`` unless it is already there; returns it.
 
     Resumes ``<destination>.part`` if an earlier run left one (HTTP Range; a server
@@ -77,6 +83,7 @@ def download_checkpoint(url: str, destination: Path, sha256: str | None, *,
     none (no connection, say) end it, after waits of ``backoff_seconds``, doubled each
     time. With ``sha256`` the finished file must match it, or it is deleted and
     DownloadFailed raised. ``show_progress``: a bar on stderr (None: only on a terminal).
+    ``by_hand_flag``: the option that takes a file downloaded by hand (the message says it).
     """
     destination = Path(destination)
     if destination.exists():
@@ -99,7 +106,7 @@ def download_checkpoint(url: str, destination: Path, sha256: str | None, *,
                     raise DownloadFailed(
                         f"cannot download {url} ({network_reason(exc)}); run the same command again "
                         f"to resume, or download {destination.name} by hand and pass "
-                        "--checkpoint", reason=network_reason(exc)) from None
+                        f"{by_hand_flag}", reason=network_reason(exc)) from None
                 time.sleep(backoff_seconds * 2 ** max(0, failures - 1))
     finally:
         session.close()

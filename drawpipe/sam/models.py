@@ -245,6 +245,30 @@ def first_line(exc: Exception) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def read_weights(path: Path, what: str, official: CheckpointFile | None) -> dict:
+    """The state_dict in the model file at ``path`` (torch.load, weights only, on the CPU;
+    a training checkpoint's "state_dict" entry). CheckpointError when the file is not a
+    readable PyTorch file or holds no dict of tensors: ``what`` names the file for the
+    user ("SAM checkpoint"), ``official`` says where to fetch it again (None: a test
+    model, made again). For a model file of any kind (the labeller's too)."""
+    torch = import_torch()
+    fetch_again = (f"delete it and download {official.file_name} again from {official.url}"
+                   if official else "make it again")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip, pickle and I/O errors all mean: not a usable file
+        raise CheckpointError(f"{what} {path} is not a readable PyTorch file "
+                              f"({first_line(exc)}); it may be cut short or corrupt: "
+                              f"{fetch_again}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # a training checkpoint (open_clip's trainer saves these)
+    if not isinstance(state, dict) or not state or not all(
+            torch.is_tensor(value) for value in state.values()):
+        raise CheckpointError(f"{what} {path} holds no model weights (expected a state_dict "
+                              "of tensors)")
+    return state
+
+
 # ---------------------------------------------------------------- masks -> cut-outs
 
 
