@@ -19,8 +19,8 @@ encoder).
     .venv/bin/python bench/grpc_transport.py                # ~1-2 minutes
     .venv/bin/python bench/grpc_transport.py --images 10
 
-(Not bench/grpc.py: a script's folder comes first on sys.path, and that name would
-shadow the grpc package.)
+(Not named after the grpc package: a script's folder comes first on sys.path, and
+that name would shadow the package.)
 """
 
 import argparse

@@ -6,7 +6,7 @@
 DRAW_THINGS_COMMUNITY is a checkout (or a bare git directory) of
 github.com/drawthingsai/draw-things-community. Writes, under drawpipe/drawthings/:
 
-- ``generated/imageService_pb2.py`` and ``generated/imageService_pb2_grpc.py``: protobuf
+- ``drawthings/generated/imageService_pb2.py`` and ``drawthings/generated/imageService_pb2_grpc.py``: protobuf
   and gRPC code from Libraries/GRPC/Models/Sources/imageService/imageService.proto,
   by grpcio-tools' protoc (the proto is compiled from a folder shaped like the package,
   so the two modules import each other absolutely).
@@ -19,7 +19,7 @@ github.com/drawthingsai/draw-things-community. Writes, under drawpipe/drawthings
 - ``generated/draw_things_root_ca.crt``: Libraries/BinaryResources/Resources/root_ca.crt,
   the root the app's gRPC client trusts (ImageGenerationClientWrapper.swift) and that
   signed the certificate gRPCServerCLI serves by default.
-- ``generated/__init__.py``: which upstream commit and which tool versions made them.
+- ``drawthings/generated/__init__.py``: which upstream commit and which tool versions made them.
 - ``grpc_table.json``: how each JSON key of a template (the HTTP API's keys,
   drawthings/api_table.json) becomes a ``GenerationConfiguration`` field, read from
   the one place the app itself does that for its HTTP server: the

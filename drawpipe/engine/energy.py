@@ -70,18 +70,18 @@ Every energy column is empty when no meter exists, when a read failed in that wi
 
 How the engine uses it (the wiring; one meter per process, shared by its workers):
 
-    meter = choose_meter(gpus=...)            # run start; gpus: the CUDA devices in use
-                                              # (segment on cuda: its device's UUID)
-    log(meter.describe())                     # "energy: rapl (RAPL: package-0, dram) on
-                                              # host" or "energy: not measured on host: ..."
-    meter.measure_idle(IDLE_START_SECONDS, wait=stop.wait)   # before the workers start
-    ...
-    window = meter.open_window(local=_is_local(server))      # where the job's stopwatch
-    result = run_job(job, scratch)                           # starts (beside the sampler)
-    reading = window.close()                                 # where it stops; never raises
-    row.update(reading.row())                                # the ENERGY_COLUMNS values
-    ...
-    meter.close()                                            # run end
+      meter = choose_meter(gpus=...)            # run start; gpus: the CUDA devices in use
+                                                # (segment on cuda: its device's UUID)
+      log(meter.describe())                     # "energy: rapl (RAPL: package-0, dram) on
+                                                # host" or "energy: not measured on host: ..."
+      meter.measure_idle(IDLE_START_SECONDS, wait=stop.wait)   # before the workers start
+      ...
+      window = meter.open_window(local=_is_local(server))      # where the job's stopwatch
+      result = run_job(job, scratch)                           # starts (beside the sampler)
+      reading = window.close()                                 # where it stops; never raises
+      row.update(reading.row())                                # the ENERGY_COLUMNS values
+      ...
+      meter.close()                                            # run end
 
 ``open_window`` and ``close`` each take one counter read under the lock (tens of
 microseconds for RAPL; bench/energy.py); without a meter they read nothing. A window is
