@@ -2,12 +2,21 @@
 
 Every PNG under ROOT/UPSCALED_IMAGES/ becomes a folder ROOT/CUTOUTS/<same sub-folders>/<stem>/
 of square transparent PNGs, one per object (<stem>_cutout_<k>.png, largest first), and
-cutouts.json (bbox, area, scores, outline polygons of each).
+cutouts.json (bbox, area, scores, outline polygons of each, and each object's parts).
+
+Granularity: "objects" (default) cuts out the things - a person, a bus - and lists
+their parts (a coat, a wheel) in cutouts.json; "parts" cuts out every mask SAM keeps
+(things, parts and sub-parts side by side, as drawpipe did before); "all" cuts out
+objects, and each object's parts into <stem>_cutout_<k>_parts/. Folders made with
+another granularity are left as they are unless --redo-cutouts is given (the old
+folder goes to REJECTED/CUTOUTS/..., nothing is deleted).
 
 Examples:
   python segment.py --root SHARE --checkpoint sam_vit_h_4b8939.pth
   python segment.py --root SHARE --download        # vit_b, fetched into the cache
+  python segment.py --model vit_t --download       # MobileSAM: 39 MB, quick on a Mac
   python segment.py --model vit_l --download --device mps   # the cache's sam_vit_l_0b3195.pth
+  python segment.py --granularity parts --redo-cutouts      # every piece, as before
   python segment.py --points-per-side 16 --max-cutouts 12 --watch
   python segment.py --dry-run                               # to do, done, claimed by whom
 """
@@ -27,6 +36,7 @@ from drawpipe.errors import CheckpointError, UsageError
 from drawpipe.files import default_cache_dir
 from drawpipe.layout import CUTOUTS_FOLDER
 from drawpipe.sam.checkpoints import OFFICIAL_CHECKPOINTS
+from drawpipe.sam.settings import GRANULARITIES
 
 GENERATOR_OPTIONS = (  # segment-anything's scripts/amg.py names; unset: SAM's defaults
     ("--points-per-side", int, "grid points along each side (default 32)"),
@@ -34,6 +44,10 @@ GENERATOR_OPTIONS = (  # segment-anything's scripts/amg.py names; unset: SAM's d
     ("--pred-iou-thresh", float, "keep masks with predicted IoU above this (default 0.88)"),
     ("--stability-score-thresh", float, "keep masks at least this stable (default 0.95)"),
     ("--stability-score-offset", float, "logit offset of the stability score (default 1.0)"),
+    ("--whole-pred-iou-thresh", float, "objects: the whole level's predicted IoU "
+     "threshold (default 0.88)"),
+    ("--whole-stability-score-thresh", float, "objects: the whole level's stability "
+     "threshold (default 0.7)"),
     ("--box-nms-thresh", float, "box IoU above which duplicates are dropped (default 0.7)"),
     ("--crop-n-layers", int, "also run on 2^i x 2^i crops, i = 1..N (default 0)"),
     ("--min-mask-region-area", int, "remove islands and holes smaller than this, px (default 0)"),
@@ -47,7 +61,15 @@ def parse_arguments(argv):
     parser.add_argument("--checkpoint", metavar="FILE", help="SAM weights (default: the "
                         "official file of --model in the cache folder)")
     parser.add_argument("--model", choices=tuple(OFFICIAL_CHECKPOINTS),
-                        help="default: named in the checkpoint's file name, else vit_b")
+                        help="vit_h, vit_l, vit_b (SAM) or vit_t (MobileSAM); default: "
+                             "named in the checkpoint's file name, else vit_b")
+    parser.add_argument("--granularity", choices=GRANULARITIES, default="objects",
+                        help="objects (default): the things, their parts listed in "
+                             "cutouts.json; parts: every mask SAM keeps; all: objects, "
+                             "their parts in a sub-folder each")
+    parser.add_argument("--redo-cutouts", action="store_true", help="remake cut-out folders "
+                        "made with other settings (another --granularity); the old ones are "
+                        "set aside in REJECTED/")
     parser.add_argument("--device", choices=("auto", "mps", "cuda", "cpu"), default="auto",
                         help="auto: mps on Apple Silicon, cuda where present, else cpu")
     parser.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"),
@@ -108,27 +130,32 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
         raise CheckpointError(missing_checkpoint_message(model_type, checkpoint))
     model = ModelSettings(model_type, checkpoint, args.device, args.precision)
     freshness = local_freshness()
-    stage = SegmentStage(settings.root, model, generator, cutouts, freshness)
+    stage = SegmentStage(settings.root, model, generator, cutouts, freshness,
+                         args.granularity, redo_other_settings=args.redo_cutouts)
     output_folder = settings.root / CUTOUTS_FOLDER
+    with share_errors(settings.root):
+        jobs = stage.plan()
+        other_settings = _made_with_other_settings(stage, jobs)
     if args.dry_run:
-        with share_errors(settings.root):
-            jobs = stage.plan()
         states = job_states(settings.root, stage, jobs, settings.lease_seconds)
         to_do, done = print_plan([(None, jobs, states)], "segment", "claimed", stdout)
         print(f"dry run: {to_do} image(s) to segment into {output_folder}, "
               f"{done} already done; nothing was loaded or written"
               + ("" if checkpoint.is_file() else f" (the checkpoint {checkpoint} is missing)"),
               file=stdout)
+        _print_other_settings(other_settings, stage, args.redo_cutouts, stdout)
         return 0
     device = args.device
     with share_errors(settings.root):
-        something_to_do = any(not job_done(stage, job) for job in stage.plan())
+        something_to_do = any(not job_done(stage, job) for job in jobs)
     if something_to_do:
         # Load now: a bad checkpoint stops the run before any claim is taken. Loaded once;
         # every job of this process uses it.
         device = stage.segmenter().device
     print(f"SAM {model_type} from {checkpoint} on {device}, "
-          f"{generator.points_per_side} x {generator.points_per_side} points", file=stdout)
+          f"{generator.points_per_side} x {generator.points_per_side} points, "
+          f"granularity {args.granularity}", file=stdout)
+    _print_other_settings(other_settings, stage, args.redo_cutouts, stdout)
     engine = dataclasses.replace(engine_settings(settings, args, servers=[None]),
                                  server_process_name=None)
     try:
@@ -137,8 +164,38 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
         freshness.save()
     print_summary(summary, stdout)
     print_rejected(stage.rejected, stdout)
+    if not args.redo_cutouts:
+        _print_other_settings(other_settings, stage, False, stdout)
     print(f"cut-outs are in {output_folder}", file=stdout)
     return summary.exit_code
+
+
+def _made_with_other_settings(stage, jobs) -> dict[str, int]:
+    """How many existing cut-out folders were made with other settings, by what they
+    were made with (as text: "granularity parts")."""
+    counts: dict[str, int] = {}
+    for job in jobs:
+        made_with = stage.made_with_other_settings(job)
+        if made_with is not None:
+            text = ", ".join(f"{name} {value}" for name, value in sorted(made_with.items()))
+            counts[text] = counts.get(text, 0) + 1
+    return counts
+
+
+def _print_other_settings(counts: dict[str, int], stage, redo: bool, out) -> None:
+    """One line: how many folders were made with other settings, and what becomes of them."""
+    if not counts:
+        return
+    total = sum(counts.values())
+    made = "; ".join(f"{count} with {text}" for text, count in sorted(counts.items()))
+    wanted = ", ".join(f"{name} {value}" for name, value in sorted(stage.made_with().items()))
+    if redo:
+        print(f"{total} cut-out folder(s) made with other settings ({made}) will be remade "
+              f"with {wanted}; the old ones go to REJECTED/", file=out)
+    else:
+        print(f"{total} cut-out folder(s) made with other settings ({made}) are kept as "
+              f"they are; add --redo-cutouts to remake them with {wanted} (the old ones go to "
+              "REJECTED/)", file=out)
 
 
 def _generator_settings(args):
@@ -146,8 +203,12 @@ def _generator_settings(args):
     from drawpipe.sam.settings import GeneratorSettings
 
     names = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
-             "stability_score_offset", "box_nms_thresh", "crop_n_layers", "min_mask_region_area")
+             "whole_pred_iou_thresh", "whole_stability_score_thresh", "stability_score_offset",
+             "box_nms_thresh", "crop_n_layers", "min_mask_region_area")
     chosen = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if chosen.get("crop_n_layers", 0) > 0 and args.granularity != "parts":
+        raise UsageError("--crop-n-layers needs --granularity parts: objects are told from "
+                         "their parts on the whole image, in one pass of the encoder")
     for name in ("points_per_side", "points_per_batch"):
         if name in chosen:
             check_positive(chosen[name], "--" + name.replace("_", "-"))
@@ -208,7 +269,7 @@ def _demo_checkpoint(args, cache_dir: Path, out) -> tuple[str | None, Path | Non
 
     if args.checkpoint is not None:
         return _segment_checkpoint(args.model, args.checkpoint, cache_dir)
-    for model_type in ("vit_b", "vit_l", "vit_h"):
+    for model_type in ("vit_t", "vit_b", "vit_l", "vit_h"):
         path = cache_dir / MODEL_TYPES[model_type].official.file_name
         if path.is_file():
             return model_type, path

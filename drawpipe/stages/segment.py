@@ -2,12 +2,22 @@
 
     UPSCALED_IMAGES/<sub-folders>/<stem>.png
       -> CUTOUTS/<sub-folders>/<stem>/{<stem>_cutout_<k>.png, cutouts.json}
+         (granularity "all": also <stem>_cutout_<k>_parts/<stem>_cutout_<k>_part_<j>.png)
 
 One cut-out folder is one job: it is built under a scratch name beside its final
 place and renamed as a whole by the engine, so a crash never leaves a half-made
-folder, and "done" means the folder exists (and records the upscaled image it was
-made from: curate/takes.py). The model is loaded once per process, on first use
-(sam/models.py Segmenter).
+folder, and "done" means the folder exists, records the upscaled image it was made
+from (curate/takes.py) and was made with the settings asked for now (``made_with``
+in cutouts.json: the granularity; the labeller adds its own). A folder made with
+other settings is remade only when the run says so (``redo_other_settings``, the
+script's --redo-cutouts): the old one is set aside into REJECTED/ first, like a stale
+one. Folders made before drawpipe recorded ``made_with`` hold every mask SAM's stock
+generator keeps: they count as granularity "parts". The model is loaded once per
+process, on first use (sam/models.py Segmenter).
+
+An image where nothing passes SAM's thresholds (or only specks and background do)
+gets a folder all the same, with no cut-outs and ``empty_because`` saying why: it is
+done, not failed, so a re-run does not try it again and again.
 """
 
 import hashlib
@@ -25,9 +35,12 @@ from drawpipe.files import remove_quietly, scan_inputs, write_synced
 from drawpipe.layout import CUTOUTS_RECORD, UPSCALED_FOLDER, cutouts_path, generated_for_upscaled
 from drawpipe.sam.cutouts import choose_cutouts
 from drawpipe.sam.models import Segmenter, first_line
-from drawpipe.sam.settings import CutoutSettings, GeneratorSettings, ModelSettings
+from drawpipe.sam.objects import LEVEL_NAMES
+from drawpipe.sam.settings import GRANULARITIES, CutoutSettings, GeneratorSettings, ModelSettings
 
 RECORD_VERSION = 1
+# What cut-out folders made before drawpipe recorded ``made_with`` were made with.
+LEGACY_MADE_WITH = {"granularity": "parts"}
 
 
 def read_rgb(path: Path, data: bytes):
@@ -47,53 +60,130 @@ def read_rgb(path: Path, data: bytes):
                        "it was left as it is") from None
 
 
-def write_cutout_folder(folder: Path, stem: str, image, masks: list, record: dict,
-                        margin_fraction: float) -> int:
-    """Write ``<stem>_cutout_<k>.png`` (k = 1.. in the order of ``masks``) and
-    cutouts.json into ``folder`` (created); returns the number of cut-outs."""
-    from drawpipe.sam.cutouts import cut_out, encode_png, mask_polygons
+def made_with_of(record: dict) -> dict:
+    """The settings a cutouts.json (or what ``recorded_settings`` keeps of it) says its
+    cut-outs were made with; a folder made before they were recorded holds what
+    granularity "parts" makes."""
+    made_with = record.get("made_with")
+    return made_with if isinstance(made_with, dict) else dict(LEGACY_MADE_WITH)
 
+
+def write_cutout_folder(folder: Path, stem: str, image, masks: list, record: dict,
+                        margin_fraction: float, granularity: str = "parts") -> int:
+    """Write ``<stem>_cutout_<k>.png`` (k = 1.. in the order of ``masks``) and
+    cutouts.json into ``folder`` (created); returns the number of cut-outs.
+
+    "parts": one entry per mask. "objects": each entry also lists the object's parts
+    (``mask.parts``: box, area, scores, level, polygons). "all": as objects, and each
+    part is cut out too, into ``<stem>_cutout_<k>_parts/``.
+    """
     folder.mkdir(parents=True)
     entries = []
     for number, mask in enumerate(masks, 1):
-        x, y, w, h = mask.box
-        cutout = cut_out(image, mask.mask, margin_fraction, offset=(x, y))
         name = f"{stem}_cutout_{number}.png"
-        write_synced(folder / name, encode_png(cutout.rgba))
-        entries.append({
-            "file": name,
-            "bbox": [x, y, w, h],
-            "area": mask.area,
-            "predicted_iou": round(mask.predicted_iou, 6),
-            "stability_score": round(mask.stability_score, 6),
-            "point": [round(mask.point[0], 2), round(mask.point[1], 2)],
-            "crop_box": list(mask.crop_box),
-            "canvas": list(cutout.canvas),
-            "polygons": mask_polygons(mask.mask, offset=(x, y)),
-        })
+        entry = _cutout_entry(folder, name, image, mask, margin_fraction)
+        if granularity != "parts":
+            entry["level"] = LEVEL_NAMES[mask.level]
+            parts_folder = f"{stem}_cutout_{number}_parts"
+            if granularity == "all" and mask.parts:
+                (folder / parts_folder).mkdir()
+            entry["parts"] = []
+            for j, part in enumerate(mask.parts, 1):
+                if granularity == "all":
+                    part_name = f"{parts_folder}/{stem}_cutout_{number}_part_{j}.png"
+                    part_entry = _cutout_entry(folder, part_name, image, part, margin_fraction)
+                    part_entry["level"] = LEVEL_NAMES[part.level]
+                else:
+                    part_entry = _mask_entry(part)
+                entry["parts"].append(part_entry)
+        entries.append(entry)
     record = {**record, "cutouts": entries}
     write_synced(folder / CUTOUTS_RECORD, json.dumps(record, indent=1).encode("utf-8") + b"\n")
     return len(entries)
 
 
+def _mask_entry(mask) -> dict:
+    """What cutouts.json says of a mask (no picture of it)."""
+    from drawpipe.sam.cutouts import mask_polygons
+
+    x, y, w, h = mask.box
+    entry = {
+        "bbox": [x, y, w, h],
+        "area": mask.area,
+        "predicted_iou": round(mask.predicted_iou, 6),
+        "stability_score": round(mask.stability_score, 6),
+        "point": [round(mask.point[0], 2), round(mask.point[1], 2)],
+        "crop_box": list(mask.crop_box),
+        "polygons": mask_polygons(mask.mask, offset=(x, y)),
+    }
+    entry["level"] = LEVEL_NAMES[mask.level]
+    return entry
+
+
+def _cutout_entry(folder: Path, name: str, image, mask, margin_fraction: float) -> dict:
+    """Cut ``mask`` out of ``image`` into ``folder / name``; its cutouts.json entry (the
+    fields as drawpipe has always written them, in that order)."""
+    from drawpipe.sam.cutouts import cut_out, encode_png, mask_polygons
+
+    x, y, w, h = mask.box
+    cutout = cut_out(image, mask.mask, margin_fraction, offset=(x, y))
+    write_synced(folder / name, encode_png(cutout.rgba))
+    return {
+        "file": name,
+        "bbox": [x, y, w, h],
+        "area": mask.area,
+        "predicted_iou": round(mask.predicted_iou, 6),
+        "stability_score": round(mask.stability_score, 6),
+        "point": [round(mask.point[0], 2), round(mask.point[1], 2)],
+        "crop_box": list(mask.crop_box),
+        "canvas": list(cutout.canvas),
+        "polygons": mask_polygons(mask.mask, offset=(x, y)),
+    }
+
+
+def empty_because(masks_found: int, generator: GeneratorSettings, cutouts: CutoutSettings) -> str:
+    """Why an image got no cut-out, in words for cutouts.json."""
+    if masks_found == 0:
+        return (f"no mask larger than a speck passed SAM's quality thresholds (predicted IoU above "
+                f"{generator.pred_iou_thresh:g}, stability at least "
+                f"{generator.stability_score_thresh:g}; the whole level: above "
+                f"{generator.whole_pred_iou_thresh:g}, at least "
+                f"{generator.whole_stability_score_thresh:g})")
+    return (f"every mask found ({masks_found}) was a speck (below {cutouts.min_area_fraction:g} "
+            "of the image) or the background (its box spans the whole image)")
+
+
 class SegmentStage:
     """The segment stage (engine/loop.py's Stage protocol): one job per upscaled PNG, whose
-    output is the folder CUTOUTS/<same sub-folders>/<stem>/."""
+    output is the folder CUTOUTS/<same sub-folders>/<stem>/.
+
+    ``granularity``: settings.GRANULARITIES; ``redo_other_settings``: remake folders
+    made with other settings (else they count as done and are left as they are)."""
 
     name = "segment"
     extra_columns = ("model_seconds", "cutout_seconds", "masks_found", "cutouts_written",
                      "peak_rss_mb", "device")
 
     def __init__(self, root: Path, model: ModelSettings, generator: GeneratorSettings,
-                 cutouts: CutoutSettings, freshness: Freshness | None = None):
+                 cutouts: CutoutSettings, freshness: Freshness | None = None,
+                 granularity: str = "objects", redo_other_settings: bool = False):
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity {granularity!r}: expected one of {GRANULARITIES}")
         self.root = Path(root)
         self.freshness = freshness or Freshness(None)
         self.rejected: list[str] = []  # upscaled images of rejected takes, as of the last plan
         self.model = model
         self.generator = generator
         self.cutouts = cutouts
+        self.granularity = granularity
+        self.redo_other_settings = redo_other_settings
         self._segmenter: Segmenter | None = None
         self._lock = threading.Lock()
+
+    def made_with(self) -> dict:
+        """The settings that decide what the cut-outs are, as cutouts.json records them
+        (``made_with``): a folder made with others is remade with --redo-cutouts."""
+        return {"granularity": self.granularity}
 
     def plan(self) -> list[Job]:
         """One job per upscaled PNG, but those of a take rejected in review (generate.py
@@ -113,19 +203,44 @@ class SegmentStage:
         return jobs
 
     def is_current(self, job: Job) -> bool:
-        """The cut-outs were made from the upscaled image there now (or record nothing)."""
-        return self.freshness.is_current(job.output / CUTOUTS_RECORD, job.input,
-                                         recorded_source_sha256)
+        """The cut-outs were made from the upscaled image there now (or record nothing),
+        and with the settings asked for (or those are not to be redone)."""
+        recorded = self._recorded(job)
+        sha256 = recorded.get("source_sha256")
+        if sha256 is not None and sha256 != self.freshness.sha256(job.input):
+            return False
+        return not self.redo_other_settings or made_with_of(recorded) == self.made_with()
+
+    def made_with_other_settings(self, job: Job) -> dict | None:
+        """What the existing cut-outs of ``job`` were made with, when that is not what
+        is asked for now (None: no folder, or made with these settings)."""
+        if not job.output.exists():
+            return None
+        made_with = made_with_of(self._recorded(job))
+        return None if made_with == self.made_with() else made_with
+
+    def _recorded(self, job: Job) -> dict:
+        """{"source_sha256", "made_with"} of the job's cutouts.json (either may be None),
+        read once per version of the file (curate/takes.py's cache of recorded sources)."""
+        text = self.freshness.recorded_source(job.output / CUTOUTS_RECORD, recorded_settings)
+        if text is None:
+            return {}
+        if not text.startswith("{"):
+            # Cached by a drawpipe that recorded the source's SHA-256 alone, from a
+            # cutouts.json it had written (so made before made_with existed).
+            return {"source_sha256": text}
+        return json.loads(text)
 
     def set_aside(self, job: Job) -> None:
-        """Move cut-outs made from an older upscaled image into REJECTED/ (claim held)."""
+        """Move cut-outs made from an older upscaled image, or with other settings, into
+        REJECTED/ (claim held)."""
         set_aside(self.root, job.key, takes_set_aside(self.root, job.key) + 1)
 
     def segmenter(self) -> Segmenter:
         """The model, loaded on first use (a run with nothing to do loads nothing)."""
         with self._lock:
             if self._segmenter is None:
-                self._segmenter = Segmenter(self.model, self.generator)
+                self._segmenter = Segmenter(self.model, self.generator, self.cutouts)
             return self._segmenter
 
     def make_worker(self, server: str | None, context=None):
@@ -137,10 +252,12 @@ class SegmentStage:
             with ResourceSampler(0.05) as usage:
                 segmenter = self.segmenter()
                 started = time.monotonic()
-                masks = segmenter.find_masks(image)
+                masks = segmenter.find_masks(image, self.granularity)
                 model_seconds = time.monotonic() - started
                 started = time.monotonic()
                 chosen = choose_cutouts(masks, width, height, self.cutouts)
+                # Objects and parts both: what SAM found that passed its thresholds.
+                masks_found = len(masks) + sum(len(mask.parts) for mask in masks)
                 record = {
                     "version": RECORD_VERSION,
                     "source": job.input.relative_to(self.root).as_posix(),
@@ -156,27 +273,40 @@ class SegmentStage:
                     "generator": {**asdict(self.generator),
                                   "points_per_batch": segmenter.points_per_batch},
                     "cutout_settings": asdict(self.cutouts),
-                    "masks_found": len(masks),
+                    "masks_found": masks_found,
+                    "granularity": self.granularity,
+                    # Cut-outs made with other settings are remade with --redo-cutouts.
+                    "made_with": self.made_with(),
                 }
+                if self.granularity != "parts":
+                    record["object_rules"] = asdict(segmenter.rules)
+                if not chosen:
+                    record["empty_because"] = empty_because(masks_found, self.generator,
+                                                            self.cutouts)
                 written = write_cutout_folder(scratch, job.output.name, image, chosen, record,
-                                              self.cutouts.margin_fraction)
+                                              self.cutouts.margin_fraction, self.granularity)
                 cutout_seconds = time.monotonic() - started
             return JobResult(folder_built=True, extra={
                 "model_seconds": model_seconds, "cutout_seconds": cutout_seconds,
-                "masks_found": len(masks), "cutouts_written": written,
+                "masks_found": masks_found, "cutouts_written": written,
                 "peak_rss_mb": usage.result().process_rss_mb, "device": segmenter.device})
 
         return run
 
 
-def recorded_source_sha256(record_path: Path) -> str | None:
-    """The upscaled image's SHA-256 a cutouts.json records, or None (made before drawpipe
-    recorded one, or not readable as ours)."""
+def recorded_settings(record_path: Path) -> str | None:
+    """What decides whether a cut-out folder is current, from its cutouts.json, as JSON
+    text: {"source_sha256": the upscaled image's SHA-256 or None (made before drawpipe
+    recorded one), "made_with": the settings or None (made before they were recorded)};
+    None when it is missing or not ours."""
     try:
         record = json.loads(Path(record_path).read_bytes())
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):
         return None
-    except ValueError:
+    if not isinstance(record, dict):
         return None
-    sha256 = record.get("source_sha256") if isinstance(record, dict) else None
-    return sha256 if isinstance(sha256, str) else None
+    sha256 = record.get("source_sha256")
+    made_with = record.get("made_with")
+    return json.dumps({"source_sha256": sha256 if isinstance(sha256, str) else None,
+                       "made_with": made_with if isinstance(made_with, dict) else None},
+                      sort_keys=True)
