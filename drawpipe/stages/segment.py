@@ -103,21 +103,12 @@ def write_cutout_folder(folder: Path, stem: str, image, masks: list, record: dic
 
 
 def _mask_entry(mask) -> dict:
-    """What cutouts.json says of a mask (no picture of it)."""
+    """What cutouts.json says of a mask without a picture of it (a part of an object)."""
     from drawpipe.sam.cutouts import mask_polygons
 
-    x, y, w, h = mask.box
-    entry = {
-        "bbox": [x, y, w, h],
-        "area": mask.area,
-        "predicted_iou": round(mask.predicted_iou, 6),
-        "stability_score": round(mask.stability_score, 6),
-        "point": [round(mask.point[0], 2), round(mask.point[1], 2)],
-        "crop_box": list(mask.crop_box),
-        "polygons": mask_polygons(mask.mask, offset=(x, y)),
-    }
-    entry["level"] = LEVEL_NAMES[mask.level]
-    return entry
+    x, y, _, _ = mask.box
+    return {**_mask_fields(mask), "polygons": mask_polygons(mask.mask, offset=(x, y)),
+            "level": LEVEL_NAMES[mask.level]}
 
 
 def _cutout_entry(folder: Path, name: str, image, mask, margin_fraction: float) -> dict:
@@ -125,19 +116,22 @@ def _cutout_entry(folder: Path, name: str, image, mask, margin_fraction: float) 
     fields as drawpipe has always written them, in that order)."""
     from drawpipe.sam.cutouts import cut_out, encode_png, mask_polygons
 
-    x, y, w, h = mask.box
+    x, y, _, _ = mask.box
     cutout = cut_out(image, mask.mask, margin_fraction, offset=(x, y))
     write_synced(folder / name, encode_png(cutout.rgba))
+    return {"file": name, **_mask_fields(mask), "canvas": list(cutout.canvas),
+            "polygons": mask_polygons(mask.mask, offset=(x, y))}
+
+
+def _mask_fields(mask) -> dict:
+    x, y, w, h = mask.box
     return {
-        "file": name,
         "bbox": [x, y, w, h],
         "area": mask.area,
         "predicted_iou": round(mask.predicted_iou, 6),
         "stability_score": round(mask.stability_score, 6),
         "point": [round(mask.point[0], 2), round(mask.point[1], 2)],
         "crop_box": list(mask.crop_box),
-        "canvas": list(cutout.canvas),
-        "polygons": mask_polygons(mask.mask, offset=(x, y)),
     }
 
 
