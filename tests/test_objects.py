@@ -60,9 +60,10 @@ def test_the_background_the_stock_rules_keep_comes_back_without_parts():
     """It is the cut-out rules' to drop (or keep with --keep-background), as always."""
     thing = box_mask(5, 5, 30, 40)
     background = ~box_mask(40, 30, 50, 40)
-    candidates = [level(background, 0, 2, kept=True), level(thing, 1, 2)]
+    candidates = [level(background, 0, 2, kept=True), level(thing, 1, 2),
+                  level(background.copy(), 2, 2, iou=0.99, kept=True)]  # the same, better scored
     groups = select_objects(candidates, SAM, RULES)
-    assert [(group.index, group.parts) for group in groups] == [(0, []), (1, [])]
+    assert [(group.index, group.parts) for group in groups] == [(2, []), (1, [])]
 
 
 def test_the_whole_level_has_its_own_thresholds():

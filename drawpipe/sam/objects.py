@@ -144,7 +144,11 @@ def select_objects(candidates: list[Candidate], thresholds: Thresholds,
         parts.append(shape)
 
     groups = [ObjectGroup(kept.index, [part.index for part in parts]) for kept, parts in objects]
-    groups += [ObjectGroup(shape.index) for shape in left_out]
+    backgrounds: list[_Shape] = []
+    for shape in sorted(left_out, key=lambda s: (-candidates[s.index].predicted_iou, s.index)):
+        if all(_iou(shape, kept) < rules.duplicate_iou for kept in backgrounds):
+            backgrounds.append(shape)  # one of near-equal backgrounds, the better scored
+    groups += [ObjectGroup(shape.index) for shape in backgrounds]
     areas = {group.index: _area(candidates[group.index]) for group in groups}
     groups.sort(key=lambda group: -areas[group.index])
     return groups
