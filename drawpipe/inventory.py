@@ -7,6 +7,7 @@ files and the logs. Read only; the one place that walks the share's folders.
     ReportCache                   report/cache.json: what was read or made of each file, by
                                   (size, mtime_ns) (the report writes it; the review page reads it)
     recorded_source(output)       RecordedSource: the input an output records it was made from
+                                  (and, cut-outs, the settings they were made with)
     verdict_files(root)           every host's reviews/<host>.jsonl (curate/verdicts.py reads them)
     load_logs(logs_dir)           Logs: every stage's rows (engine/metrics.py read_logs), parsed
     latest_done(rows)             image key -> its latest "done" row
@@ -146,9 +147,11 @@ def scan_inventory(root: Path) -> Inventory:
                     if image is not None:
                         setattr(entry_for(image_key(image.path)), attribute, image)
     for relative_dir, files in _walk(root, CUTOUTS_FOLDER):
-        pngs = [file for file in files if _is_png(file.name)]
-        if relative_dir == CUTOUTS_FOLDER or not (pngs or any(f.name == CUTOUTS_RECORD for f in files)):
+        # A cut-out folder is one with a cutouts.json: the sub-folders of the objects' parts
+        # (granularity "all") are not, and neither are the sub-folders of the images.
+        if not any(file.name == CUTOUTS_RECORD for file in files):
             continue
+        pngs = [file for file in files if _is_png(file.name)]
         entry = entry_for(image_key(relative_dir))
         entry.cutouts_folder = relative_dir
         cutouts = [image for file in pngs if (image := _image_file(relative_dir, file))]
@@ -297,14 +300,18 @@ class RecordedSource:
 
     sha256: str | None  # hex SHA-256 of the input's bytes
     take: int | None  # the input's take (an upscaled image records it; cut-outs do not)
+    # cut-outs: the settings that decide what they are (cutouts.json's "made_with":
+    # granularity, labels); None for an upscaled image, or cut-outs made before
+    # drawpipe recorded them (stages/segment.py says what those were made with)
+    made_with: dict | None = None
 
 
 def recorded_source(output: Path) -> RecordedSource | None:
     """The input an output records, or None (made before drawpipe recorded one, gone,
     or not readable as ours). ``output``: an upscaled PNG (its ``drawpipe-source``
     text: {"sha256", "take"}) or a cut-out folder, or its cutouts.json
-    ({"source_sha256"}). Other OSErrors than a missing file propagate: "cannot
-    tell" is not "records nothing"."""
+    ({"source_sha256", "made_with"}). Other OSErrors than a missing file propagate:
+    "cannot tell" is not "records nothing"."""
     output = Path(output)
     try:
         if output.name == CUTOUTS_RECORD or output.is_dir():
@@ -320,9 +327,11 @@ def recorded_source(output: Path) -> RecordedSource | None:
         return None
     sha256 = record.get(fields[0])
     take = record.get(fields[1]) if fields[1] else None
+    made_with = record.get("made_with") if fields[1] is None else None
     return RecordedSource(sha256 if isinstance(sha256, str) else None,
                           take if isinstance(take, int) and not isinstance(take, bool)
-                          and take >= 1 else None)
+                          and take >= 1 else None,
+                          made_with if isinstance(made_with, dict) else None)
 
 
 def verdict_files(root: Path) -> list[Path]:

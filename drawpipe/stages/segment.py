@@ -2,12 +2,22 @@
 
     UPSCALED_IMAGES/<sub-folders>/<stem>.png
       -> CUTOUTS/<sub-folders>/<stem>/{<stem>_cutout_<k>.png, cutouts.json}
+         (granularity "all": also <stem>_cutout_<k>_parts/<stem>_cutout_<k>_part_<j>.png)
 
 One cut-out folder is one job: it is built under a scratch name beside its final
 place and renamed as a whole by the engine, so a crash never leaves a half-made
-folder, and "done" means the folder exists (and records the upscaled image it was
-made from: curate/takes.py). The model is loaded once per process, on first use
-(sam/models.py Segmenter).
+folder, and "done" means the folder exists, records the upscaled image it was made
+from (curate/takes.py) and was made with the settings asked for now (``made_with``
+in cutouts.json: the granularity; the labeller adds its own). A folder made with
+other settings is remade only when the run says so (``redo_other_settings``, the
+script's --redo-cutouts): the old one is set aside into REJECTED/ first, like a stale
+one. Folders made before drawpipe recorded ``made_with`` hold every mask SAM's stock
+generator keeps: they count as granularity "parts". The model is loaded once per
+process, on first use (sam/models.py Segmenter).
+
+An image where nothing passes SAM's thresholds (or only specks and background do)
+gets a folder all the same, with no cut-outs and ``empty_because`` saying why: it is
+done, not failed, so a re-run does not try it again and again.
 """
 
 import hashlib
@@ -22,12 +32,18 @@ from drawpipe.engine.loop import Job, JobResult
 from drawpipe.engine.metrics import ResourceSampler
 from drawpipe.errors import BadInput
 from drawpipe.files import remove_quietly, scan_inputs, write_synced
-from drawpipe.layout import CUTOUTS_RECORD, UPSCALED_FOLDER, cutout_name, cutouts_path
+from drawpipe.inventory import RecordedSource
+from drawpipe.layout import (CUTOUTS_RECORD, UPSCALED_FOLDER, cutout_name, cutout_parts_folder,
+                             cutouts_path, part_name)
 from drawpipe.sam.cutouts import choose_cutouts
 from drawpipe.sam.models import Segmenter, first_line
-from drawpipe.sam.settings import CutoutSettings, GeneratorSettings, ModelSettings
+from drawpipe.sam.objects import LEVEL_NAMES, ObjectRules
+from drawpipe.sam.settings import GRANULARITIES, CutoutSettings, GeneratorSettings, ModelSettings
+from drawpipe.settings import default
 
 RECORD_VERSION = 1
+# What cut-out folders made before drawpipe recorded ``made_with`` were made with.
+LEGACY_MADE_WITH = {"granularity": "parts"}
 
 
 def read_rgb(path: Path, data: bytes):
@@ -47,53 +63,127 @@ def read_rgb(path: Path, data: bytes):
                        "it was left as it is") from None
 
 
-def write_cutout_folder(folder: Path, stem: str, image, masks: list, record: dict,
-                        margin_fraction: float) -> int:
-    """Write ``<stem>_cutout_<k>.png`` (k = 1.. in the order of ``masks``) and
-    cutouts.json into ``folder`` (created); returns the number of cut-outs."""
-    from drawpipe.sam.cutouts import cut_out, encode_png, mask_polygons
+def made_with_of(record: RecordedSource | None) -> dict:
+    """The settings a cut-out folder records it was made with (inventory.recorded_source
+    of it); a folder made before they were recorded holds what granularity "parts"
+    makes."""
+    if record is None or record.made_with is None:
+        return dict(LEGACY_MADE_WITH)
+    return record.made_with
 
+
+def write_cutout_folder(folder: Path, stem: str, image, masks: list, record: dict,
+                        margin_fraction: float, granularity: str = "parts") -> int:
+    """Write ``<stem>_cutout_<k>.png`` (k = 1.. in the order of ``masks``) and
+    cutouts.json into ``folder`` (created); returns the number of cut-outs.
+
+    "parts": one entry per mask. "objects": each entry also lists the object's parts
+    (``mask.parts``: box, area, scores, level, polygons). "all": as objects, and each
+    part is cut out too, into ``<stem>_cutout_<k>_parts/``.
+    """
     folder.mkdir(parents=True)
     entries = []
     for number, mask in enumerate(masks, 1):
-        x, y, w, h = mask.box
-        cutout = cut_out(image, mask.mask, margin_fraction, offset=(x, y))
-        name = cutout_name(stem, number)
-        write_synced(folder / name, encode_png(cutout.rgba))
-        entries.append({
-            "file": name,
-            "bbox": [x, y, w, h],
-            "area": mask.area,
-            "predicted_iou": round(mask.predicted_iou, 6),
-            "stability_score": round(mask.stability_score, 6),
-            "point": [round(mask.point[0], 2), round(mask.point[1], 2)],
-            "crop_box": list(mask.crop_box),
-            "canvas": list(cutout.canvas),
-            "polygons": mask_polygons(mask.mask, offset=(x, y)),
-        })
+        entry = _cutout_entry(folder, cutout_name(stem, number), image, mask, margin_fraction)
+        if granularity != "parts":
+            entry["level"] = LEVEL_NAMES[mask.level]
+            parts_folder = cutout_parts_folder(stem, number)
+            if granularity == "all" and mask.parts:
+                (folder / parts_folder).mkdir()
+            entry["parts"] = []
+            for j, part in enumerate(mask.parts, 1):
+                if granularity == "all":
+                    part_file = f"{parts_folder}/{part_name(stem, number, j)}"
+                    part_entry = _cutout_entry(folder, part_file, image, part, margin_fraction)
+                    part_entry["level"] = LEVEL_NAMES[part.level]
+                else:
+                    part_entry = _mask_entry(part)
+                entry["parts"].append(part_entry)
+        entries.append(entry)
     record = {**record, "cutouts": entries}
     write_synced(folder / CUTOUTS_RECORD, json.dumps(record, indent=1).encode("utf-8") + b"\n")
     return len(entries)
 
 
+def _mask_entry(mask) -> dict:
+    """What cutouts.json says of a mask without a picture of it (a part of an object)."""
+    from drawpipe.sam.cutouts import mask_polygons
+
+    x, y, _, _ = mask.box
+    return {**_mask_fields(mask), "polygons": mask_polygons(mask.mask, offset=(x, y)),
+            "level": LEVEL_NAMES[mask.level]}
+
+
+def _cutout_entry(folder: Path, name: str, image, mask, margin_fraction: float) -> dict:
+    """Cut ``mask`` out of ``image`` into ``folder / name``; its cutouts.json entry (the
+    fields as drawpipe has always written them, in that order)."""
+    from drawpipe.sam.cutouts import cut_out, encode_png, mask_polygons
+
+    x, y, _, _ = mask.box
+    cutout = cut_out(image, mask.mask, margin_fraction, offset=(x, y))
+    write_synced(folder / name, encode_png(cutout.rgba))
+    return {"file": name, **_mask_fields(mask), "canvas": list(cutout.canvas),
+            "polygons": mask_polygons(mask.mask, offset=(x, y))}
+
+
+def _mask_fields(mask) -> dict:
+    x, y, w, h = mask.box
+    return {
+        "bbox": [x, y, w, h],
+        "area": mask.area,
+        "predicted_iou": round(mask.predicted_iou, 6),
+        "stability_score": round(mask.stability_score, 6),
+        "point": [round(mask.point[0], 2), round(mask.point[1], 2)],
+        "crop_box": list(mask.crop_box),
+    }
+
+
+def empty_because(masks_found: int, generator: GeneratorSettings, cutouts: CutoutSettings) -> str:
+    """Why an image got no cut-out, in words for cutouts.json."""
+    if masks_found == 0:
+        return (f"no mask larger than a speck passed SAM's quality thresholds (predicted IoU above "
+                f"{generator.pred_iou_thresh:g}, stability at least "
+                f"{generator.stability_score_thresh:g}; the whole level: above "
+                f"{generator.whole_pred_iou_thresh:g}, at least "
+                f"{generator.whole_stability_score_thresh:g})")
+    return (f"every mask found ({masks_found}) was a speck (below {cutouts.min_area_fraction:g} "
+            "of the image) or the background (its box spans the whole image)")
+
+
 class SegmentStage:
     """The segment stage (engine/loop.py's Stage protocol): one job per upscaled PNG, whose
-    output is the folder CUTOUTS/<same sub-folders>/<stem>/."""
+    output is the folder CUTOUTS/<same sub-folders>/<stem>/.
+
+    ``granularity``: settings.GRANULARITIES; ``redo_other_settings``: remake folders
+    made with other settings (else they count as done and are left as they are)."""
 
     name = "segment"
     extra_columns = ("model_seconds", "cutout_seconds", "masks_found", "cutouts_written",
                      "peak_rss_mb", "device")
 
     def __init__(self, root: Path, model: ModelSettings, generator: GeneratorSettings,
-                 cutouts: CutoutSettings, takes: Takes | None = None):
+                 cutouts: CutoutSettings, takes: Takes | None = None,
+                 granularity: str = default("granularity"), redo_other_settings: bool = False,
+                 rules: ObjectRules | None = None):
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity {granularity!r}: expected one of {GRANULARITIES}")
         self.root = Path(root)
         self.takes = takes or Takes(root)
         self.rejected: list[str] = []  # upscaled images of rejected takes, as of the last plan
         self.model = model
         self.generator = generator
         self.cutouts = cutouts
+        self.granularity = granularity
+        self.redo_other_settings = redo_other_settings
+        # Specks as the cut-outs' rule: they take no part in telling objects from parts.
+        self.rules = rules or ObjectRules(min_area_fraction=cutouts.min_area_fraction)
         self._segmenter: Segmenter | None = None
         self._lock = threading.Lock()
+
+    def made_with(self) -> dict:
+        """The settings that decide what the cut-outs are, as cutouts.json records them
+        (``made_with``): a folder made with others is remade with --redo-cutouts."""
+        return {"granularity": self.granularity}
 
     def plan(self) -> list[Job]:
         """One job per upscaled PNG, but those of a take rejected in review (generate.py
@@ -111,18 +201,35 @@ class SegmentStage:
         return jobs
 
     def is_current(self, job: Job) -> bool:
-        """The cut-outs were made from the upscaled image there now (or record nothing)."""
-        return self.takes.is_current(job.output, job.input)
+        """The cut-outs were made from the upscaled image there now (or record nothing),
+        and with the settings asked for (or those are not to be redone)."""
+        if not self.takes.is_current(job.output, job.input):
+            return False
+        return not self.redo_other_settings or self._made_with_there(job) == self.made_with()
+
+    def made_with_other_settings(self, job: Job) -> dict | None:
+        """What the existing cut-outs of ``job`` were made with, when that is not what
+        is asked for now (None: no folder, or made with these settings)."""
+        if not job.output.exists():
+            return None
+        made_with = self._made_with_there(job)
+        return None if made_with == self.made_with() else made_with
+
+    def _made_with_there(self, job: Job) -> dict:
+        """What the job's cut-out folder records it was made with (curate/takes.py reads
+        its cutouts.json once per version of the file)."""
+        return made_with_of(self.takes.recorded(job.output))
 
     def set_aside(self, job: Job) -> None:
-        """Move cut-outs made from an older upscaled image into REJECTED/ (claim held)."""
+        """Move cut-outs made from an older upscaled image, or with other settings, into
+        REJECTED/ (claim held)."""
         self.takes.set_aside_stale(job.key, job.output)
 
     def segmenter(self) -> Segmenter:
         """The model, loaded on first use (a run with nothing to do loads nothing)."""
         with self._lock:
             if self._segmenter is None:
-                self._segmenter = Segmenter(self.model, self.generator)
+                self._segmenter = Segmenter(self.model, self.generator, self.rules)
             return self._segmenter
 
     def make_worker(self, server: str | None, context=None):
@@ -134,10 +241,12 @@ class SegmentStage:
             with ResourceSampler(0.05) as usage:
                 segmenter = self.segmenter()
                 started = time.monotonic()
-                masks = segmenter.find_masks(image)
+                masks = segmenter.find_masks(image, self.granularity)
                 model_seconds = time.monotonic() - started
                 started = time.monotonic()
                 chosen = choose_cutouts(masks, width, height, self.cutouts)
+                # Objects and parts both: what SAM found that passed its thresholds.
+                masks_found = len(masks) + sum(len(mask.parts) for mask in masks)
                 record = {
                     "version": RECORD_VERSION,
                     "source": job.input.relative_to(self.root).as_posix(),
@@ -153,14 +262,22 @@ class SegmentStage:
                     "generator": {**asdict(self.generator),
                                   "points_per_batch": segmenter.points_per_batch},
                     "cutout_settings": asdict(self.cutouts),
-                    "masks_found": len(masks),
+                    "masks_found": masks_found,
+                    "granularity": self.granularity,
+                    # Cut-outs made with other settings are remade with --redo-cutouts.
+                    "made_with": self.made_with(),
                 }
+                if self.granularity != "parts":
+                    record["object_rules"] = asdict(segmenter.rules)
+                if not chosen:
+                    record["empty_because"] = empty_because(masks_found, self.generator,
+                                                            self.cutouts)
                 written = write_cutout_folder(scratch, job.output.name, image, chosen, record,
-                                              self.cutouts.margin_fraction)
+                                              self.cutouts.margin_fraction, self.granularity)
                 cutout_seconds = time.monotonic() - started
             return JobResult(folder_built=True, extra={
                 "model_seconds": model_seconds, "cutout_seconds": cutout_seconds,
-                "masks_found": len(masks), "cutouts_written": written,
+                "masks_found": masks_found, "cutouts_written": written,
                 "peak_rss_mb": usage.result().process_rss_mb, "device": segmenter.device})
 
         return run

@@ -1,0 +1,186 @@
+"""Objects and their parts: the selection step on constructed masks (SAM's three levels
+per point, as random weights cannot make them), and what segment.py writes of them."""
+
+import json
+
+import numpy as np
+import pytest
+from masks import mask_from_polygons
+from PIL import Image
+
+from drawpipe.sam.mask_generator import FoundMask
+from drawpipe.sam.objects import Candidate, ObjectRules, Thresholds, select_objects
+from drawpipe.stages.segment import write_cutout_folder
+
+FRAME = (64, 96)  # rows, columns of the selection frame
+SAM = Thresholds(pred_iou_thresh=0.88, stability_score_thresh=0.95,
+                 whole_pred_iou_thresh=0.88, whole_stability_score_thresh=0.7)
+RULES = ObjectRules(min_area_fraction=0.001)
+
+
+def box_mask(x0, y0, x1, y1, frame=FRAME) -> np.ndarray:
+    mask = np.zeros(frame, dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def level(mask, point, number, iou=0.95, stability=0.97, kept=False) -> Candidate:
+    return Candidate(mask, point, number, iou, stability, kept)
+
+
+def objects_of(candidates, rules=RULES):
+    """{object index: [part indexes]} in the order select_objects gives them."""
+    return [(group.index, group.parts) for group in select_objects(candidates, SAM, rules)]
+
+
+# ---------------------------------------------------------------- the selection step
+
+
+def test_a_shape_inside_a_shape_is_one_object_with_its_part():
+    outer = box_mask(10, 10, 60, 50)
+    inner = box_mask(20, 20, 35, 35)
+    candidates = [
+        level(inner, 0, 0), level(inner, 0, 1), level(outer, 0, 2, stability=0.75),
+        # A point on the outer shape only: its levels are the outer shape's.
+        level(box_mask(40, 12, 58, 48), 1, 0, kept=True), level(outer, 1, 1), level(outer, 1, 2),
+        level(inner, 2, 0, kept=True),
+    ]
+    assert objects_of(candidates) == [(2, [3, 6])]
+
+
+def test_two_separate_shapes_are_two_objects_and_the_background_is_dropped():
+    left, right = box_mask(5, 5, 30, 40), box_mask(50, 20, 90, 60)
+    background = ~(left | right)  # touches all four edges
+    candidates = [level(left, 0, 2), level(right, 1, 2), level(background, 2, 2),
+                  level(background, 3, 1)]
+    assert objects_of(candidates) == [(1, []), (0, [])]  # largest first
+
+
+def test_the_background_the_stock_rules_keep_comes_back_without_parts():
+    """It is the cut-out rules' to drop (or keep with --keep-background), as always."""
+    thing = box_mask(5, 5, 30, 40)
+    background = ~box_mask(40, 30, 50, 40)
+    candidates = [level(background, 0, 2, kept=True), level(thing, 1, 2),
+                  level(background.copy(), 2, 2, iou=0.99, kept=True)]  # the same, better scored
+    groups = select_objects(candidates, SAM, RULES)
+    assert [(group.index, group.parts) for group in groups] == [(2, []), (1, [])]
+
+
+def test_the_whole_level_has_its_own_thresholds():
+    outer, inner = box_mask(10, 10, 60, 50), box_mask(20, 20, 35, 35)
+    # Stable enough for the whole level (0.7), not for SAM's own 0.95: the whole wins.
+    assert objects_of([level(inner, 0, 1), level(outer, 0, 2, stability=0.72)]) == [(1, [])]
+    # Below the whole level's threshold: the part level is the largest that passes.
+    assert objects_of([level(inner, 0, 1), level(outer, 0, 2, stability=0.6)]) == [(0, [])]
+    # Levels 0 and 1 keep SAM's thresholds.
+    assert objects_of([level(inner, 0, 1, stability=0.9)]) == []
+
+
+def test_duplicates_from_two_points_are_one_object_the_better_scored_standing_for_it():
+    first = box_mask(10, 10, 60, 50)
+    second = box_mask(10, 10, 60, 48)  # IoU 0.95 with the first
+    part = box_mask(20, 20, 30, 30)
+    candidates = [level(first, 0, 2, iou=0.9), level(second, 1, 2, iou=0.99),
+                  level(part, 2, 1, kept=True), level(part.copy(), 3, 1, kept=True)]
+    assert objects_of(candidates) == [(1, [2])]
+
+
+def test_a_mask_partly_inside_an_object_is_an_object_of_its_own():
+    bus = box_mask(10, 10, 80, 40)
+    person = box_mask(70, 20, 90, 60)  # overlaps the bus, mostly outside it
+    wheel = box_mask(20, 35, 30, 45)  # half inside the bus's mask
+    candidates = [level(bus, 0, 2), level(person, 1, 2), level(wheel, 2, 2)]
+    assert objects_of(candidates) == [(0, []), (1, []), (2, [])]
+
+
+def test_part_inside_fraction_decides_what_is_a_part():
+    outer = box_mask(0, 0, 50, 40, frame=(41, 51))
+    inner = box_mask(40, 10, 51, 20, frame=(41, 51))  # 10 of its 11 columns inside
+    candidates = [level(outer, 0, 2), level(inner, 1, 2)]
+    assert objects_of(candidates) == [(0, [1])]
+    assert objects_of(candidates, ObjectRules(part_inside_fraction=0.95)) == [(0, []), (1, [])]
+
+
+def test_specks_are_dropped():
+    thing, speck = box_mask(10, 10, 60, 50), box_mask(80, 5, 82, 7)  # 4 px of 6144
+    candidates = [level(thing, 0, 2), level(speck, 1, 0, kept=True)]
+    assert objects_of(candidates, ObjectRules(min_area_fraction=0.001)) == [(0, [])]
+    assert objects_of(candidates, ObjectRules(min_area_fraction=0.0)) == [(0, []), (1, [])]
+
+
+def test_nothing_passing_gives_no_object():
+    mask = box_mask(10, 10, 60, 50)
+    assert objects_of([level(mask, 0, 2, iou=0.5), level(mask, 0, 1, stability=0.5)]) == []
+    assert select_objects([], SAM, RULES) == []
+
+
+# ---------------------------------------------------------------- what is written
+
+
+def found(mask: np.ndarray, level_number: int, iou: float = 0.97) -> FoundMask:
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    x, y = int(columns[0]), int(rows[0])
+    w, h = int(columns[-1] + 1 - x), int(rows[-1] + 1 - y)
+    return FoundMask(mask[y:y + h, x:x + w], (x, y, w, h), int(mask.sum()), iou, 0.96,
+                     (x + 1.0, y + 1.0), (0, 0, mask.shape[1], mask.shape[0]), level_number)
+
+
+@pytest.fixture
+def image_with_objects():
+    """A 120 x 160 picture, a person-like object with two parts, and a second object."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    frame = (120, 160)
+    person = found(box_mask(10, 10, 70, 110, frame), 2)
+    person.parts = [found(box_mask(15, 15, 65, 60, frame), 1),
+                    found(box_mask(20, 60, 30, 100, frame), 0)]
+    ball = found(box_mask(100, 70, 140, 110, frame), 2)
+    return image, [person, ball]
+
+
+@pytest.mark.parametrize("granularity", ["objects", "all"])
+def test_objects_list_their_parts_in_cutouts_json(tmp_path, image_with_objects, granularity):
+    image, objects = image_with_objects
+    folder = tmp_path / "stem"
+    assert write_cutout_folder(folder, "stem", image, objects, {"version": 1}, 0.05,
+                               granularity) == 2
+    record = json.loads((folder / "cutouts.json").read_text())
+    person, ball = record["cutouts"]
+    assert (person["file"], ball["file"]) == ("stem_cutout_1.png", "stem_cutout_2.png")
+    assert person["level"] == ball["level"] == "whole"
+    assert ball["parts"] == []
+    assert [part["level"] for part in person["parts"]] == ["part", "sub-part"]
+    for part, mask in zip(person["parts"], objects[0].parts):
+        assert part["bbox"] == list(mask.box) and part["area"] == mask.area
+        assert part["predicted_iou"] == 0.97 and part["stability_score"] == 0.96
+        drawn = mask_from_polygons(part["polygons"], 120, 160)
+        x, y, w, h = mask.box
+        assert drawn.sum() == mask.area and drawn[y:y + h, x:x + w].all()
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    if granularity == "objects":
+        assert files == ["cutouts.json", "stem_cutout_1.png", "stem_cutout_2.png"]
+        assert all("file" not in part for part in person["parts"])
+    else:
+        parts = ["stem_cutout_1_parts/stem_cutout_1_part_1.png",
+                 "stem_cutout_1_parts/stem_cutout_1_part_2.png"]
+        assert files == sorted(["cutouts.json", "stem_cutout_1.png", "stem_cutout_2.png", *parts])
+        assert [part["file"] for part in person["parts"]] == parts
+        cut = np.asarray(Image.open(folder / parts[1]))
+        x, y, side = person["parts"][1]["canvas"]
+        assert cut.shape == (side, side, 4)
+        assert (cut[..., 3] == 255).sum() == objects[0].parts[1].area
+        inside = cut[..., 3] == 255
+        rows, columns = np.nonzero(inside)
+        np.testing.assert_array_equal(cut[inside][:, :3], image[rows + y, columns + x])
+
+
+def test_parts_granularity_writes_the_entries_as_before(tmp_path, image_with_objects):
+    image, objects = image_with_objects
+    folder = tmp_path / "stem"
+    write_cutout_folder(folder, "stem", image, objects, {"version": 1}, 0.05, "parts")
+    record = json.loads((folder / "cutouts.json").read_text())
+    assert [set(entry) for entry in record["cutouts"]] == [
+        {"file", "bbox", "area", "predicted_iou", "stability_score", "point", "crop_box",
+         "canvas", "polygons"}] * 2
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "cutouts.json", "stem_cutout_1.png", "stem_cutout_2.png"]
