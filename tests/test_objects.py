@@ -2,12 +2,14 @@
 per point, as random weights cannot make them), and what segment.py writes of them."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from masks import mask_from_polygons
 from PIL import Image
 
+from drawpipe.inventory import scan_inventory
 from drawpipe.sam.mask_generator import FoundMask
 from drawpipe.sam.objects import Candidate, ObjectRules, Thresholds, select_objects
 from drawpipe.stages.segment import write_cutout_folder
@@ -184,3 +186,18 @@ def test_parts_granularity_writes_the_entries_as_before(tmp_path, image_with_obj
          "canvas", "polygons"}] * 2
     assert sorted(p.name for p in folder.iterdir()) == [
         "cutouts.json", "stem_cutout_1.png", "stem_cutout_2.png"]
+
+
+def test_the_inventory_takes_a_parts_sub_folder_for_no_cutout_folder(tmp_path, image_with_objects):
+    """Granularity "all" puts each object's parts in a sub-folder of its cut-out folder:
+    the report, review page and export see one image with its objects."""
+    image, objects = image_with_objects
+    folder = tmp_path / "CUTOUTS/A/b/A_b_1_upscaled"
+    write_cutout_folder(folder, folder.name, image, objects, {"version": 1}, 0.05, "all")
+    assert (folder / "A_b_1_upscaled_cutout_1_parts").is_dir()
+    inventory = scan_inventory(tmp_path)
+    assert list(inventory.entries) == ["A/b/A_b_1"]
+    entry = inventory.entries["A/b/A_b_1"]
+    assert entry.cutouts_folder == "CUTOUTS/A/b/A_b_1_upscaled"
+    assert [Path(cutout.path).name for cutout in entry.cutouts] == [
+        "A_b_1_upscaled_cutout_1.png", "A_b_1_upscaled_cutout_2.png"]
