@@ -58,6 +58,16 @@ def local_cache_folder(tmp_path_factory):
         os.environ["DRAWPIPE_CACHE_DIR"] = previous
 
 
+@pytest.fixture(scope="session")
+def tiny_label_model(tmp_path_factory) -> Path:
+    """A random-weight ViT-tiny-test label model file (a state_dict, like the official
+    ones; sam/labels.py), named so that segment.py tells its model from the name."""
+    from drawpipe.sam.labels import save_random_label_model
+
+    return save_random_label_model("ViT-tiny-test", tmp_path_factory.mktemp("labels") /
+                                   "ViT-tiny-test.bin")
+
+
 @pytest.fixture(autouse=True)
 def no_process_left_behind():
     """Kill every process a test started and left running, pass or fail."""

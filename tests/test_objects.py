@@ -1,18 +1,23 @@
 """Objects and their parts: the selection step on constructed masks (SAM's three levels
-per point, as random weights cannot make them), and what segment.py writes of them."""
+per point, as random weights cannot make them), what segment.py writes of them, and
+their names (with a stand-in embedding whose answers are known: colours.py)."""
 
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from colours import ColourEmbedder
 from masks import mask_from_polygons
 from PIL import Image
 
 from drawpipe.inventory import scan_inventory
+from drawpipe.png import read_text_chunks
+from drawpipe.sam.labels import Labeller, read_vocabulary
 from drawpipe.sam.mask_generator import FoundMask
-from drawpipe.sam.objects import Candidate, ObjectRules, Thresholds, select_objects
-from drawpipe.stages.segment import write_cutout_folder
+from drawpipe.sam.objects import Candidate, ObjectRules, Thresholds, regroup, select_objects
+from drawpipe.sam.settings import CutoutSettings
+from drawpipe.stages.segment import name_objects, write_cutout_folder
 
 FRAME = (64, 96)  # rows, columns of the selection frame
 SAM = Thresholds(pred_iou_thresh=0.88, stability_score_thresh=0.95,
@@ -201,3 +206,110 @@ def test_the_inventory_takes_a_parts_sub_folder_for_no_cutout_folder(tmp_path, i
     assert entry.cutouts_folder == "CUTOUTS/A/b/A_b_1_upscaled"
     assert [Path(cutout.path).name for cutout in entry.cutouts] == [
         "A_b_1_upscaled_cutout_1.png", "A_b_1_upscaled_cutout_2.png"]
+
+
+# ---------------------------------------------------------------- named objects
+
+
+@pytest.fixture
+def scene_with_a_backdrop():
+    """A 120 x 200 picture: a grey backdrop holding a red ball (with a red dot in it), a
+    blue car and a grey panel (with a purple sticker on it); a green leaf beside it. As
+    SAM's objects: the backdrop owns the other five as parts, the leaf is on its own."""
+    image = np.zeros((120, 200, 3), dtype=np.uint8)
+    frame = (120, 200)
+    shapes = {"backdrop": ((5, 5, 150, 115), (128, 128, 128)),
+              "ball": ((20, 20, 60, 60), (230, 10, 10)), "dot": ((30, 30, 40, 40), (230, 10, 10)),
+              "car": ((90, 60, 140, 100), (10, 10, 230)),
+              "panel": ((100, 15, 145, 50), (128, 128, 128)),
+              "sticker": ((110, 25, 125, 40), (200, 0, 200)),
+              "leaf": ((160, 40, 195, 80), (10, 230, 10))}
+    masks = {}
+    for name, ((x0, y0, x1, y1), colour) in shapes.items():
+        image[y0:y1, x0:x1] = colour
+        masks[name] = found(box_mask(x0, y0, x1, y1, frame),
+                            2 if name in ("backdrop", "leaf") else 1)
+    backdrop, leaf = masks["backdrop"], masks["leaf"]
+    backdrop.parts = sorted((masks[name] for name in ("ball", "dot", "car", "panel", "sticker")),
+                            key=lambda mask: -mask.area)
+    return image, [backdrop, leaf], masks
+
+
+def colour_labeller(tmp_path) -> Labeller:
+    path = tmp_path / "names.txt"
+    path.write_text("red ball\nblue car\ngreen leaf\npurple sticker\nstuff: grey wall\n")
+    return Labeller(ColourEmbedder(), read_vocabulary(path))
+
+
+def test_an_object_named_as_background_leaves_and_its_parts_become_objects(
+        tmp_path, scene_with_a_backdrop):
+    image, objects, masks = scene_with_a_backdrop
+    kept, background = name_objects(image, objects, colour_labeller(tmp_path), ObjectRules(),
+                                    CutoutSettings())
+    # The backdrop is background; its parts are nested among themselves: the dot is the
+    # ball's part; the panel is background in turn and its sticker an object.
+    assert [mask.label.name for mask in kept] == ["blue car", "red ball", "green leaf",
+                                                  "purple sticker"]
+    assert kept == [masks["car"], masks["ball"], masks["leaf"], masks["sticker"]]
+    assert masks["ball"].parts == [masks["dot"]] and masks["car"].parts == []
+    assert background == [masks["backdrop"], masks["panel"]]
+    assert all(mask.label.background and mask.label.name == "grey wall" for mask in background)
+    assert all(mask.parts == [] for mask in background)
+    assert masks["dot"].label is None  # parts are named only when they are pictures (all)
+    assert not any(mask.label.background for mask in kept)
+
+
+def test_keep_background_keeps_the_object_named_as_background_with_its_parts(
+        tmp_path, scene_with_a_backdrop):
+    image, objects, masks = scene_with_a_backdrop
+    parts = list(masks["backdrop"].parts)
+    kept, background = name_objects(image, objects, colour_labeller(tmp_path), ObjectRules(),
+                                    CutoutSettings(keep_background=True), name_parts=True)
+    assert kept == [masks["backdrop"], masks["leaf"]] and background == []
+    assert masks["backdrop"].label.background and masks["backdrop"].parts == parts
+    # Parts are named, and stay parts whatever their name.
+    assert parts == [masks[name] for name in ("car", "ball", "panel", "sticker", "dot")]
+    assert [part.label.name for part in parts] == ["blue car", "red ball", "grey wall",
+                                                   "purple sticker", "red ball"]
+
+
+def test_at_most_max_cutouts_after_naming_and_parts_named_in_all(tmp_path, scene_with_a_backdrop):
+    image, objects, masks = scene_with_a_backdrop
+    labeller = colour_labeller(tmp_path)
+    kept, background = name_objects(image, objects, labeller, ObjectRules(),
+                                    CutoutSettings(max_cutouts=2), name_parts=True)
+    assert kept == [masks["car"], masks["ball"]]
+    assert masks["dot"].label.name == "red ball"  # the kept objects' parts are named
+    assert len(background) == 2
+
+
+def test_named_objects_carry_their_label_into_cutouts_json_and_the_png(
+        tmp_path, scene_with_a_backdrop):
+    image, objects, masks = scene_with_a_backdrop
+    kept, background = name_objects(image, objects, colour_labeller(tmp_path), ObjectRules(),
+                                    CutoutSettings(), name_parts=True)
+    folder = tmp_path / "stem"
+    write_cutout_folder(folder, "stem", image, kept, {"version": 1}, 0.05, "all", background)
+    record = json.loads((folder / "cutouts.json").read_text())
+    for entry, mask in zip(record["cutouts"], kept):
+        assert entry["label"] == mask.label.record()
+        assert read_text_chunks(folder / entry["file"]) == {"label": mask.label.text()}
+    (ball,) = [entry for entry in record["cutouts"] if entry["label"]["name"] == "red ball"]
+    assert [part["label"]["name"] for part in ball["parts"]] == ["red ball"]
+    assert read_text_chunks(folder / ball["parts"][0]["file"]) == {
+        "label": masks["dot"].label.text()}
+    assert [entry["label"]["name"] for entry in record["background"]] == ["grey wall"] * 2
+    assert [entry["bbox"] for entry in record["background"]] == [[5, 5, 145, 110],
+                                                                 [100, 15, 45, 35]]
+    assert all("file" not in entry and entry["polygons"] for entry in record["background"])
+    pictures = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    assert pictures == ["stem_cutout_1.png", "stem_cutout_2.png", "stem_cutout_2_parts/"
+                        "stem_cutout_2_part_1.png", "stem_cutout_3.png", "stem_cutout_4.png"]
+
+
+def test_regroup_nests_masks_by_the_part_of_rule(scene_with_a_backdrop):
+    _, _, masks = scene_with_a_backdrop
+    parts = [masks[name] for name in ("car", "ball", "panel", "dot", "sticker")]
+    groups = regroup(parts, ObjectRules())
+    assert [(parts[group.index], [parts[i] for i in group.parts]) for group in groups] == [
+        (masks["car"], []), (masks["ball"], [masks["dot"]]), (masks["panel"], [masks["sticker"]])]

@@ -23,6 +23,7 @@ from segment_anything.utils.amg import rle_to_mask
 from drawpipe.drawthings.simulator import render_scene
 from drawpipe.engine.metrics import read_logs
 from drawpipe.errors import DownloadFailed, UsageError
+from drawpipe.png import read_text_chunks
 from drawpipe.sam.checkpoints import download_checkpoint
 from drawpipe.sam.cutouts import mask_box
 from drawpipe.sam.mask_generator import LeanMaskGenerator, choose_points_per_batch
@@ -499,9 +500,9 @@ def test_a_run_with_other_settings_asks_before_remaking_and_loses_nothing(share,
     before = {folder: {p.name: p.read_bytes() for p in folder.iterdir()} for folder in folders}
 
     objects_args = ("--granularity", "objects")
-    line = ("2 cut-out folder(s) made with other settings (2 with granularity parts) are kept "
-            "as they are; add --redo-cutouts to remake them with granularity objects (the old "
-            "ones go to REJECTED/)")
+    line = ("2 cut-out folder(s) made with other settings (2 with granularity parts, no labels) "
+            "are kept as they are; add --redo-cutouts to remake them with granularity objects, "
+            "no labels (the old ones go to REJECTED/)")
     dry = segment(share, tiny_checkpoint, *objects_args, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "0 image(s) to segment" in dry.stdout and line in dry.stdout
@@ -519,8 +520,9 @@ def test_a_run_with_other_settings_asks_before_remaking_and_loses_nothing(share,
 
     dry = segment(share, tiny_checkpoint, *objects_args, "--redo-cutouts", "--dry-run")
     assert "2 image(s) to segment" in dry.stdout
-    assert ("2 cut-out folder(s) made with other settings (2 with granularity parts) will be "
-            "remade with granularity objects; the old ones go to REJECTED/") in dry.stdout
+    assert ("2 cut-out folder(s) made with other settings (2 with granularity parts, no labels) "
+            "will be remade with granularity objects, no labels; the old ones go to REJECTED/"
+            ) in dry.stdout
     redone = segment(share, tiny_checkpoint, *objects_args, "--redo-cutouts")
     assert redone.returncode == 0, redone.stderr
     assert "segment: 2 made, 1 already done" in redone.stdout
@@ -697,3 +699,225 @@ def test_real_mobile_sam_finds_a_shape_inside_a_shape_as_one_object_with_its_par
     assert iou(best, square) > 0.9
     assert any(iou(part, disc) > 0.9 for part in best.parts)
     assert not any(iou(found, disc) > 0.5 for found in objects)  # not an object of its own
+
+
+# ---------------------------------------------------------------- names (--label)
+
+# Objects from the random-weight SAM: its whole-level masks pass at these thresholds.
+OBJECT_ARGS = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh",
+               "0", "--whole-pred-iou-thresh", "-1", "--whole-stability-score-thresh", "0",
+               "--box-nms-thresh", "1.0", "--min-area-fraction", "0", "--no-progress"]
+# A vocabulary a random-weight model names mostly as background: seven stuff words, two things.
+MOSTLY_STUFF = "thing\nother thing\n" + "".join(f"stuff: {word}\n" for word in "abcdefg")
+
+
+def label(share: Path, checkpoint: Path, label_model: Path, *extra):
+    return run_script("segment.py", "--root", share, "--checkpoint", checkpoint, *OBJECT_ARGS,
+                      "--label", "--label-checkpoint", label_model, *extra, timeout=180)
+
+
+def names_file(tmp_path: Path, text: str, name: str = "names.txt") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def check_labels(folder: Path) -> dict:
+    """Every cut-out has its label in cutouts.json and in its PNG; background is listed
+    without a picture; returns the record."""
+    record = json.loads((folder / "cutouts.json").read_text())
+    for entry in record["cutouts"]:
+        name, runner_up = entry["label"]["name"], entry["label"]["runner_up"]
+        assert not entry["label"]["background"]
+        text = read_text_chunks(folder / entry["file"])["label"]
+        assert text.startswith(name) and f"(runner-up: {runner_up} " in text
+        assert 0 <= entry["label"]["runner_up_score"] <= entry["label"]["score"] <= 1
+    for entry in record["background"]:
+        assert entry["label"]["background"] and "file" not in entry and entry["polygons"]
+    pictures = sorted(p.name for p in folder.glob("*.png"))
+    assert pictures == sorted(entry["file"] for entry in record["cutouts"])
+    return record
+
+
+def test_label_names_every_cutout_and_background_leaves_the_objects(
+        share, tmp_path, tiny_checkpoint, tiny_label_model):
+    (source,) = add_upscaled(share, "A/b/A_b_1_upscaled.png")
+    folder = cutout_folder(share, "A/b/A_b_1_upscaled.png")
+    result = label(share, tiny_checkpoint, tiny_label_model)  # the bundled vocabulary
+    assert result.returncode == 0, result.stderr
+    assert (f"labels: ViT-tiny-test from {tiny_label_model} on cpu, 206 names (18 of them "
+            "background) from the bundled vocabulary, trusted at 0.5") in result.stdout
+    record = check_labels(folder)
+    assert len(record["cutouts"]) + len(record["background"]) >= 1
+    assert record["made_with"]["labels"]["model"] == "ViT-tiny-test"
+    assert record["labels"]["vocabulary"] == "vocabulary.txt"
+    assert record["labels"]["checkpoint"] == "ViT-tiny-test.bin"
+    rows, _ = read_logs(share / "logs", "segment")
+    assert float(rows[-1]["label_seconds"]) > 0
+
+    # Named as background, every object: an empty folder saying so, in one line each.
+    shutil.rmtree(folder)
+    stuff = names_file(tmp_path, MOSTLY_STUFF)
+    result = label(share, tiny_checkpoint, tiny_label_model, "--labels", stuff)
+    assert result.returncode == 0, result.stderr
+    record = check_labels(folder)
+    assert record["cutouts"] == [] and record["background"]
+    assert record["empty_because"].startswith("every object found was named as background (")
+    assert (f"CUTOUTS/A/b/A_b_1_upscaled: no cut-out: {record['empty_because']}"
+            in result.stdout)
+    assert record["labels"]["vocabulary"] == "names.txt"
+
+    # --keep-background keeps them as objects, named as background, with their pictures.
+    shutil.rmtree(folder)
+    kept = label(share, tiny_checkpoint, tiny_label_model, "--labels", stuff, "--keep-background")
+    assert kept.returncode == 0, kept.stderr
+    record = json.loads((folder / "cutouts.json").read_text())
+    assert record["background"] == [] and record["cutouts"]
+    assert any(entry["label"]["background"] for entry in record["cutouts"])
+    check_cutout_folder(folder, source, share, ENTRY_KEYS | {"label", "level", "parts"})
+
+
+def test_another_vocabulary_or_threshold_redoes_exactly_what_it_changes(
+        share, tmp_path, tiny_checkpoint, tiny_label_model):
+    add_upscaled(share, "A/b/A_b_1_upscaled.png", "A/b/A_b_2_upscaled.png")
+    first = names_file(tmp_path, "chair\ntable\nstuff: wall\n")
+    made = label(share, tiny_checkpoint, tiny_label_model, "--labels", first)
+    assert "segment: 2 made" in made.stdout, made.stderr
+    # The same names with other comments and spacing: nothing to redo.
+    same = names_file(tmp_path, "# furniture\n  chair\ntable\n\nstuff:   wall\n", "same.txt")
+    again = label(share, tiny_checkpoint, tiny_label_model, "--labels", same)
+    assert "segment: 0 made, 2 already done" in again.stdout and "other settings" not in again.stdout
+
+    other = names_file(tmp_path, "chair\ntable\nlamp\nstuff: wall\n", "other.txt")
+    asked = label(share, tiny_checkpoint, tiny_label_model, "--labels", other)
+    assert "segment: 0 made, 2 already done" in asked.stdout
+    assert ("2 cut-out folder(s) made with other settings (2 with granularity objects, labels "
+            "ViT-tiny-test (vocabulary ") in asked.stdout
+    assert "add --redo-cutouts to remake them" in asked.stdout
+    redone = label(share, tiny_checkpoint, tiny_label_model, "--labels", other, "--redo-cutouts")
+    assert "segment: 2 made, 0 already done" in redone.stdout, redone.stderr
+    folder = cutout_folder(share, "A/b/A_b_1_upscaled.png")
+    assert (share / "REJECTED/CUTOUTS/A/b/A_b_1_upscaled_take1/cutouts.json").is_file()
+    assert json.loads((folder / "cutouts.json").read_text())["labels"]["vocabulary"] == "other.txt"
+
+    threshold = label(share, tiny_checkpoint, tiny_label_model, "--labels", other,
+                      "--label-threshold", "0.3", "--dry-run")
+    assert "2 cut-out folder(s) made with other settings" in threshold.stdout
+    assert "threshold 0.5" in threshold.stdout and "threshold 0.3" in threshold.stdout
+    without = run_script("segment.py", "--root", share, "--checkpoint", tiny_checkpoint,
+                         *OBJECT_ARGS, "--dry-run")
+    assert ("remake them with granularity objects, no labels (the old ones go to REJECTED/)"
+            in without.stdout)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "no names in it; write one name per line"),
+    ("chair\ntable\nchair\n", 'line 3: "chair" is already on line 1; give each name once'),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "not UTF-8 text (bad byte at offset 0)"),
+], ids=["empty", "duplicates", "not-text"])
+def test_a_bad_vocabulary_stops_the_run_before_anything_loads(share, tmp_path, tiny_checkpoint,
+                                                              content, message):
+    add_upscaled(share, "A/b/A_b_1_upscaled.png")
+    path = tmp_path / "names.txt"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    # No label model file at all: the vocabulary is read first.
+    result = run_script("segment.py", "--root", share, "--checkpoint", tiny_checkpoint,
+                        "--label", "--labels", path, "--label-checkpoint",
+                        tmp_path / "ViT-B-32-missing.bin")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {path}: {message}")
+    assert result.stderr.count("\n") == 1
+    assert sorted(p.name for p in share.iterdir()) == ["UPSCALED_IMAGES"]
+
+
+def test_a_missing_truncated_or_foreign_label_model_is_one_line(
+        share, tmp_path, tiny_checkpoint, tiny_label_model):
+    add_upscaled(share, "A/b/A_b_1_upscaled.png")
+    missing = run_script("segment.py", "--root", share, "--checkpoint", tiny_checkpoint,
+                         "--label", "--cache-dir", tmp_path / "cache")
+    expected = tmp_path / "cache" / "labels" / "ViT-B-32-laion2b_s34b_b79k.bin"
+    assert missing.returncode == 2
+    assert missing.stderr == (
+        f"error: label model file {expected} not found: download ViT-B-32-laion2b_s34b_b79k.bin "
+        "from https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K/resolve/main/"
+        "open_clip_pytorch_model.bin and pass --label-checkpoint PATH, or add --download\n")
+
+    cut_short = tmp_path / "ViT-tiny-test.bin"
+    cut_short.write_bytes(tiny_label_model.read_bytes()[:100_000])
+    truncated = label(share, tiny_checkpoint, cut_short)
+    assert truncated.returncode == 2
+    assert truncated.stderr.startswith(f"error: label model file {cut_short} is not a readable "
+                                       "PyTorch file (")
+    assert truncated.stderr.count("\n") == 1
+
+    foreign = tmp_path / "other" / "ViT-tiny-test.bin"
+    foreign.parent.mkdir()
+    shutil.copy(tiny_checkpoint, foreign)  # a SAM checkpoint under the label model's name
+    result = label(share, tiny_checkpoint, foreign)
+    assert result.returncode == 2
+    assert result.stderr == (f"error: label model file {foreign} does not fit label model "
+                             "ViT-tiny-test: is it an open_clip model file?\n")
+    assert sorted(p.name for p in share.iterdir()) == ["UPSCALED_IMAGES"]
+
+
+def test_label_options_without_label_or_out_of_range_are_usage_errors(share, tiny_checkpoint):
+    add_upscaled(share, "A/b/A_b_1_upscaled.png")
+    result = run_script("segment.py", "--root", share, "--checkpoint", tiny_checkpoint,
+                        "--labels", "x.txt", "--label-model", "ViT-B-32")
+    assert result.returncode == 2
+    assert result.stderr == ("error: --labels, --label-model: only with --label (they say how "
+                             "cut-outs are named)\n")
+    result = run_script("segment.py", "--root", share, "--checkpoint", tiny_checkpoint,
+                        "--label", "--label-threshold", "1.5")
+    assert result.returncode == 2
+    assert result.stderr == "error: --label-threshold is a probability, 0 to 1; got 1.5\n"
+    result = run_script("segment.py", "--root", share, "--checkpoint", tiny_checkpoint,
+                        "--label", "--label-checkpoint", "weights.bin")
+    assert result.returncode == 2
+    assert result.stderr == ("error: cannot tell the label model from the file name weights.bin: "
+                             "pass --label-model (ViT-B-32, MobileCLIP-S2)\n")
+    assert sorted(p.name for p in share.iterdir()) == ["UPSCALED_IMAGES"]
+
+
+def test_segment_downloads_the_label_model_and_checks_its_official_sum(
+        share, tmp_path, tiny_checkpoint):
+    add_upscaled(share, "A/b/A_b_1_upscaled.png")
+    with FileServer(PAYLOAD) as server:
+        mirror = server.url.rsplit("/", 1)[0]
+        result = run_script("segment.py", "--root", share, "--checkpoint", tiny_checkpoint,
+                            "--label", "--cache-dir", tmp_path / "cache", "--download",
+                            "--download-from", mirror, "--no-progress")
+    assert result.returncode == 2
+    url = f"{mirror}/ViT-B-32-laion2b_s34b_b79k.bin"
+    assert f"downloading {url} -> {tmp_path / 'cache' / 'labels'}" in result.stdout
+    assert result.stderr == (
+        f"error: {url} downloaded with SHA-256 {PAYLOAD_SHA256}, expected "
+        "1bd3c7172de5b207ceac554f5ab5266166f3b9baccc9af5989bc801016d080ad: the file was "
+        "deleted; run the same command again, or download it by hand\n")
+    assert list((tmp_path / "cache" / "labels").iterdir()) == []
+    assert not (share / "CUTOUTS").exists()
+
+
+LOADED_MODULES = ("import runpy, sys\n"
+                  "sys.argv = ['segment.py'] + sys.argv[1:]\n"
+                  "try:\n"
+                  "    runpy.run_path('segment.py', run_name='__main__')\n"
+                  "except SystemExit as exit:\n"
+                  "    print('exit', exit.code)\n"
+                  "print(sorted(m for m in ('torch', 'open_clip') if m in sys.modules))\n")
+
+
+def test_without_label_nothing_of_the_labeller_is_loaded(share, tiny_checkpoint,
+                                                         tiny_label_model):
+    add_upscaled(share, "A/b/A_b_1_upscaled.png")
+    args = ["--root", str(share), "--checkpoint", str(tiny_checkpoint), *OBJECT_ARGS]
+    plain = subprocess.run([sys.executable, "-c", LOADED_MODULES, *args], capture_output=True,
+                           text=True, cwd=PROJECT_DIR, timeout=180)
+    assert plain.stdout.endswith("exit 0\n['torch']\n"), plain.stderr
+    labelled = subprocess.run([sys.executable, "-c", LOADED_MODULES, *args, "--redo-cutouts",
+                               "--label", "--label-checkpoint", str(tiny_label_model)],
+                              capture_output=True, text=True, cwd=PROJECT_DIR, timeout=180)
+    assert labelled.stdout.endswith("exit 0\n['open_clip', 'torch']\n"), labelled.stderr
+    traced = subprocess.run([sys.executable, "-X", "importtime", "segment.py", "--help"],
+                            capture_output=True, text=True, cwd=PROJECT_DIR, check=True)
+    assert " open_clip" not in traced.stderr and " torch" not in traced.stderr

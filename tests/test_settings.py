@@ -12,9 +12,10 @@ from drawpipe.cli.config import PROFILE_SETTINGS as PROFILE_CHECKS
 from drawpipe.drawthings.api import DEFAULT_PORT
 from drawpipe.drawthings.client import ClientSettings
 from drawpipe.engine.loop import EngineSettings
+from drawpipe.sam.labels import DEFAULT_LABEL_MODEL, LABEL_MODELS, TRUST_THRESHOLD, LabelSettings
 from drawpipe.sam.objects import ObjectRules
 from drawpipe.sam.settings import GRANULARITIES, CutoutSettings, GeneratorSettings
-from drawpipe.settings import (CUTOUTS, DEFAULT_SERVER, GENERATOR, OBJECTS,
+from drawpipe.settings import (CUTOUTS, DEFAULT_SERVER, GENERATOR, LABELS, OBJECTS,
                                PROFILE_SETTINGS, RUN, SERVER, SETTINGS, SHARE, WATCH, default,
                                format_value)
 
@@ -46,6 +47,12 @@ def test_the_dataclasses_take_their_defaults_from_the_table():
     for name in ("part_inside_fraction", "duplicate_iou", "min_area_fraction"):
         assert getattr(rules, name) == default(name), name
     assert GRANULARITIES == SETTINGS["granularity"].choices
+    assert LabelSettings().trust_threshold == TRUST_THRESHOLD == default("label_threshold")
+    # --label-model offers the label models with published weights (the test one is named
+    # by its file, like SAM's vit_tiny).
+    assert SETTINGS["label_model"].choices == tuple(
+        name for name, model in LABEL_MODELS.items() if model.official is not None)
+    assert DEFAULT_LABEL_MODEL in SETTINGS["label_model"].help
     assert DEFAULT_SERVER.endswith(f":{DEFAULT_PORT}")
 
 
@@ -83,7 +90,7 @@ def test_readme_names_the_profile_settings_in_the_tables_order():
 
 def test_readme_gives_segment_options_with_their_defaults():
     text = " ".join(section("segment.py: Segment Anything cut-outs").split())
-    for name in GENERATOR + OBJECTS + CUTOUTS:
+    for name in GENERATOR + OBJECTS + LABELS + CUTOUTS:
         setting = SETTINGS[name]
         assert f"`{setting.option}" in text, setting.option
         if setting.default is not None and setting.kind != "switch":
@@ -93,7 +100,7 @@ def test_readme_gives_segment_options_with_their_defaults():
 @pytest.mark.parametrize("script, names", [
     ("generate.py", ("seed_offset",) + SHARE + RUN + SERVER),
     ("upscale.py", WATCH + ("seed_offset", "settle_seconds") + SHARE + RUN + SERVER),
-    ("segment.py", ("device", "precision") + GENERATOR + OBJECTS + CUTOUTS + WATCH + SHARE
+    ("segment.py", ("device", "precision") + GENERATOR + OBJECTS + LABELS + CUTOUTS + WATCH + SHARE
      + RUN),
 ])
 def test_each_script_offers_its_settings_with_the_tables_help(script, names):

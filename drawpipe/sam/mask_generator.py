@@ -81,7 +81,8 @@ class FoundMask:
     pixels; ``point``: the grid point (x, y) that prompted it; ``crop_box``:
     (x, y, w, h) of the image crop the model saw; ``level``: which of SAM's three
     outputs for the point it is (objects.LEVEL_NAMES: 0 sub-part, 1 part, 2 whole);
-    ``parts``: for an object (granularity objects), its parts as FoundMasks.
+    ``parts``: for an object (granularity objects), its parts as FoundMasks;
+    ``label``: its name (labels.Label) once the stage has named it.
     """
 
     def __init__(self, mask: np.ndarray, box: tuple[int, int, int, int], area: int,
@@ -96,6 +97,7 @@ class FoundMask:
         self.crop_box = crop_box
         self.level = level
         self.parts: list[FoundMask] = []
+        self.label = None  # labels.Label, when segment.py --label named it
 
     @property
     def mask(self) -> np.ndarray:

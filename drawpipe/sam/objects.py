@@ -20,6 +20,9 @@ things instead:
 
 All masks are in one frame (the lean generator's 1024 px scale sampled every 4th pixel):
 fractions and IoUs need no more.
+
+``regroup(masks, rules)`` runs step 2 again among some masks alone, at full resolution:
+the labeller's stage promotes the parts of an object it drops as background with it.
 """
 
 from dataclasses import dataclass, field
@@ -124,9 +127,40 @@ def select_objects(candidates: list[Candidate], thresholds: Thresholds,
                 left_out.append(shape)
         else:
             shapes.append(shape)
-    # Largest first; of equal ones the better scored, then the earlier (deterministic).
-    shapes.sort(key=lambda s: (-s.area, -candidates[s.index].predicted_iou, s.index))
+    groups = _nest(shapes, [candidate.predicted_iou for candidate in candidates], rules)
+    backgrounds: list[_Shape] = []
+    for shape in sorted(left_out, key=lambda s: (-candidates[s.index].predicted_iou, s.index)):
+        if all(_iou(shape, kept) < rules.duplicate_iou for kept in backgrounds):
+            backgrounds.append(shape)  # one of near-equal backgrounds, the better scored
+    groups += [ObjectGroup(shape.index) for shape in backgrounds]
+    areas = {group.index: _area(candidates[group.index]) for group in groups}
+    groups.sort(key=lambda group: -areas[group.index])
+    return groups
 
+
+def regroup(masks: list, rules: ObjectRules) -> list[ObjectGroup]:
+    """Step 2 of ``select_objects`` again, among ``masks`` alone: which of them are
+    objects and which are parts of those (indexes into ``masks``, largest first). For
+    the parts of an object that is dropped after all (named as background by the
+    labeller): they become objects of their own, nested among themselves, rather than
+    vanish with it. ``masks``: FoundMask-like (``mask`` h x w bool trimmed to ``box``
+    (x, y, w, h), ``predicted_iou``), in one frame (the image's pixels)."""
+    shapes = []
+    for index, found in enumerate(masks):
+        x, y, w, h = found.box
+        shape = _Shape(index, (x, y, x + w, y + h), found.mask, int(np.count_nonzero(found.mask)))
+        if shape.area > 0:
+            shapes.append(shape)
+    return _nest(shapes, [found.predicted_iou for found in masks], rules)
+
+
+def _nest(shapes: list["_Shape"], predicted_iou: list[float],
+          rules: ObjectRules) -> list[ObjectGroup]:
+    """Largest first, a shape mostly inside an object already kept is its part (or, as
+    good as equal to it, the same thing: the better-scored one stands for it); any other
+    is an object. ``predicted_iou``: by shape index."""
+    # Largest first; of equal ones the better scored, then the earlier (deterministic).
+    shapes = sorted(shapes, key=lambda s: (-s.area, -predicted_iou[s.index], s.index))
     objects: list[tuple[_Shape, list[_Shape]]] = []
     for shape in shapes:
         owner, owner_inside = None, 0.0
@@ -139,22 +173,13 @@ def select_objects(candidates: list[Candidate], thresholds: Thresholds,
             continue
         kept, parts = objects[owner]
         if _iou(shape, kept) >= rules.duplicate_iou:
-            if candidates[shape.index].predicted_iou > candidates[kept.index].predicted_iou:
+            if predicted_iou[shape.index] > predicted_iou[kept.index]:
                 objects[owner] = (shape, parts)  # the better-scored mask stands for it
             continue
         if any(_iou(shape, part) >= rules.duplicate_iou for part in parts):
             continue  # the same part from another point
         parts.append(shape)
-
-    groups = [ObjectGroup(kept.index, [part.index for part in parts]) for kept, parts in objects]
-    backgrounds: list[_Shape] = []
-    for shape in sorted(left_out, key=lambda s: (-candidates[s.index].predicted_iou, s.index)):
-        if all(_iou(shape, kept) < rules.duplicate_iou for kept in backgrounds):
-            backgrounds.append(shape)  # one of near-equal backgrounds, the better scored
-    groups += [ObjectGroup(shape.index) for shape in backgrounds]
-    areas = {group.index: _area(candidates[group.index]) for group in groups}
-    groups.sort(key=lambda group: -areas[group.index])
-    return groups
+    return [ObjectGroup(kept.index, [part.index for part in parts]) for kept, parts in objects]
 
 
 def _area(candidate: Candidate) -> int:
