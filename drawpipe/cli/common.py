@@ -19,7 +19,8 @@ from drawpipe.drawthings.api import DEFAULT_PORT
 from drawpipe.drawthings.client import ClientSettings
 from drawpipe.engine.claims import ClaimStore
 from drawpipe.engine.interrupts import STOP_SIGNALS_STATE
-from drawpipe.engine.loop import EngineSettings, Job, job_done
+from drawpipe.engine.jobs import Job, job_done
+from drawpipe.engine.run import EngineSettings
 from drawpipe.errors import DrawpipeError, Interrupted, ShareLost, UsageError
 from drawpipe.files import default_cache_dir
 
@@ -35,7 +36,6 @@ class CommonSettings:
     client: ClientSettings
     lease_seconds: float
     poll_seconds: float
-    server_process_name: str | None
     seed_offset: int
     profile: str | None
 
@@ -151,6 +151,8 @@ def resolve_settings(args: argparse.Namespace, project_dir: Path, stdin=None,
         retries=pick(flag("retries"), "retries", defaults.retries),
         backoff_seconds=pick(flag("backoff_seconds"), "backoff_seconds", defaults.backoff_seconds),
         backoff_cap_seconds=defaults.backoff_cap_seconds,
+        server_process_name=pick(flag("server_process_name"), "server_process_name",
+                                 defaults.server_process_name),
     )
     return CommonSettings(
         root=root.resolve(),
@@ -158,7 +160,6 @@ def resolve_settings(args: argparse.Namespace, project_dir: Path, stdin=None,
         client=client,
         lease_seconds=pick(args.lease_seconds, "lease_seconds", 120.0),
         poll_seconds=pick(args.poll_seconds, "poll_seconds", 5.0),
-        server_process_name=pick(flag("server_process_name"), "server_process_name", "Draw Things"),
         seed_offset=pick(getattr(args, "seed_offset", None), "seed_offset", 0),
         profile=profile_name,
     )
@@ -205,7 +206,6 @@ def engine_settings(settings: CommonSettings, args, servers=None) -> EngineSetti
         watch=getattr(args, "watch", False),
         **({"watch_retry_seconds": args.watch_retry_seconds}
            if getattr(args, "watch_retry_seconds", None) is not None else {}),
-        server_process_name=settings.server_process_name,
         show_progress=False if args.no_progress else None,
     )
 

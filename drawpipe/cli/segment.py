@@ -22,7 +22,8 @@ from drawpipe.cli.common import (add_common_arguments, add_watch_arguments, chec
                                  engine_settings, job_states, local_freshness, print_plan,
                                  print_rejected, print_summary, resolve_settings, script_main,
                                  share_errors)
-from drawpipe.engine.loop import job_done, run_stage
+from drawpipe.engine.jobs import job_done
+from drawpipe.engine.loop import run_stage
 from drawpipe.errors import CheckpointError, UsageError
 from drawpipe.files import default_cache_dir
 from drawpipe.layout import CUTOUTS_FOLDER
@@ -129,10 +130,8 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
         device = stage.segmenter().device
     print(f"SAM {model_type} from {checkpoint} on {device}, "
           f"{generator.points_per_side} x {generator.points_per_side} points", file=stdout)
-    engine = dataclasses.replace(engine_settings(settings, args, servers=[None]),
-                                 server_process_name=None)
     try:
-        summary = run_stage(stage, engine)
+        summary = run_stage(stage, engine_settings(settings, args, servers=[None]))
     finally:
         freshness.save()
     print_summary(summary, stdout)

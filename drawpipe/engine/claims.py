@@ -25,6 +25,8 @@ unreliable on macOS SMB mounts, so none is used.
   busy file gives up for this pass. ``try_claim`` raises such errors: the caller
   tries that job again on a later pass. The lease (minutes) stays far above the
   second or two that another client's open handle can hide a new mtime.
+- ``Heartbeat``: one thread per process refreshes every claim the process holds and
+  reports a claim found no longer ours.
 - Nothing here creates a folder above ``<root>/.claims/<stage>``: when the share is
   unmounted and its mount point remains, a claim fails instead of landing on the
   local disk (``prepare`` creates the stage folder only under an existing
@@ -39,6 +41,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from drawpipe.files import is_busy, make_folders_below, unlink_when_free
 
@@ -352,3 +355,53 @@ class ClaimStore:
         owner["age_seconds"] = age_seconds
         owner["stale"] = age_seconds > self.lease_seconds
         return owner
+
+
+class Heartbeat:
+    """One thread refreshing every claim this process holds."""
+
+    def __init__(self, interval_seconds: float, on_lost: Callable[[ClaimStore, Claim], None]):
+        self._interval_seconds = interval_seconds
+        self._on_lost = on_lost
+        self._held: dict[int, tuple[ClaimStore, Claim]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def hold(self, store: ClaimStore, claim: Claim) -> None:
+        with self._lock:
+            self._held[id(claim)] = (store, claim)
+
+    def drop(self, claim: Claim) -> None:
+        with self._lock:
+            self._held.pop(id(claim), None)
+
+    def release_all(self) -> None:
+        with self._lock:
+            held, self._held = list(self._held.values()), {}
+        for store, claim in held:
+            try:
+                store.release(claim)
+            except OSError:
+                pass  # a failing share: the claim goes stale after its lease
+
+    def _loop(self):
+        while not self._stop.wait(self._interval_seconds):
+            with self._lock:
+                held = list(self._held.values())
+            for store, claim in held:
+                try:
+                    alive = store.heartbeat(claim)
+                except OSError:
+                    alive = True  # busy or a hiccup; try again next beat
+                if not alive:
+                    self.drop(claim)
+                    self._on_lost(store, claim)

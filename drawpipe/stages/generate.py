@@ -17,10 +17,10 @@ from typing import Callable
 
 from drawpipe.curate.takes import Freshness, Rejections, recorded_take, set_aside, takes_set_aside
 from drawpipe.drawthings import api as drawthings
-from drawpipe.drawthings.client import ClientSettings, SdapiClient
+from drawpipe.drawthings.client import ClientSettings, SdapiClient, sampled_process
 from drawpipe.drawthings.payloads import effective_parameters, fill_prompt, preflight
 from drawpipe.drawthings.provenance import provenance_chunks
-from drawpipe.engine.loop import Job, JobResult, WorkerContext
+from drawpipe.engine.jobs import Job, JobResult, WorkerContext
 from drawpipe.layout import GENERATIONS_FOLDER, cutouts_path, image_name, upscaled_path
 from drawpipe.png import add_text_chunks, read_text_chunks
 from drawpipe.stages.prompts import PromptSets, QueueItem
@@ -141,6 +141,10 @@ class GenerateStage:
         payload["prompt"] = fill_prompt(self.template.get("prompt", ""), job.context.prompt)
         payload["seed"] = job.seed if seed is None else seed
         return payload
+
+    def process_to_sample(self, server: str) -> str | None:
+        """Draw Things' process, when ``server`` is this machine."""
+        return sampled_process(server, self.client_settings)
 
     def make_worker(self, server: str, context: WorkerContext):
         """Preflight the server (``GET /``) and return this worker's job runner."""
