@@ -36,6 +36,7 @@ class ListStage:
         self.behaviour = behaviour
         self.sampled = sampled
         self.calls: list[tuple[str | None, str]] = []
+        self.contexts: dict = {}  # server -> the WorkerContext the engine lent
         self._lock = threading.Lock()
 
     def plan(self) -> list[Job]:
@@ -45,6 +46,8 @@ class ListStage:
         return self.sampled
 
     def make_worker(self, server, context):
+        self.contexts[server] = context
+
         def run(job: Job, scratch: Path) -> JobResult:
             with self._lock:
                 self.calls.append((server, job.key))
@@ -222,3 +225,42 @@ def test_the_stage_names_the_process_whose_usage_is_logged(share):
     by_output = {row["output"]: row for row in rows(share)}
     assert float(by_output["OUT/a"]["server_rss_mb"]) > 1
     assert by_output["OUT/b"]["server_rss_mb"] == "" and by_output["OUT/b"]["server_cpu_seconds"] == ""
+
+
+def test_a_job_no_longer_ours_stops_at_its_next_checkpoint(share, capsys):
+    sent = []
+
+    def behaviour(job, call_number, server):
+        checkpoint = stage.contexts[server].checkpoint
+        checkpoint()  # the first request: ours
+        sent.append(1)
+        # Meanwhile our lease lapsed: another worker took the job over, made it, released it.
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        job.output.write_bytes(b"theirs")
+        (share / ".claims" / "listing" / (job.key + ".claim")).unlink()
+        checkpoint()  # the second request: never sent
+        sent.append(2)
+
+    stage = ListStage(share, ["a"], behaviour)
+    summary = run(stage, share)
+    assert sent == [1] and (share / "OUT/a").read_bytes() == b"theirs"
+    assert (summary.made, summary.by_others, summary.exit_code) == (0, 1, 0)
+    assert ("duplicate: OUT/a: another worker had it (our lease lapsed or it finished first); "
+            "theirs is kept; nothing more was sent for it") in capsys.readouterr().err
+    assert [(row["status"], row["attempt"]) for row in rows(share)] == [("duplicate", "1")]
+    assert leftovers(share) == []
+
+
+@pytest.mark.parametrize("names, left", [(["a"], 0), (["a", "b"], 1)])
+def test_interrupted_is_said_only_when_something_was_left_undone(share, names, left):
+    """A stop signal that comes as the last image is being made changes nothing."""
+    def behaviour(job, call_number, server):
+        if job.key == "OUT/a":
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the signal is seen while this job is in flight
+
+    summary = run(ListStage(share, names, behaviour), share)
+    assert summary.interrupted and summary.made == 1 and summary.remaining == left
+    interrupted = "interrupted; run the same command again to continue" in summary.lines()
+    assert interrupted == bool(left)
+    assert summary.exit_code == (130 if left else 0)

@@ -70,15 +70,18 @@ class SdapiClient:
     ``sleep(seconds)``: the wait before a re-send; it returns True when it was cut
     short because the run is stopping (``threading.Event.wait`` does), and then the
     job is not re-sent. ``on_resend(line)``: told about every re-send and its reason.
+    ``before_send()``: called just before every request, re-sends included; whatever
+    it raises (the engine's JobLost: the job is no longer ours) ends the call unsent.
     """
 
     def __init__(self, base_url: str, settings: ClientSettings = ClientSettings(),
-                 sleep=time.sleep, on_resend=None):
+                 sleep=time.sleep, on_resend=None, before_send=None):
         self.base_url = base_url.rstrip("/")
         self.settings = settings
         self.session = requests.Session()
         self._sleep = sleep
         self._on_resend = on_resend
+        self._before_send = before_send
 
     def close(self) -> None:
         self.session.close()
@@ -121,6 +124,8 @@ class SdapiClient:
         attempt = 0
         while True:
             attempt += 1
+            if self._before_send is not None:
+                self._before_send()
             try:
                 png = self._post_once(url, body, expected_size, attempt)
                 return ImageAnswer(png, attempt, time.monotonic() - started)

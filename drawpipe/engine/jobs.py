@@ -5,7 +5,8 @@
                     requests it took, the seed it used, the stage's extra metric values
     RunJob          run_job(job, scratch) -> JobResult: one worker's job runner
     WorkerContext   what the engine lends a worker: a wait that ends when the run stops,
-                    re-send reports, the file server's clock
+                    re-send reports, the file server's clock, the checkpoint before a request
+    JobLost         raised by the checkpoint: the job is no longer this worker's
     Stage           plan(), make_worker(server, context), process_to_sample(server);
                     optionally is_current(job) and set_aside(job)
     job_done        done means the output exists (and, for a stage that can tell, is current)
@@ -58,12 +59,24 @@ class WorkerContext:
     it to a client's re-send waits: they end early). ``resent(line)``: a request of the
     worker's current job is being sent again, and why: logged and counted.
     ``server_now()``: the file server's clock, epoch seconds (claims.ClaimStore.server_now),
-    for ages of files on the share.
+    for ages of files on the share. ``checkpoint()``: call it just before every request
+    (each step of a recipe, each re-send): it raises JobLost when the current job is no
+    longer this worker's (its lease lapsed and another worker took the job over, or the
+    output appeared), so nothing is sent for a job that is not ours; a backend that can
+    cancel a call in flight cancels it when the checkpoint raises.
     """
 
     sleep: Callable[[float], bool]
     resent: Callable[[str], None]
     server_now: Callable[[], float]
+    checkpoint: Callable[[], None]
+
+
+class JobLost(Exception):
+    """The job is no longer this worker's: its claim was taken over (our lease lapsed
+    while this worker stalled) or deleted, or its output appeared. Raised by
+    WorkerContext.checkpoint; the stage lets it through, the engine keeps the other
+    worker's result."""
 
 
 class Stage(Protocol):

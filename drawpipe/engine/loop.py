@@ -8,13 +8,25 @@ this module does the rest, the same way for all three:
   its claim is won, and again just before the result is moved into place. A
   ``stat`` that fails for another reason than "no such file" is never read as
   "not done".
-- Outputs are written to a temporary name in the same folder, flushed, fsync-ed
-  and renamed into place, so a crash never leaves a partial file under a final
-  name. A folder output is built under a temporary name and renamed as a whole.
-- *The lease decides who writes.* Just before the rename the worker checks that
-  its claim is still its own; if its lease lapsed and another worker took the job
-  over, or the output appeared meanwhile (a folder output's rename then fails with
-  EEXIST/ENOTEMPTY), the other worker's result is kept and a duplicate is logged.
+- Outputs are written to a scratch name in the same folder (the worker's name in
+  it), flushed, fsync-ed and published into place, so a crash never leaves a partial
+  file under a final name. A folder output is built under a scratch name and
+  published as a whole.
+- *Exactly once, even for a worker that falls asleep.* The lease decides who writes:
+  after the scratch is flushed the worker checks that its claim is still its own and
+  the output still missing, then publishes with an operation that never replaces an
+  existing output (files.publish: a hard link, RENAME_NOREPLACE/RENAME_EXCL, or on a
+  share that has neither a look just before the rename). If its lease lapsed and
+  another worker took the job over, or the output appeared, the other worker's
+  result is kept and a duplicate is logged. No request is sent for a job that is not
+  ours: the stage calls WorkerContext.checkpoint before each request and recipe
+  step, which checks the claim (and the heartbeat's "lost" flag) and the output.
+- A take-over never hangs silently: a stale claim that someone keeps open (SMB: a
+  worker that stalled with it open) is tried again after a growing pause, logged
+  once a minute with the holder it waits for, and past ``blocked_after_seconds``
+  reported blocked in the summary. Whoever takes a claim over removes the scratch
+  files of the worker it took it from, whatever their age, and the clock file and run
+  marker of a dead worker of this host.
 - One worker thread per server (worker.py); any number of processes on any number of
   machines coordinate through claims (engine/claims.py). A worker does not leave while
   jobs held by others are unfinished: it waits for them to appear, or for their
@@ -35,8 +47,9 @@ this module does the rest, the same way for all three:
 - Signals (interrupts.py): the first SIGINT, SIGTERM or SIGHUP stops new jobs, cuts
   re-send waits short, lets the images in flight finish, releases the claims and
   prints the summary; the second abandons the images in flight (nothing partial is
-  left: outputs appear only by rename). The signal handler only counts; the main
-  thread watches the count.
+  left: outputs appear only when published). The signal handler only counts; the
+  main thread watches the count. "interrupted" is said only when something was left
+  undone (Summary.stopped_early).
 
 Where things are: jobs.py (the job model, the stage protocol, outcomes), run.py (the
 settings and what the workers of one process share), worker.py (one worker's passes
@@ -147,6 +160,8 @@ def _finish(run: Run, workers: list[Worker]) -> None:
     run.summary.remaining = len(remaining)
     run.summary.failed = {key: error for key, error in run.summary.failed.items()
                           if key in remaining}
+    run.summary.blocked = {key: reason for key, reason in run.summary.blocked.items()
+                           if key in remaining}
     run.progress.close()
 
 

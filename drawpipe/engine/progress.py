@@ -9,8 +9,10 @@ scan, or kept when ours turned out a duplicate); what was done when the run star
 is neither.
 """
 
+import math
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -26,14 +28,24 @@ class Summary:
     made: int = 0  # outputs this process wrote
     by_others: int = 0  # outputs other workers wrote during this run
     failed: dict = field(default_factory=dict)  # job key -> last error
-    interrupted: bool = False
+    # job key -> why: a stale claim that someone keeps open (SMB) could not be taken
+    # over for longer than EngineSettings.blocked_after_seconds
+    blocked: dict = field(default_factory=dict)
+    interrupted: bool = False  # a stop signal came during the run
+    watch: bool = False  # a --watch run: only a stop signal ends it
     remaining: int = 0  # jobs without output at the end
     resent: int = 0  # requests sent again after a transient failure (the stage's client)
     retried: int = 0  # jobs tried again after they had failed in this run (--watch)
 
     @property
+    def stopped_early(self) -> bool:
+        """Interrupted with something left undone (a --watch run never runs out of work):
+        a signal that came as the last image landed changes nothing."""
+        return self.interrupted and bool(self.remaining or self.watch)
+
+    @property
     def exit_code(self) -> int:
-        if self.interrupted:
+        if self.stopped_early:
             return Interrupted.exit_code
         return JobFailed.exit_code if self.failed or self.remaining else 0
 
@@ -48,7 +60,12 @@ class Summary:
                          "job(s) tried again")
         if self.failed:
             lines.append(f"{len(self.failed)} failed; run the same command again to retry them")
-        if self.interrupted:
+        for key, reason in self.blocked.items():
+            lines.append(f"blocked: {key}: {reason}")
+        if self.blocked:
+            lines.append(f"{len(self.blocked)} blocked by a stale claim someone keeps open; run "
+                         "the same command again once it is free")
+        if self.stopped_early:
             lines.append("interrupted; run the same command again to continue")
         return lines
 
@@ -66,7 +83,7 @@ class Progress:
                         disable=not enabled if enabled is not None else not sys.stderr.isatty(),
                         dynamic_ncols=True, smoothing=0.1)
         self.log_successes = self.bar.disable
-        self._said: set[tuple[str, str]] = set()  # (job key, kind) said once per run
+        self._said: dict[tuple[str, str], float] = {}  # (job key, kind) -> when last said
 
     def log(self, line: str) -> None:
         try:
@@ -74,12 +91,15 @@ class Progress:
         except OSError:
             pass  # the terminal is gone (SIGHUP): nobody to tell
 
-    def log_once(self, key: str, kind: str, line: str) -> None:
-        """``line``, the first time job ``key`` gives news of this ``kind`` in this run."""
+    def log_once(self, key: str, kind: str, line: str, every_seconds: float = math.inf) -> None:
+        """``line``, the first time job ``key`` gives news of this ``kind`` in this run (and
+        again after ``every_seconds``, for news that goes on)."""
+        now = time.monotonic()
         with self.lock:
-            if (key, kind) in self._said:
+            said = self._said.get((key, kind))
+            if said is not None and now - said < every_seconds:
                 return
-            self._said.add((key, kind))
+            self._said[(key, kind)] = now
         self.log(line)
 
     def seen_done(self, keys: set[str], total: int) -> None:
@@ -111,6 +131,18 @@ class Progress:
             self.summary.failed.pop(key, None)
             self._refresh()
         self.log(line)
+
+    def blocked(self, key: str, reason: str) -> None:
+        """Job ``key`` cannot be taken over (a stale claim held open), for too long."""
+        with self.lock:
+            new = key not in self.summary.blocked
+            self.summary.blocked[key] = reason
+        if new:
+            self.log(f"blocked: {key}: {reason}")
+
+    def unblocked(self, key: str) -> None:
+        with self.lock:
+            self.summary.blocked.pop(key, None)
 
     def failed(self, key: str, error: str) -> None:
         with self.lock:

@@ -54,6 +54,13 @@ class EngineSettings:
         # stays refused this long is recorded as failed, so a run without --watch ends.
         return max(60.0, 2 * self.lease_seconds)
 
+    @property
+    def blocked_after_seconds(self) -> float:
+        # A stale claim that its stalled holder keeps open (SMB) cannot be deleted until
+        # the holder wakes up or the server drops its session. Several leases of trying
+        # (a pause that grows, a line a minute) before the job is reported blocked.
+        return 5 * self.lease_seconds
+
 
 class InFlight:
     """The jobs this process has claimed (key -> scratch path) and the output writes
@@ -137,8 +144,8 @@ class Run:
         self.held_back: dict[str, float] = {}
         self.guard = ShareGuard(settings.root, f"{host}-{os.getpid()}")
         self.metrics: MetricsLog | None = None
-        self.summary = Summary(stage.name)
-        self.heartbeat = Heartbeat(settings.heartbeat_seconds, self._claim_lost)
+        self.summary = Summary(stage.name, watch=settings.watch)
+        self.heartbeat = Heartbeat(settings.heartbeat_seconds, self.claim_lost)
         self.progress: Progress | None = None
 
     def log(self, line: str) -> None:
@@ -177,7 +184,13 @@ class Run:
         with self.lock:
             return {key for key, until in self.held_back.items() if until > now}
 
-    def _claim_lost(self, store: ClaimStore, claim: Claim) -> None:
+    def claim_lost(self, store: ClaimStore, claim: Claim) -> None:
+        """``claim`` was found no longer ours (by the heartbeat or a check): mark it, say
+        so once; a share that is gone ends the run."""
+        with self.lock:
+            if claim.lost:
+                return
+            claim.lost = True
         reason = self.guard.lost_reason()
         if reason is not None:
             self.set_fatal(ShareLost(self.settings.root, reason))

@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from drawpipe.engine.claims import CLAIMS_FOLDER
+from drawpipe.engine.claims import CLAIMS_FOLDER, dead_here
 from drawpipe.errors import ShareLost
 from drawpipe.files import unlink_when_free
 
@@ -61,17 +61,24 @@ class ShareGuard:
         finally:
             os.close(fd)
         self._refreshed_at = time.monotonic()
-        self._remove_abandoned_markers()
+        self.remove_abandoned_markers()
 
-    def _remove_abandoned_markers(self) -> None:
-        # Ages by the file server's clock: our marker's mtime was stamped just now.
+    def remove_abandoned_markers(self) -> None:
+        """Delete the markers of dead runs of this host (claims.dead_here), and any not
+        refreshed for a day (a run of another Mac, asleep or killed)."""
+        # Ages by the file server's clock: our marker's mtime was stamped at establish().
         try:
             now = os.stat(self.marker).st_mtime
-            for marker in (self.root / CLAIMS_FOLDER).glob(MARKER_PREFIX + "*"):
-                if now - marker.stat().st_mtime > self.ABANDONED_SECONDS:
-                    marker.unlink()
+            markers = list((self.root / CLAIMS_FOLDER).glob(MARKER_PREFIX + "*"))
         except OSError:
-            pass  # someone else's clean-up, or busy: a later run tries again
+            return  # the share is failing: the run's own checks will say so
+        for marker in markers:
+            try:
+                if (dead_here(marker.name[len(MARKER_PREFIX):])
+                        or now - marker.stat().st_mtime > self.ABANDONED_SECONDS):
+                    marker.unlink()
+            except OSError:
+                pass  # someone else's clean-up, or busy: a later run tries again
 
     def lost_reason(self) -> str | None:
         """Why the share is lost, or None while it is the one the run started on."""

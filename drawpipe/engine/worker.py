@@ -19,14 +19,16 @@ import os
 import time
 from pathlib import Path
 
-from drawpipe.engine.claims import Claim, ClaimStore
-from drawpipe.engine.jobs import Job, JobResult, Outcome, RunJob, WorkerContext, job_done
+from drawpipe.engine.claims import Claim, ClaimStore, HeldOpen, dead_here
+from drawpipe.engine.faults import stop_here
+from drawpipe.engine.jobs import (Job, JobLost, JobResult, Outcome, RunJob, WorkerContext,
+                                  job_done)
 from drawpipe.engine.metrics import ResourceSampler
 from drawpipe.engine.run import Abandoned, Run
-from drawpipe.errors import (BadInput, JobDeferred, JobFailed, ShareLost, UsageError)
-from drawpipe.files import (describe_os_error, make_folders_below, output_exists,
-                            remove_abandoned_scratch, remove_quietly, scratch_path,
-                            write_atomically)
+from drawpipe.errors import BadInput, JobDeferred, JobFailed, ShareLost, UsageError
+from drawpipe.files import (describe_os_error, is_busy, make_folders_below, output_exists,
+                            publish, remove_abandoned_scratch, remove_quietly, scratch_path,
+                            write_synced)
 
 
 class Worker:
@@ -39,21 +41,56 @@ class Worker:
         self.store = store
         self.run_job: RunJob | None = None
         self.process_to_sample: str | None = None
-        self.current_key: str | None = None
+        # The job running now and its claim; requests checked (sent) for it so far.
+        self.job: Job | None = None
+        self.claim: Claim | None = None
+        self.requests = 0
         # job key -> monotonic time it may be tried again (math.inf: not in this run)
         self.failed_here: dict[str, float] = {}
         self.failures: dict[str, int] = {}  # job key -> times it failed in this run
         self.busy_since: dict[str, float] = {}  # job key -> first share-side refusal
+        # job key -> (first refusal, last pause): a stale claim someone keeps open
+        self.held_open: dict[str, tuple[float, float]] = {}
         self.consecutive_failures = 0
 
     def context(self) -> WorkerContext:
         return WorkerContext(sleep=self.run.stop.wait, resent=self.resent,
-                             server_now=self.store.server_now)
+                             server_now=self.store.server_now, checkpoint=self.checkpoint)
 
     def resent(self, line: str) -> None:
         self.run.progress_count(resent=1)
-        key = self.current_key
+        key = self.job.key if self.job is not None else None
         self.run.log(f"{key}: {line}" if key else line)
+
+    def checkpoint(self) -> None:
+        """Before each request of the current job: JobLost unless it is still ours,
+        Abandoned after a second stop signal."""
+        job, claim = self.job, self.claim
+        if job is None or claim is None:
+            return  # not inside a job (a preflight)
+        self.requests += 1
+        stop_here(f"request-{self.requests}")
+        if self.run.in_flight.abandoned:
+            raise Abandoned
+        try:
+            reason = self.why_not_ours(job, claim)
+        except OSError as exc:
+            if not is_busy(exc):
+                raise
+            return  # SMB's "busy" for a moment: the heartbeat and the last check still watch
+        if reason is not None:
+            raise JobLost(reason)
+
+    def why_not_ours(self, job: Job, claim: Claim) -> str | None:
+        """Why ``job`` is no longer this worker's, or None while it is. Reads the claim
+        and stats the output (one round trip each on a share); OSError when they cannot
+        be read now (busy, or the share failing)."""
+        if claim.lost or not self.store.still_ours(claim):
+            self.run.claim_lost(self.store, claim)
+            return "its claim is no longer ours (our lease lapsed and another worker took it over)"
+        if output_exists(job.output):
+            return "its output appeared (another worker finished it)"
+        return None
 
 
 def worker_main(worker: Worker) -> None:
@@ -147,6 +184,36 @@ def _note_busy(worker: Worker, key: str, exc: OSError) -> bool:
     return True
 
 
+# While a take-over waits for a stale claim someone keeps open, a line this often.
+HELD_OPEN_LOG_SECONDS = 60.0
+
+
+def _wait_for_held_open(worker: Worker, key: str, held: HeldOpen) -> None:
+    """The stale claim of ``key`` cannot be deleted: someone keeps it open (on SMB, a
+    worker that stalled while its heartbeat had it open). Try again after a pause that
+    doubles up to a lease, say so once a minute naming the holder; past
+    ``blocked_after_seconds`` report the job blocked, and give it up for this run
+    unless --watch. Never a silent wait."""
+    run, settings = worker.run, worker.run.settings
+    now = time.monotonic()
+    first, pause = worker.held_open.get(key, (now, 0.0))
+    pause = min(max(settings.poll_seconds, 2 * pause), max(settings.poll_seconds,
+                                                             settings.lease_seconds))
+    worker.held_open[key] = (first, pause)
+    waited = now - first
+    reason = (f"the stale claim of {held.describe()} is held open on the share "
+              f"({held.refusal.strerror or held.refusal}) and cannot be taken over")
+    if waited >= settings.blocked_after_seconds:
+        run.progress.blocked(key, f"{reason}; tried for {waited:.0f} s")
+        if not settings.watch:
+            worker.failed_here[key] = math.inf  # a later run tries again
+            return
+    worker.failed_here[key] = now + pause
+    run.progress.log_once(key, "held open", f"waiting: {key}: {reason}; next try in "
+                          f"{pause:g} s ({waited:.0f} s so far)",
+                          every_seconds=HELD_OPEN_LOG_SECONDS)
+
+
 # A job whose output the share refused to take (a busy target) is tried again on
 # later passes of the same run, this many times in all.
 MAX_SHARE_REFUSALS = 3
@@ -188,35 +255,41 @@ def _claim_and_do(worker: Worker, job: Job) -> Outcome:
     try:
         run.guard.check()
         try:
-            claim = store.try_claim(job.key)
+            taken = store.try_take(job.key)
         except OSError as exc:
             # Errors on .claims/ are the share's, never the job's or the server's.
             run.guard.check()
             _note_busy(worker, job.key, exc)
             return Outcome.BUSY
-        if claim is None:
+        if isinstance(taken, HeldOpen):
+            _wait_for_held_open(worker, job.key, taken)
+            return Outcome.BUSY
+        if taken is None:
             return Outcome.CLAIMED_BY_OTHERS
+        claim = taken
         run.heartbeat.hold(store, claim)
         run.guard.check()
         worker.busy_since.pop(job.key, None)
+        if worker.held_open.pop(job.key, None) is not None:
+            run.progress.unblocked(job.key)
         try:
+            _remove_what_the_dead_left(worker, job, claim)
             # Won the claim; the job may have been finished since our scan.
             if output_exists(job.output):
                 if job_done(run.stage, job):
                     return Outcome.SKIPPED
                 run.stage.set_aside(job)  # a stale output: out of the way, then redo it
-            # File-server time, like claims: machines' clocks are never compared.
-            remove_abandoned_scratch(job.output, store.server_now() - run.settings.lease_seconds)
         except OSError as exc:
             run.guard.check()
             _note_busy(worker, job.key, exc)
             return Outcome.BUSY
         retrying = job.key in worker.failures
-        worker.current_key = job.key
+        stop_here("claimed")
+        worker.job, worker.claim, worker.requests = job, claim, 0
         try:
             outcome = _do_job(worker, job, claim)
         finally:
-            worker.current_key = None
+            worker.job = worker.claim = None
         if retrying and outcome is not Outcome.DEFERRED:
             run.progress_count(retried=1)
     finally:
@@ -243,6 +316,21 @@ def _claim_and_do(worker: Worker, job: Job) -> Outcome:
     return outcome
 
 
+def _remove_what_the_dead_left(worker: Worker, job: Job, claim: Claim) -> None:
+    """With the claim won: remove the job's scratch files of workers that will never
+    publish them (the one whose stale claim we took over, whatever their age; dead
+    processes of this host; any not touched for a lease), and, after a take-over from
+    a dead worker of this host, its clock file and run marker."""
+    run, store = worker.run, worker.store
+    previous = claim.taken_over_from
+    # File-server time, like claims: machines' clocks are never compared.
+    remove_abandoned_scratch(job.output, store.server_now() - run.settings.lease_seconds,
+                             lambda owner: owner == previous or dead_here(owner))
+    if previous is not None and dead_here(previous):
+        store.remove_abandoned_clocks()
+        run.guard.remove_abandoned_markers()
+
+
 def _do_job(worker: Worker, job: Job, claim: Claim) -> Outcome:
     """Run one claimed job and record it: DONE (output written, or a duplicate of
     another worker's), FAILED, BAD_INPUT, BUSY (the share refused a file) or DEFERRED.
@@ -256,6 +344,7 @@ def _do_job(worker: Worker, job: Job, claim: Claim) -> Outcome:
            "attempt": 1}
     error = None
     result = None
+    lost = None
     fatal = False
     outcome = Outcome.FAILED
     failure = None
@@ -276,6 +365,10 @@ def _do_job(worker: Worker, job: Job, claim: Claim) -> Outcome:
     except Abandoned:
         remove_quietly(scratch)
         return Outcome.FAILED
+    except JobLost as exc:
+        remove_quietly(scratch)
+        row["attempt"] = max(worker.requests - 1, 0)  # the requests sent before it was lost
+        status, lost = "duplicate", exc
     except JobDeferred as exc:
         remove_quietly(scratch)
         run.progress.log_once(job.key, "deferred", f"waiting: {job.key}: {exc}")
@@ -302,6 +395,14 @@ def _do_job(worker: Worker, job: Job, claim: Claim) -> Outcome:
         status, error = "failed", f"unexpected {type(exc).__name__}: {exc}"
     if run.in_flight.abandoned:
         return outcome
+    if lost is not None:
+        outcome = Outcome.DONE
+        if row["attempt"] == 0:
+            # Nothing was sent: no work to log, another worker has the job.
+            run.progress.duplicate(job.key, output_exists_quietly(job.output),
+                                   f"duplicate: {job.key}: another worker had it ({lost}); "
+                                   "nothing was sent for it")
+            return outcome
     seconds = time.monotonic() - started
     usage = sampler.result()
     row.update(
@@ -325,7 +426,8 @@ def _do_job(worker: Worker, job: Job, claim: Claim) -> Outcome:
     if status == "duplicate":
         run.progress.duplicate(job.key, output_exists_quietly(job.output),
                                f"duplicate: {job.key}: another worker had it (our lease "
-                               "lapsed or it finished first); theirs is kept")
+                               "lapsed or it finished first); theirs is kept"
+                               + ("; nothing more was sent for it" if lost else ""))
         return Outcome.DONE
     run.progress.made(job.key, f"{status}: {job.key} ({seconds:.1f} s)")
     return Outcome.DONE
@@ -339,29 +441,44 @@ def output_exists_quietly(path: Path) -> bool:
 
 
 def _deliver(worker: Worker, job: Job, claim: Claim, result: JobResult, scratch: Path) -> str:
-    """Move the result into place if the job is still ours: "done" or "duplicate".
+    """Write the result under its scratch name, then publish it if the job is still
+    ours: "done", or "duplicate" when another worker's result is there (kept).
 
-    The lease decides who writes: a claim that is no longer ours (our lease lapsed and
-    another worker took the job over) or an output already there means another
-    worker's result, which is kept. Raises Abandoned after a second stop signal.
+    The lease decides who writes, and the output is never replaced: the claim and the
+    output are checked after the scratch is flushed, just before ``files.publish``,
+    which refuses to move anything over an existing output (a worker whose lease
+    lapsed while it slept between the check and the publish finds the taker's output
+    there). Raises Abandoned after a second stop signal.
     """
-    with worker.run.in_flight.writing():
-        worker.run.guard.check()
-        if not worker.store.still_ours(claim) or output_exists(job.output):
+    run = worker.run
+    with run.in_flight.writing():
+        run.guard.check()
+        if not result.folder_built:
+            write_synced(scratch, result.data)
+        stop_here("written")
+        if worker.why_not_ours(job, claim) is not None:
             remove_quietly(scratch)
             return "duplicate"
-        if result.folder_built:
-            try:
-                os.replace(scratch, job.output)
-            except OSError as exc:
-                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    # Someone renamed theirs into place between our check and our rename.
-                    remove_quietly(scratch)
-                    return "duplicate"
-                raise
-        else:
-            write_atomically(job.output, result.data, worker.store.worker)
+        stop_here("publish")
+        try:
+            method = publish(scratch, job.output)
+        except FileNotFoundError:
+            # The worker that took the job over removed our scratch: theirs it is.
+            if worker.why_not_ours(job, claim) is not None:
+                return "duplicate"
+            raise
+        if method is None:
+            return "duplicate"
+        if method == "rename":
+            run.progress.log_once("", "publish", PUBLISH_FALLBACK.format(folder=job.output.parent))
         return "done"
+
+
+PUBLISH_FALLBACK = (
+    "note: {folder} takes neither hard links nor a rename that refuses to replace "
+    "(RENAME_NOREPLACE/RENAME_EXCL): each output is looked up just before its rename, "
+    "which leaves a window of one round trip in which a worker that stalled could "
+    "replace another's output")
 
 
 def _relative(path: Path | None, root: Path) -> str:

@@ -149,7 +149,7 @@ class GenerateStage:
     def make_worker(self, server: str, context: WorkerContext):
         """Preflight the server (``GET /``) and return this worker's job runner."""
         client = SdapiClient(server, self.client_settings, sleep=context.sleep,
-                             on_resend=context.resent)
+                             on_resend=context.resent, before_send=context.checkpoint)
         app_configuration = preflight(client, [(self.template, self.template_source)],
                                       self.on_warning)
         expected_size = drawthings.output_size(

@@ -134,6 +134,8 @@ class SegmentStage:
 
     def make_worker(self, server: str | None, context=None):
         def run(job: Job, scratch: Path) -> JobResult:
+            if context is not None:
+                context.checkpoint()  # a job no longer ours is not segmented
             data = job.input.read_bytes()
             image = read_rgb(job.input, data)
             remove_quietly(scratch)  # left by an earlier crash of a worker of the same name

@@ -418,7 +418,7 @@ class UpscaleStage:
     def make_worker(self, server: str, context: WorkerContext):
         """Preflight the server (``GET /``) and return this worker's job runner."""
         client = SdapiClient(server, self.client_settings, sleep=context.sleep,
-                             on_resend=context.resent)
+                             on_resend=context.resent, before_send=context.checkpoint)
         recipe = self.recipe
         app_configuration = preflight(client, [(step.payload, recipe.where(number))
                                                for number, step in enumerate(recipe.steps, 1)],
