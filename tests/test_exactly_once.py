@@ -254,3 +254,23 @@ def test_a_stale_claim_held_open_is_waited_for_out_loud_then_reported_blocked(sh
                            "--add", "Peru:family:2", "--lease-seconds", "1", "--no-progress")
     assert again.returncode == 0 and "1 made, 1 already done" in again.stdout, again.stderr
     assert leftovers(share) == [".claims/generate/.clock-otherhost-77-0"]  # not known dead
+
+
+def test_only_this_machines_dead_runs_lose_their_markers_at_once(share):
+    """Two Macs may share a host name: a marker is known dead only when it names this
+    host, its process is gone here, and this machine wrote it."""
+    from drawpipe.engine.share import ShareGuard, this_machine
+    from drawpipe.files import host_name
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid whose process is gone
+    claims = share / ".claims"
+    claims.mkdir()
+    ours = claims / f".run-{host_name()}-{gone.pid}-0000aaaa"
+    ours.write_text(f"{gone.pid} 0 {this_machine()}\n")
+    namesake = claims / f".run-{host_name()}-{gone.pid}-0000bbbb"
+    namesake.write_text(f"{gone.pid} 0 0123456789ab\n")  # another Mac of the same name
+    guard = ShareGuard(share, "test")
+    guard.establish()
+    assert not ours.exists() and namesake.exists()
+    guard.close()

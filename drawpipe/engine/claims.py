@@ -30,8 +30,9 @@ unreliable on macOS SMB mounts, so none is used.
   second or two that another client's open handle can hide a new mtime.
 - Dead workers: a worker is named ``<host>-<pid>-<index>``; one of this host whose
   process is gone is known dead (``dead_here``), and its clock file and run marker
-  are removed at once. Of another host nothing is known (a Mac asleep is not dead):
-  its files go after a day.
+  (share.py checks the machine written in it: two Macs may share a host name) are
+  removed at once. Of another host nothing is known (a Mac asleep is not dead): its
+  files go after a day.
 - ``Heartbeat``: one thread per process refreshes every claim the process holds and
   reports a claim found no longer ours.
 - Nothing here creates a folder above ``<root>/.claims/<stage>``: when the share is
