@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) bench/report.py
 	$(PY) bench/primitives.py
 	$(PY) bench/curate.py
+	$(PY) bench/publish.py
 
 clean:
 	rm -rf $(VENV) demo
