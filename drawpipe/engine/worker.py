@@ -404,20 +404,8 @@ def _do_job(worker: Worker, job: Job, claim: Claim) -> Outcome:
                                    "nothing was sent for it")
             return outcome
     seconds = time.monotonic() - started
-    usage = sampler.result()
-    row.update(
-        status=status, seconds=seconds, error=error,
-        cpu_percent_mean=usage.cpu_percent_mean, cpu_percent_peak=usage.cpu_percent_peak,
-        ram_mb_mean=usage.ram_mb_mean, ram_mb_peak=usage.ram_mb_peak,
-        server_cpu_seconds=usage.server_cpu_seconds, server_rss_mb=usage.server_rss_mb,
-        **(result.extra if result is not None else {}),
-    )
-    row["host"] = run.host
-    try:
-        run.guard.check()
-        run.metrics.append(row)
-    except OSError as exc:
-        run.log(f"warning: cannot append to {run.metrics.path}: {exc.strerror}")
+    row.update(status=status, seconds=seconds, error=error)
+    _append_row(run, row, sampler, result)
     if status == "failed":
         if not fatal:
             _record_failure(worker, job.key, failure)
@@ -431,6 +419,25 @@ def _do_job(worker: Worker, job: Job, claim: Claim) -> Outcome:
         return Outcome.DONE
     run.progress.made(job.key, f"{status}: {job.key} ({seconds:.1f} s)")
     return Outcome.DONE
+
+
+def _append_row(run: Run, row: dict, sampler: ResourceSampler, result: JobResult | None) -> None:
+    """The job's metrics row: ``row`` with what the sampler measured and the stage's
+    extra columns, appended to this host's log (a log that cannot be written is
+    said, never a job's failure)."""
+    usage = sampler.result()
+    row.update(
+        cpu_percent_mean=usage.cpu_percent_mean, cpu_percent_peak=usage.cpu_percent_peak,
+        ram_mb_mean=usage.ram_mb_mean, ram_mb_peak=usage.ram_mb_peak,
+        server_cpu_seconds=usage.server_cpu_seconds, server_rss_mb=usage.server_rss_mb,
+        **(result.extra if result is not None else {}),
+    )
+    row["host"] = run.host
+    try:
+        run.guard.check()
+        run.metrics.append(row)
+    except OSError as exc:
+        run.log(f"warning: cannot append to {run.metrics.path}: {exc.strerror}")
 
 
 def output_exists_quietly(path: Path) -> bool:
