@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) bench/energy.py
 	$(PY) bench/curate.py
 	$(PY) bench/grpc_transport.py
+	$(PY) bench/publish.py
 
 clean:
 	rm -rf $(VENV) demo

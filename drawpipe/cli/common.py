@@ -19,14 +19,17 @@ from drawpipe.curate.takes import Freshness, Takes
 from drawpipe.drawthings.client import ClientSettings
 from drawpipe.engine.claims import ClaimStore
 from drawpipe.engine.interrupts import STOP_SIGNALS_STATE
-from drawpipe.engine.loop import EngineSettings, Job, Summary, job_done, run_stage
+from drawpipe.engine.jobs import Job, job_done
+from drawpipe.engine.loop import run_stage
+from drawpipe.engine.progress import Summary
+from drawpipe.engine.run import EngineSettings
 from drawpipe.errors import DrawpipeError, Interrupted, ShareLost, UsageError
 from drawpipe.files import default_cache_dir
 from drawpipe.settings import DEFAULT_SERVER, SETTINGS
 
 # The settings ClientSettings takes from the table (its backoff cap is not a setting).
 CLIENT_SETTINGS = ("connect_timeout_seconds", "read_timeout_seconds", "retries",
-                   "backoff_seconds")
+                   "backoff_seconds", "server_process_name")
 
 # The checkout (or, installed, the folder above the package): where the python -m
 # commands look for drawpipe.toml, and their default root.
@@ -42,7 +45,6 @@ class CommonSettings:
     client: ClientSettings
     lease_seconds: float
     poll_seconds: float
-    server_process_name: str | None  # None: no server process to sample
     seed_offset: int
     profile: str | None
     watch: bool
@@ -73,7 +75,6 @@ def resolve_settings(args: argparse.Namespace, project_dir: Path, names, stdin=N
         client=client,
         lease_seconds=values["lease_seconds"],
         poll_seconds=values["poll_seconds"],
-        server_process_name=values["server_process_name"] if with_servers else None,
         seed_offset=values["seed_offset"],
         profile=share.profile_name,
         watch=values["watch"],
@@ -135,7 +136,6 @@ def engine_settings(settings: CommonSettings) -> EngineSettings:
         poll_seconds=settings.poll_seconds,
         watch=settings.watch,
         watch_retry_seconds=settings.watch_retry_seconds,
-        server_process_name=settings.server_process_name,
         show_progress=settings.show_progress,
     )
 

@@ -22,7 +22,7 @@ from drawpipe.cli.common import (check_positive, job_states, local_takes, print_
                                  print_rejected, resolve_settings, run_and_summarise,
                                  script_main, share_errors)
 from drawpipe.cli.options import add_setting_arguments
-from drawpipe.engine.loop import job_done
+from drawpipe.engine.jobs import job_done
 from drawpipe.errors import CheckpointError, UsageError
 from drawpipe.files import default_cache_dir
 from drawpipe.layout import CUTOUTS_FOLDER, UPSCALED_FOLDER
