@@ -28,11 +28,6 @@ from drawpipe.settings import DEFAULT_SERVER, SETTINGS
 CLIENT_SETTINGS = ("connect_timeout_seconds", "read_timeout_seconds", "retries",
                    "backoff_seconds")
 
-# The checkout (or, installed, the folder above the package): where the python -m
-# commands look for drawpipe.toml, and their default root.
-PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
-
-
 @dataclass(frozen=True)
 class CommonSettings:
     """A stage's resolved settings: the table's defaults < profile < command-line flags."""
@@ -85,12 +80,21 @@ def resolve_settings(args: argparse.Namespace, project_dir: Path, names, stdin=N
 
 
 def script_main(run, parse_arguments, argv, project_dir: Path | None) -> int:
-    """A script's main: parse ``argv`` (None: the command line), ``run(args, project_dir)``,
+    """A command's main: parse ``argv`` (None: the command line), ``run(args, project_dir)``,
     print a package error as one line; the exit code. ``project_dir``: where
-    drawpipe.toml is looked for and the default root (the checkout for the top-level
-    scripts, the current folder for installed commands)."""
+    drawpipe.toml is looked for and the default root: the checkout for its top-level
+    scripts (generate.py, ...), given by them; None for every other form (``drawpipe
+    generate``, ``python -m drawpipe.report``, ``drawpipe-upscale``), which take the
+    current folder, never the folder the package is installed in."""
     return run_main(run, parse_arguments(sys.argv[1:] if argv is None else argv),
                     project_dir or Path.cwd())
+
+
+def program_name(python_m_form: str) -> str | None:
+    """What a command's usage calls it: None under the drawpipe command (cli/commands.py
+    sets sys.argv[0] to "drawpipe report", which argparse then shows), else
+    ``python_m_form`` ("python -m drawpipe.report")."""
+    return None if Path(sys.argv[0]).name.startswith("drawpipe") else python_m_form
 
 
 def run_main(main, *args) -> int:
