@@ -27,6 +27,7 @@ from drawpipe.engine.metrics import COMMON_COLUMNS, read_logs
 from drawpipe.files import write_if_changed
 from drawpipe.layout import (CUTOUTS_FOLDER, CUTOUTS_RECORD, GENERATIONS_FOLDER, REVIEWS_FOLDER,
                              UPSCALED_FOLDER, image_key, log_pattern, natural_key)
+from drawpipe.pages import counted
 from drawpipe.png import read_text_chunks
 
 STAGES = ("generate", "upscale", "segment")
@@ -401,11 +402,6 @@ class Logs:
             said.append(f"{counted(self.older_layout_rows, 'row')} of an older layout without "
                         f"{', '.join(sorted(self.missing_columns))}: read, those figures left out")
         return said
-
-
-def counted(n: int, noun: str) -> str:
-    """3, "row" -> "3 rows"; 1, "row" -> "1 row" (thousands with commas)."""
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _number(text: str | None) -> float | None:

@@ -3,6 +3,8 @@
     render(template_name, **context)   the page as a string
     anchor(prefix, key)                an HTML id made of an image key
     meta_view(entry)                   what the gallery shows of an image's PNG metadata
+    counted(n, noun)                   "1 image", "3 images": a count as pages and lines say it
+                                       (the templates' ``counted`` filter too)
 
 Templates live in ``drawpipe/templates/``: ``base.html`` (the page frame, the shared
 ``style.css`` inlined so a page needs no other file), ``gallery.html`` (macros for an
@@ -31,6 +33,11 @@ def anchor(prefix: str, key: str) -> str:
     return prefix + re.sub(r"[^A-Za-z0-9_-]", "-", key)
 
 
+def counted(n: int, noun: str) -> str:
+    """3, "row" -> "3 rows"; 1, "row" -> "1 row" (thousands with commas)."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def meta_view(entry) -> dict:
     """{name, facts, prompt, negative_prompt} of an image (inventory.ImageEntry) from
     its PNG metadata: what templates/gallery.html shows under each image."""
@@ -53,6 +60,7 @@ def environment():
         keep_trailing_newline=True,
     )
     env.filters["url"] = url_path
+    env.filters["counted"] = counted
     return env
 
 

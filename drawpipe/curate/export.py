@@ -47,6 +47,7 @@ from drawpipe.errors import ExportRefused
 from drawpipe.files import HashCache, file_sha256, write_atomically
 from drawpipe.inventory import STAGES, latest_done, load_logs, scan_inventory
 from drawpipe.layout import CUTOUTS_RECORD, logs_folder
+from drawpipe.pages import counted
 from drawpipe.png import read_text_chunks
 
 METADATA_NAME = "metadata.jsonl"
@@ -83,8 +84,9 @@ class ExportResult:
         left = [f"{self.left_rejected:,} rejected"]
         if not include_unreviewed:
             left.append(f"{self.left_unreviewed:,} not reviewed (--include-unreviewed adds them)")
-        return (f"exported {self.exported:,} images ({kinds}) with {self.upscaled:,} upscaled and "
-                f"{self.cutouts:,} cut-outs to {out}: {self.linked:,} files hard-linked, "
+        return (f"exported {counted(self.exported, 'image')} ({kinds}) with {self.upscaled:,} "
+                f"upscaled and {counted(self.cutouts, 'cut-out')} to {out}: "
+                f"{counted(self.linked, 'file')} hard-linked, "
                 f"{self.copied:,} copied; left out: {', '.join(left)}")
 
 

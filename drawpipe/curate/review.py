@@ -56,7 +56,7 @@ from drawpipe.files import HashCache, file_sha256
 from drawpipe.inventory import ReportCache, read_metadata, scan_inventory
 from drawpipe.layout import (CUTOUTS_FOLDER, GENERATIONS_FOLDER, IMAGE_FOLDERS, REPORT_CACHE,
                              natural_key, report_folder)
-from drawpipe.pages import anchor, meta_view
+from drawpipe.pages import anchor, counted, meta_view
 from drawpipe.settings import default
 
 DEFAULT_PORT = default("port")
@@ -424,7 +424,7 @@ def run_review(settings: ReviewSettings, out=None) -> int:
     count = sum(1 for entry in snapshot.inventory.entries.values() if entry.generated)
     reviewed = sum(1 for signals in snapshot.signals.values()
                    if snapshot.verdicts.for_image(signals.image, signals.sha256))
-    out.write(f"{count:,} generated images in {settings.root}, {reviewed:,} reviewed; "
+    out.write(f"{counted(count, 'generated image')} in {settings.root}, {reviewed:,} reviewed; "
               f"verdicts go to reviews/{settings.host_name}.jsonl\n")
     for line in snapshot.notes:
         out.write(f"note: {line}\n")

@@ -53,6 +53,7 @@ from drawpipe.inventory import (STAGES, ImageEntry, Inventory, Logs, ReportCache
                                 load_logs, read_metadata, scan_inventory)
 from drawpipe.layout import (CUTOUTS_FOLDER, GENERATIONS_FOLDER, REPORT_CACHE, UPSCALED_FOLDER,
                              image_name, logs_folder, natural_key, report_folder)
+from drawpipe.pages import counted
 from drawpipe.report.stats import DEFAULT_ETA_WINDOW_SECONDS, build_stage_reports, format_summary
 from drawpipe.stages.prompts import QueueItem
 
@@ -199,7 +200,7 @@ def run_report(settings: ReportSettings, out=None, now: float | None = None) -> 
                                 measure_quality(root, inventory, settings.processes, out))
             written = write_if_changed(settings.csv_path, table_csv(table))
             out.write(f"{'wrote' if written else 'unchanged:'} {settings.csv_path} "
-                      f"({len(table):,} images)\n")
+                      f"({counted(len(table), 'image')})\n")
     finally:
         cache.save()
     return 0
@@ -235,12 +236,12 @@ def work_left(root: Path, inventory: Inventory, queue: list[QueueItem] | None
                    for item in queue for n in range(1, item.count + 1)]
         missing = sum(1 for key in planned
                       if key not in inventory.entries or not inventory.entries[key].generated)
-        generate = (missing, f"of the {len(planned):,} images in the queue not generated yet")
+        generate = (missing, f"of the {counted(len(planned), 'image')} in the queue not generated yet")
     upscale = sum(1 for entry in inventory.entries.values() if entry.generated and not entry.upscaled)
     segment = sum(1 for entry in inventory.entries.values()
                   if entry.upscaled and not entry.cutouts_folder)
     return {
         "generate": generate,
-        "upscale": (upscale, f"of {generated:,} generated images not upscaled yet"),
-        "segment": (segment, f"of {upscaled:,} upscaled images without cut-outs yet"),
+        "upscale": (upscale, f"of {counted(generated, 'generated image')} not upscaled yet"),
+        "segment": (segment, f"of {counted(upscaled, 'upscaled image')} without cut-outs yet"),
     }

@@ -39,7 +39,7 @@ from drawpipe import pages
 from drawpipe.files import save_atomically, write_if_changed
 from drawpipe.inventory import STAGES, ImageEntry, Logs, latest_done
 from drawpipe.layout import natural_key
-from drawpipe.pages import anchor, meta_view
+from drawpipe.pages import anchor, counted, meta_view
 from drawpipe.report.stats import StageReport, eta_sentence, format_time, summary_table
 
 PAGE_NAME = "index.html"
@@ -341,7 +341,7 @@ def draw_contact_sheet(group: str, tiles: list[tuple[Path, tuple[str, str]]], pa
     draw = ImageDraw.Draw(sheet)
     title_font = ImageFont.load_default(size=22)
     label_font = ImageFont.load_default(size=13)
-    draw.text((16, 10), f"{group.replace('/', ' / ')}: {len(tiles)} images", fill="black",
+    draw.text((16, 10), f"{group.replace('/', ' / ')}: {counted(len(tiles), 'image')}", fill="black",
               font=title_font)
     for index, (thumbnail, (line1, line2)) in enumerate(tiles):
         left = 16 + (index % columns) * cell_width

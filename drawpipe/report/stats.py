@@ -51,7 +51,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from drawpipe.inventory import STAGES, LogRow, Logs, counted
+from drawpipe.inventory import STAGES, LogRow, Logs
+from drawpipe.pages import counted
 from drawpipe.settings import default
 
 DEFAULT_ETA_WINDOW_SECONDS = default("eta_window_minutes") * 60
