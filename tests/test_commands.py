@@ -130,3 +130,20 @@ def test_a_command_under_drawpipe_is_the_same_command(share):
     assert bad.stderr.startswith(f"error: root folder {share / 'missing'} does not exist")
     assert drawpipe("upscale", "--help").stdout.startswith("usage: drawpipe upscale ")
     assert drawpipe("review", "--help").stdout.startswith("usage: drawpipe review ")
+
+
+def test_the_demo_says_when_its_segment_step_was_skipped(share):
+    from drawpipe.demo import closing_line
+
+    upscaled = share / "UPSCALED_IMAGES/Peru/family/Peru_family_1_upscaled.png"
+    upscaled.parent.mkdir(parents=True)
+    upscaled.write_bytes(encode_png(render_scene(1, "demo", 64, 64)))
+    line = closing_line(share)
+    assert line == (f"done, except the segment step (1 upscaled image(s) without cut-outs: no SAM "
+                    f"checkpoint, see above): see {share} (UPSCALED_IMAGES/); once the checkpoint "
+                    "is there, run `make demo` again: it makes only the cut-outs")
+    folder = share / "CUTOUTS/Peru/family/Peru_family_1_upscaled"
+    folder.mkdir(parents=True)
+    (folder / "cutouts.json").write_text('{"cutouts": []}')
+    assert closing_line(share) == (f"all done: see {share} (UPSCALED_IMAGES/, CUTOUTS/); run "
+                                   "`make demo` again and nothing is redone")
