@@ -52,7 +52,7 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     stdout = stdout or sys.stdout
     settings = resolve_settings(args, project_dir, SETTINGS, stdin, stdout)
     recipe = load_recipe(_recipe_path(args.recipe))
-    recipe = apply_overrides(recipe, [parse_override(text) for text in args.set or []])
+    recipe = apply_overrides(recipe, [parse_override(text, steps=True) for text in args.set or []])
     warn = warning_printer()
     for line in recipe.warnings:
         warn(line)
