@@ -156,9 +156,13 @@ def _segment_checkpoint(model_type: str | None, checkpoint: str | None,
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
         model_type = model_type or model_type_for(path)
+        if model_type is None and not path.is_file():  # the first thing to say
+            raise CheckpointError(f"SAM checkpoint {path} not found: check the path, or leave "
+                                  "out --checkpoint and add --download to fetch an official "
+                                  f"one (--model {', '.join(OFFICIAL_CHECKPOINTS)})")
         if model_type is None:
             raise UsageError(f"cannot tell the model type from the file name {path.name}: "
-                             f"pass --model ({', '.join(MODEL_TYPES)})")
+                             f"pass --model ({', '.join(OFFICIAL_CHECKPOINTS)})")
         return model_type, path
     model_type = model_type or "vit_b"
     official = MODEL_TYPES[model_type].official
