@@ -11,6 +11,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -21,7 +22,7 @@ from drawpipe.engine.claims import ClaimStore
 from drawpipe.engine.interrupts import STOP_SIGNALS_STATE
 from drawpipe.engine.loop import EngineSettings, Job, Summary, job_done, run_stage
 from drawpipe.errors import DrawpipeError, Interrupted, ShareLost, UsageError
-from drawpipe.files import default_cache_dir
+from drawpipe.files import default_cache_dir, output_exists
 from drawpipe.settings import DEFAULT_SERVER, SETTINGS
 
 # The settings ClientSettings takes from the table (its backoff cap is not a setting).
@@ -201,8 +202,9 @@ def check_positive(value: int, what: str) -> None:
 
 
 def job_states(root: Path, stage, jobs: list[Job], lease_seconds: float) -> list[str]:
-    """For --dry-run: "done", "to do" (its output is missing, or stale: rejected, or
-    made from an input that changed since), or "claimed by <worker> (<age> s ago)"."""
+    """For --dry-run: "done", "to do" (its output is missing), "redo" (its output is
+    there but not done: a rejected take, or made from an input that changed since: it is
+    set aside to REJECTED/ and made again), or "claimed by <worker> (<age> s ago)"."""
     store = ClaimStore(root, stage.name, "dry-run", lease_seconds, read_only=True)
     states = []
     with share_errors(root):
@@ -216,28 +218,63 @@ def _job_state(store: ClaimStore, stage, job: Job) -> str:
         return "done"
     holder = store.holder(job.key)
     if holder is None:
-        return "to do"
+        return "redo" if output_exists(job.output) else "to do"
     stale = ", stale: will be taken over" if holder["stale"] else ""
     return (f"claimed by {holder.get('worker', '?')} "
             f"({holder['age_seconds']:.0f} s ago{stale})")
 
 
-def print_plan(groups: list, verb: str, claimed_word: str, out) -> tuple[int, int]:
+@dataclass(frozen=True)
+class PlanWords:
+    """How a dry run names its counts: "N to <verb>", "R <redo>", "C <claimed>", and the
+    line under each job to redo (``explain_redo(job)``)."""
+
+    verb: str  # "make"
+    claimed: str  # "claimed by other workers"
+    redo: str  # "to re-make (rejected in review)"
+    explain_redo: Callable[[Job], str]
+
+
+@dataclass
+class PlanCounts:
+    to_do: int = 0  # missing, to redo and claimed included: what the run would still do
+    redo: int = 0
+    done: int = 0
+
+
+def print_plan(groups: list, words: PlanWords, out, rejected: dict | None = None) -> PlanCounts:
     """For --dry-run: ``groups`` [(label or None, jobs, states)]. Prints, per labelled
-    group, "  <label>: N to <verb>, D already done[, C <claimed_word>]", then each
-    claimed job with who holds it; returns (to do, claimed included; done)."""
-    total_to_do = total_done = 0
+    group, "  <label>: N to <verb>, R <redo>, D already done[, C <claimed>][, J rejected
+    in review ...]", then each job to redo (why and what happens to it) and each claimed
+    job with who holds it. ``rejected``: label -> how many inputs of that group are
+    takes rejected in review, left out until generate.py makes their next take."""
+    counts = PlanCounts()
     for label, jobs, states in groups:
         done = states.count("done")
         to_do = states.count("to do")
-        claimed = len(states) - done - to_do
-        total_to_do += to_do + claimed
-        total_done += done
+        redo = states.count("redo")
+        claimed = len(states) - done - to_do - redo
+        counts.to_do += to_do + redo + claimed
+        counts.redo += redo
+        counts.done += done
+        waiting = (rejected or {}).get(label, 0)
+        indent = "    " if label is not None else "  "
         if label is not None:
-            print(f"  {label}: {to_do} to {verb}, {done} already done"
-                  + (f", {claimed} {claimed_word}" if claimed else ""), file=out)
+            print(f"  {label}: {to_do} to {words.verb}"
+                  + (f", {redo} {words.redo}" if redo else "")
+                  + f", {done} already done"
+                  + (f", {claimed} {words.claimed}" if claimed else "")
+                  + (f", {waiting} rejected in review (left out until generate.py makes "
+                     "their next take)" if waiting else ""), file=out)
         for job, state in zip(jobs, states):
-            if state.startswith("claimed"):
-                print(f"    {job.key}: {state}" if label is not None else f"  {job.key}: {state}",
-                      file=out)
-    return total_to_do, total_done
+            if state == "redo":
+                print(f"{indent}{job.key}: {words.explain_redo(job)}", file=out)
+            elif state.startswith("claimed"):
+                print(f"{indent}{job.key}: {state}", file=out)
+    return counts
+
+
+def made_again_from_a_new_input(job: Job) -> str:
+    """upscale.py's and segment.py's reason to redo a job (PlanWords.explain_redo)."""
+    return ("made from an older input: it will be set aside to REJECTED/ and made again "
+            "from the one there now")

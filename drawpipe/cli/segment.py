@@ -18,9 +18,9 @@ import os
 import sys
 from pathlib import Path
 
-from drawpipe.cli.common import (check_positive, job_states, local_takes, print_plan,
-                                 print_rejected, resolve_settings, run_and_summarise,
-                                 script_main, share_errors)
+from drawpipe.cli.common import (PlanWords, check_positive, job_states, local_takes,
+                                 made_again_from_a_new_input, print_plan, print_rejected,
+                                 resolve_settings, run_and_summarise, script_main, share_errors)
 from drawpipe.cli.options import add_setting_arguments
 from drawpipe.engine.loop import job_done
 from drawpipe.errors import CheckpointError, UsageError
@@ -94,9 +94,12 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
         with share_errors(settings.root):
             jobs = stage.plan()
         states = job_states(settings.root, stage, jobs, settings.lease_seconds)
-        to_do, done = print_plan([(None, jobs, states)], "segment", "claimed", stdout)
-        print(f"dry run: {to_do} image(s) to segment into {output_folder}, "
-              f"{done} already done; nothing was loaded or written"
+        words = PlanWords("segment", "claimed", "to redo", made_again_from_a_new_input)
+        counts = print_plan([(None, jobs, states)], words, stdout)
+        waiting = (f", {len(stage.rejected)} rejected in review (cut out once generate.py and "
+                   "upscale.py have made their next take)" if stage.rejected else "")
+        print(f"dry run: {counts.to_do} image(s) to segment into {output_folder}, "
+              f"{counts.done} already done{waiting}; nothing was loaded or written"
               + ("" if checkpoint.is_file() else f" (the checkpoint {checkpoint} is missing)"),
               file=stdout)
         return 0

@@ -17,13 +17,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from drawpipe import bundled
-from drawpipe.cli.common import (CommonSettings, job_states, local_takes, print_plan,
-                                 print_rejected, resolve_settings, run_and_summarise,
-                                 script_main, share_errors, warning_printer)
+from drawpipe.cli.common import (CommonSettings, PlanWords, job_states, local_takes,
+                                 made_again_from_a_new_input, print_plan, print_rejected,
+                                 resolve_settings, run_and_summarise, script_main, share_errors,
+                                 warning_printer)
 from drawpipe.cli.options import add_setting_arguments
 from drawpipe.drawthings.payloads import parse_override
 from drawpipe.errors import UsageError
-from drawpipe.layout import GENERATIONS_FOLDER
+from drawpipe.layout import GENERATIONS_FOLDER, natural_key
 from drawpipe.settings import RUN, SERVER, SHARE, WATCH
 from drawpipe.stages.upscale import UpscaleStage, apply_overrides, load_recipe
 
@@ -108,24 +109,37 @@ def _recipe_path(recipe: str | None) -> Path:
 
 
 def _print_upscale_plan(stage: UpscaleStage, settings: CommonSettings, out) -> int:
-    """Per sub-folder of GENERATIONS/: to do, done, claimed by whom; then a total."""
+    """Per sub-folder of GENERATIONS/: to do, to redo, done, claimed by whom, rejected in
+    review; then a total."""
     with share_errors(settings.root):
         jobs = stage.plan()
     states = job_states(settings.root, stage, jobs, settings.lease_seconds)
     folders: dict[str, tuple[list, list]] = {}
+
+    def label_of(input_path: Path) -> str:
+        folder = input_path.parent.relative_to(stage.input_folder).as_posix()
+        return folder if folder != "." else "(top level)"
+
     for job, state in zip(jobs, states):
-        folder = job.input.parent.relative_to(stage.input_folder).as_posix()
-        folder_jobs, folder_states = folders.setdefault(folder, ([], []))
+        folder_jobs, folder_states = folders.setdefault(label_of(job.input), ([], []))
         folder_jobs.append(job)
         folder_states.append(state)
-    groups = [(folder if folder != "." else "(top level)", folder_jobs, folder_states)
-              for folder, (folder_jobs, folder_states) in folders.items()]
-    total_to_do, total_done = print_plan(groups, "upscale", "claimed", out)
+    rejected: dict[str, int] = {}
+    for label in stage.rejected:
+        folder = label_of(settings.root / label)
+        folders.setdefault(folder, ([], []))
+        rejected[folder] = rejected.get(folder, 0) + 1
+    groups = [(folder, folder_jobs, folder_states)
+              for folder, (folder_jobs, folder_states) in sorted(folders.items(), key=lambda item: natural_key(item[0]))]
+    words = PlanWords("upscale", "claimed", "to redo", made_again_from_a_new_input)
+    counts = print_plan(groups, words, out, rejected)
     for label, reason in stage.skipped.items():
         print(f"  skipped: {label}: {reason}", file=out)
     if stage.ignored:
         print(f"  ignored: {len(stage.ignored)} file(s) that are not .png", file=out)
-    print(f"dry run: {total_to_do} image(s) to upscale, {total_done} already done, "
+    waiting = (f"{len(stage.rejected)} rejected in review (upscaled once generate.py has made "
+               "their next take), " if stage.rejected else "")
+    print(f"dry run: {counts.to_do} image(s) to upscale, {counts.done} already done, {waiting}"
           f"{len(stage.skipped)} skipped, into {stage.output_folder}; nothing was sent",
           file=out)
     return 0
