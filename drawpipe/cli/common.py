@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
@@ -58,10 +59,7 @@ def resolve_settings(args: argparse.Namespace, project_dir: Path, names, stdin=N
     values = {name: setting.default for name, setting in SETTINGS.items()}
     values.update(resolve(args, names, share.profile))
     with_servers = "servers" in names
-    servers = tuple(values["servers"]) if with_servers else (None,)
-    for server in servers if with_servers else ():
-        if not server.startswith(("http://", "https://")):
-            raise UsageError(f"--server {server}: expected a URL like {DEFAULT_SERVER}")
+    servers = tuple(map(server_url, values["servers"])) if with_servers else (None,)
     client = ClientSettings(**{name: values[name] for name in CLIENT_SETTINGS})
     return CommonSettings(
         root=share.root,
@@ -78,6 +76,20 @@ def resolve_settings(args: argparse.Namespace, project_dir: Path, names, stdin=N
         dry_run=values["dry_run"],
         values=values,
     )
+
+
+def server_url(text: str) -> str:
+    """A --server as a URL: "127.0.0.1:7860" or "mac-mini.local:7860" (no scheme) is taken
+    as http://, as Draw Things serves it; UsageError for anything else but http(s)://HOST."""
+    url = text if "://" in text else "http://" + text
+    parsed = urlsplit(url)
+    try:
+        port_is_a_number = parsed.port is not None or True  # ValueError when it is not
+    except ValueError:
+        port_is_a_number = False
+    if not (port_is_a_number and parsed.scheme in ("http", "https") and parsed.hostname):
+        raise UsageError(f"--server {text}: expected a URL like {DEFAULT_SERVER}")
+    return url
 
 
 def script_main(run, parse_arguments, argv, project_dir: Path | None) -> int:
@@ -130,6 +142,14 @@ def run_and_summarise(stage, settings: CommonSettings, takes: Takes, out) -> Sum
         takes.save()
     print_summary(summary, out)
     return summary
+
+
+def print_watching(folder: Path, settings: CommonSettings, out) -> None:
+    """With --watch: one line saying what is watched and how to stop, so that a quiet
+    terminal reads as waiting, not as stuck."""
+    if settings.watch:
+        print(f"watching {folder} for new images (every {settings.poll_seconds:g} s); Ctrl-C "
+              "stops, after the images in flight", file=out, flush=True)
 
 
 def engine_settings(settings: CommonSettings) -> EngineSettings:

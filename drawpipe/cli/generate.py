@@ -23,7 +23,7 @@ from drawpipe.layout import GENERATIONS_FOLDER
 from drawpipe.settings import RUN, SERVER, SHARE
 from drawpipe.stages.generate import GenerateStage, load_template, with_overrides
 from drawpipe.stages.prompts import (ask_queue, format_queue, load_prompt_sets, load_queue,
-                                     merge_queue, parse_add)
+                                     merge_queue, parse_add, queue_repeats)
 
 SETTINGS = ("seed_offset",) + SHARE + RUN + SERVER  # drawpipe/settings.py: the flags it takes
 
@@ -70,7 +70,10 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
         queue += load_queue(Path(queue_file), prompt_sets)
     queue += [parse_add(spec, prompt_sets) for spec in args.add or []]
     if not queue:
-        queue = ask_queue(prompt_sets, stdin, stdout)
+        queue = ask_queue(prompt_sets, stdin, stdout)  # says so of repeats as they come
+    else:
+        for line in queue_repeats(queue):
+            print(line, file=stdout)
     queue = merge_queue(queue)
     print(format_queue(queue), file=stdout)
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from drawpipe.cli.common import (PlanWords, check_positive, job_states, local_takes,
                                  made_again_from_a_new_input, print_plan, print_rejected,
-                                 resolve_settings, run_and_summarise, script_main, share_errors)
+                                 print_watching, resolve_settings, run_and_summarise, script_main,
+                                 share_errors)
 from drawpipe.cli.options import add_setting_arguments
 from drawpipe.engine.loop import job_done
 from drawpipe.errors import CheckpointError, UsageError
@@ -112,6 +113,7 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
         device = stage.segmenter().device
     print(f"SAM {model_type} from {checkpoint} on {device}, "
           f"{generator.points_per_side} x {generator.points_per_side} points", file=stdout)
+    print_watching(settings.root / UPSCALED_FOLDER, settings, stdout)
     summary = run_and_summarise(stage, settings, takes, stdout)
     print_rejected(stage.rejected, stdout)
     print(f"cut-outs are in {output_folder}", file=stdout)

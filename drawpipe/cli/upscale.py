@@ -11,6 +11,7 @@ Examples:
 """
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from tqdm import tqdm
 from drawpipe import bundled
 from drawpipe.cli.common import (CommonSettings, PlanWords, job_states, local_takes,
                                  made_again_from_a_new_input, print_plan, print_rejected,
-                                 resolve_settings, run_and_summarise, script_main, share_errors,
-                                 warning_printer)
+                                 print_watching, resolve_settings, run_and_summarise, script_main,
+                                 share_errors, warning_printer)
 from drawpipe.cli.options import add_setting_arguments
 from drawpipe.drawthings.payloads import parse_override
 from drawpipe.errors import UsageError
@@ -76,6 +77,7 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
               file=stdout)
     if settings.dry_run:
         return _print_upscale_plan(stage, settings, stdout)
+    print_watching(stage.input_folder, settings, stdout)
     summary = run_and_summarise(stage, settings, takes, stdout)
     print_rejected(stage.rejected, stdout)
     if summary.total == 0 and not stage.skipped:
@@ -105,6 +107,11 @@ def _recipe_path(recipe: str | None) -> Path:
         for candidate in (bundled.PAYLOADS / recipe, bundled.PAYLOADS / f"{recipe}.json"):
             if candidate.is_file():
                 return candidate
+        names = bundled.recipe_names()
+        close = difflib.get_close_matches(Path(recipe).stem, names, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise UsageError(f"--recipe {recipe}: no such file, and no bundled recipe of that name "
+                         f"({hint}bundled: {', '.join(names)})")
     return path
 
 
