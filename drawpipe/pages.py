@@ -42,7 +42,8 @@ def meta_view(entry) -> dict:
     """{name, facts, prompt, negative_prompt} of an image (inventory.ImageEntry) from
     its PNG metadata: what templates/gallery.html shows under each image."""
     meta = entry.meta
-    facts = [f"seed {meta['seed']}" if meta.get("seed") else None, meta.get("model"),
+    facts = [f"take {meta['take']}" if meta.get("take") else None,
+             f"seed {meta['seed']}" if meta.get("seed") else None, meta.get("model"),
              meta.get("size"), f"{meta['steps']} steps" if meta.get("steps") else None,
              meta.get("sampler"), f"CFG {meta['cfg_scale']}" if meta.get("cfg_scale") else None]
     return {"name": entry.name, "facts": [fact for fact in facts if fact],

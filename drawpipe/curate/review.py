@@ -50,7 +50,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from drawpipe import pages
 from drawpipe.curate.quality import Signals, suspect_reasons, suspicion_order, update_signals
-from drawpipe.curate.verdicts import Verdict, append_verdict, check_sha256, load_verdicts
+from drawpipe.curate.verdicts import (ReviewState, Verdict, append_verdict, check_sha256,
+                                     load_verdicts)
 from drawpipe.errors import BadVerdict, TakeChanged, UsageError
 from drawpipe.files import HashCache, file_sha256
 from drawpipe.inventory import ReportCache, read_metadata, scan_inventory
@@ -203,6 +204,8 @@ class Review:
             signals = snapshot.signals.get(entry.generated.path)
             sha256 = signals.sha256 if signals and signals.sha256 else ""
             verdict = snapshot.verdicts.for_image(entry.generated.path, sha256) if sha256 else None
+            review = ReviewState(verdict, snapshot.verdicts.rejected_before(
+                entry.generated.path, sha256) if sha256 else None, entry.meta.get("take", 1))
             reasons = suspect_reasons(signals) if signals else []
             counts["images"] += 1
             counts["reviewed"] += verdict is not None
@@ -212,7 +215,7 @@ class Review:
             state = "unreviewed" if verdict is None else (
                 "rejected" if verdict.rejected else "accepted")
             if filter_name in ("all", state):
-                shown.append((entry, signals, sha256, verdict, reasons))
+                shown.append((entry, signals, sha256, review, reasons))
         if order == "suspect":
             shown.sort(key=lambda item: (suspicion_order(item[1]), natural_key(item[0].key)))
             groups = [{"title": "suspect first", "anchor": "g-suspect-first",
@@ -230,7 +233,8 @@ class Review:
             filter=filter_name, filters=FILTERS, order=order, orders=ORDERS,
             refresh_ms=REFRESH_SECONDS * 1000)
 
-    def _item(self, entry, signals, sha256, verdict, reasons, with_group=False) -> dict:
+    def _item(self, entry, signals, sha256, review, reasons, with_group=False) -> dict:
+        verdict = review.verdict
         def figure(image, label, absent):
             if image is None:
                 return {"label": label, "absent": absent}
@@ -250,6 +254,7 @@ class Review:
                         else "cut-outs"},
             **meta_view(entry),
             "notes": [entry.meta["error"]] if entry.meta.get("error") else [],
+            "earlier": review.earlier(),
             "image": entry.generated.path, "sha256": sha256, "suspect": reasons,
             "verdict": verdict.to_dict() if verdict else None,
             # Compared with /api/verdicts' answers by the page's script, key for key.
