@@ -9,7 +9,8 @@
 Templates live in ``drawpipe/templates/``: ``base.html`` (the page frame, the shared
 ``style.css`` inlined so a page needs no other file), ``gallery.html`` (macros for an
 image's generated, upscaled and cut-out pictures and its metadata, used by both
-pages), ``report.html`` and ``review.html`` (+ ``review.js``, inlined).
+pages), ``report.html`` (the report's index), ``nation.html`` (a nation's images) and
+``review.html`` (+ ``review.js``, inlined).
 
 Autoescaping is on for every template: a prompt or an error message holding ``<`` or
 ``"`` is shown as text, never read as markup. The ``url`` filter percent-encodes a

@@ -15,6 +15,7 @@ from drawpipe import bundled
 from drawpipe.cli.common import program_name, script_main
 from drawpipe.cli.options import add_setting_arguments, resolve, resolve_share
 from drawpipe.errors import UsageError
+from drawpipe.files import default_cache_dir
 from drawpipe.layout import IMAGE_FOLDERS, LOGS_FOLDER, report_folder
 from drawpipe.report.build import CSV_NAME, ReportSettings, run_report
 from drawpipe.settings import SHARE
@@ -69,7 +70,8 @@ def settings_from_arguments(args: argparse.Namespace, project_dir: Path) -> Repo
     return ReportSettings(
         root=share.root, html=args.html, contact_sheets=args.contact_sheets, csv_path=csv_path,
         queue=queue, eta_window_seconds=window_minutes * 60,
-        processes=args.processes or min(os.cpu_count() or 1, 8))
+        processes=args.processes or min(os.cpu_count() or 1, 8),
+        cache_dir=default_cache_dir(os.environ))
 
 
 def run(args: argparse.Namespace, project_dir: Path) -> int:

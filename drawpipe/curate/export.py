@@ -9,7 +9,7 @@ Writes, into a new or empty DIR, every generated image whose current take was
 accepted (curate/verdicts.py; with ``--include-unreviewed`` every take not rejected) with
 its upscaled version and its cut-outs, in the share's own folder layout,
 ``DIR/metadata.jsonl`` (written last), one JSON object per image with the COLUMNS below,
-and ``DIR/README.md``, a dataset card whose YAML declares every column's type::
+and a dataset card, ``README.md`` in DIR, whose YAML declares every column's type::
 
     id                     France_family_1_take2: the image's stem and take, unique
     take                   1, 2, ...: which take of the file (curate/takes.py)

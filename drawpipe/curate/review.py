@@ -205,7 +205,7 @@ class Review:
             sha256 = signals.sha256 if signals and signals.sha256 else ""
             verdict = snapshot.verdicts.for_image(entry.generated.path, sha256) if sha256 else None
             review = ReviewState(verdict, snapshot.verdicts.rejected_before(
-                entry.generated.path, sha256) if sha256 else None, entry.meta.get("take", 1))
+                entry.generated.path, sha256) if sha256 else None)
             reasons = suspect_reasons(signals) if signals else []
             counts["images"] += 1
             counts["reviewed"] += verdict is not None
@@ -254,7 +254,7 @@ class Review:
                         else "cut-outs"},
             **meta_view(entry),
             "notes": [entry.meta["error"]] if entry.meta.get("error") else [],
-            "earlier": review.earlier(),
+            "earlier": review.earlier(entry.meta.get("take", 1)),
             "image": entry.generated.path, "sha256": sha256, "suspect": reasons,
             "verdict": verdict.to_dict() if verdict else None,
             # Compared with /api/verdicts' answers by the page's script, key for key.

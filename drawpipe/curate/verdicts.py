@@ -230,7 +230,6 @@ class ReviewState:
 
     verdict: Verdict | None  # the winning verdict for this take; None: not reviewed
     rejected_before: Verdict | None = None  # why the take before it was set aside
-    take: int = 1
 
     @property
     def word(self) -> str:
@@ -239,30 +238,32 @@ class ReviewState:
             return "not reviewed"
         return "rejected" if self.verdict.rejected else "accepted"
 
-    def earlier(self) -> str | None:
-        """Why the take before this one was set aside: "take 1 rejected by mac-a,
-        2026-05-01 10:00:00 UTC: six fingers"; None when none was rejected."""
+    def earlier(self, take: int) -> str | None:
+        """Why the take before this one (``take``) was set aside: "take 1 rejected by
+        mac-a, 2026-05-01 10:00:00 UTC: six fingers"; None when none was rejected."""
         if self.rejected_before is None:
             return None
-        which = f"take {self.take - 1}" if self.take > 1 else "an earlier take"
+        which = f"take {take - 1}" if take > 1 else "an earlier take"
         return f"{which} {self.rejected_before.sentence()}"
 
 
-def review_states(index: VerdictIndex, images, sha256_of: Callable[[str], str],
-                  take_of: Callable[[str], int] = lambda image: 1) -> dict[str, ReviewState]:
+NOT_REVIEWED = ReviewState(None)
+
+
+def review_states(index: VerdictIndex, images, sha256_of: Callable[[str], str]
+                  ) -> dict[str, ReviewState]:
     """{image: ReviewState} for generated images (root-relative paths). Only images with
-    a verdict at their path are hashed (``sha256_of(image)``, cached by the caller):
-    planning over a share of unreviewed images costs nothing. ``take_of(image)``: the
-    take there now (its provenance)."""
+    a verdict at their path are hashed (``sha256_of(image)``, cached by the caller), so
+    a share of unreviewed images costs nothing."""
     reviewed = index.images()
     states = {}
     for image in images:
         if image not in reviewed:
-            states[image] = ReviewState(None, None, take_of(image))
+            states[image] = NOT_REVIEWED
             continue
         sha256 = sha256_of(image)
         states[image] = ReviewState(index.for_image(image, sha256),
-                                    index.rejected_before(image, sha256), take_of(image))
+                                    index.rejected_before(image, sha256))
     return states
 
 
