@@ -21,6 +21,8 @@ import difflib
 import importlib
 import sys
 
+from drawpipe import __version__
+
 # name -> (module with main(argv), one line of help), in the order a night runs them
 COMMANDS = {
     "generate": ("drawpipe.cli.generate", "make the images (txt2img) from a nation x category queue"),
@@ -36,7 +38,8 @@ COMMANDS = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: drawpipe COMMAND [OPTIONS]   (drawpipe COMMAND --help for its options)",
+    lines = ["usage: drawpipe COMMAND [OPTIONS]   (drawpipe COMMAND --help for its options; "
+             "drawpipe --version)",
              "", "commands:"]
     lines += [f"  {name:<{width}}  {help_line}" for name, (_, help_line) in COMMANDS.items()]
     return "\n".join(lines) + "\n"
@@ -48,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         (sys.stdout if argv else sys.stderr).write(usage())
         return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"drawpipe {__version__}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         close = difflib.get_close_matches(name, COMMANDS, n=1)

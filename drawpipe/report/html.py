@@ -445,7 +445,7 @@ def _item(entry, cache, done: dict, failures: dict, review, up: str) -> dict:
                             _seconds(done["upscale"].get(entry.key)),
                             "upscale failed" if "upscale" in failed else "not upscaled yet", up),
         "cutouts": cutouts, **meta_view(entry), "notes": notes,
-        "review": {"word": review.word,
+        "review": {"word": review.word, "verdict": review.verdict.verdict if review.verdict else "",
                    "text": review.verdict.sentence() if review.verdict else "not reviewed"}
         if entry.generated else None,
         "earlier": review.earlier(entry.meta.get("take", 1)),
