@@ -83,8 +83,8 @@ def test_the_layers_are_the_packages_own():
                                             "report", "command line", "entry points"]
     assert LAYERS[0][1] == ("drawpipe.errors", "drawpipe.files", "drawpipe.png", "drawpipe.layout",
                             "drawpipe.settings", "drawpipe.pages", "drawpipe.bundled")
-    assert LAYERS[-1][1] == ("drawpipe.review", "drawpipe.export", "drawpipe.report.__main__",
-                             "drawpipe.demo", "drawpipe.simulator")
+    assert LAYERS[-1][1] == ("drawpipe.__main__", "drawpipe.review", "drawpipe.export",
+                             "drawpipe.report.__main__", "drawpipe.demo", "drawpipe.simulator")
     described = ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text()))
     for _, prefixes in LAYERS:  # each has its line under "What each holds"
         for prefix in prefixes:

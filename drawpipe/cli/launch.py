@@ -3,6 +3,7 @@
     launch(script, argv, project_dir)   install the stop-signal handlers, then import
                                         drawpipe.cli.<script> and call its main
     generate(), upscale(), segment()    the installed commands (drawpipe-generate, ...)
+    drawpipe()                          the installed drawpipe command (cli/commands.py)
 
 A cold start spends a second or more importing (requests, Pillow, numpy): a Ctrl-C,
 SIGTERM or SIGHUP in that time ends the script with "interrupted" and exit 130, as
@@ -18,7 +19,8 @@ from drawpipe.engine.interrupts import STOP_SIGNALS_STATE
 
 
 def launch(script: str, argv: list[str] | None = None, project_dir: Path | None = None) -> int:
-    """Run drawpipe.cli.<script>'s main(argv, project_dir); the exit code."""
+    """Run drawpipe.cli.<script>'s main(argv, project_dir) (main(argv) when no
+    ``project_dir`` is given); the exit code."""
     STOP_SIGNALS_STATE.install()
     try:
         module = importlib.import_module(f"drawpipe.cli.{script}")
@@ -28,7 +30,7 @@ def launch(script: str, argv: list[str] | None = None, project_dir: Path | None 
         except OSError:
             pass  # the terminal is gone (SIGHUP)
         return 130  # errors.Interrupted.exit_code
-    return module.main(argv, project_dir)
+    return module.main(argv) if project_dir is None else module.main(argv, project_dir)
 
 
 def generate() -> int:
@@ -41,3 +43,7 @@ def upscale() -> int:
 
 def segment() -> int:
     return launch("segment")
+
+
+def drawpipe() -> int:
+    return launch("commands")

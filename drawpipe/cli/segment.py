@@ -18,9 +18,10 @@ import os
 import sys
 from pathlib import Path
 
-from drawpipe.cli.common import (check_positive, job_states, local_takes, print_plan,
-                                 print_rejected, resolve_settings, run_and_summarise,
-                                 script_main, share_errors)
+from drawpipe.cli.common import (PlanWords, check_positive, job_states, local_takes,
+                                 made_again_from_a_new_input, print_plan, print_rejected,
+                                 print_watching, resolve_settings, run_and_summarise, script_main,
+                                 share_errors)
 from drawpipe.cli.options import add_setting_arguments
 from drawpipe.engine.jobs import job_done
 from drawpipe.errors import CheckpointError, UsageError
@@ -94,9 +95,12 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
         with share_errors(settings.root):
             jobs = stage.plan()
         states = job_states(settings.root, stage, jobs, settings.lease_seconds)
-        to_do, done = print_plan([(None, jobs, states)], "segment", "claimed", stdout)
-        print(f"dry run: {to_do} image(s) to segment into {output_folder}, "
-              f"{done} already done; nothing was loaded or written"
+        words = PlanWords("segment", "claimed", "to redo", made_again_from_a_new_input)
+        counts = print_plan([(None, jobs, states)], words, stdout)
+        waiting = (f", {len(stage.rejected)} rejected in review (cut out once generate.py and "
+                   "upscale.py have made their next take)" if stage.rejected else "")
+        print(f"dry run: {counts.to_do} image(s) to segment into {output_folder}, "
+              f"{counts.done} already done{waiting}; nothing was loaded or written"
               + ("" if checkpoint.is_file() else f" (the checkpoint {checkpoint} is missing)"),
               file=stdout)
         return 0
@@ -109,6 +113,7 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
         device = stage.segmenter().device
     print(f"SAM {model_type} from {checkpoint} on {device}, "
           f"{generator.points_per_side} x {generator.points_per_side} points", file=stdout)
+    print_watching(settings.root / UPSCALED_FOLDER, settings, stdout)
     summary = run_and_summarise(stage, settings, takes, stdout)
     print_rejected(stage.rejected, stdout)
     print(f"cut-outs are in {output_folder}", file=stdout)
@@ -156,9 +161,13 @@ def _segment_checkpoint(model_type: str | None, checkpoint: str | None,
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
         model_type = model_type or model_type_for(path)
+        if model_type is None and not path.is_file():  # the first thing to say
+            raise CheckpointError(f"SAM checkpoint {path} not found: check the path, or leave "
+                                  "out --checkpoint and add --download to fetch an official "
+                                  f"one (--model {', '.join(OFFICIAL_CHECKPOINTS)})")
         if model_type is None:
             raise UsageError(f"cannot tell the model type from the file name {path.name}: "
-                             f"pass --model ({', '.join(MODEL_TYPES)})")
+                             f"pass --model ({', '.join(OFFICIAL_CHECKPOINTS)})")
         return model_type, path
     model_type = model_type or "vit_b"
     official = MODEL_TYPES[model_type].official
