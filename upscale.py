@@ -7,7 +7,7 @@ The options and examples: ``python upscale.py --help`` (drawpipe/cli/upscale.py)
 import sys
 from pathlib import Path
 
-from drawpipe.cli.upscale import main
+from drawpipe.cli.launch import launch  # first: stop signals are handled from here on
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], Path(__file__).resolve().parent))
+    sys.exit(launch("upscale", sys.argv[1:], Path(__file__).resolve().parent))

@@ -40,7 +40,7 @@ from PIL import Image, PngImagePlugin  # noqa: E402
 
 from drawpipe.drawthings.provenance import provenance_chunks  # noqa: E402
 from drawpipe.engine.interrupts import Doorbell  # noqa: E402
-from drawpipe.engine.loop import EngineSettings  # noqa: E402
+from drawpipe.engine.run import EngineSettings  # noqa: E402
 from drawpipe.engine.metrics import ResourceSampler  # noqa: E402
 from drawpipe.png import add_text_chunks, read_text_chunks  # noqa: E402
 

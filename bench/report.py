@@ -161,8 +161,9 @@ def timed(command: list[str]) -> tuple[float, str]:
 
 
 def what_it_did(output: str) -> str:
-    keep = ("thumbnails:", "contact sheets:", "charts:")
-    parts = [line.split(" in /")[0] for line in output.splitlines() if line.startswith(keep)]
+    keep = ("thumbnails:", "contact sheets:", "charts:", "pages:")
+    parts = [line.split(" in /")[0].split("; open ")[0] for line in output.splitlines()
+             if line.startswith(keep)]
     return "; ".join(parts)
 
 

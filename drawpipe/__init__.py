@@ -13,7 +13,7 @@ and holds the code to it:
   stages        stages
   report        report
   command line  cli
-  entry points  review, export, report.__main__, demo, simulator
+  entry points  __main__, review, export, report.__main__, demo, simulator
 
 What each holds:
 
@@ -31,8 +31,8 @@ What each holds:
                 signals, the review page, the export
   stages/       generate (+ prompts), upscale (recipes), segment
   report/       figures, gallery, contact sheets, the per-image table
-  cli/          every command's options and main; profiles; dry runs
-  review, export, report.__main__, demo, simulator   python -m entry points
+  cli/          every command's options and main; the drawpipe command; profiles; dry runs
+  __main__, review, export, report.__main__, demo, simulator   python -m entry points
 """
 
 __version__ = "0.1.0"

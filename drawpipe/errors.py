@@ -14,10 +14,13 @@
     │   │                         generated image, not a SHA-256
     │   │   └── TakeChanged       the image on the share is not the take the page showed
     │   └── ExportRefused         the export folder is not empty or lies inside the share
-    ├── JobFailed                 one job failed after its retries (exit 1, the batch goes on)
+    ├── JobFailed                 one job failed after its retries (exit 1, the batch goes on);
+    │                             ``attempts``: requests sent, ``retry_after_seconds``: not
+    │                             to be sent again sooner (the backend may still be at it)
     │   ├── TransientError        a failure worth re-sending: refused connection, 5xx, bad image
     │   ├── MaybeStillDrawing     read timeout or dropped connection: the app may still be
-    │   │                         drawing it, so this run never sends it again
+    │   │                         drawing it, so this run never sends it again (HTTP: its
+    │   │                         retry_after_seconds is twice the read timeout)
     │   ├── WrongSize             the answer has another pixel size: a settings mismatch,
     │   │                         never re-sent
     │   └── BadInput              the job's input is not a usable image: reported, never sent
@@ -32,7 +35,7 @@
 
 A file on the share that someone else has open (SMB's "busy": EBUSY, EACCES, EPERM,
 a lingering "delete pending" name) is not an error of this hierarchy: the engine
-tries again on a later pass (engine/loop.py, engine/claims.py).
+tries again on a later pass (engine/worker.py, engine/claims.py).
 """
 
 
@@ -83,7 +86,18 @@ class ExportRefused(UsageError):
 
 
 class JobFailed(DrawpipeError):
+    """One job failed. ``attempts``: the requests sent for it (1: no re-send).
+    ``retry_after_seconds``: how long the job must not be sent again (to this or any
+    server), because the backend may still be working on it and cannot be asked:
+    None when it may be tried again after the usual pause; 0 when the backend has
+    confirmed it stopped (a cancelled call). Any backend may raise it."""
+
     exit_code = 1
+
+    def __init__(self, message: str, attempts: int = 1, retry_after_seconds: float | None = None):
+        super().__init__(message)
+        self.attempts = attempts
+        self.retry_after_seconds = retry_after_seconds
 
 
 class TransientError(JobFailed):
@@ -95,11 +109,7 @@ class MaybeStillDrawing(JobFailed):
     """No answer within the read timeout, or the connection dropped after the request
     was sent. Draw Things cannot be interrupted and runs one POST at a time, so a
     re-sent request would queue behind the one it may still be drawing: not re-sent
-    by this run. ``resend_after_seconds``: when a --watch run may send it again."""
-
-    def __init__(self, message: str, resend_after_seconds: float = 0.0):
-        super().__init__(message)
-        self.resend_after_seconds = resend_after_seconds
+    by this run; ``retry_after_seconds`` says when a --watch run may send it again."""
 
 
 class WrongSize(JobFailed):

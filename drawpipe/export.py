@@ -2,8 +2,7 @@
 
 import sys
 
-from drawpipe.cli.common import run_main
 from drawpipe.cli.export import main
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(main())

@@ -3,6 +3,8 @@
     write_atomically(path, data)   a temporary name beside ``path``, flushed, renamed in
     write_if_changed(path, data)   the same, unless ``path`` holds exactly ``data``
     write_synced(path, data)       a file written and flushed (inside a scratch folder)
+    publish(scratch, target)       move a finished scratch file or folder into place, never
+                                   over something already there (another worker's output)
     scratch_path(path, owner)      ``.<name>.<owner>.tmp``: hidden, beside, unique per owner
     output_exists(path)            exact-path lstat, never a listing (SMB caches listings)
     scan_inputs(folder)            the visible files below a folder, sorted
@@ -17,10 +19,29 @@ Every file drawpipe writes on the share appears under its final name only when
 complete: it is written under a scratch name in the same folder (same folder: the
 rename is atomic) and renamed into place. Scratch names start with a dot so that
 scans skip them, and carry their owner (a worker, or host-pid) so that two Macs
-never write the same scratch file.
+never write the same scratch file, and so that a dead worker's scratch can be told
+from a live one's.
+
+A job's output must never replace another worker's (a worker whose lease lapsed
+while it slept must not overwrite the result of the one that took its job over), so
+``publish`` uses the first of these the file system honours, remembered per device:
+
+    link         link(scratch, target), then unlink the scratch: EEXIST if the target
+                 exists, atomically (local disks; Samba through a client that sends
+                 SMB2 FileLinkInformation with ReplaceIfExists=FALSE: the server's
+                 hardlink_internals refuses an existing name). Files only.
+    noreplace    renameat2(RENAME_NOREPLACE) on Linux, renamex_np(RENAME_EXCL) on macOS:
+                 EEXIST if the target exists. Files and folders.
+    rename       what is left where neither works (macOS smbfs: no hard links, and
+                 RENAME_EXCL is refused with ENOTSUP when the target is absent; the
+                 FUSE client smbnetfs: link EPERM, RENAME_NOREPLACE EINVAL): the target
+                 is looked up (exact path) just before a plain rename, which narrows the
+                 window to one round trip; a folder never replaces a non-empty folder.
 """
 
+import ctypes
 import errno
+import functools
 import glob
 import hashlib
 import json
@@ -28,6 +49,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -44,22 +66,24 @@ def is_busy(exc: OSError) -> bool:
     return exc.errno in BUSY_ERRNOS
 
 
-def unlink_when_free(path: Path, tries: int, pause_seconds: float) -> bool:
+def unlink_when_free(path: Path, tries: int, pause_seconds: float) -> OSError | None:
     """Delete ``path``, waiting out an SMB client that holds it open (a delayed close,
-    a reader): True when it is gone (or was already), False when it stayed busy for
-    ``tries`` attempts. Any other error is raised."""
+    a reader): None when it is gone (or was already), the last refusal when it stayed
+    busy for ``tries`` attempts. Any other error is raised."""
+    refusal = None
     for attempt in range(tries):
         try:
             os.unlink(path)
-            return True
+            return None
         except FileNotFoundError:
-            return True
+            return None
         except OSError as exc:
             if not is_busy(exc):
                 raise
+            refusal = exc
         if attempt + 1 < tries:
             time.sleep(pause_seconds)
-    return False
+    return refusal
 
 
 def host_name() -> str:
@@ -106,6 +130,81 @@ def save_atomically(path: Path, save: Callable[[Path], None], owner: str | None 
         raise
 
 
+# errnos that say "this file system cannot do that", not "no" for this one call.
+_UNSUPPORTED_ERRNOS = frozenset({errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP,
+                                 errno.EPERM, errno.EXDEV, errno.EMLINK})
+# Per device (st_dev of the target's folder): the publish methods found unsupported there.
+_unsupported: dict[int, set[str]] = {}
+_unsupported_lock = threading.Lock()
+
+
+def publish(scratch: Path, target: Path) -> str | None:
+    """Move the finished ``scratch`` (a flushed file, or a folder) to ``target`` unless
+    something is there already. Returns the method that published it ("link",
+    "noreplace" or "rename", see above), or None when ``target`` exists: then the
+    scratch is removed and the other result kept. Other OSErrors (busy, disk full,
+    share gone, the scratch gone) propagate, with the scratch left as it was."""
+    folder = scratch.is_dir()
+    device = os.stat(target.parent).st_dev
+    with _unsupported_lock:
+        unsupported = set(_unsupported.get(device, ()))
+    for method in ("link", "noreplace"):
+        if method in unsupported or (method == "link" and folder):
+            continue
+        try:
+            if method == "link":
+                os.link(scratch, target)
+                remove_quietly(scratch)  # busy (an SMB client's delayed close): a later clean-up
+            else:
+                _rename_noreplace(scratch, target)
+            return method
+        except FileExistsError:
+            remove_quietly(scratch)
+            return None
+        except OSError as exc:
+            if exc.errno not in _UNSUPPORTED_ERRNOS:
+                raise
+            with _unsupported_lock:
+                _unsupported.setdefault(device, set()).add(method)
+    if output_exists(target):
+        remove_quietly(scratch)
+        return None
+    try:
+        os.rename(scratch, target)
+    except OSError as exc:
+        if folder and exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            remove_quietly(scratch)  # someone renamed theirs into place meanwhile
+            return None
+        raise
+    return "rename"
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1  # Linux <stdio.h>
+_RENAME_EXCL = 0x00000004  # macOS <stdio.h>, renamex_np (10.12)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _rename_noreplace(source: Path, target: Path) -> None:
+    """rename(2) that fails with EEXIST instead of replacing ``target``; ENOSYS where
+    this system's C library has no such call."""
+    libc = _libc()
+    if sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+        result = libc.renamex_np(os.fsencode(source), os.fsencode(target), _RENAME_EXCL)
+    elif hasattr(libc, "renameat2"):
+        result = libc.renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target),
+                                _RENAME_NOREPLACE)
+    else:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS), str(source))
+    if result != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, os.strerror(number), str(source), None, str(target))
+
+
 def write_if_changed(path: Path, data: bytes) -> bool:
     """Write ``data`` to ``path`` atomically unless it already holds exactly that;
     True when written."""
@@ -129,16 +228,20 @@ def remove_quietly(path: Path) -> None:
         pass
 
 
-def remove_abandoned_scratch(output: Path, modified_before: float) -> None:
-    """Delete temporary files or folders a killed worker left beside ``output``.
+def remove_abandoned_scratch(output: Path, modified_before: float,
+                             is_dead: Callable[[str], bool] = lambda owner: False) -> None:
+    """Delete temporary files or folders a killed (or stalled) worker left beside ``output``.
 
-    Called once the job's claim is ours: one not modified since ``modified_before``
-    (epoch seconds, a lease ago) is nobody's. One that is busy (SMB) stays for a
-    later owner.
+    Called once the job's claim is ours: a scratch whose owner ``is_dead(owner)`` (the
+    worker whose stale claim was taken over, a dead process of this host), or one not
+    modified since ``modified_before`` (epoch seconds, a lease ago), is nobody's. One
+    that is busy (SMB) stays for a later owner.
     """
-    for scratch in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
+    prefix = f".{output.name}."
+    for scratch in output.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        owner = scratch.name[len(prefix):-len(".tmp")]
         try:
-            if scratch.stat().st_mtime < modified_before:
+            if is_dead(owner) or scratch.stat().st_mtime < modified_before:
                 remove_quietly(scratch)
         except OSError:
             pass

@@ -28,10 +28,11 @@ from drawpipe.engine.metrics import COMMON_COLUMNS, read_logs
 from drawpipe.files import write_if_changed
 from drawpipe.layout import (CUTOUTS_FOLDER, CUTOUTS_RECORD, GENERATIONS_FOLDER, REVIEWS_FOLDER,
                              UPSCALED_FOLDER, image_key, log_pattern, natural_key)
+from drawpipe.pages import counted
 from drawpipe.png import read_text_chunks
 
 STAGES = ("generate", "upscale", "segment")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: image metadata holds the take
 _REQUIRED_COLUMNS = ("time_utc", "status", "output")
 
 
@@ -243,7 +244,8 @@ def parse_infotext(text: str) -> dict:
 def image_metadata(texts: dict[str, str]) -> dict:
     """What the gallery shows of an image, from its PNG text chunks (png.py): the
     "parameters" infotext; for an upscaled image without it, "drawpipe-source"'s copy
-    of its source's infotext; the "drawpipe" JSON request fills what both lack."""
+    of its source's infotext; the "drawpipe" JSON request fills what both lack, and
+    gives the take (curate/takes.py) of a generated image."""
     meta = {}
     if texts.get("parameters"):
         meta = parse_infotext(texts["parameters"])
@@ -255,9 +257,13 @@ def image_metadata(texts: dict[str, str]) -> dict:
         if isinstance(source, dict) and isinstance(source.get("parameters"), str):
             meta = parse_infotext(source["parameters"])
     try:
-        request = json.loads(texts.get("drawpipe", "{}")).get("request") or {}
+        record = json.loads(texts.get("drawpipe", "{}"))
+        request = record.get("request") or {}
     except (ValueError, AttributeError):
-        request = {}
+        record, request = {}, {}
+    take = record.get("take") if isinstance(record, dict) else None
+    if "drawpipe" in texts:  # a generated image: its take (1 unless it records another)
+        meta["take"] = take if isinstance(take, int) and take >= 1 else 1
     if isinstance(request, dict):
         for key in ("prompt", "negative_prompt", "seed", "model"):
             if not meta.get(key) and request.get(key) not in (None, ""):
@@ -410,11 +416,6 @@ class Logs:
             said.append(f"{counted(self.older_layout_rows, 'row')} of an older layout without "
                         f"{', '.join(sorted(self.missing_columns))}: read, those figures left out")
         return said
-
-
-def counted(n: int, noun: str) -> str:
-    """3, "row" -> "3 rows"; 1, "row" -> "1 row" (thousands with commas)."""
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _number(text: str | None) -> float | None:

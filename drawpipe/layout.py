@@ -11,7 +11,8 @@
       REJECTED/<any of the above, "_take<k>" added to the name>   curate/takes.py
       logs/<stage>-<host>.csv      one CSV per stage and host (engine/metrics.py)
       reviews/<host>.jsonl         one verdict file per host (curate/verdicts.py)
-      report/                      what python -m drawpipe.report writes (report/)
+      report/                      what python -m drawpipe.report writes (report/): index.html,
+                                   nations/<Nation>.html, thumbs/, charts/, contact_sheets/
         cache.json                 what it read or made of each file (inventory.py ReportCache)
         quality/<host>.json        quality signals measured by each host (curate/quality.py;
                                    the review page measures them too)

@@ -3,11 +3,14 @@
     render(template_name, **context)   the page as a string
     anchor(prefix, key)                an HTML id made of an image key
     meta_view(entry)                   what the gallery shows of an image's PNG metadata
+    counted(n, noun)                   "1 image", "3 images": a count as pages and lines say it
+                                       (the templates' ``counted`` filter too)
 
 Templates live in ``drawpipe/templates/``: ``base.html`` (the page frame, the shared
 ``style.css`` inlined so a page needs no other file), ``gallery.html`` (macros for an
 image's generated, upscaled and cut-out pictures and its metadata, used by both
-pages), ``report.html`` and ``review.html`` (+ ``review.js``, inlined).
+pages), ``report.html`` (the report's index), ``nation.html`` (a nation's images) and
+``review.html`` (+ ``review.js``, inlined).
 
 Autoescaping is on for every template: a prompt or an error message holding ``<`` or
 ``"`` is shown as text, never read as markup. The ``url`` filter percent-encodes a
@@ -31,11 +34,17 @@ def anchor(prefix: str, key: str) -> str:
     return prefix + re.sub(r"[^A-Za-z0-9_-]", "-", key)
 
 
+def counted(n: int, noun: str) -> str:
+    """3, "row" -> "3 rows"; 1, "row" -> "1 row" (thousands with commas)."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def meta_view(entry) -> dict:
     """{name, facts, prompt, negative_prompt} of an image (inventory.ImageEntry) from
     its PNG metadata: what templates/gallery.html shows under each image."""
     meta = entry.meta
-    facts = [f"seed {meta['seed']}" if meta.get("seed") else None, meta.get("model"),
+    facts = [f"take {meta['take']}" if meta.get("take") else None,
+             f"seed {meta['seed']}" if meta.get("seed") else None, meta.get("model"),
              meta.get("size"), f"{meta['steps']} steps" if meta.get("steps") else None,
              meta.get("sampler"), f"CFG {meta['cfg_scale']}" if meta.get("cfg_scale") else None]
     return {"name": entry.name, "facts": [fact for fact in facts if fact],
@@ -53,6 +62,7 @@ def environment():
         keep_trailing_newline=True,
     )
     env.filters["url"] = url_path
+    env.filters["counted"] = counted
     return env
 
 

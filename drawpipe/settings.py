@@ -64,7 +64,8 @@ def _table(*settings: Setting) -> dict[str, Setting]:
 SETTINGS: dict[str, Setting] = _table(
     # ------------------------------------------------------------ the share (every command)
     Setting("root", "folder", None, "the (shared) folder holding GENERATIONS/, UPSCALED_IMAGES/, "
-            "CUTOUTS/, logs/ (default: the project folder)", profile=True, metavar="FOLDER"),
+            "CUTOUTS/, logs/ (default: the profile's, else the project folder: the checkout for its "
+            "generate.py, upscale.py and segment.py, the current folder for every other form)", profile=True, metavar="FOLDER"),
     Setting("profile", "text", None, "a [profiles.NAME] of drawpipe.toml", metavar="NAME"),
     Setting("config", "text", None, "config file (default: $DRAWPIPE_CONFIG, else drawpipe.toml "
             "in the project folder)", metavar="FILE"),

@@ -1,18 +1,9 @@
-"""``python -m drawpipe.simulator``: the simulator's command line: Draw Things' HTTP API
-(drawthings/simulator.py), or with ``--grpc`` its gRPC API (drawthings/grpc_simulator.py)."""
+"""``python -m drawpipe.simulator``: Draw Things' HTTP API, or with ``--grpc`` its gRPC
+API, simulated (cli/simulator.py)."""
 
 import sys
 
-
-def main(argv: list[str]) -> int:
-    if "--grpc" in argv:
-        from drawpipe.drawthings.grpc_simulator import main as grpc_main
-
-        return grpc_main([argument for argument in argv if argument != "--grpc"])
-    from drawpipe.drawthings.simulator import main as http_main
-
-    return http_main(argv)
-
+from drawpipe.cli.simulator import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

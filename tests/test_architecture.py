@@ -83,8 +83,8 @@ def test_the_layers_are_the_packages_own():
                                             "report", "command line", "entry points"]
     assert LAYERS[0][1] == ("drawpipe.errors", "drawpipe.files", "drawpipe.png", "drawpipe.layout",
                             "drawpipe.settings", "drawpipe.pages", "drawpipe.bundled")
-    assert LAYERS[-1][1] == ("drawpipe.review", "drawpipe.export", "drawpipe.report.__main__",
-                             "drawpipe.demo", "drawpipe.simulator")
+    assert LAYERS[-1][1] == ("drawpipe.__main__", "drawpipe.review", "drawpipe.export",
+                             "drawpipe.report.__main__", "drawpipe.demo", "drawpipe.simulator")
     described = ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text()))
     for _, prefixes in LAYERS:  # each has its line under "What each holds"
         for prefix in prefixes:
@@ -172,8 +172,8 @@ def test_a_wheel_installs_and_finds_its_templates_and_prompts(tmp_path):
     share = tmp_path / "share"
     share.mkdir()
     # What the drawpipe-generate command runs, by the new environment's interpreter.
-    result = subprocess.run([str(python), "-c", "import sys; from drawpipe.cli.generate import main; "
-                             "sys.exit(main(sys.argv[1:]))", "--root", str(share),
+    result = subprocess.run([str(python), "-c", "import sys; from drawpipe.cli.launch import generate; "
+                             "sys.exit(generate())", "--root", str(share),
                              "--add", "Peru:family:2", "--dry-run"],
                             capture_output=True, text=True, cwd=tmp_path, timeout=120,
                             env={**os.environ, "PYTHONPATH": ""})

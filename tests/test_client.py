@@ -83,7 +83,7 @@ def test_a_read_timeout_is_never_sent_again():
         f"{simulator.url}/sdapi/v1/txt2img: no answer within 0.3 s; Draw Things may still be "
         "drawing it, so this run does not send it again (a later run will). If its images "
         "take longer, raise --read-timeout-seconds (now 0.3).")
-    assert failure.value.attempts == 1 and failure.value.resend_after_seconds == 0.6
+    assert failure.value.attempts == 1 and failure.value.retry_after_seconds == 0.6
     assert len(received) <= 1  # the one the app was still drawing; nothing queued behind it
 
 

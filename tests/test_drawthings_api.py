@@ -239,7 +239,9 @@ def template_with(share: Path, **changes) -> Path:
      'More than one key for guidance specified (must only specify one of '
      '["guidance_scale", "cfg_scale"])'),
     ({"steps": 151}, "Value for steps must be between 1 and 150, inclusive (was 151)"),
-    ({"sampler": "Euler"}, 'Invalid value for sampler (options: {samplers})'),
+    ({"sampler": "Euler"}, "Invalid value for sampler (options: {samplers}); did you mean "
+                           "'Euler a'?"),
+    ({"sampler": "Heun"}, "Invalid value for sampler (options: {samplers})"),  # nothing close
     ({"seed_mode": "Random"},
      'Invalid value for seed_mode (options: ["Legacy", "Torch CPU Compatible", "Scale Alike", '
      '"NVIDIA GPU Compatible"])'),
@@ -302,7 +304,9 @@ def test_set_overrides_reach_the_request_and_the_provenance(share, simulator):
     ("sampler=Euler", "--set sampler=Euler: Invalid value for sampler (options: {samplers})"),
     ("seed=5", "--set seed=5: seed cannot be set: the seed comes from each file's name (use "
                "--seed-offset for another take)"),
-    ("steps", "--set steps: expected KEY=VALUE or STEP:KEY=VALUE"),
+    ("steps", "--set steps: expected KEY=VALUE"),  # generate.py has no steps
+    ("sampler=Euler A", "--set sampler=Euler A: Invalid value for sampler (options: {samplers}); "
+                        "did you mean 'Euler a'?"),
     ("2:steps=12", "--set 2:steps=12: generate.py has one template, no steps: use --set "
                    "KEY=VALUE"),
     ("controls=[{\"file\": \"controlnet_tile_1.x_v1.1_f16.ckpt\", \"weight\": 1}]",
@@ -317,6 +321,20 @@ def test_a_bad_override_is_refused_before_anything_is_sent(share, simulator, opt
     assert result.stderr.startswith("error: " + message.replace("{samplers}", samplers))
     assert len(result.stderr.splitlines()) == 1
     assert simulator.requests == [] and list(share.iterdir()) == []
+
+
+def test_a_key_and_its_alias_on_the_command_line_are_refused(share, simulator):
+    result = generate(share, "--server", simulator.url, "--set", "guidance_scale=5",
+                      "--set", "cfg_scale=6")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: --set cfg_scale=6: cfg_scale and guidance_scale name the same setting "
+        "(guidance_scale), already given by --set guidance_scale=5; Draw Things refuses a key "
+        "sent with its alias: set it once, under one name\n")
+    assert simulator.requests == [] and list(share.iterdir()) == []
+    # The same name twice: the later value stands, as for any option given twice.
+    result = generate(share, "--dry-run", "--set", "cfg_scale=5", "--set", "cfg_scale=6")
+    assert result.returncode == 0, result.stderr
 
 
 def test_dry_run_shows_the_overrides(share):

@@ -117,15 +117,51 @@ def test_accepted_images_load_with_datasets_and_pandas(reviewed, tmp_path):
 
     import datasets
 
-    loaded = datasets.load_dataset("imagefolder", data_dir=str(out),
-                                   cache_dir=str(tmp_path / "hf-cache"))["train"]
+    loaded = load(out, tmp_path)
     assert loaded.num_rows == 2
+    assert loaded["id"] == ["France_family_1_take1", "Japan_working_1_take1"]
     row = loaded[0]
     assert row["image"].size == (SIZE_PX, SIZE_PX)
     assert row["upscaled"].size == (2 * SIZE_PX, 2 * SIZE_PX)
     assert [cutout.size for cutout in row["cutouts"]] == [(60, 40), (30, 30)]
     assert row["nation"] == "France" and row["verdict"] == "accept"
     assert loaded[1]["upscaled"] is None and loaded[1]["cutouts"] == []
+
+
+def load(out: Path, tmp_path: Path):
+    """The export as a dataset's user loads it: the folder, with its card."""
+    import datasets
+
+    return datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf-cache"))["train"]
+
+
+def test_exports_of_different_days_have_one_schema_and_concatenate(reviewed, tmp_path):
+    """One export with cut-outs, verdicts and logs; one of a share with none of them (a
+    first night, nothing reviewed yet): the same declared types, and they concatenate."""
+    import datasets
+
+    first = tmp_path / "monday"
+    assert export(reviewed, first).returncode == 0
+    other = tmp_path / "other" / "share"
+    write_generated(other, "Peru/family/Peru_family_1", 7)
+    second = tmp_path / "tuesday"
+    result = export(other, second, "--include-unreviewed")
+    assert result.returncode == 0, result.stderr
+    row = json.loads((second / "metadata.jsonl").read_text())
+    assert (row["cutouts_file_names"], row["verdict"], row["upscale_seconds"]) == ([], None, None)
+
+    monday, tuesday = load(first, tmp_path), load(second, tmp_path)
+    assert monday.features == tuesday.features
+    features = tuesday.features
+    assert features["cutouts"] == datasets.List(datasets.Image())
+    assert features["upscaled"] == datasets.Image()
+    assert features["cutout_boxes"] == datasets.List(datasets.List(datasets.Value("int64")))
+    assert features["verdict"] == datasets.Value("string")
+    assert features["segment_seconds"] == datasets.Value("float64")
+    both = datasets.concatenate_datasets([monday, tuesday])
+    assert both["id"] == ["France_family_1_take1", "Japan_working_1_take1", "Peru_family_1_take1"]
+    assert both[2]["cutouts"] == [] and both[2]["verdict"] is None
+    assert [cutout.size for cutout in both[0]["cutouts"]] == [(60, 40), (30, 30)]
 
 
 def test_include_unreviewed_adds_the_new_take_never_the_rejected(reviewed, tmp_path):

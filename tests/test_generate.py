@@ -367,6 +367,40 @@ def test_missing_root_is_a_usage_error(tmp_path, simulator):
                              "(is the share mounted?)\n")
 
 
+def test_a_root_that_is_a_file_or_a_profiles_missing_folder_says_so(tmp_path, share):
+    a_file = tmp_path / "README.md"
+    a_file.write_text("not a folder")
+    result = generate(a_file, "--add", "Peru:family:1", "--dry-run")
+    assert result.returncode == 2
+    assert result.stderr == (f"error: root {a_file} is a file, not a folder: name the shared "
+                             "folder that holds (or will hold) GENERATIONS/\n")
+    config = tmp_path / "drawpipe.toml"
+    config.write_text(f'[profiles.studio]\nroot = "{tmp_path / "unmounted"}"\n')
+    result = run_script("generate.py", "--config", config, "--add", "Peru:family:1", "--dry-run")
+    assert result.returncode == 2
+    assert result.stderr == (f"error: root folder {tmp_path / 'unmounted'} (the root of profile "
+                             f"'studio' in {config}) does not exist (is the share mounted?)\n")
+
+
+def test_a_server_without_a_scheme_is_taken_as_http(share, simulator):
+    address = simulator.url.removeprefix("http://")
+    result = generate(share, "--server", address, "--add", "Peru:family:1")
+    assert result.returncode == 0, result.stderr
+    assert generated(share) == ["GENERATIONS/Peru/family/Peru_family_1.png"]
+    result = generate(share, "--server", "grpc://127.0.0.1:7859", "--add", "Peru:family:1")
+    assert result.returncode == 2
+    assert result.stderr == ("error: --server grpc://127.0.0.1:7859: expected a URL like "
+                             "http://127.0.0.1:7860\n")
+
+
+def test_the_same_nation_and_category_twice_says_what_was_kept(share):
+    result = generate(share, "--add", "Peru:family:2", "--add", "peru:Family:5", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(
+        "Peru family: asked for 2 and 5 images: 5 kept, images 1 to 5; a count is how many images "
+        "there are, not how many to add\nQueue: 1 entry, 5 images\n")
+
+
 def test_profiles_choose_root_and_server_and_flags_override(tmp_path, share, simulator):
     config = tmp_path / "drawpipe.toml"
     config.write_text(f'''

@@ -37,7 +37,7 @@ NOT_MODULES = {"e", "i", "sim", "sampler", "image_encoder", "profiles", "control
 
 FILE_SUFFIXES = {"py", "md", "json", "jsonl", "toml", "csv", "png", "jpg", "html", "js", "css",
                  "txt", "ckpt", "pth", "pt", "claim", "sh", "tmp", "whl", "swift", "proto", "fbs",
-                 "safetensors", "yaml", "cfg", "lock", "bin", "crt", "npy"}
+                 "safetensors", "yaml", "cfg", "lock", "bin", "crt", "npy", "h"}
 _FILE = re.compile(r"(?<![\w./*{},-])((?:\.?[\w-]+/)*[\w-]+\.(?:py|md))(?![\w/])")
 _DOTTED = re.compile(r"(?<![\w./-])([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*)\.([A-Za-z_]\w*)"
                      r"(?![\w/-])")

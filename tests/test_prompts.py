@@ -12,7 +12,7 @@ from drawpipe.bundled import PROMPT_SETS
 from drawpipe.errors import InputFileError, UsageError
 from drawpipe.stages.prompts import (CATEGORIES, QueueItem, ask_queue, format_nations, format_queue,
                                      is_safe_folder_name, load_prompt_sets, load_queue, merge_queue,
-                                     parse_add, parse_count)
+                                     parse_add, parse_count, queue_repeats)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NATION_QUESTION = "Nation (number or name, 'done' to finish): "
@@ -158,12 +158,14 @@ def test_resolve_nation_by_number_and_by_name(bundled_sets):
 
 
 def test_resolve_nation_errors(bundled_sets):
-    path = PROMPT_SETS
     with pytest.raises(UsageError, match=r"^unknown nation 'Frnace' \(did you mean: France\?\)$"):
         bundled_sets.resolve_nation("Frnace")
     with pytest.raises(UsageError) as caught:
         bundled_sets.resolve_nation("Atlantis")
-    assert str(caught.value) == f"unknown nation 'Atlantis' (the 40 nations are listed in {path})"
+    assert str(caught.value) == "unknown nation 'Atlantis' (generate.py --list-nations lists the 40)"
+    with pytest.raises(UsageError) as caught:
+        bundled_sets.resolve_nation("Atlantis", listed_above=True)  # at the questions
+    assert str(caught.value) == "unknown nation 'Atlantis' (choose one of the 40 above, by number or name)"
     with pytest.raises(UsageError) as caught:
         bundled_sets.resolve_nation("41")
     assert str(caught.value) == "there is no nation number 41 (the list goes from 1 to 40)"
@@ -350,9 +352,20 @@ def test_ask_queue_asks_again_after_a_bad_answer(bundled_sets):
     assert output.count("Number of images: ") == 3
 
 
-def test_ask_queue_merges_repeated_choices(bundled_sets):
-    items, _ = run_ask(bundled_sets, "France\nfamily\n2\nfrance\nFAMILY\n5\ndone\n")
+def test_ask_queue_merges_repeated_choices_and_says_so(bundled_sets):
+    items, output = run_ask(bundled_sets, "France\nfamily\n2\nfrance\nFAMILY\n5\nAtlantis\ndone\n")
     assert items == [QueueItem("France", "family", 5)]
+    assert ("  queued: France family, 5 images (asked for 2 and 5 images: 5 kept, images 1 to 5; "
+            "a count is how many images there are, not how many to add)\n") in output
+    assert "  unknown nation 'Atlantis' (choose one of the 40 above, by number or name)\n" in output
+
+
+def test_queue_repeats_say_what_was_kept():
+    items = [QueueItem("France", "family", 5), QueueItem("Japan", "working", 1),
+             QueueItem("France", "family", 3)]
+    assert queue_repeats(items) == [
+        "France family: asked for 5 and 3 images: 5 kept, images 1 to 5; a count is how many "
+        "images there are, not how many to add"]
 
 
 def test_ask_queue_refuses_a_category_without_prompts(small_sets):

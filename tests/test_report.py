@@ -11,6 +11,8 @@ import csv
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -23,9 +25,11 @@ from browser import LOAD_ALL_IMAGES, PageWatch, browser, skip_reason
 from conftest import PROJECT_DIR
 from PIL import Image
 
-from drawpipe.curate.takes import seed_for
+from drawpipe.curate.takes import seed_for, set_aside
+from drawpipe.curate.verdicts import append_verdict
 from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.engine.metrics import COMMON_COLUMNS
+from drawpipe.files import file_sha256
 from drawpipe.inventory import LogRow, load_logs, parse_infotext
 from drawpipe.png import add_text_chunks
 from drawpipe.report.stats import (busy_seconds, estimate_eta, format_duration, percentile,
@@ -343,27 +347,41 @@ def test_html_page_thumbnails_charts_and_relative_links(dataset):
     # Nothing outside report/ was written.
     assert files_under(dataset, skip="report/") == before
 
-    page = (report / "index.html").read_text()
-    assert PROMPT in page and f"seed {seed_for('France_family_1')}" in page
-    assert "step 2 (refine) of upscale.json: HTTP 503 from the server" in page
-    assert "http://" not in page.replace("http://127.0.0.1:7860", "")  # no remote URL
-    links = Links()
-    links.feed(page)
-    assert len(links.sources) == 11 + 3  # thumbnails and charts
-    for source in links.sources:
-        assert not urlparse(source).scheme and not source.startswith("/")
-        target = (report / unquote(source)).resolve()
-        assert target.is_relative_to(report.resolve()) and target.is_file(), source
-    for href in links.hrefs:
-        assert not urlparse(href).scheme and not href.startswith("/"), href
-        if href.startswith("#"):
-            assert href[1:] in links.ids, href
-            continue
-        target = (report / unquote(href)).resolve()
-        # Assets under report/, or a full-size original in the share's image folders.
-        assert target.is_file(), href
-        assert target.is_relative_to(report.resolve()) or target.relative_to(
-            dataset.resolve()).parts[0] in ("GENERATIONS", "UPSCALED_IMAGES", "CUTOUTS"), href
+    index = (report / "index.html").read_text()
+    assert "step 2 (refine) of upscale.json: HTTP 503 from the server" in index
+    france = (report / "nations/France.html").read_text()
+    assert PROMPT in france and f"seed {seed_for('France_family_1')}" in france
+    assert "Japanese workers" not in france and "Japanese workers" in (
+        report / "nations/Japan.html").read_text()
+    sources = {}
+    for name in ("index.html", "nations/France.html", "nations/Japan.html"):
+        page = (report / name).read_text()
+        assert "http://" not in page.replace("http://127.0.0.1:7860", "")  # no remote URL
+        links = Links()
+        links.feed(page)
+        folder = (report / name).parent
+        sources[name] = links.sources
+        for source in links.sources:
+            assert not urlparse(source).scheme and not source.startswith("/")
+            target = (folder / unquote(source)).resolve()
+            assert target.is_relative_to(report.resolve()) and target.is_file(), source
+        for href in links.hrefs:
+            assert not urlparse(href).scheme and not href.startswith("/"), href
+            path, _, fragment = href.partition("#")
+            target = (folder / unquote(path)).resolve() if path else (report / name).resolve()
+            # A page of the report, an asset under report/, or a full-size original in the
+            # share's image folders; an anchor exists on the page it names.
+            assert target.is_file(), href
+            assert target.is_relative_to(report.resolve()) or target.relative_to(
+                dataset.resolve()).parts[0] in ("GENERATIONS", "UPSCALED_IMAGES", "CUTOUTS"), href
+            if fragment:
+                ids = Links()
+                ids.feed(target.read_text())
+                assert fragment in ids.ids, href
+    # The index shows the charts only; each nation's page its own thumbnails.
+    assert len(sources["index.html"]) == 3
+    assert len(sources["nations/France.html"]) == 3 + 2 + 2  # generated, upscaled, cut-outs
+    assert len(sources["nations/Japan.html"]) == 2 + 1 + 1
 
     with Image.open(report / "thumbs/GENERATIONS/France/family/France_family_1.jpg") as thumb:
         assert thumb.size == (64, 64) and thumb.format == "JPEG"
@@ -388,7 +406,7 @@ def test_second_run_touches_only_what_changed(dataset):
     assert again.returncode == 0, again.stderr
     assert "thumbnails: 0 made, 11 unchanged" in again.stdout
     assert "charts: 0 drawn, 3 unchanged" in again.stdout
-    assert "unchanged: " in again.stdout and "index.html" in again.stdout
+    assert (f"pages: 0 written, 3 unchanged; open {report / 'index.html'}\n") in again.stdout
     assert files_under(report) == first  # not one file rewritten
 
     # A source replaced (same name, other pixels): only its thumbnail and what shows it.
@@ -404,9 +422,11 @@ def test_second_run_touches_only_what_changed(dataset):
     assert "thumbnails: 1 made, 10 unchanged" in third.stdout
     assert "charts: 1 drawn, 2 unchanged" in third.stdout
     changed = {path for path, version in files_under(report).items() if first.get(path) != version}
+    # The index lists the new failure, France's page shows it, Japan's the new thumbnail.
     assert changed == {"thumbs/UPSCALED_IMAGES/Japan/working/Japan_working_1_upscaled.jpg",
                        "charts/segment.png", "contact_sheets/Japan_working.png",
-                       "index.html", "cache.json"}
+                       "index.html", "nations/France.html", "nations/Japan.html", "cache.json"}
+    assert "pages: 3 written, 0 unchanged" in third.stdout
     with Image.open(report / "thumbs/UPSCALED_IMAGES/Japan/working/Japan_working_1_upscaled.jpg") as thumb:
         assert thumb.size == (96, 96)
 
@@ -415,6 +435,13 @@ def test_second_run_touches_only_what_changed(dataset):
     fourth = run_report(*arguments)
     assert "1 removed" in fourth.stdout
     assert not (report / "thumbs/GENERATIONS/Japan/working/Japan_working_2.jpg").exists()
+    # A nation gone altogether: its page goes too.
+    for folder in ("GENERATIONS", "UPSCALED_IMAGES", "CUTOUTS"):
+        shutil.rmtree(dataset / folder / "Japan")
+    fifth = run_report(*arguments)
+    assert fifth.returncode == 0, fifth.stderr
+    assert "pages: 2 written, 0 unchanged, 1 removed" in fifth.stdout
+    assert sorted(p.name for p in (report / "nations").iterdir()) == ["France.html"]
 
 
 def test_matplotlib_is_imported_only_to_redraw_charts(dataset):
@@ -454,12 +481,59 @@ def test_csv_has_one_row_per_image_across_stages(dataset):
     assert rows["France_family_2"]["cutouts"] == ""  # not segmented yet (0 would be "none found")
 
 
+def test_the_report_knows_the_review(dataset):
+    """Verdicts per stage, REJECTED/ counted, a verdict column in the table, and on the
+    pages each image's verdict and why the take before it was rejected."""
+    def sha256(key):
+        return file_sha256(dataset / GEN(key))
+
+    append_verdict(dataset, "mac-a", GEN("France/family/France_family_1"),
+                   sha256("France/family/France_family_1"), "accept")
+    append_verdict(dataset, "mac-a", GEN("France/family/France_family_2"),
+                   sha256("France/family/France_family_2"), "reject", "two heads")
+    # Japan_working_1 was rejected on mac-b and generate.py made take 2.
+    japan = "Japan/working/Japan_working_1"
+    append_verdict(dataset, "mac-b", GEN(japan), sha256(japan), "reject", "blurry")
+    set_aside(dataset, GEN(japan), 1)
+    write_png(dataset / GEN(japan), 64, (1, 2, 3))
+    (dataset / GEN(japan)).write_bytes(add_text_chunks(
+        (dataset / GEN(japan)).read_bytes(),
+        provenance_chunks(txt2img_payload("Japan_working_1", "again"), take=2)))
+
+    result = run_report("--root", dataset, "--html", "--csv", "--processes", "1")
+    assert result.returncode == 0, result.stderr
+    assert ("review (the take there now; earlier takes are in REJECTED/):\n"
+            "  generated      5: 1 accepted, 1 rejected, 3 not reviewed; 1 set aside in REJECTED/\n"
+            "  upscaled       3: 1 accepted, 1 rejected, 1 not reviewed; 0 set aside in REJECTED/\n"
+            "  cut out        2: 1 accepted, 0 rejected, 1 not reviewed; 0 set aside in REJECTED/\n"
+            ) in result.stdout
+    rows = {row["image"]: row for row in csv.DictReader(
+        (dataset / "report/images.csv").open())}
+    assert (rows["France_family_1"]["verdict"], rows["France_family_1"]["take"]) == ("accepted", "1")
+    assert (rows["France_family_2"]["verdict"], rows["France_family_2"]["verdict_reason"]) == (
+        "rejected", "two heads")
+    assert (rows["Japan_working_1"]["verdict"], rows["Japan_working_1"]["take"]) == (
+        "not reviewed", "2")
+    assert rows["Japan_working_3"]["verdict"] == ""  # only in the logs: no file to review
+
+    index = (dataset / "report/index.html").read_text()
+    assert ("<tr><td>generated</td><td>5</td><td>1</td><td>1</td><td>3</td><td>1</td></tr>"
+            in index)
+    france = (dataset / "report/nations/France.html").read_text()
+    assert re.search(r'<div class="verdict reject">rejected by mac-a, [0-9: -]+ UTC: two '
+                     r'heads</div>', france)
+    japan_page = (dataset / "report/nations/Japan.html").read_text()
+    assert re.search(r'<p class="earlier">take 1 rejected by mac-b, [0-9: -]+ UTC: blurry</p>',
+                     japan_page)
+    assert "take 2 · seed " in japan_page
+
+
 def test_damaged_image_is_reported_not_fatal(dataset):
     (dataset / "GENERATIONS/France/family/France_family_2.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     result = run_report("--root", dataset, "--html", "--processes", "1")
     assert result.returncode == 0, result.stderr
     assert "1 unreadable" in result.stdout
-    page = (dataset / "report/index.html").read_text()
+    page = (dataset / "report/nations/France.html").read_text()
     assert "cannot read GENERATIONS/France/family/France_family_2.png" in page
 
 
@@ -467,24 +541,45 @@ def test_damaged_image_is_reported_not_fatal(dataset):
 
 
 @pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
-def test_page_in_headless_chromium(dataset, tmp_path):
+def test_pages_in_headless_chromium(dataset, tmp_path):
+    """The index links every nation; a nation's page shows its images only and loads
+    only their thumbnails; its pager leads to the next nation and back."""
     result = run_report("--root", dataset, "--html", "--contact-sheets", "--processes", "1")
     assert result.returncode == 0, result.stderr
     screenshot = tmp_path / "report.png"
+    report_url = (dataset / "report").resolve().as_uri()
     with browser() as chromium:
         page = chromium.new_page(viewport={"width": 1400, "height": 1000})
         watch = PageWatch(page)
-        page.goto((dataset / "report/index.html").resolve().as_uri())
+        page.goto(f"{report_url}/index.html")
+        images = page.evaluate(LOAD_ALL_IMAGES)
+        assert len(images) == 3 and all(width > 0 for _, width in images)  # the charts only
+        nations = page.locator("nav.nations .nation > a")
+        assert nations.all_inner_texts() == ["France", "Japan"]
+        assert [f"{report_url}/{href}" for href in nations.evaluate_all(
+            "links => links.map(link => link.getAttribute('href'))")] == [
+            f"{report_url}/nations/France.html", f"{report_url}/nations/Japan.html"]
+
+        watch.requested_urls.clear()
+        nations.nth(1).click()
+        page.wait_for_url("**/nations/Japan.html")
         images = page.evaluate(LOAD_ALL_IMAGES)
         page.screenshot(path=screenshot, full_page=True)
+        shown = page.locator("article.item h3").all_inner_texts()
+        assert shown == ["Japan_working_1", "Japan_working_2"]
+        assert len(images) == 4 and all(width > 0 for _, width in images)  # 2 + 1 + 1 cut-out
+        thumbs = [url for url in watch.requested_urls if "/thumbs/" in url]
+        assert len(thumbs) == 4 and all("/Japan/" in url for url in thumbs), thumbs
+        assert all(url.startswith(report_url) for url in watch.requested_urls)
+        page.locator("a[rel=prev]").click()
+        page.wait_for_url("**/nations/France.html")
+        assert page.locator("article.item h3").all_inner_texts() == [
+            "France_family_1", "France_family_2", "France_family_3"]
+        page.locator("text=all nations").click()
+        page.wait_for_url("**/index.html")
     assert watch.errors == []
-    assert len(images) == 14  # 11 thumbnails, 3 charts
-    assert [src for src, width in images if width <= 0] == []
-    report_url = (dataset / "report").resolve().as_uri()
-    assert all(url.startswith(report_url) for url in watch.requested_urls
-               if not url.endswith("index.html")), watch.requested_urls
     with Image.open(screenshot) as shot:
-        assert shot.width == 1400 and shot.height > 1000
+        assert shot.width == 1400
     if os.environ.get("DRAWPIPE_KEEP_SCREENSHOT"):
         Path(os.environ["DRAWPIPE_KEEP_SCREENSHOT"]).write_bytes(screenshot.read_bytes())
 

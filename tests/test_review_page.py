@@ -10,6 +10,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from conftest import PROJECT_DIR
 from PIL import Image, ImageFilter
 
 from drawpipe.curate.review import LISTENING
-from drawpipe.curate.takes import seed_for
+from drawpipe.curate.takes import seed_for, set_aside
 from drawpipe.curate.verdicts import append_verdict, load_verdicts, reviews_path
 from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.drawthings.simulator import encode_png, render_scene
@@ -190,9 +191,10 @@ def test_reject_and_accept_by_click_and_by_keyboard(server, review_share):
         page.keyboard.press("ArrowLeft")
         assert "current" in item(page, KEYS[2]).get_attribute("class")
         page.keyboard.press("r")
-        page.keyboard.press("Escape")
-        page.keyboard.press("r")
-        page.keyboard.press("Enter")  # image 3 rejected now, no reason: the latest wins
+        page.keyboard.type("never meant")
+        page.keyboard.press("Escape")  # cancels the reject, and the reason typed for it
+        assert item(page, KEYS[2]).locator("input.reason").input_value() == ""
+        item(page, KEYS[2]).locator("button.reject").click()  # image 3 rejected, no reason
         page.wait_for_selector(f'article[data-image="{GEN(KEYS[2])}"].rejected')
         assert page.locator("#rejected").inner_text() == "3"
         assert page.locator("#accepted").inner_text() == "1"
@@ -288,6 +290,32 @@ def test_bad_verdicts_get_one_line_and_write_nothing(server, review_share):
     assert server.post_verdict(image=GEN(KEYS[0]), sha256=sha, verdict="reject",
                                reason="melted face")[0] == 200
     assert [line["reason"] for line in verdict_lines(review_share)] == ["melted face"]
+
+
+def test_a_remade_image_shows_its_take_and_why_the_one_before_was_rejected(review_share, tmp_path):
+    root = review_share
+    append_verdict(root, "mac-b", GEN(KEYS[0]), sha256_of(root, KEYS[0]), "reject", "six fingers")
+    # generate.py set take 1 aside and made take 2 (its provenance records the take).
+    set_aside(root, GEN(KEYS[0]), 1)
+    payload = {"prompt": "a photo, again", "seed": seed_for("France_family_1", take=2),
+               "width": 1024, "height": 1024}
+    (root / GEN(KEYS[0])).write_bytes(add_text_chunks(
+        encode_png(render_scene(11, "take 2", 256, 256)), provenance_chunks(payload, take=2)))
+    running = ReviewServer(root, tmp_path / "cache")
+    try:
+        status, body = running.request("GET", "/")
+    finally:
+        running.stop()
+    assert status == 200
+    page = body.decode()
+    article = page[page.index(f'data-image="{GEN(KEYS[0])}"'):]
+    article = article[:article.index("</article>")]
+    assert "take 2 · seed " in article
+    assert re.search(r'<p class="earlier">take 1 rejected by mac-b, \d{4}-\d\d-\d\d '
+                     r'\d\d:\d\d:\d\d UTC: six fingers</p>', article), article
+    assert "not reviewed" in article  # take 2 itself is not reviewed yet
+    other = page[page.index(f'data-image="{GEN(KEYS[1])}"'):]
+    assert "take 1 · seed " in other[:other.index("</article>")]
 
 
 def test_a_review_for_a_removed_image_is_one_note(review_share, tmp_path):

@@ -24,7 +24,7 @@ from drawpipe.drawthings.simulator import render_scene
 from drawpipe.engine.metrics import read_logs
 from drawpipe.errors import DownloadFailed, UsageError
 from drawpipe.png import read_text_chunks
-from drawpipe.sam.checkpoints import download_checkpoint
+from drawpipe.sam.checkpoints import OFFICIAL_CHECKPOINTS, download_checkpoint
 from drawpipe.sam.cutouts import mask_box
 from drawpipe.sam.mask_generator import LeanMaskGenerator, choose_points_per_batch
 from drawpipe.sam.models import (choose_device, detect_model_type, load_sam, model_type_for,
@@ -224,6 +224,23 @@ def test_missing_checkpoint_names_the_official_file_and_address(share, tmp_path)
     assert not (share / "CUTOUTS").exists()
 
 
+def test_a_missing_checkpoint_named_anyhow_says_it_is_missing_first(share, tmp_path):
+    """Not that its model type cannot be told from the name: the file is not there."""
+    add_upscaled(share, "A/b/A_b_1_upscaled.png")
+    missing = tmp_path / "missing.pth"
+    result = run_script("segment.py", "--root", share, "--checkpoint", missing)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"error: SAM checkpoint {missing} not found: check the path, or leave out --checkpoint "
+        f"and add --download to fetch an official one (--model {', '.join(OFFICIAL_CHECKPOINTS)})\n")
+    present = tmp_path / "weights.pth"  # there, but its name does not say its type
+    present.write_bytes(b"x")
+    result = run_script("segment.py", "--root", share, "--checkpoint", present)
+    assert result.stderr == ("error: cannot tell the model type from the file name weights.pth: "
+                             f"pass --model ({', '.join(OFFICIAL_CHECKPOINTS)})\n")
+    assert not (share / "CUTOUTS").exists()
+
+
 def test_corrupt_checkpoint_is_one_line_and_touches_nothing(share, tmp_path, tiny_checkpoint):
     sources = add_upscaled(share, "A/b/A_b_1_upscaled.png")
     before = sources[0].read_bytes()
@@ -231,11 +248,10 @@ def test_corrupt_checkpoint_is_one_line_and_touches_nothing(share, tmp_path, tin
     cut_short.write_bytes(tiny_checkpoint.read_bytes()[:50_000])
     result = segment(share, cut_short)
     assert result.returncode == 2
-    assert result.stderr.startswith(f"error: SAM checkpoint {cut_short} is not a readable PyTorch "
-                                    "file (")
-    assert result.stderr.endswith(
-        "it may be cut short or corrupt: delete it and download sam_vit_b_01ec64.pth again from "
-        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth\n")
+    assert result.stderr == (
+        f"error: SAM checkpoint {cut_short} is not a PyTorch model file (50,000 bytes: cut short, "
+        "damaged, or another kind of file): delete it and download sam_vit_b_01ec64.pth again "
+        "from https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth\n")
     assert result.stderr.count("\n") == 1
     assert sources[0].read_bytes() == before
     assert not (share / "CUTOUTS").exists() and not (share / ".claims").exists()
@@ -522,6 +538,9 @@ def test_a_run_with_other_settings_asks_before_remaking_and_loses_nothing(share,
     assert "2 image(s) to segment" in dry.stdout
     assert ("2 cut-out folder(s) made with other settings (2 with granularity parts, no labels) "
             "will be remade with granularity objects, no labels; the old ones go to REJECTED/"
+            ) in dry.stdout
+    assert ("  CUTOUTS/A/b/A_b_1_upscaled: made with granularity parts, no labels: it will be "
+            "set aside to REJECTED/ and made again with granularity objects, no labels"
             ) in dry.stdout
     redone = segment(share, tiny_checkpoint, *objects_args, "--redo-cutouts")
     assert redone.returncode == 0, redone.stderr
@@ -846,9 +865,9 @@ def test_a_missing_truncated_or_foreign_label_model_is_one_line(
     cut_short.write_bytes(tiny_label_model.read_bytes()[:100_000])
     truncated = label(share, tiny_checkpoint, cut_short)
     assert truncated.returncode == 2
-    assert truncated.stderr.startswith(f"error: label model file {cut_short} is not a readable "
-                                       "PyTorch file (")
-    assert truncated.stderr.count("\n") == 1
+    assert truncated.stderr == (f"error: label model file {cut_short} is not a PyTorch model "
+                                "file (100,000 bytes: cut short, damaged, or another kind of "
+                                "file): make it again\n")
 
     foreign = tmp_path / "other" / "ViT-tiny-test.bin"
     foreign.parent.mkdir()

@@ -31,10 +31,11 @@ def section(title: str) -> str:
 
 def test_the_dataclasses_take_their_defaults_from_the_table():
     engine = EngineSettings(root=PROJECT_DIR)
-    for name in ("lease_seconds", "poll_seconds", "watch_retry_seconds", "server_process_name"):
+    for name in ("lease_seconds", "poll_seconds", "watch_retry_seconds"):
         assert getattr(engine, name) == default(name), name
     client = ClientSettings()
-    for name in ("connect_timeout_seconds", "read_timeout_seconds", "retries", "backoff_seconds"):
+    for name in ("connect_timeout_seconds", "read_timeout_seconds", "retries", "backoff_seconds",
+                 "server_process_name"):
         assert getattr(client, name) == default(name), name
     generator = GeneratorSettings()
     for name in GENERATOR:

@@ -197,3 +197,27 @@ def test_stop_signals_with_every_cpu_busy(share, busy_cpus, number, times):
     assert made == (["Peru_family_1.png"] if times == 1 else []) or times == 2 and made in (
         [], ["Peru_family_1.png"])
     assert_nothing_left_but_whole_pngs(share)
+
+
+def catches(pid: int, number: int) -> bool:
+    """Whether process ``pid`` has a handler for signal ``number`` now (SigCgt)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (number - 1)))
+    return False
+
+
+@pytest.mark.parametrize("number", STOP_SIGNALS, ids=IDS)
+def test_a_stop_signal_as_soon_as_the_script_starts_ends_it_quietly(share, number):
+    """The handlers are the script's first act: from the moment one exists (while the
+    script is still importing), a stop signal says "interrupted", exit 130: no
+    KeyboardInterrupt traceback, no silent 143."""
+    process = start_script("generate.py", "--root", share, "--server", "http://127.0.0.1:9",
+                           "--add", "Peru:family:1", "--no-progress")
+    wait_for(lambda: catches(process.pid, signal.SIGTERM), interval_seconds=0.001)
+    process.send_signal(number)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+    assert not (share / ".claims").exists()

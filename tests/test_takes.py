@@ -172,6 +172,33 @@ def test_later_stages_follow_the_new_take_and_a_second_run_does_nothing(
         assert "0 made, 3 already done" in result.stdout
 
 
+def test_dry_runs_say_what_review_changed(share, simulator, small_recipe):
+    """After a reject: generate.py's dry run says the take goes to REJECTED/ and is made
+    again; upscale.py's and segment.py's count the rejected image apart, never as done."""
+    assert generate(share, simulator).returncode == 0
+    assert upscale(share, simulator, small_recipe).returncode == 0
+    reject(share, 2)
+
+    dry = generate(share, simulator, 3, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert ("  Peru/family: 0 to make, 1 to re-make (rejected in review), 2 already done\n"
+            f"    {IMAGE.format(2)}: rejected in review: take 1 will be set aside to REJECTED/ "
+            "(with what upscale.py and segment.py made of it) and re-made as take 2\n"
+            f"dry run: 1 image(s) to make into {share / 'GENERATIONS'} (1 of them re-made: "
+            "rejected in review); nothing was sent\n") in dry.stdout
+    dry = run_script("upscale.py", "--root", share, "--recipe", small_recipe, "--dry-run")
+    assert ("  Peru/family: 0 to upscale, 2 already done, 1 rejected in review (left out until "
+            "generate.py makes their next take)\n") in dry.stdout
+    assert ("dry run: 0 image(s) to upscale, 2 already done, 1 rejected in review (upscaled "
+            "once generate.py has made their next take), 0 skipped") in dry.stdout
+    dry = run_script("segment.py", "--root", share, "--checkpoint", share.parent / "sam_vit_b.pth",
+                     "--dry-run")
+    assert (f"dry run: 2 image(s) to segment into {share / 'CUTOUTS'}, 0 already done, 1 rejected "
+            "in review (cut out once generate.py and upscale.py have made their next take)"
+            ) in dry.stdout
+    assert not (share / "REJECTED").exists()  # a dry run moves nothing
+
+
 def test_an_input_changed_by_hand_makes_its_outputs_stale(share, simulator, small_recipe,
                                                            tiny_checkpoint):
     assert generate(share, simulator, 2).returncode == 0
@@ -181,7 +208,9 @@ def test_an_input_changed_by_hand_makes_its_outputs_stale(share, simulator, smal
     shutil.copyfile(share / IMAGE.format(2), share / IMAGE.format(1))
 
     dry = run_script("upscale.py", "--root", share, "--recipe", small_recipe, "--dry-run")
-    assert "1 to upscale, 1 already done" in dry.stdout
+    assert ("  Peru/family: 0 to upscale, 1 to redo, 1 already done\n"
+            f"    {UPSCALED.format(1)}: made from an older input: it will be set aside to "
+            "REJECTED/ and made again from the one there now\n") in dry.stdout
     upscaled = upscale(share, simulator, small_recipe)
     cut = segment(share, tiny_checkpoint)
 

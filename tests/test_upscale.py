@@ -388,6 +388,8 @@ def test_watch_picks_up_new_images_and_ctrl_c_finishes_the_one_in_flight(share, 
         out, err = watcher.communicate(timeout=30)
     assert watcher.returncode == 130, err
     assert "stopping: finishing the images in flight" in err and "Traceback" not in err
+    assert (f"watching {share / 'GENERATIONS'} for new images (every 0.1 s); Ctrl-C stops, after "
+            "the images in flight\n") in out
     assert "interrupted; run the same command again to continue" in out
     assert "3 made" in out
     assert size_of(done / "Peru_family_2_upscaled.png") == (512, 512)
@@ -492,10 +494,16 @@ def test_dry_run_shows_to_do_done_and_claimed_by_whom_and_sends_nothing(share):
     assert not (share / "logs").exists()
 
 
-def test_unknown_recipe_file_is_one_line_and_exit_2(share):
+def test_unknown_recipe_is_one_line_listing_the_bundled_ones(share):
     result = upscale(share, "--recipe", "nowhere.json", "--server", "http://127.0.0.1:9")
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: nowhere.json: no such file"
+    bundled = ("creative_upscale, creative_upscale_script, creative_upscale_script_400, "
+               "upscale_fast")
+    assert result.stderr == ("error: --recipe nowhere.json: no such file, and no bundled recipe "
+                             f"of that name (bundled: {bundled})\n")
+    result = upscale(share, "--recipe", "upscale_fats", "--server", "http://127.0.0.1:9")
+    assert result.stderr == ("error: --recipe upscale_fats: no such file, and no bundled recipe "
+                             f"of that name (did you mean upscale_fast? bundled: {bundled})\n")
 
 
 # --------------------------------------------------------------------------- other recipes, overrides

@@ -16,3 +16,9 @@ TXT2IMG_TEMPLATE = PAYLOADS / "txt2img.json"
 DEFAULT_RECIPE = PAYLOADS / "creative_upscale.json"
 PROMPT_SETS = PROMPTS / "variable_sets.json"
 DEFAULT_VOCABULARY = LABELS / "vocabulary.txt"
+
+
+def recipe_names() -> list[str]:
+    """The bundled upscale recipes' names ("creative_upscale", ...): every payload but
+    the txt2img template."""
+    return sorted(path.stem for path in PAYLOADS.glob("*.json") if path != TXT2IMG_TEMPLATE)

@@ -11,6 +11,8 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
@@ -19,19 +21,17 @@ from drawpipe.curate.takes import Freshness, Takes
 from drawpipe.drawthings.client import ClientSettings
 from drawpipe.engine.claims import ClaimStore
 from drawpipe.engine.interrupts import STOP_SIGNALS_STATE
-from drawpipe.engine.loop import EngineSettings, Job, Summary, job_done, run_stage
+from drawpipe.engine.jobs import Job, job_done
+from drawpipe.engine.loop import run_stage
+from drawpipe.engine.progress import Summary
+from drawpipe.engine.run import EngineSettings
 from drawpipe.errors import DrawpipeError, Interrupted, ShareLost, UsageError
-from drawpipe.files import default_cache_dir
+from drawpipe.files import default_cache_dir, output_exists
 from drawpipe.settings import DEFAULT_SERVER, SETTINGS
 
 # The settings ClientSettings takes from the table (its backoff cap is not a setting).
 CLIENT_SETTINGS = ("connect_timeout_seconds", "read_timeout_seconds", "retries",
-                   "backoff_seconds")
-
-# The checkout (or, installed, the folder above the package): where the python -m
-# commands look for drawpipe.toml, and their default root.
-PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
-
+                   "backoff_seconds", "server_process_name")
 
 @dataclass(frozen=True)
 class CommonSettings:
@@ -42,7 +42,6 @@ class CommonSettings:
     client: ClientSettings
     lease_seconds: float
     poll_seconds: float
-    server_process_name: str | None  # None: no server process to sample
     seed_offset: int
     profile: str | None
     watch: bool
@@ -62,10 +61,7 @@ def resolve_settings(args: argparse.Namespace, project_dir: Path, names, stdin=N
     values = {name: setting.default for name, setting in SETTINGS.items()}
     values.update(resolve(args, names, share.profile))
     with_servers = "servers" in names
-    servers = tuple(values["servers"]) if with_servers else (None,)
-    for server in servers if with_servers else ():
-        if not server.startswith(("http://", "https://")):
-            raise UsageError(f"--server {server}: expected a URL like {DEFAULT_SERVER}")
+    servers = tuple(map(server_url, values["servers"])) if with_servers else (None,)
     client = ClientSettings(**{name: values[name] for name in CLIENT_SETTINGS})
     return CommonSettings(
         root=share.root,
@@ -73,7 +69,6 @@ def resolve_settings(args: argparse.Namespace, project_dir: Path, names, stdin=N
         client=client,
         lease_seconds=values["lease_seconds"],
         poll_seconds=values["poll_seconds"],
-        server_process_name=values["server_process_name"] if with_servers else None,
         seed_offset=values["seed_offset"],
         profile=share.profile_name,
         watch=values["watch"],
@@ -84,13 +79,36 @@ def resolve_settings(args: argparse.Namespace, project_dir: Path, names, stdin=N
     )
 
 
+def server_url(text: str) -> str:
+    """A --server as a URL: "127.0.0.1:7860" or "mac-mini.local:7860" (no scheme) is taken
+    as http://, as Draw Things serves it; UsageError for anything else but http(s)://HOST."""
+    url = text if "://" in text else "http://" + text
+    parsed = urlsplit(url)
+    try:
+        port_is_a_number = parsed.port is not None or True  # ValueError when it is not
+    except ValueError:
+        port_is_a_number = False
+    if not (port_is_a_number and parsed.scheme in ("http", "https") and parsed.hostname):
+        raise UsageError(f"--server {text}: expected a URL like {DEFAULT_SERVER}")
+    return url
+
+
 def script_main(run, parse_arguments, argv, project_dir: Path | None) -> int:
-    """A script's main: parse ``argv`` (None: the command line), ``run(args, project_dir)``,
+    """A command's main: parse ``argv`` (None: the command line), ``run(args, project_dir)``,
     print a package error as one line; the exit code. ``project_dir``: where
-    drawpipe.toml is looked for and the default root (the checkout for the top-level
-    scripts, the current folder for installed commands)."""
+    drawpipe.toml is looked for and the default root: the checkout for its top-level
+    scripts (generate.py, ...), given by them; None for every other form (``drawpipe
+    generate``, ``python -m drawpipe.report``, ``drawpipe-upscale``), which take the
+    current folder, never the folder the package is installed in."""
     return run_main(run, parse_arguments(sys.argv[1:] if argv is None else argv),
                     project_dir or Path.cwd())
+
+
+def program_name(python_m_form: str) -> str | None:
+    """What a command's usage calls it: None under the drawpipe command (cli/commands.py
+    sets sys.argv[0] to "drawpipe report", which argparse then shows), else
+    ``python_m_form`` ("python -m drawpipe.report")."""
+    return None if Path(sys.argv[0]).name.startswith("drawpipe") else python_m_form
 
 
 def run_main(main, *args) -> int:
@@ -127,6 +145,14 @@ def run_and_summarise(stage, settings: CommonSettings, takes: Takes, out) -> Sum
     return summary
 
 
+def print_watching(folder: Path, settings: CommonSettings, out) -> None:
+    """With --watch: one line saying what is watched and how to stop, so that a quiet
+    terminal reads as waiting, not as stuck."""
+    if settings.watch:
+        print(f"watching {folder} for new images (every {settings.poll_seconds:g} s); Ctrl-C "
+              "stops, after the images in flight", file=out, flush=True)
+
+
 def engine_settings(settings: CommonSettings) -> EngineSettings:
     return EngineSettings(
         root=settings.root,
@@ -135,7 +161,6 @@ def engine_settings(settings: CommonSettings) -> EngineSettings:
         poll_seconds=settings.poll_seconds,
         watch=settings.watch,
         watch_retry_seconds=settings.watch_retry_seconds,
-        server_process_name=settings.server_process_name,
         show_progress=settings.show_progress,
     )
 
@@ -197,8 +222,9 @@ def check_positive(value: int, what: str) -> None:
 
 
 def job_states(root: Path, stage, jobs: list[Job], lease_seconds: float) -> list[str]:
-    """For --dry-run: "done", "to do" (its output is missing, or stale: rejected, or
-    made from an input that changed since), or "claimed by <worker> (<age> s ago)"."""
+    """For --dry-run: "done", "to do" (its output is missing), "redo" (its output is
+    there but not done: a rejected take, or made from an input that changed since: it is
+    set aside to REJECTED/ and made again), or "claimed by <worker> (<age> s ago)"."""
     store = ClaimStore(root, stage.name, "dry-run", lease_seconds, read_only=True)
     states = []
     with share_errors(root):
@@ -212,28 +238,63 @@ def _job_state(store: ClaimStore, stage, job: Job) -> str:
         return "done"
     holder = store.holder(job.key)
     if holder is None:
-        return "to do"
+        return "redo" if output_exists(job.output) else "to do"
     stale = ", stale: will be taken over" if holder["stale"] else ""
     return (f"claimed by {holder.get('worker', '?')} "
             f"({holder['age_seconds']:.0f} s ago{stale})")
 
 
-def print_plan(groups: list, verb: str, claimed_word: str, out) -> tuple[int, int]:
+@dataclass(frozen=True)
+class PlanWords:
+    """How a dry run names its counts: "N to <verb>", "R <redo>", "C <claimed>", and the
+    line under each job to redo (``explain_redo(job)``)."""
+
+    verb: str  # "make"
+    claimed: str  # "claimed by other workers"
+    redo: str  # "to re-make (rejected in review)"
+    explain_redo: Callable[[Job], str]
+
+
+@dataclass
+class PlanCounts:
+    to_do: int = 0  # missing, to redo and claimed included: what the run would still do
+    redo: int = 0
+    done: int = 0
+
+
+def print_plan(groups: list, words: PlanWords, out, rejected: dict | None = None) -> PlanCounts:
     """For --dry-run: ``groups`` [(label or None, jobs, states)]. Prints, per labelled
-    group, "  <label>: N to <verb>, D already done[, C <claimed_word>]", then each
-    claimed job with who holds it; returns (to do, claimed included; done)."""
-    total_to_do = total_done = 0
+    group, "  <label>: N to <verb>, R <redo>, D already done[, C <claimed>][, J rejected
+    in review ...]", then each job to redo (why and what happens to it) and each claimed
+    job with who holds it. ``rejected``: label -> how many inputs of that group are
+    takes rejected in review, left out until generate.py makes their next take."""
+    counts = PlanCounts()
     for label, jobs, states in groups:
         done = states.count("done")
         to_do = states.count("to do")
-        claimed = len(states) - done - to_do
-        total_to_do += to_do + claimed
-        total_done += done
+        redo = states.count("redo")
+        claimed = len(states) - done - to_do - redo
+        counts.to_do += to_do + redo + claimed
+        counts.redo += redo
+        counts.done += done
+        waiting = (rejected or {}).get(label, 0)
+        indent = "    " if label is not None else "  "
         if label is not None:
-            print(f"  {label}: {to_do} to {verb}, {done} already done"
-                  + (f", {claimed} {claimed_word}" if claimed else ""), file=out)
+            print(f"  {label}: {to_do} to {words.verb}"
+                  + (f", {redo} {words.redo}" if redo else "")
+                  + f", {done} already done"
+                  + (f", {claimed} {words.claimed}" if claimed else "")
+                  + (f", {waiting} rejected in review (left out until generate.py makes "
+                     "their next take)" if waiting else ""), file=out)
         for job, state in zip(jobs, states):
-            if state.startswith("claimed"):
-                print(f"    {job.key}: {state}" if label is not None else f"  {job.key}: {state}",
-                      file=out)
-    return total_to_do, total_done
+            if state == "redo":
+                print(f"{indent}{job.key}: {words.explain_redo(job)}", file=out)
+            elif state.startswith("claimed"):
+                print(f"{indent}{job.key}: {state}", file=out)
+    return counts
+
+
+def made_again_from_a_new_input(job: Job) -> str:
+    """upscale.py's and segment.py's reason to redo a job (PlanWords.explain_redo)."""
+    return ("made from an older input: it will be set aside to REJECTED/ and made again "
+            "from the one there now")

@@ -11,7 +11,8 @@ Replaces the first version's hard-coded "MacBook/MacMini" folder paths::
     server_process_name = "Draw Things"
 
 Found at ``--config FILE``, else ``$DRAWPIPE_CONFIG``, else ``drawpipe.toml`` in the
-project folder. Command-line flags override the chosen profile. Which settings a
+project folder (the checkout for its own scripts, the current folder for every other
+form: cli/common.py script_main). Command-line flags override the chosen profile. Which settings a
 profile may hold, and of what kind: drawpipe/settings.py (``profile=True``).
 """
 

@@ -6,10 +6,9 @@
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from drawpipe.cli.common import PROJECT_DIR
+from drawpipe.cli.common import program_name, script_main
 from drawpipe.cli.options import add_setting_arguments, resolve_share
 from drawpipe.curate.export import ExportSettings, run_export
 from drawpipe.errors import UsageError
@@ -19,7 +18,7 @@ from drawpipe.settings import SHARE
 
 def parse_arguments(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m drawpipe.export",
+        prog=program_name("python -m drawpipe.export"),
         description="Write the accepted images, their upscaled versions and cut-outs as a "
                     "Hugging Face imagefolder with metadata.jsonl.")
     add_setting_arguments(parser, SHARE)
@@ -30,11 +29,15 @@ def parse_arguments(argv) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None, project_dir: Path = PROJECT_DIR) -> int:
-    args = parse_arguments(sys.argv[1:] if argv is None else argv)
+def run(args: argparse.Namespace, project_dir: Path) -> int:
     share = resolve_share(args, project_dir)
     if not args.out.strip():
         raise UsageError("--out needs a folder")
     return run_export(ExportSettings(root=share.root, out=Path(args.out).expanduser(),
                                      include_unreviewed=args.include_unreviewed,
                                      cache_dir=default_cache_dir(os.environ)))
+
+
+def main(argv=None, project_dir: Path | None = None) -> int:
+    """python -m drawpipe.export (and drawpipe export): see cli.common.script_main."""
+    return script_main(run, parse_arguments, argv, project_dir)

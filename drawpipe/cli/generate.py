@@ -14,16 +14,16 @@ import sys
 from pathlib import Path
 
 from drawpipe import bundled
-from drawpipe.cli.common import (CommonSettings, job_states, local_takes, notice_printer,
-                                 print_plan, resolve_settings, run_and_summarise, script_main,
-                                 warning_printer)
+from drawpipe.cli.common import (CommonSettings, PlanWords, job_states, local_takes,
+                                 notice_printer, print_plan, resolve_settings, run_and_summarise,
+                                 script_main, warning_printer)
 from drawpipe.cli.options import add_setting_arguments
 from drawpipe.drawthings.payloads import parse_override
 from drawpipe.layout import GENERATIONS_FOLDER
 from drawpipe.settings import RUN, SERVER, SHARE
 from drawpipe.stages.generate import GenerateStage, load_template, with_overrides
 from drawpipe.stages.prompts import (ask_queue, format_queue, load_prompt_sets, load_queue,
-                                     merge_queue, parse_add)
+                                     merge_queue, parse_add, queue_repeats)
 
 SETTINGS = ("seed_offset",) + SHARE + RUN + SERVER  # drawpipe/settings.py: the flags it takes
 
@@ -70,7 +70,10 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
         queue += load_queue(Path(queue_file), prompt_sets)
     queue += [parse_add(spec, prompt_sets) for spec in args.add or []]
     if not queue:
-        queue = ask_queue(prompt_sets, stdin, stdout)
+        queue = ask_queue(prompt_sets, stdin, stdout)  # says so of repeats as they come
+    else:
+        for line in queue_repeats(queue):
+            print(line, file=stdout)
     queue = merge_queue(queue)
     print(format_queue(queue), file=stdout)
 
@@ -92,13 +95,23 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
 
 
 def _print_generate_plan(stage: GenerateStage, settings: CommonSettings, out) -> int:
-    """Per queue entry: to make, done, claimed by whom; then a total."""
+    """Per queue entry: to make, to re-make (rejected in review), done, claimed by whom;
+    then a total."""
     groups = [(f"{item.nation}/{item.category}", jobs,
                job_states(settings.root, stage, jobs, settings.lease_seconds))
               for item, jobs in stage.jobs_by_entry()]
-    total_to_make, _ = print_plan(groups, "make", "claimed by other workers", out)
-    print(f"dry run: {total_to_make} image(s) to make into {settings.root / GENERATIONS_FOLDER}; "
-          "nothing was sent", file=out)
+
+    def explain_redo(job) -> str:
+        take = stage.takes.take_there(job.key)
+        return (f"rejected in review: take {take} will be set aside to REJECTED/ (with what "
+                f"upscale.py and segment.py made of it) and re-made as take {take + 1}")
+
+    words = PlanWords("make", "claimed by other workers", "to re-make (rejected in review)",
+                      explain_redo)
+    counts = print_plan(groups, words, out)
+    remakes = f" ({counts.redo} of them re-made: rejected in review)" if counts.redo else ""
+    print(f"dry run: {counts.to_do} image(s) to make into {settings.root / GENERATIONS_FOLDER}"
+          f"{remakes}; nothing was sent", file=out)
     return 0
 
 

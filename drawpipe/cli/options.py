@@ -95,7 +95,13 @@ def resolve_share(args: argparse.Namespace, project_dir: Path, stdin=None,
     root_text = resolve(args, ("root",), profile)["root"]
     root = Path(root_text).expanduser() if root_text else project_dir
     if not root.is_dir():
-        raise UsageError(f"root folder {root} does not exist (is the share mounted?)")
+        # Say where the folder came from: a profile's root is fixed in the config file.
+        origin = (f" (the root of profile '{profile_name}' in {path})"
+                  if args.root is None and root_text else "")
+        if root.exists():
+            raise UsageError(f"root {root}{origin} is a file, not a folder: name the shared "
+                             "folder that holds (or will hold) GENERATIONS/")
+        raise UsageError(f"root folder {root}{origin} does not exist (is the share mounted?)")
     return Share(root.resolve(), profile_name, profile)
 
 

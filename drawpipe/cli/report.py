@@ -9,13 +9,13 @@
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from drawpipe import bundled
-from drawpipe.cli.common import PROJECT_DIR
+from drawpipe.cli.common import program_name, script_main
 from drawpipe.cli.options import add_setting_arguments, resolve, resolve_share
 from drawpipe.errors import UsageError
+from drawpipe.files import default_cache_dir
 from drawpipe.layout import IMAGE_FOLDERS, LOGS_FOLDER, report_folder
 from drawpipe.report.build import CSV_NAME, ReportSettings, run_report
 from drawpipe.settings import SHARE
@@ -24,7 +24,7 @@ from drawpipe.stages.prompts import load_prompt_sets, load_queue, merge_queue, p
 
 def parse_arguments(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m drawpipe.report",
+        prog=program_name("python -m drawpipe.report"),
         description="Progress, ETA and costs of the three stages from the per-host logs; "
                     "a gallery, contact sheets and a per-image table.")
     add_setting_arguments(parser, SHARE)
@@ -70,9 +70,14 @@ def settings_from_arguments(args: argparse.Namespace, project_dir: Path) -> Repo
     return ReportSettings(
         root=share.root, html=args.html, contact_sheets=args.contact_sheets, csv_path=csv_path,
         queue=queue, eta_window_seconds=window_minutes * 60,
-        processes=args.processes or min(os.cpu_count() or 1, 8))
+        processes=args.processes or min(os.cpu_count() or 1, 8),
+        cache_dir=default_cache_dir(os.environ))
 
 
-def main(argv=None, project_dir: Path = PROJECT_DIR) -> int:
-    args = parse_arguments(sys.argv[1:] if argv is None else argv)
+def run(args: argparse.Namespace, project_dir: Path) -> int:
     return run_report(settings_from_arguments(args, project_dir))
+
+
+def main(argv=None, project_dir: Path | None = None) -> int:
+    """python -m drawpipe.report (and drawpipe report): see cli.common.script_main."""
+    return script_main(run, parse_arguments, argv, project_dir)

@@ -6,10 +6,9 @@
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from drawpipe.cli.common import PROJECT_DIR
+from drawpipe.cli.common import program_name, script_main
 from drawpipe.cli.options import add_setting_arguments, resolve, resolve_share
 from drawpipe.curate.review import ReviewSettings, run_review
 from drawpipe.errors import UsageError
@@ -19,7 +18,7 @@ from drawpipe.settings import SHARE
 
 def parse_arguments(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m drawpipe.review",
+        prog=program_name("python -m drawpipe.review"),
         description="A local web page to accept or reject the generated images; verdicts "
                     "go to the share's reviews/<host>.jsonl.")
     add_setting_arguments(parser, SHARE + ("host", "port"))
@@ -45,6 +44,10 @@ def settings_from_arguments(args: argparse.Namespace, project_dir: Path, environ
                           processes=args.processes or min(os.cpu_count() or 1, 8))
 
 
-def main(argv=None, project_dir: Path = PROJECT_DIR) -> int:
-    args = parse_arguments(sys.argv[1:] if argv is None else argv)
+def run(args: argparse.Namespace, project_dir: Path) -> int:
     return run_review(settings_from_arguments(args, project_dir, os.environ))
+
+
+def main(argv=None, project_dir: Path | None = None) -> int:
+    """python -m drawpipe.review (and drawpipe review): see cli.common.script_main."""
+    return script_main(run, parse_arguments, argv, project_dir)

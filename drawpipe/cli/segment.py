@@ -33,11 +33,12 @@ import os
 import sys
 from pathlib import Path
 
-from drawpipe.cli.common import (check_positive, job_states, local_takes, print_plan,
-                                 print_rejected, resolve_settings, run_and_summarise,
-                                 script_main, share_errors)
+from drawpipe.cli.common import (PlanWords, check_positive, job_states, local_takes,
+                                 made_again_from_a_new_input, print_plan, print_rejected,
+                                 print_watching, resolve_settings, run_and_summarise, script_main,
+                                 share_errors)
 from drawpipe.cli.options import add_setting_arguments
-from drawpipe.engine.loop import job_done
+from drawpipe.engine.jobs import job_done
 from drawpipe.errors import CheckpointError, UsageError
 from drawpipe.files import default_cache_dir
 from drawpipe.layout import CUTOUTS_FOLDER, UPSCALED_FOLDER
@@ -132,9 +133,12 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
         other_settings = _made_with_other_settings(stage, jobs)
     if settings.dry_run:
         states = job_states(settings.root, stage, jobs, settings.lease_seconds)
-        to_do, done = print_plan([(None, jobs, states)], "segment", "claimed", stdout)
-        print(f"dry run: {to_do} image(s) to segment into {output_folder}, "
-              f"{done} already done; nothing was loaded or written"
+        words = PlanWords("segment", "claimed", "to redo", _why_redo(stage))
+        counts = print_plan([(None, jobs, states)], words, stdout)
+        waiting = (f", {len(stage.rejected)} rejected in review (cut out once generate.py and "
+                   "upscale.py have made their next take)" if stage.rejected else "")
+        print(f"dry run: {counts.to_do} image(s) to segment into {output_folder}, "
+              f"{counts.done} already done{waiting}; nothing was loaded or written"
               + ("" if checkpoint.is_file() else f" (the checkpoint {checkpoint} is missing)")
               + ("" if labelling is None or Path(labelling.settings.checkpoint).is_file()
                  else f" (the label model {labelling.settings.checkpoint} is missing)"),
@@ -157,6 +161,7 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     if labelling is not None:
         print(_labelling_line(labelling, label_device), file=stdout)
     _print_other_settings(other_settings, stage, redo, stdout)
+    print_watching(settings.root / UPSCALED_FOLDER, settings, stdout)
     summary = run_and_summarise(stage, settings, takes, stdout)
     print_rejected(stage.rejected, stdout)
     _print_empty(stage.empty, stdout)
@@ -164,6 +169,21 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
         _print_other_settings(other_settings, stage, False, stdout)
     print(f"cut-outs are in {output_folder}", file=stdout)
     return summary.exit_code
+
+
+def _why_redo(stage):
+    """The dry run's reason to redo a job: made from an older input, or (--redo-cutouts)
+    made with other settings."""
+    from drawpipe.stages.segment import describe_made_with
+
+    def explain(job) -> str:
+        other = stage.made_with_other_settings(job)
+        if other is None or not stage.takes.is_current(job.output, job.input):
+            return made_again_from_a_new_input(job)
+        return (f"made with {describe_made_with(other)}: it will be set aside to REJECTED/ and "
+                f"made again with {describe_made_with(stage.made_with())}")
+
+    return explain
 
 
 def _made_with_other_settings(stage, jobs) -> dict[str, int]:
@@ -345,9 +365,13 @@ def _segment_checkpoint(model_type: str | None, checkpoint: str | None,
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
         model_type = model_type or model_type_for(path)
+        if model_type is None and not path.is_file():  # the first thing to say
+            raise CheckpointError(f"SAM checkpoint {path} not found: check the path, or leave "
+                                  "out --checkpoint and add --download to fetch an official "
+                                  f"one (--model {', '.join(OFFICIAL_CHECKPOINTS)})")
         if model_type is None:
             raise UsageError(f"cannot tell the model type from the file name {path.name}: "
-                             f"pass --model ({', '.join(MODEL_TYPES)})")
+                             f"pass --model ({', '.join(OFFICIAL_CHECKPOINTS)})")
         return model_type, path
     model_type = model_type or "vit_b"
     official = MODEL_TYPES[model_type].official

@@ -11,19 +11,21 @@ Examples:
 """
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 from drawpipe import bundled
-from drawpipe.cli.common import (CommonSettings, job_states, local_takes, print_plan,
-                                 print_rejected, resolve_settings, run_and_summarise,
-                                 script_main, share_errors, warning_printer)
+from drawpipe.cli.common import (CommonSettings, PlanWords, job_states, local_takes,
+                                 made_again_from_a_new_input, print_plan, print_rejected,
+                                 print_watching, resolve_settings, run_and_summarise, script_main,
+                                 share_errors, warning_printer)
 from drawpipe.cli.options import add_setting_arguments
 from drawpipe.drawthings.payloads import parse_override
 from drawpipe.errors import UsageError
-from drawpipe.layout import GENERATIONS_FOLDER
+from drawpipe.layout import GENERATIONS_FOLDER, natural_key
 from drawpipe.settings import RUN, SERVER, SHARE, WATCH
 from drawpipe.stages.upscale import UpscaleStage, apply_overrides, load_recipe
 
@@ -52,7 +54,7 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     stdout = stdout or sys.stdout
     settings = resolve_settings(args, project_dir, SETTINGS, stdin, stdout)
     recipe = load_recipe(_recipe_path(args.recipe))
-    recipe = apply_overrides(recipe, [parse_override(text) for text in args.set or []])
+    recipe = apply_overrides(recipe, [parse_override(text, steps=True) for text in args.set or []])
     warn = warning_printer()
     for line in recipe.warnings:
         warn(line)
@@ -75,6 +77,7 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
               file=stdout)
     if settings.dry_run:
         return _print_upscale_plan(stage, settings, stdout)
+    print_watching(stage.input_folder, settings, stdout)
     summary = run_and_summarise(stage, settings, takes, stdout)
     print_rejected(stage.rejected, stdout)
     if summary.total == 0 and not stage.skipped:
@@ -104,28 +107,46 @@ def _recipe_path(recipe: str | None) -> Path:
         for candidate in (bundled.PAYLOADS / recipe, bundled.PAYLOADS / f"{recipe}.json"):
             if candidate.is_file():
                 return candidate
+        names = bundled.recipe_names()
+        close = difflib.get_close_matches(Path(recipe).stem, names, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise UsageError(f"--recipe {recipe}: no such file, and no bundled recipe of that name "
+                         f"({hint}bundled: {', '.join(names)})")
     return path
 
 
 def _print_upscale_plan(stage: UpscaleStage, settings: CommonSettings, out) -> int:
-    """Per sub-folder of GENERATIONS/: to do, done, claimed by whom; then a total."""
+    """Per sub-folder of GENERATIONS/: to do, to redo, done, claimed by whom, rejected in
+    review; then a total."""
     with share_errors(settings.root):
         jobs = stage.plan()
     states = job_states(settings.root, stage, jobs, settings.lease_seconds)
     folders: dict[str, tuple[list, list]] = {}
+
+    def label_of(input_path: Path) -> str:
+        folder = input_path.parent.relative_to(stage.input_folder).as_posix()
+        return folder if folder != "." else "(top level)"
+
     for job, state in zip(jobs, states):
-        folder = job.input.parent.relative_to(stage.input_folder).as_posix()
-        folder_jobs, folder_states = folders.setdefault(folder, ([], []))
+        folder_jobs, folder_states = folders.setdefault(label_of(job.input), ([], []))
         folder_jobs.append(job)
         folder_states.append(state)
-    groups = [(folder if folder != "." else "(top level)", folder_jobs, folder_states)
-              for folder, (folder_jobs, folder_states) in folders.items()]
-    total_to_do, total_done = print_plan(groups, "upscale", "claimed", out)
+    rejected: dict[str, int] = {}
+    for label in stage.rejected:
+        folder = label_of(settings.root / label)
+        folders.setdefault(folder, ([], []))
+        rejected[folder] = rejected.get(folder, 0) + 1
+    groups = [(folder, folder_jobs, folder_states)
+              for folder, (folder_jobs, folder_states) in sorted(folders.items(), key=lambda item: natural_key(item[0]))]
+    words = PlanWords("upscale", "claimed", "to redo", made_again_from_a_new_input)
+    counts = print_plan(groups, words, out, rejected)
     for label, reason in stage.skipped.items():
         print(f"  skipped: {label}: {reason}", file=out)
     if stage.ignored:
         print(f"  ignored: {len(stage.ignored)} file(s) that are not .png", file=out)
-    print(f"dry run: {total_to_do} image(s) to upscale, {total_done} already done, "
+    waiting = (f"{len(stage.rejected)} rejected in review (upscaled once generate.py has made "
+               "their next take), " if stage.rejected else "")
+    print(f"dry run: {counts.to_do} image(s) to upscale, {counts.done} already done, {waiting}"
           f"{len(stage.skipped)} skipped, into {stage.output_folder}; nothing was sent",
           file=out)
     return 0

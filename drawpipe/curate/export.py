@@ -7,9 +7,12 @@
 
 Writes, into a new or empty DIR, every generated image whose current take was
 accepted (curate/verdicts.py; with ``--include-unreviewed`` every take not rejected) with
-its upscaled version and its cut-outs, in the share's own folder layout, and
-``DIR/metadata.jsonl`` (written last), one JSON object per image::
+its upscaled version and its cut-outs, in the share's own folder layout,
+``DIR/metadata.jsonl`` (written last), one JSON object per image with the COLUMNS below,
+and a dataset card, ``README.md`` in DIR, whose YAML declares every column's type::
 
+    id                     France_family_1_take2: the image's stem and take, unique
+    take                   1, 2, ...: which take of the file (curate/takes.py)
     file_name              GENERATIONS/France/family/France_family_1.png  (the "image" column)
     nation, category       France, family
     prompt, negative_prompt, seed, model, sampler, steps, size ("1024x1024")
@@ -22,10 +25,13 @@ its upscaled version and its cut-outs, in the share's own folder layout, and
     verdict, verdict_reason, verdict_host, verdict_time      null when not reviewed
     generate_seconds, upscale_seconds, segment_seconds       from logs/<stage>-<host>.csv
 
-``datasets.load_dataset("imagefolder", data_dir=DIR)`` loads it as it is: ``file_name``
-becomes the ``image`` column, ``upscaled_file_name`` an ``upscaled`` image column and
-``cutouts_file_names`` a ``cutouts`` list of images; ``pandas.read_json(...,
-lines=True)`` reads the metadata.
+``datasets.load_dataset(DIR)`` loads it with the declared types whatever the data
+holds: ``file_name`` becomes the ``image`` column, ``upscaled_file_name`` an
+``upscaled`` image column and ``cutouts_file_names`` a ``cutouts`` list of images, and
+an export with no cut-out or no verdict has the same schema as one with them, so
+exports of different days concatenate (``datasets.concatenate_datasets``). Without the
+card, types would be guessed from the rows: an empty list is a list of nothing and a
+column of nulls is null. ``pandas.read_json(..., lines=True)`` reads the metadata.
 
 Files are hard links when DIR is on the share's file system (no bytes copied;
 do not edit them in place: the share's file is the same file), else copies. The
@@ -42,18 +48,100 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from drawpipe.curate.takes import recorded_take
 from drawpipe.curate.verdicts import load_verdicts
 from drawpipe.errors import ExportRefused
 from drawpipe.files import HashCache, file_sha256, write_atomically
 from drawpipe.inventory import STAGES, latest_done, load_logs, scan_inventory
 from drawpipe.layout import CUTOUTS_RECORD, logs_folder
+from drawpipe.pages import counted
 from drawpipe.png import read_text_chunks
 
 METADATA_NAME = "metadata.jsonl"
+CARD_NAME = "README.md"  # the dataset card: what datasets and the Hugging Face Hub read
 # A hard link across file systems, or on one that has none (FAT, some SMB servers):
 # copy instead, and stop trying to link.
 _NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP,
                    errno.EACCES}
+
+
+# ------------------------------------------------------------------------- the schema
+
+# A column's type, as the dataset card declares it (datasets' feature names): "string",
+# "int64", "float64", "image" (a file path in metadata.jsonl, an image when loaded), or
+# ("list", TYPE). Every column may be null.
+STRING, INT, FLOAT, IMAGE = "string", "int64", "float64", "image"
+
+
+def list_of(kind) -> tuple:
+    return ("list", kind)
+
+
+# The columns of metadata.jsonl, in order: (key, type). The one place the export's schema
+# is declared: a new column (cut-out labels, say: ("cutout_labels", list_of(STRING))) is
+# one line here and one value in the row; the card is made from this table.
+COLUMNS = (
+    ("id", STRING), ("take", INT), ("file_name", IMAGE), ("nation", STRING),
+    ("category", STRING), ("prompt", STRING), ("negative_prompt", STRING), ("seed", INT),
+    ("model", STRING), ("sampler", STRING), ("steps", INT), ("size", STRING),
+    ("sha256", STRING), ("upscaled_file_name", IMAGE), ("cutouts_file_names", list_of(IMAGE)),
+    ("cutout_boxes", list_of(list_of(INT))), ("verdict", STRING), ("verdict_reason", STRING),
+    ("verdict_host", STRING), ("verdict_time", STRING), ("generate_seconds", FLOAT),
+    ("upscale_seconds", FLOAT), ("segment_seconds", FLOAT),
+)
+REQUEST_FIELDS = ("prompt", "negative_prompt", "seed", "model", "sampler", "steps", "size")
+
+
+def loaded_name(key: str, kind) -> str:
+    """The column's name once loaded: datasets' imagefolder turns ``file_name`` into
+    ``image``, ``upscaled_file_name`` into ``upscaled``, ``cutouts_file_names`` into
+    ``cutouts``; other columns keep their key."""
+    if IMAGE in (kind, kind[1] if isinstance(kind, tuple) else None):
+        for suffix in ("_file_names", "_file_name"):
+            if key.endswith(suffix):
+                return key[:-len(suffix)]
+        return "image"
+    return key
+
+
+def _feature_yaml(kind, indent: str) -> list[str]:
+    """A type's YAML in a dataset card's feature list: "dtype: string", "list: image",
+    "list:\n  list: int64"."""
+    if isinstance(kind, tuple):
+        inner = kind[1]
+        if isinstance(inner, tuple):
+            return [f"{indent}list:", *_feature_yaml(inner, indent + "  ")]
+        return [f"{indent}list: {inner}"]
+    return [f"{indent}dtype: {kind}"]
+
+
+def features_yaml(indent: str) -> list[str]:
+    """COLUMNS as a dataset card's ``features:`` list, each line indented by ``indent``."""
+    lines = []
+    for key, kind in COLUMNS:
+        lines.append(f"{indent}- name: {loaded_name(key, kind)}")
+        lines += _feature_yaml(kind, indent + "  ")
+    return lines
+
+
+def dataset_card(result: "ExportResult", root: Path) -> str:
+    """The export's README.md. The types are declared twice, in the two places readers
+    look: ``configs`` (a local folder loaded with datasets.load_dataset(DIR): the
+    imagefolder builder takes a config's features and ignores dataset_info's) and
+    ``dataset_info`` (the Hub's viewer)."""
+    lines = ["---", "configs:", "- config_name: default", "  features:",
+             *features_yaml("  "), "dataset_info:", "  features:", *features_yaml("  "),
+             "---", f"# {root.name}: images made with drawpipe", "",
+             f"{counted(result.exported, 'image')} ({result.accepted:,} accepted in review, "
+             f"{result.unreviewed:,} not reviewed), {result.upscaled:,} upscaled, "
+             f"{counted(result.cutouts, 'cut-out')}. One row per generated image; its columns "
+             "and their meaning: drawpipe's README, \"Export\".", "",
+             "```python", "import datasets", "", "dataset = datasets.load_dataset(\"DIR\")  "
+             "# this folder", "```", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- the export
 
 
 @dataclass(frozen=True)
@@ -83,8 +171,9 @@ class ExportResult:
         left = [f"{self.left_rejected:,} rejected"]
         if not include_unreviewed:
             left.append(f"{self.left_unreviewed:,} not reviewed (--include-unreviewed adds them)")
-        return (f"exported {self.exported:,} images ({kinds}) with {self.upscaled:,} upscaled and "
-                f"{self.cutouts:,} cut-outs to {out}: {self.linked:,} files hard-linked, "
+        return (f"exported {counted(self.exported, 'image')} ({kinds}) with {self.upscaled:,} "
+                f"upscaled and {counted(self.cutouts, 'cut-out')} to {out}: "
+                f"{counted(self.linked, 'file')} hard-linked, "
                 f"{self.copied:,} copied; left out: {', '.join(left)}")
 
 
@@ -109,10 +198,21 @@ def request_fields(texts: dict[str, str]) -> dict | None:
         return None
     width, height = request.get("width"), request.get("height")
     sampler = request.get("sampler", request.get("sampler_name"))
-    return {"prompt": request.get("prompt"), "negative_prompt": request.get("negative_prompt"),
-            "seed": request.get("seed"), "model": request.get("model"), "sampler": sampler,
-            "steps": request.get("steps"),
-            "size": f"{width}x{height}" if width and height else None}
+    fields = {"prompt": request.get("prompt"), "negative_prompt": request.get("negative_prompt"),
+              "seed": request.get("seed"), "model": request.get("model"), "sampler": sampler,
+              "steps": request.get("steps"),
+              "size": f"{width}x{height}" if width and height else None}
+    # Of the declared type or null, so that the dataset always loads (a request edited by
+    # hand could hold anything).
+    types = dict(COLUMNS)
+    return {name: value if _is_of_type(value, types[name]) else None
+            for name, value in fields.items()}
+
+
+def _is_of_type(value, kind: str) -> bool:
+    if kind == INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, str)  # the request's other fields are all text
 
 
 def _cutouts(root: Path, folder: str | None, problems: list[str]) -> tuple[list[str], list]:
@@ -200,14 +300,14 @@ def run_export(settings: ExportSettings, out=None) -> int:
         parts = entry.key.split("/")  # Nation/category/stem, as generate.py names them
         nation, category = (parts[0], parts[1]) if len(parts) >= 3 else (None, None)
         try:
-            fields = request_fields(read_text_chunks(root / entry.generated.path))
+            texts = read_text_chunks(root / entry.generated.path)
         except (OSError, ValueError):
-            fields = None
+            texts = {}
+        fields = request_fields(texts)
         if fields is None:
             result.problems.append(f"{entry.generated.path} has no readable drawpipe request: its "
                                    "prompt, seed and settings are null")
-            fields = dict.fromkeys(("prompt", "negative_prompt", "seed", "model", "sampler",
-                                    "steps", "size"))
+            fields = dict.fromkeys(REQUEST_FIELDS)
         cutout_files, boxes = _cutouts(root, entry.cutouts_folder, result.problems)
         placer.place(entry.generated.path)
         if entry.upscaled:
@@ -216,7 +316,9 @@ def run_export(settings: ExportSettings, out=None) -> int:
         for relative in cutout_files:
             placer.place(relative)
         result.cutouts += len(cutout_files)
-        row = {"file_name": entry.generated.path, "nation": nation, "category": category,
+        take = recorded_take(texts)
+        row = {"id": f"{Path(entry.generated.path).stem}_take{take}", "take": take,
+               "file_name": entry.generated.path, "nation": nation, "category": category,
                **fields, "sha256": sha256,
                "upscaled_file_name": entry.upscaled.path if entry.upscaled else None,
                "cutouts_file_names": cutout_files, "cutout_boxes": boxes,
@@ -227,10 +329,11 @@ def run_export(settings: ExportSettings, out=None) -> int:
         for stage in STAGES:
             logged = done[stage].get(entry.key)
             row[f"{stage}_seconds"] = logged.seconds if logged else None
-        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+        lines.append(json.dumps({key: row[key] for key, _ in COLUMNS}, ensure_ascii=False) + "\n")
         result.exported += 1
         result.accepted += verdict is not None
         result.unreviewed += verdict is None
+    write_atomically(settings.out / CARD_NAME, dataset_card(result, root).encode("utf-8"))
     # The metadata last, atomically: an export cut short has none, and reads as unfinished.
     write_atomically(settings.out / METADATA_NAME, "".join(lines).encode("utf-8"))
     for line in result.problems:

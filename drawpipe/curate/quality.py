@@ -52,6 +52,7 @@ from pathlib import Path
 
 from drawpipe.files import write_if_changed
 from drawpipe.layout import natural_key, quality_folder
+from drawpipe.pages import counted
 
 QUALITY_VERSION = 1
 ANALYSIS_PX = 512
@@ -229,7 +230,7 @@ class QualityRun:
 
     def sentence(self) -> str:
         suspects = sum(1 for item in self.signals.values() if suspect_reasons(item))
-        return (f"quality signals: {len(self.signals):,} images ({self.cached:,} from the cache, "
+        return (f"quality signals: {counted(len(self.signals), 'image')} ({self.cached:,} from the cache, "
                 f"{self.measured:,} measured), {suspects:,} suspect")
 
 

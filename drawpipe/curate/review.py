@@ -50,13 +50,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from drawpipe import pages
 from drawpipe.curate.quality import Signals, suspect_reasons, suspicion_order, update_signals
-from drawpipe.curate.verdicts import Verdict, append_verdict, check_sha256, load_verdicts
+from drawpipe.curate.verdicts import (ReviewState, Verdict, append_verdict, check_sha256,
+                                     load_verdicts)
 from drawpipe.errors import BadVerdict, TakeChanged, UsageError
 from drawpipe.files import HashCache, file_sha256
 from drawpipe.inventory import ReportCache, read_metadata, scan_inventory
 from drawpipe.layout import (CUTOUTS_FOLDER, GENERATIONS_FOLDER, IMAGE_FOLDERS, REPORT_CACHE,
                              natural_key, report_folder)
-from drawpipe.pages import anchor, meta_view
+from drawpipe.pages import anchor, counted, meta_view
 from drawpipe.settings import default
 
 DEFAULT_PORT = default("port")
@@ -203,6 +204,8 @@ class Review:
             signals = snapshot.signals.get(entry.generated.path)
             sha256 = signals.sha256 if signals and signals.sha256 else ""
             verdict = snapshot.verdicts.for_image(entry.generated.path, sha256) if sha256 else None
+            review = ReviewState(verdict, snapshot.verdicts.rejected_before(
+                entry.generated.path, sha256) if sha256 else None)
             reasons = suspect_reasons(signals) if signals else []
             counts["images"] += 1
             counts["reviewed"] += verdict is not None
@@ -212,7 +215,7 @@ class Review:
             state = "unreviewed" if verdict is None else (
                 "rejected" if verdict.rejected else "accepted")
             if filter_name in ("all", state):
-                shown.append((entry, signals, sha256, verdict, reasons))
+                shown.append((entry, signals, sha256, review, reasons))
         if order == "suspect":
             shown.sort(key=lambda item: (suspicion_order(item[1]), natural_key(item[0].key)))
             groups = [{"title": "suspect first", "anchor": "g-suspect-first",
@@ -230,7 +233,8 @@ class Review:
             filter=filter_name, filters=FILTERS, order=order, orders=ORDERS,
             refresh_ms=REFRESH_SECONDS * 1000)
 
-    def _item(self, entry, signals, sha256, verdict, reasons, with_group=False) -> dict:
+    def _item(self, entry, signals, sha256, review, reasons, with_group=False) -> dict:
+        verdict = review.verdict
         def figure(image, label, absent):
             if image is None:
                 return {"label": label, "absent": absent}
@@ -250,6 +254,7 @@ class Review:
                         else "cut-outs"},
             **meta_view(entry),
             "notes": [entry.meta["error"]] if entry.meta.get("error") else [],
+            "earlier": review.earlier(entry.meta.get("take", 1)),
             "image": entry.generated.path, "sha256": sha256, "suspect": reasons,
             "verdict": verdict.to_dict() if verdict else None,
             # Compared with /api/verdicts' answers by the page's script, key for key.
@@ -424,7 +429,7 @@ def run_review(settings: ReviewSettings, out=None) -> int:
     count = sum(1 for entry in snapshot.inventory.entries.values() if entry.generated)
     reviewed = sum(1 for signals in snapshot.signals.values()
                    if snapshot.verdicts.for_image(signals.image, signals.sha256))
-    out.write(f"{count:,} generated images in {settings.root}, {reviewed:,} reviewed; "
+    out.write(f"{counted(count, 'generated image')} in {settings.root}, {reviewed:,} reviewed; "
               f"verdicts go to reviews/{settings.host_name}.jsonl\n")
     for line in snapshot.notes:
         out.write(f"note: {line}\n")

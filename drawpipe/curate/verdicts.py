@@ -5,6 +5,7 @@ generate.py (re-making the rejects) go through it.
 
     append_verdict(root, host, image, sha256, verdict, reason)   -> Verdict (written)
     load_verdicts(root)                                          -> VerdictIndex (every host merged)
+    review_states(index, images, sha256_of)                      -> {image: ReviewState}
 
 A take's SHA-256 comes from files.file_sha256 (with this Mac's files.HashCache).
 
@@ -82,6 +83,12 @@ class Verdict:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def sentence(self) -> str:
+        """"rejected by mac-a, 2026-05-01 10:00:00 UTC: six fingers", as the pages say it."""
+        word = "rejected" if self.rejected else "accepted"
+        when = self.time[:19].replace("T", " ")
+        return f"{word} by {self.host}, {when} UTC" + (f": {self.reason}" if self.reason else "")
 
 
 def utc_now_text() -> str:
@@ -173,6 +180,7 @@ class VerdictIndex:
     lines_read: int = 0
     lines_skipped: int = 0
     files: list[str] = field(default_factory=list)  # "reviews/mac-a.jsonl", ...
+    _rejects_by_image: dict | None = field(default=None, repr=False, compare=False)
 
     def for_image(self, image: str, sha256: str) -> Verdict | None:
         """The winning verdict for this take of ``image``, or None (not reviewed)."""
@@ -191,6 +199,18 @@ class VerdictIndex:
     def images(self) -> set[str]:
         return {image for image, _ in self.current}
 
+    def rejected_before(self, image: str, sha256: str) -> Verdict | None:
+        """The latest reject of another take of ``image`` than ``sha256``: why the take
+        before the one there now was set aside (None when none was rejected)."""
+        if self._rejects_by_image is None:
+            rejects: dict[str, list[Verdict]] = {}
+            for verdict in self.current.values():
+                if verdict.rejected:
+                    rejects.setdefault(verdict.image, []).append(verdict)
+            self._rejects_by_image = rejects
+        earlier = [v for v in self._rejects_by_image.get(image, ()) if v.sha256 != sha256]
+        return max(earlier, key=lambda verdict: verdict.epoch_seconds, default=None)
+
     def check_images(self, exists: Callable[[str], bool]) -> list[str]:
         """Add a problem line for each reviewed image for which ``exists(image)`` is
         False (e.g. ``lambda image: (root / image).is_file()``); returns those images.
@@ -202,6 +222,49 @@ class VerdictIndex:
             self.problems.append(f"{image}: reviewed (by {', '.join(hosts)}) but no longer "
                                  "exists; its verdicts are kept and ignored")
         return missing
+
+
+@dataclass(frozen=True)
+class ReviewState:
+    """Where review stands for the take of a generated image there now."""
+
+    verdict: Verdict | None  # the winning verdict for this take; None: not reviewed
+    rejected_before: Verdict | None = None  # why the take before it was set aside
+
+    @property
+    def word(self) -> str:
+        """"accepted", "rejected" or "not reviewed"."""
+        if self.verdict is None:
+            return "not reviewed"
+        return "rejected" if self.verdict.rejected else "accepted"
+
+    def earlier(self, take: int) -> str | None:
+        """Why the take before this one (``take``) was set aside: "take 1 rejected by
+        mac-a, 2026-05-01 10:00:00 UTC: six fingers"; None when none was rejected."""
+        if self.rejected_before is None:
+            return None
+        which = f"take {take - 1}" if take > 1 else "an earlier take"
+        return f"{which} {self.rejected_before.sentence()}"
+
+
+NOT_REVIEWED = ReviewState(None)
+
+
+def review_states(index: VerdictIndex, images, sha256_of: Callable[[str], str]
+                  ) -> dict[str, ReviewState]:
+    """{image: ReviewState} for generated images (root-relative paths). Only images with
+    a verdict at their path are hashed (``sha256_of(image)``, cached by the caller), so
+    a share of unreviewed images costs nothing."""
+    reviewed = index.images()
+    states = {}
+    for image in images:
+        if image not in reviewed:
+            states[image] = NOT_REVIEWED
+            continue
+        sha256 = sha256_of(image)
+        states[image] = ReviewState(index.for_image(image, sha256),
+                                    index.rejected_before(image, sha256))
+    return states
 
 
 def load_verdicts(root: Path) -> VerdictIndex:

@@ -183,6 +183,19 @@ def _swift_number(value) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
+def _option_meant(value, options: tuple[str, ...]) -> str | None:
+    """The option a mistyped enumeration value meant: the same but for case and spaces
+    ("Euler A" -> "Euler a"), else a close spelling; None when nothing is close."""
+    if not isinstance(value, str):
+        return None
+    folded = {option.casefold().replace(" ", ""): option for option in options}
+    same = folded.get(value.casefold().replace(" ", ""))
+    if same is not None:
+        return same
+    close = difflib.get_close_matches(value, options, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
 def _type_mismatch(path: list, type_name: str, value) -> RequestRejected:
     swift_type = _SWIFT_TYPES[type_name]
     found = _JSON_TYPE_NAMES[type(value)]
@@ -344,8 +357,10 @@ def decode_body(body: dict, decode_image: Callable[[bytes], object] | None = Non
             continue
         decoded = _decode_value(parameter.type, value, [json_key])
         if parameter.options is not None and decoded not in parameter.options:
-            raise RequestRejected(table.message("invalid_enumeration", key=json_key,
-                                                options=json.dumps(list(parameter.options))))
+            detail = table.message("invalid_enumeration", key=json_key,
+                                   options=json.dumps(list(parameter.options)))
+            meant = _option_meant(decoded, parameter.options)
+            raise RequestRejected(detail, detail + (f"; did you mean {meant!r}?" if meant else ""))
         if parameter.range is not None:
             _check_range(parameter, decoded)
         values[parameter.key] = decoded

@@ -3,7 +3,9 @@
 One ``requests.Session`` per client (one per server), an explicit timeout on
 every call, and one small retry loop. What a call returns is the server's PNG
 *bytes*, checked (signature, chunk CRCs via ``Image.verify()``, pixel size) but
-never decoded into pixels and re-encoded.
+never decoded into pixels and re-encoded. Every JobFailed raised carries
+``attempts``, the requests sent. ``sampled_process(url, settings)``: the app's process
+name when the server is this machine, for the engine's CPU and RAM readings.
 
 Failure kinds, as the caller sees them (see errors.py):
   ServerUnreachable  preflight ``GET /`` failed: URL wrong, app closed, API server off
@@ -16,7 +18,8 @@ Failure kinds, as the caller sees them (see errors.py):
                      reset after the request was sent: Draw Things cannot be
                      interrupted and runs one POST at a time, so a re-send would queue
                      behind the request it may still be drawing and make the image
-                     twice. Never re-sent by this client; a later run retries the job
+                     twice. Never re-sent by this client; its ``retry_after_seconds``
+                     (twice the read timeout) tells the engine when it may be sent again
   WrongSize          the answer's pixel size differs from the request's: settings that
                      disagree, which a re-send would repeat; never re-sent
 """
@@ -52,6 +55,8 @@ class ClientSettings:
     retries: int = default("retries")
     backoff_seconds: float = default("backoff_seconds")  # first wait; doubles each time
     backoff_cap_seconds: float = 60.0
+    # Whose CPU and RAM are logged while a request runs, when the server is this machine.
+    server_process_name: str | None = default("server_process_name")
 
 
 @dataclass(frozen=True)
@@ -67,15 +72,18 @@ class SdapiClient:
     ``sleep(seconds)``: the wait before a re-send; it returns True when it was cut
     short because the run is stopping (``threading.Event.wait`` does), and then the
     job is not re-sent. ``on_resend(line)``: told about every re-send and its reason.
+    ``before_send()``: called just before every request, re-sends included; whatever
+    it raises (the engine's JobLost: the job is no longer ours) ends the call unsent.
     """
 
     def __init__(self, base_url: str, settings: ClientSettings = ClientSettings(),
-                 sleep=time.sleep, on_resend=None):
+                 sleep=time.sleep, on_resend=None, before_send=None):
         self.base_url = base_url.rstrip("/")
         self.settings = settings
         self.session = requests.Session()
         self._sleep = sleep
         self._on_resend = on_resend
+        self._before_send = before_send
 
     def close(self) -> None:
         self.session.close()
@@ -110,35 +118,33 @@ class SdapiClient:
         ``expected_size``: (width, height) in px the answer must have, or None to
         accept any size. Raises ServerRejected at once on 422; MaybeStillDrawing or
         WrongSize at once; TransientError when the retries are used up or the run is
-        stopping (every exception's ``attempts`` attribute says how many were sent).
+        stopping (each JobFailed says in ``attempts`` how many requests were sent).
         """
         url = self.base_url + ROUTES[mode]
         body = json.dumps(payload).encode()
         started = time.monotonic()
-        attempts = 0
+        attempt = 0
         while True:
-            attempts += 1
+            attempt += 1
+            if self._before_send is not None:
+                self._before_send()
             try:
-                png = self._post_once(url, body, expected_size)
-                return ImageAnswer(png, attempts, time.monotonic() - started)
-            except (MaybeStillDrawing, WrongSize) as exc:
-                exc.attempts = attempts
-                raise
+                png = self._post_once(url, body, expected_size, attempt)
+                return ImageAnswer(png, attempt, time.monotonic() - started)
             except TransientError as exc:
-                exc.attempts = attempts
-                if attempts > self.settings.retries:
+                if attempt > self.settings.retries:
                     raise
-                wait = min(self.settings.backoff_seconds * 2 ** (attempts - 1),
+                wait = min(self.settings.backoff_seconds * 2 ** (attempt - 1),
                            self.settings.backoff_cap_seconds)
                 if self._sleep(wait):
-                    stopped = TransientError(f"{exc}; not re-sent: the run is stopping")
-                    stopped.attempts = attempts
-                    raise stopped from None
+                    raise TransientError(f"{exc}; not re-sent: the run is stopping",
+                                         attempt) from None
                 if self._on_resend is not None:
-                    self._on_resend(f"re-sending (attempt {attempts + 1} of "
+                    self._on_resend(f"re-sending (attempt {attempt + 1} of "
                                     f"{self.settings.retries + 1}, after {wait:g} s) because: {exc}")
 
-    def _post_once(self, url: str, body: bytes, expected_size) -> bytes:
+    def _post_once(self, url: str, body: bytes, expected_size, attempt: int) -> bytes:
+        """One request; what it raises carries ``attempt``, its number (1 = the first)."""
         settings = self.settings
         try:
             response = self.session.post(
@@ -154,43 +160,58 @@ class SdapiClient:
             raise TransientError(
                 f"cannot connect to {self.base_url} (no connection within "
                 f"{settings.connect_timeout_seconds:g} s): is the Mac awake and Draw Things' "
-                "API server on?") from None
+                "API server on?", attempt) from None
         except requests.ReadTimeout:
             raise self._maybe_still_drawing(
-                url, f"no answer within {settings.read_timeout_seconds:g} s") from None
+                url, f"no answer within {settings.read_timeout_seconds:g} s", attempt) from None
         except requests.RequestException as exc:
             if _never_connected(exc):
-                raise TransientError(f"cannot connect to {self.base_url} ({network_reason(exc)})") from None
+                raise TransientError(f"cannot connect to {self.base_url} ({network_reason(exc)})",
+                                     attempt) from None
             # The request went out and the answer did not come back.
-            raise self._maybe_still_drawing(url, network_reason(exc)) from None
+            raise self._maybe_still_drawing(url, network_reason(exc), attempt) from None
         try:
             # Headers arrived, so the app has finished drawing (it answers only at the
             # end): a failure now loses the answer, not the app's time; re-sending is safe.
             content = response.raw.read(decode_content=True)
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise TransientError(f"{url}: the answer was cut off ({network_reason(exc)})") from None
+            raise TransientError(f"{url}: the answer was cut off ({network_reason(exc)})",
+                                 attempt) from None
         if response.status_code == 422:
             raise ServerRejected(url, _error_detail(content))
         if response.status_code != 200:
-            raise TransientError(f"{url}: HTTP {response.status_code} {_error_detail(content)}")
+            raise TransientError(f"{url}: HTTP {response.status_code} {_error_detail(content)}",
+                                 attempt)
         # Parse the JSON, never slice bytes: Swift escapes "/" as "\/" inside strings.
         try:
             images = json.loads(content)["images"]
         except (ValueError, KeyError, TypeError):
-            raise TransientError(f"{url}: the answer is not {{\"images\": [...]}} JSON") from None
+            raise TransientError(f"{url}: the answer is not {{\"images\": [...]}} JSON",
+                                 attempt) from None
         if not images:
-            raise TransientError(f"{url}: the server returned no image (empty \"images\")")
-        return checked_png(images[0], expected_size, url)
+            raise TransientError(f"{url}: the server returned no image (empty \"images\")",
+                                 attempt)
+        return checked_png(images[0], expected_size, url, attempt)
 
-    def _maybe_still_drawing(self, url: str, what: str) -> MaybeStillDrawing:
+    def _maybe_still_drawing(self, url: str, what: str, attempt: int) -> MaybeStillDrawing:
         read_timeout_seconds = self.settings.read_timeout_seconds
         hint = (" If its images take longer, raise --read-timeout-seconds (now "
                 f"{read_timeout_seconds:g})." if what.startswith("no answer") else "")
         return MaybeStillDrawing(
             f"{url}: {what}; Draw Things may still be drawing it, so this run does not send "
-            f"it again (a later run will).{hint}",
+            f"it again (a later run will).{hint}", attempt,
             # Well beyond the read timeout: the app cannot be asked whether it is done.
-            resend_after_seconds=2 * read_timeout_seconds)
+            retry_after_seconds=2 * read_timeout_seconds)
+
+
+_LOOPBACK_HOSTS = ("localhost", "127.", "[::1]", "0.0.0.0")
+
+
+def sampled_process(base_url: str, settings: ClientSettings) -> str | None:
+    """The server's process name when ``base_url`` is this machine (its CPU and RAM can
+    then be sampled; settings.server_process_name), else None."""
+    host_part = base_url.split("://", 1)[-1]
+    return settings.server_process_name if host_part.startswith(_LOOPBACK_HOSTS) else None
 
 
 def _never_connected(exc: Exception) -> bool:
@@ -206,25 +227,28 @@ def _never_connected(exc: Exception) -> bool:
     return False
 
 
-def checked_png(image_base64: str, expected_size: tuple[int, int] | None, source: str) -> bytes:
+def checked_png(image_base64: str, expected_size: tuple[int, int] | None, source: str,
+                attempt: int = 1) -> bytes:
     """Base64 text -> PNG bytes, checked without decoding pixels.
 
     Checks the PNG signature, every chunk's CRC and the stream's completeness
     (``Image.verify()``), and the pixel size against ``expected_size`` (w, h).
+    ``attempt``: the request's number, carried by what it raises.
     """
     try:
         png = pybase64.b64decode(image_base64, validate=True)
     except (binascii.Error, ValueError, TypeError):
-        raise TransientError(f"{source}: the image is not valid base64 (truncated answer?)") from None
+        raise TransientError(f"{source}: the image is not valid base64 (truncated answer?)",
+                             attempt) from None
     try:
         size = verified_size(png)
     except ValueError as exc:
-        raise TransientError(f"{source}: {exc}") from None
+        raise TransientError(f"{source}: {exc}", attempt) from None
     if expected_size is not None and tuple(size) != tuple(expected_size):
         raise WrongSize(
             f"{source}: the image is {size[0]}x{size[1]} px, expected "
             f"{expected_size[0]}x{expected_size[1]}: the app's settings and the request "
-            "disagree (not re-sent)"
+            "disagree (not re-sent)", attempt
         )
     return png
 

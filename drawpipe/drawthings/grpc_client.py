@@ -153,7 +153,8 @@ class Cancelled(TransientError):
     """``GrpcClient.cancel()`` closed the call: the server stopped drawing, so the job
     may be sent again at once."""
 
-    retry_after_seconds = 0.0
+    def __init__(self, message: str, attempts: int = 1):
+        super().__init__(message, attempts, retry_after_seconds=0.0)
 
 
 class GrpcRequestRefused(ServerRejected):

@@ -210,19 +210,26 @@ class Override:
     step: str | None
     text: str
 
+    @property
+    def name(self) -> str:
+        """The key as the user wrote it: ``key`` or one of its aliases (``cfg_scale``)."""
+        return self.text.partition("=")[0].rpartition(":")[2].strip()
 
-def parse_override(text: str) -> Override:
+
+def parse_override(text: str, steps: bool = False) -> Override:
     """``"steps=20"``, ``"2:strength=0.35"``, ``"sampler=Euler a"`` -> Override.
 
     VALUE is JSON when it parses as JSON (numbers, true, false, null, lists, quoted
     strings), else the text itself. UsageError naming the option when the key or the
-    value would be refused by the app.
+    value would be refused by the app. ``steps``: the command has recipe steps, so the
+    STEP:KEY=VALUE form is offered too (upscale.py).
     """
     where, equals, value_text = text.partition("=")
     step, colon, key = where.rpartition(":")
     key = key.strip()
     if not equals or not key:
-        raise UsageError(f"--set {text}: expected KEY=VALUE or STEP:KEY=VALUE")
+        forms = "KEY=VALUE or STEP:KEY=VALUE" if steps else "KEY=VALUE"
+        raise UsageError(f"--set {text}: expected {forms}")
     try:
         value = json.loads(value_text)
     except ValueError:
@@ -275,6 +282,7 @@ def override_payloads(payloads: list[dict], overrides: list[Override],
     STEP:KEY=VALUE changes or adds it in that step (its name or number). A later
     override of a key wins over an earlier one in the steps both set.
     """
+    _check_one_name_each(overrides)
     payloads = [dict(payload) for payload in payloads]
     changed: list[list[int]] = []
     for override in overrides:
@@ -298,6 +306,20 @@ def override_payloads(payloads: list[dict], overrides: list[Override],
                 previous[:] = [n for n in previous if n not in numbers]
         changed.append(numbers)
     return Overridden(tuple(payloads), tuple(tuple(numbers) for numbers in changed))
+
+
+def _check_one_name_each(overrides: list[Override]) -> None:
+    """UsageError for one parameter set under two of its names (``guidance_scale`` and
+    ``cfg_scale``): Draw Things refuses a key sent with its alias, and the command line
+    holds to the same rule rather than let one name silently win."""
+    first_named: dict[str, Override] = {}
+    for override in overrides:
+        first = first_named.setdefault(override.key, override)
+        if first.name != override.name:
+            raise UsageError(f"--set {override.text}: {override.name} and {first.name} name the "
+                             f"same setting ({override.key}), already given by --set "
+                             f"{first.text}; Draw Things refuses a key sent with its alias: "
+                             "set it once, under one name")
 
 
 def _step_list(step_names: list[str]) -> str:

@@ -21,10 +21,20 @@ unreliable on macOS SMB mounts, so none is used.
 - SMB's sharing rules: a file another client has open cannot be deleted or
   replaced (EBUSY, EACCES, EPERM: ``is_busy``), or its name lingers "delete
   pending" (``stat`` fails, an exclusive create collides). Releasing a claim or a
-  lock that is busy is retried later (``retry_releases``); a take-over that meets a
-  busy file gives up for this pass. ``try_claim`` raises such errors: the caller
-  tries that job again on a later pass. The lease (minutes) stays far above the
+  lock that is busy is retried later (``retry_releases``); a take-over whose stale
+  claim stays busy gives up for this pass and says so: ``try_take`` answers
+  ``HeldOpen`` with the holder it waits for (a worker that stalled while its
+  heartbeat had the claim open keeps it so until it wakes up or the server drops
+  its session). ``try_claim`` raises other such errors: the caller tries that job
+  again on a later pass. The lease (minutes) stays far above the
   second or two that another client's open handle can hide a new mtime.
+- Dead workers: a worker is named ``<host>-<pid>-<index>``; one of this host whose
+  process is gone is known dead (``dead_here``), and its clock file and run marker
+  (share.py checks the machine written in it: two Macs may share a host name) are
+  removed at once. Of another host nothing is known (a Mac asleep is not dead): its
+  files go after a day.
+- ``Heartbeat``: one thread per process refreshes every claim the process holds and
+  reports a claim found no longer ours.
 - Nothing here creates a folder above ``<root>/.claims/<stage>``: when the share is
   unmounted and its mount point remains, a claim fails instead of landing on the
   local disk (``prepare`` creates the stage folder only under an existing
@@ -39,10 +49,26 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from drawpipe.files import is_busy, make_folders_below, unlink_when_free
+from drawpipe.files import host_name, is_busy, make_folders_below, unlink_when_free
 from drawpipe.layout import CLAIMS_FOLDER
 
+
+
+@dataclass(frozen=True)
+class HeldOpen:
+    """A stale claim that could not be deleted for a take-over: someone has it open."""
+
+    holder: dict  # the stale claim's JSON: worker, host, pid, started_utc
+    age_seconds: float  # since its last heartbeat, by the file server's clock
+    refusal: OSError  # what the share answered the delete
+
+    def describe(self) -> str:
+        """``"worker mac-12-0 (host mac, pid 12, silent for 300 s)"``."""
+        holder = self.holder
+        return (f"worker {holder.get('worker', '?')} (host {holder.get('host', '?')}, "
+                f"pid {holder.get('pid', '?')}, silent for {self.age_seconds:.0f} s)")
 
 
 @dataclass
@@ -50,6 +76,12 @@ class Claim:
     path: Path
     token: str
     content: bytes
+    # Set once the claim is found no longer ours (by the heartbeat, or a check before a
+    # request): no request is sent for the job any more.
+    lost: bool = False
+    # The worker whose stale claim this one replaced (its scratch files of this job are
+    # removed whatever their age: its result can never be published).
+    taken_over_from: str | None = None
 
 
 class ClaimStore:
@@ -88,10 +120,15 @@ class ClaimStore:
             except FileExistsError:
                 pass
         self._clock_measured_at = None
+        self.remove_abandoned_clocks()
+
+    def remove_abandoned_clocks(self) -> None:
+        """Delete the clock files of dead workers of this host, and any a day old."""
         now = self.server_now()
         for clock in self.folder.glob(".clock-*"):
             try:
-                if now - clock.stat().st_mtime > self.ABANDONED_CLOCK_SECONDS:
+                if (dead_here(clock.name[len(".clock-"):])
+                        or now - clock.stat().st_mtime > self.ABANDONED_CLOCK_SECONDS):
                     clock.unlink()
             except OSError:
                 pass  # gone, or busy: a later run cleans it
@@ -128,7 +165,15 @@ class ClaimStore:
             pass
 
     def try_claim(self, key: str) -> Claim | None:
-        """Claim job ``key``; None when another live worker holds it.
+        """Claim job ``key``; None when another live worker holds it, or when its stale
+        claim cannot be deleted now (see ``try_take``)."""
+        taken = self.try_take(key)
+        return taken if isinstance(taken, Claim) else None
+
+    def try_take(self, key: str) -> Claim | HeldOpen | None:
+        """Claim job ``key``: the Claim; None when another live worker holds it; HeldOpen
+        when its claim is stale but someone keeps it open (SMB), so it cannot be taken
+        over now.
 
         Raises OSError when the claim cannot be made or judged (busy files on SMB,
         a failing share): the caller decides whether the share is lost or the job
@@ -169,13 +214,14 @@ class ClaimStore:
             os.close(fd)
         return Claim(path, token, content)
 
-    def _take_over(self, path: Path, seen: bytes) -> Claim | None:
+    def _take_over(self, path: Path, seen: bytes) -> Claim | HeldOpen | None:
         """Replace the stale claim whose content was ``seen``; one contender wins.
 
         Contenders first create a take-over lock with O_EXCL, so only one of them
         ever deletes the claim; the winner checks again, under the lock, that the
         claim is still the stale one it judged, so a fresh claim is never removed.
-        A busy claim or lock (SMB) ends this try: the next pass tries again.
+        A busy claim or lock (SMB) ends this try: the next pass tries again (HeldOpen
+        when the stale claim itself cannot be deleted).
         """
         lock = path.with_name(path.name + ".takeover")
         token = self._try_lock(lock)
@@ -189,9 +235,14 @@ class ClaimStore:
                 return self._try_create(path)
             if current != seen or age_seconds <= self.lease_seconds:
                 return None  # taken over or refreshed since we looked
-            if not unlink_when_free(path, self.BUSY_RETRIES, self.BUSY_PAUSE_SECONDS):
-                return None  # someone keeps it open: the next pass tries again
-            return self._create_soon(path)
+            refusal = unlink_when_free(path, self.BUSY_RETRIES, self.BUSY_PAUSE_SECONDS)
+            if refusal is not None:
+                # Someone keeps it open: the next pass tries again.
+                return HeldOpen(_holder_of(current), age_seconds, refusal)
+            claim = self._create_soon(path)
+            if claim is not None:
+                claim.taken_over_from = _worker_of(seen)
+            return claim
         finally:
             self._remove_if_ours(lock, token)
 
@@ -352,3 +403,87 @@ class ClaimStore:
         owner["age_seconds"] = age_seconds
         owner["stale"] = age_seconds > self.lease_seconds
         return owner
+
+
+def dead_here(name: str) -> bool:
+    """Whether ``name`` (a worker ``<host>-<pid>-<index>``, or a run ``<host>-<pid>-<token>``)
+    belongs to this host and its process is gone. False whenever that is not known: another
+    host, a name of another form, a process that lives (or whose pid was reused)."""
+    host, _, rest = name.rpartition("-")
+    host, _, pid = host.rpartition("-")
+    if not host or not pid.isdigit() or not rest or host != host_name():
+        return False
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass  # it exists, someone else's (EPERM)
+    return False
+
+
+def _holder_of(content: bytes) -> dict:
+    """A claim's JSON (worker, host, pid, started_utc); {} when it cannot be read as ours."""
+    try:
+        holder = json.loads(content)
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _worker_of(content: bytes) -> str | None:
+    """The worker named in a claim's content, or None when it cannot be read as ours."""
+    worker = _holder_of(content).get("worker")
+    return worker if isinstance(worker, str) else None
+
+
+class Heartbeat:
+    """One thread refreshing every claim this process holds."""
+
+    def __init__(self, interval_seconds: float, on_lost: Callable[[ClaimStore, Claim], None]):
+        self._interval_seconds = interval_seconds
+        self._on_lost = on_lost
+        self._held: dict[int, tuple[ClaimStore, Claim]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def hold(self, store: ClaimStore, claim: Claim) -> None:
+        with self._lock:
+            self._held[id(claim)] = (store, claim)
+
+    def drop(self, claim: Claim) -> None:
+        with self._lock:
+            self._held.pop(id(claim), None)
+
+    def release_all(self) -> None:
+        with self._lock:
+            held, self._held = list(self._held.values()), {}
+        for store, claim in held:
+            try:
+                store.release(claim)
+            except OSError:
+                pass  # a failing share: the claim goes stale after its lease
+
+    def _loop(self):
+        while not self._stop.wait(self._interval_seconds):
+            with self._lock:
+                held = list(self._held.values())
+            for store, claim in held:
+                try:
+                    alive = store.heartbeat(claim)
+                except OSError:
+                    alive = True  # busy or a hiccup; try again next beat
+                if not alive:
+                    self.drop(claim)
+                    self._on_lost(store, claim)

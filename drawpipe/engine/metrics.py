@@ -353,7 +353,7 @@ class MetricsLog:
                     # skipped on read). Checked once: this log's own writes are whole
                     # lines, and a reader racing another process's write can see a
                     # line not yet complete.
-                    if os.pread(fd, 1, size - 1) != b"\n":
+                    if _ends_without_newline(fd, size):
                         prefix = b"\n"
                 _write_all(fd, prefix + line)
                 self._checked = True
@@ -382,6 +382,21 @@ def _write_all(fd: int, data: bytes) -> None:
     while written < len(data):  # only on a full disk or a signal; a regular file takes it whole
         data = data[written:]
         written = os.write(fd, data)
+
+
+# How long a line without its newline must stay so before it is taken for a crash's
+# remnant: another process's append that crosses a page boundary is briefly seen cut
+# short (the file's size grows page by page), and must not get a newline of its own.
+TORN_LINE_SETTLE_SECONDS = 0.05
+
+
+def _ends_without_newline(fd: int, size: int) -> bool:
+    """Whether the file's last line, ``size`` bytes in, lacks its newline and is not
+    being written right now (the file stays that size for a moment)."""
+    if os.pread(fd, 1, size - 1) == b"\n":
+        return False
+    time.sleep(TORN_LINE_SETTLE_SECONDS)
+    return os.fstat(fd).st_size == size
 
 
 def read_logs(logs_dir: Path, stage: str) -> tuple[list[dict], int]:

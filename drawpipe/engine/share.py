@@ -15,17 +15,27 @@ A file that someone else has open (SMB's sharing rules: EBUSY, EACCES, EPERM, a
 "delete pending" name) is not a lost share; see ``files.is_busy``.
 """
 
+import functools
 import os
 import secrets
 import threading
 import time
+import uuid
 from pathlib import Path
 
+from drawpipe.engine.claims import dead_here
 from drawpipe.errors import ShareLost
 from drawpipe.files import unlink_when_free
 from drawpipe.layout import CLAIMS_FOLDER
 
 MARKER_PREFIX = ".run-"
+
+
+@functools.cache
+def this_machine() -> str:
+    """This machine's hardware address (as uuid1 uses it), written into its run markers."""
+    return f"{uuid.getnode():012x}"
+
 
 class ShareGuard:
     """The identity of ``root`` as it was when ``establish()`` ran.
@@ -54,24 +64,35 @@ class ShareGuard:
             os.mkdir(self.root / CLAIMS_FOLDER)
         except FileExistsError:
             pass
-        self._content = f"{os.getpid()} {time.time():.0f}\n".encode()
+        # Which machine wrote it: two Macs of one host name must never take each
+        # other's live runs for dead ones (remove_abandoned_markers).
+        self._content = f"{os.getpid()} {time.time():.0f} {this_machine()}\n".encode()
         fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         try:
             os.write(fd, self._content)
         finally:
             os.close(fd)
         self._refreshed_at = time.monotonic()
-        self._remove_abandoned_markers()
+        self.remove_abandoned_markers()
 
-    def _remove_abandoned_markers(self) -> None:
-        # Ages by the file server's clock: our marker's mtime was stamped just now.
+    def remove_abandoned_markers(self) -> None:
+        """Delete the markers of dead runs of this machine (claims.dead_here, and the
+        machine written in the marker), and any not refreshed for a day (a run of
+        another Mac, asleep or killed)."""
+        # Ages by the file server's clock: our marker's mtime was stamped at establish().
         try:
             now = os.stat(self.marker).st_mtime
-            for marker in (self.root / CLAIMS_FOLDER).glob(MARKER_PREFIX + "*"):
-                if now - marker.stat().st_mtime > self.ABANDONED_SECONDS:
-                    marker.unlink()
+            markers = list((self.root / CLAIMS_FOLDER).glob(MARKER_PREFIX + "*"))
         except OSError:
-            pass  # someone else's clean-up, or busy: a later run tries again
+            return  # the share is failing: the run's own checks will say so
+        for marker in markers:
+            try:
+                if (now - marker.stat().st_mtime > self.ABANDONED_SECONDS
+                        or dead_here(marker.name[len(MARKER_PREFIX):])
+                        and marker.read_bytes().split()[2:3] == [this_machine().encode()]):
+                    marker.unlink()
+            except OSError:
+                pass  # someone else's clean-up, or busy: a later run tries again
 
     def lost_reason(self) -> str | None:
         """Why the share is lost, or None while it is the one the run started on."""

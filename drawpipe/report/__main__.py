@@ -2,7 +2,6 @@
 
 import sys
 
-from drawpipe.cli.common import run_main
 from drawpipe.cli.report import main
 
-sys.exit(run_main(main))
+sys.exit(main())

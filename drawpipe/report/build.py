@@ -1,7 +1,8 @@
 """The report: how far each stage is, how long is left, what it cost; pictures.
 
     python -m drawpipe.report --root SHARE                  the figures, on the terminal
-    python -m drawpipe.report --root SHARE --html           + SHARE/report/index.html
+    python -m drawpipe.report --root SHARE --html           + SHARE/report/index.html and a page
+                                                            per nation (report/nations/)
     python -m drawpipe.report --root SHARE --contact-sheets + SHARE/report/contact_sheets/*.png
     python -m drawpipe.report --root SHARE --csv [FILE]     + the per-image table (report/images.csv),
                                                             with quality signals (curate/quality.py)
@@ -34,6 +35,10 @@ done right now still counts as left):
 The ETA of each stage is that count at the combined recent rate of all hosts
 (report/stats.py: "done" rows of the last ``--eta-window-minutes``, default 60, of
 that stage's log).
+
+*Review* (curate/verdicts.py): per stage, how many outputs belong to an accepted, a
+rejected and a not yet reviewed take, and what REJECTED/ holds; the table's ``take``,
+``verdict`` and ``verdict_reason`` columns; each image's verdict on its nation's page.
 """
 
 import csv
@@ -42,18 +47,22 @@ import io
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from drawpipe.curate.quality import CSV_COLUMNS as QUALITY_COLUMNS
 from drawpipe.curate.quality import csv_fields as quality_fields
+from drawpipe.curate.verdicts import NOT_REVIEWED, load_verdicts, review_states
 from drawpipe.errors import UsageError
-from drawpipe.files import host_name, write_if_changed
+from drawpipe.files import HashCache, file_sha256, host_name, write_if_changed
 from drawpipe.inventory import (STAGES, ImageEntry, Inventory, Logs, ReportCache, latest_done,
                                 load_logs, read_metadata, scan_inventory)
-from drawpipe.layout import (CUTOUTS_FOLDER, GENERATIONS_FOLDER, REPORT_CACHE, UPSCALED_FOLDER,
-                             image_name, logs_folder, natural_key, report_folder)
-from drawpipe.report.stats import DEFAULT_ETA_WINDOW_SECONDS, build_stage_reports, format_summary
+from drawpipe.layout import (CUTOUTS_FOLDER, GENERATIONS_FOLDER, REJECTED_FOLDER, REPORT_CACHE,
+                             UPSCALED_FOLDER, image_name, logs_folder, natural_key, report_folder)
+from drawpipe.pages import counted
+from drawpipe.report.stats import (DEFAULT_ETA_WINDOW_SECONDS, build_stage_reports,
+                                   format_summary, review_lines, review_table)
 from drawpipe.stages.prompts import QueueItem
 
 CSV_NAME = "images.csv"  # in report/
@@ -61,18 +70,19 @@ CSV_NAME = "images.csv"  # in report/
 
 # --------------------------------------------------------------------------- per-image CSV
 
-CSV_COLUMNS = ("image", "group", "generated", "seed", "prompt", "generate_seconds",
-               "generate_host", "upscaled", "upscale_seconds", "upscale_host",
-               "cutouts_folder", "cutouts", "segment_seconds", "segment_host", "failed",
-               *QUALITY_COLUMNS)
+CSV_COLUMNS = ("image", "group", "generated", "take", "verdict", "verdict_reason", "seed",
+               "prompt", "generate_seconds", "generate_host", "upscaled", "upscale_seconds",
+               "upscale_host", "cutouts_folder", "cutouts", "segment_seconds", "segment_host",
+               "failed", *QUALITY_COLUMNS)
 
 
 def image_table(inventory: Inventory, logs: Logs, failures: dict[str, dict],
-                quality: dict | None = None) -> list[dict]:
+                quality: dict | None = None, review: dict | None = None) -> list[dict]:
     """One row per image across stages (CSV_COLUMNS): images with a file, and images
     only the logs know (a failed or since-deleted output). ``failures``: key ->
     {stage: LogRow} of outstanding failures; ``quality``: generated image path ->
-    quality.Signals (their columns are empty for an image without)."""
+    quality.Signals (their columns are empty for an image without); ``review``: key ->
+    curate.verdicts.ReviewState (verdict: accepted, rejected, not reviewed)."""
     done = {stage: latest_done(logs.rows.get(stage, [])) for stage in STAGES}
     keys = set(inventory.entries)
     for rows in done.values():
@@ -81,8 +91,12 @@ def image_table(inventory: Inventory, logs: Logs, failures: dict[str, dict],
     table = []
     for key in sorted(keys, key=natural_key):
         entry = inventory.entries.get(key) or ImageEntry(key)
+        state = (review or {}).get(key, NOT_REVIEWED)
         row = {"image": entry.name, "group": entry.group,
                "generated": entry.generated.path if entry.generated else "",
+               "take": entry.meta.get("take", "") if entry.generated else "",
+               "verdict": state.word if entry.generated else "",
+               "verdict_reason": state.verdict.reason if state.verdict else "",
                "upscaled": entry.upscaled.path if entry.upscaled else "",
                "cutouts_folder": entry.cutouts_folder or "",
                "cutouts": len(entry.cutouts) if entry.cutouts_folder else "",
@@ -123,6 +137,7 @@ class ReportSettings:
     queue: tuple[QueueItem, ...] | None = None  # None: generate's work left is unknown
     eta_window_seconds: float = DEFAULT_ETA_WINDOW_SECONDS
     processes: int = 1  # for thumbnails and contact sheets
+    cache_dir: Path | None = None  # this Mac's SHA-256 cache (files.HashCache), for verdicts
 
     @property
     def report_dir(self) -> Path:
@@ -159,6 +174,11 @@ def run_report(settings: ReportSettings, out=None, now: float | None = None) -> 
     out.write(f"\nin the folder: {inventory.count('generated'):,} generated, "
               f"{inventory.count('upscaled'):,} upscaled, {inventory.cutout_count:,} cut-outs "
               f"in {inventory.count('cutouts_folder'):,} folders\n")
+    review, problems = review_by_key(root, inventory, settings.cache_dir)
+    table_of_review = review_table(inventory, review, set_aside_counts(root))
+    out.write(review_lines(table_of_review))
+    for line in problems:
+        out.write(f"note: {line}\n")
     if not (settings.html or settings.contact_sheets or settings.csv_path):
         return 0
 
@@ -189,20 +209,43 @@ def run_report(settings: ReportSettings, out=None, now: float | None = None) -> 
             if settings.html:
                 charts = report_html.update_charts(report_dir, logs, cache)
                 out.write(charts.sentence() + "\n")
-                written = report_html.write_page(report_dir, root, inventory, logs, reports,
-                                                 failures, charts, settings.eta_window_seconds,
-                                                 cache)
-                page = report_dir / report_html.PAGE_NAME
-                out.write(f"{'wrote' if written else 'unchanged:'} {page}\n")
+                written = report_html.write_pages(report_dir, report_html.PageData(
+                    root, inventory, logs, reports, failures, charts,
+                    settings.eta_window_seconds, review, table_of_review), cache)
+                out.write(f"pages: {written.made:,} written, {written.unchanged:,} unchanged"
+                          + (f", {written.removed:,} removed" if written.removed else "")
+                          + f"; open {report_dir / report_html.PAGE_NAME}\n")
         if settings.csv_path:
             table = image_table(inventory, logs, failures,
-                                measure_quality(root, inventory, settings.processes, out))
+                                measure_quality(root, inventory, settings.processes, out), review)
             written = write_if_changed(settings.csv_path, table_csv(table))
             out.write(f"{'wrote' if written else 'unchanged:'} {settings.csv_path} "
-                      f"({len(table):,} images)\n")
+                      f"({counted(len(table), 'image')})\n")
     finally:
         cache.save()
     return 0
+
+
+def review_by_key(root: Path, inventory: Inventory, cache_dir: Path | None
+                  ) -> tuple[dict, list[str]]:
+    """({image key: curate.verdicts.ReviewState}, lines worth a note) of every generated
+    image: every host's verdicts for the take there now. Only images someone reviewed
+    are hashed, with this Mac's hash cache (a second report hashes nothing unchanged)."""
+    verdicts = load_verdicts(root)
+    verdicts.check_images(lambda image: (root / image).is_file())
+    keys = {entry.generated.path: key for key, entry in inventory.entries.items()
+            if entry.generated}
+    with HashCache(cache_dir) if cache_dir else nullcontext() as hashes:
+        states = review_states(verdicts, keys, lambda image: file_sha256(root / image, hashes))
+    return {keys[image]: state for image, state in states.items()}, verdicts.problems
+
+
+def set_aside_counts(root: Path) -> dict[str, int]:
+    """What REJECTED/ holds, by the stage that made it (the review table's labels):
+    takes set aside by generate.py and outputs set aside as stale."""
+    rejected = scan_inventory(root / REJECTED_FOLDER)
+    return {"generated": rejected.count("generated"), "upscaled": rejected.count("upscaled"),
+            "cut out": rejected.count("cutouts_folder")}
 
 
 def measure_quality(root: Path, inventory: Inventory, processes: int, out) -> dict | None:
@@ -235,12 +278,12 @@ def work_left(root: Path, inventory: Inventory, queue: list[QueueItem] | None
                    for item in queue for n in range(1, item.count + 1)]
         missing = sum(1 for key in planned
                       if key not in inventory.entries or not inventory.entries[key].generated)
-        generate = (missing, f"of the {len(planned):,} images in the queue not generated yet")
+        generate = (missing, f"of the {counted(len(planned), 'image')} in the queue not generated yet")
     upscale = sum(1 for entry in inventory.entries.values() if entry.generated and not entry.upscaled)
     segment = sum(1 for entry in inventory.entries.values()
                   if entry.upscaled and not entry.cutouts_folder)
     return {
         "generate": generate,
-        "upscale": (upscale, f"of {generated:,} generated images not upscaled yet"),
-        "segment": (segment, f"of {upscaled:,} upscaled images without cut-outs yet"),
+        "upscale": (upscale, f"of {counted(generated, 'generated image')} not upscaled yet"),
+        "segment": (segment, f"of {counted(upscaled, 'upscaled image')} without cut-outs yet"),
     }

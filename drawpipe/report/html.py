@@ -1,10 +1,14 @@
-"""The report's pictures: thumbnails, charts, the static page and contact sheets.
+"""The report's pictures: thumbnails, charts, the static pages and contact sheets.
 
 Everything is written under ``<root>/report/`` and linked relatively, so the folder
 opens from the share on any Mac with no server and no internet::
 
-    report/index.html                     the page (templates/report.html: inline CSS, no
-                                          script, no remote URL)
+    report/index.html                     figures, review, charts, failures, and a link
+                                          to each nation's page (templates/report.html:
+                                          inline CSS, no script, no remote URL)
+    report/nations/<Nation>.html          that nation's images (templates/nation.html):
+                                          a page loads only its own thumbnails, so the
+                                          report stays quick at thousands of images
     report/thumbs/<source path>.jpg|.png  thumbnails (JPEG for photos, PNG for cut-outs)
     report/charts/<stage>.png             seconds per image, CPU %, RAM over time, by host
     report/contact_sheets/<Nation>_<category>.png
@@ -18,8 +22,8 @@ What is redone on a second run (inventory.ReportCache remembers the rest):
 - a chart, when its stage's log files (name, size, mtime_ns) changed; matplotlib
   (slow to import) is imported only then;
 - a contact sheet, when its tiles (sources, labels) changed;
-- the page, when its bytes would differ (it holds nothing that changes by itself:
-  no "generated at" clock time).
+- a page, when its bytes would differ (it holds nothing that changes by itself:
+  no "generated at" clock time); the page of a nation that is gone is deleted.
 
 Pillow is imported inside functions: importing this module costs nothing.
 """
@@ -37,12 +41,15 @@ from pathlib import Path
 
 from drawpipe import pages
 from drawpipe.files import save_atomically, write_if_changed
+from drawpipe.curate.verdicts import NOT_REVIEWED
 from drawpipe.inventory import STAGES, ImageEntry, Logs, latest_done
 from drawpipe.layout import natural_key
-from drawpipe.pages import anchor, meta_view
-from drawpipe.report.stats import StageReport, eta_sentence, format_time, summary_table
+from drawpipe.pages import anchor, counted, meta_view
+from drawpipe.report.stats import REVIEW_WORDS, eta_sentence, format_time, summary_table
 
 PAGE_NAME = "index.html"
+NATIONS_FOLDER = "nations"  # a page per nation: report/nations/<Nation>.html
+TOP_LEVEL = "(top level)"  # the "nation" of images not in a nation's folder
 THUMBS_FOLDER = "thumbs"
 CHARTS_FOLDER = "charts"
 SHEETS_FOLDER = "contact_sheets"
@@ -341,7 +348,7 @@ def draw_contact_sheet(group: str, tiles: list[tuple[Path, tuple[str, str]]], pa
     draw = ImageDraw.Draw(sheet)
     title_font = ImageFont.load_default(size=22)
     label_font = ImageFont.load_default(size=13)
-    draw.text((16, 10), f"{group.replace('/', ' / ')}: {len(tiles)} images", fill="black",
+    draw.text((16, 10), f"{group.replace('/', ' / ')}: {counted(len(tiles), 'image')}", fill="black",
               font=title_font)
     for index, (thumbnail, (line1, line2)) in enumerate(tiles):
         left = 16 + (index % columns) * cell_width
@@ -382,32 +389,46 @@ def _seconds(row) -> str:
     return f"{took} on {row.host}"
 
 
-def _thumbnail(image, cache, alt: str, link_prefix: str = "../") -> dict | None:
-    """{href, src, width, height, alt} of ``image``'s thumbnail; None when it has none."""
+def nation_of(group: str) -> str:
+    """The nation of a group of images: its first folder ("France" of "France/family");
+    images outside any folder are TOP_LEVEL's."""
+    return group.partition("/")[0] or TOP_LEVEL
+
+
+def nation_page(nation: str) -> str:
+    """The nation's page, relative to report/: "nations/France.html"."""
+    return f"{NATIONS_FOLDER}/{nation}.html"
+
+
+def _thumbnail(image, cache, alt: str, up: str) -> dict | None:
+    """{href, src, width, height, alt} of ``image``'s thumbnail; None when it has none.
+    ``up``: the way from the page to report/ ("" for index.html, "../" for a nation's)."""
     cached = cache.get("thumbs", image.path)
     if not cached or cached[5] or not cached[2]:
         return None
-    return {"href": link_prefix + image.path, "src": cached[4], "width": cached[2],
+    return {"href": f"{up}../{image.path}", "src": up + cached[4], "width": cached[2],
             "height": cached[3], "alt": alt}
 
 
-def _figure(image, cache, label: str, caption: str, absent: str) -> dict:
+def _figure(image, cache, label: str, caption: str, absent: str, up: str) -> dict:
     view = {"label": label, "caption": caption, "absent": absent}
     if image is not None:
-        view.update(_thumbnail(image, cache, f"{label}: {image.path}")
+        view.update(_thumbnail(image, cache, f"{label}: {image.path}", up)
                     or {"absent": f"cannot read {image.path}"})
     return view
 
 
-def _item(entry, cache, done: dict, failures: dict) -> dict:
-    """The gallery view of one image (templates/gallery.html's ``item``)."""
+def _item(entry, cache, done: dict, failures: dict, review, up: str) -> dict:
+    """The gallery view of one image (templates/gallery.html's ``item``); ``review``: its
+    curate.verdicts.ReviewState."""
     failed = failures.get(entry.key, {})
     if entry.cutouts_folder:
         tiles = [tile for k, cutout in enumerate(entry.cutouts, 1)
-                 if (tile := _thumbnail(cutout, cache, f"cut-out {k}")) is not None]
+                 if (tile := _thumbnail(cutout, cache, f"cut-out {k}", up)) is not None]
         segment = _seconds(done["segment"].get(entry.key))
         cutouts = {"tiles": tiles, "absent": "no object found",
-                   "caption": f"{len(entry.cutouts)} cut-outs" + (f" · {segment}" if segment else "")}
+                   "caption": counted(len(entry.cutouts), "cut-out")
+                   + (f" · {segment}" if segment else "")}
     else:
         cutouts = {"tiles": [], "caption": "cut-outs",
                    "absent": "segment failed" if "segment" in failed else "no cut-outs yet"}
@@ -418,51 +439,110 @@ def _item(entry, cache, done: dict, failures: dict) -> dict:
         "anchor": anchor("i-", entry.key), "failed": bool(failed),
         "generated": _figure(entry.generated, cache, "generated",
                              _seconds(done["generate"].get(entry.key)),
-                             "generate failed" if "generate" in failed else "no generated image"),
+                             "generate failed" if "generate" in failed else "no generated image",
+                             up),
         "upscaled": _figure(entry.upscaled, cache, "upscaled",
                             _seconds(done["upscale"].get(entry.key)),
-                            "upscale failed" if "upscale" in failed else "not upscaled yet"),
+                            "upscale failed" if "upscale" in failed else "not upscaled yet", up),
         "cutouts": cutouts, **meta_view(entry), "notes": notes,
+        "review": {"word": review.word, "verdict": review.verdict.verdict if review.verdict else "",
+                   "text": review.verdict.sentence() if review.verdict else "not reviewed"}
+        if entry.generated else None,
+        "earlier": review.earlier(entry.meta.get("take", 1)),
     }
 
 
-def render_page(root: Path, inventory, logs: Logs, reports: list[StageReport], failures: dict,
-                charts: Charts, window_seconds: float, cache) -> str:
-    """The whole page as a string (see the module docstring)."""
+@dataclass(frozen=True)
+class PageData:
+    """What the report's pages show, besides the cache's thumbnails."""
+
+    root: Path
+    inventory: object
+    logs: Logs
+    reports: list
+    failures: dict
+    charts: Charts
+    window_seconds: float
+    review: dict  # key -> curate.verdicts.ReviewState
+    review_table: dict
+
+
+def render_pages(data: PageData, cache) -> dict[str, str]:
+    """Every page of the report: {path relative to report/: HTML}. ``index.html`` holds
+    the figures, charts, failures and review counts and links each nation's page;
+    ``nations/<Nation>.html`` holds that nation's images (and loads only their
+    thumbnails), so a dataset of thousands of images is many small pages."""
+    inventory, logs = data.inventory, data.logs
     latest = max((row.end for rows in logs.rows.values() for row in rows), default=None)
-    stages = [{"name": report.stage,
-               "table": summary_table(report.figures) if report.figures else None,
-               "eta": eta_sentence(report, window_seconds)} for report in reports]
-    failed_rows = [{"stage": row.stage, "anchor": anchor("i-", row.key or row.output),
-                    "output": row.output, "host": row.host, "time": format_time(row.end),
-                    "attempt": row.attempt, "error": row.error or "no message"}
-                   for report in reports for row in report.failures]
     grouped = inventory.groups()
-    for key in failures:
+    for key in data.failures:
         if key not in inventory.entries:
             entry = ImageEntry(key)
             grouped.setdefault(entry.group, []).append(entry)
-    done = {stage: latest_done(logs.rows.get(stage, [])) for stage in STAGES}
-    groups = []
+    by_nation: dict[str, list[str]] = {}
     for group in sorted(grouped, key=natural_key):
+        by_nation.setdefault(nation_of(group), []).append(group)
+    nations = sorted(by_nation, key=lambda nation: (nation == TOP_LEVEL, natural_key(nation)))
+    common = {"root_name": data.root.name, "root": str(data.root), "latest": format_time(latest),
+              "counts": {"generated": inventory.count("generated"),
+                         "upscaled": inventory.count("upscaled"),
+                         "cutouts": inventory.cutout_count},
+              "notes": logs.skipped_lines()}
+    done = {stage: latest_done(logs.rows.get(stage, [])) for stage in STAGES}
+
+    def group_view(group: str, with_images: bool) -> dict:
+        """A nation and category: its figures, and on its nation's page its images."""
         entries = sorted(grouped[group], key=lambda entry: natural_key(entry.key))
         sheet = cache.get("sheets", group)
-        groups.append({
-            "anchor": anchor("g-", group), "title": group.replace("/", " · ") or "(top)",
-            "sheet": f"{SHEETS_FOLDER}/{sheet[1]}" if sheet else None,
-            "upscaled": sum(1 for entry in entries if entry.upscaled),
-            "cutouts": sum(len(entry.cutouts) for entry in entries),
-            "images": [_item(entry, cache, done, failures) for entry in entries]})
-    return pages.render(
-        "report.html", root_name=root.name, root=str(root), latest=format_time(latest),
-        counts={"generated": inventory.count("generated"), "upscaled": inventory.count("upscaled"),
-                "cutouts": inventory.cutout_count},
-        notes=logs.skipped_lines(), stages=stages, charts=charts, failed_rows=failed_rows,
-        groups=groups)
+        states = {entry.key: data.review.get(entry.key, NOT_REVIEWED) for entry in entries}
+        words = [states[entry.key].word for entry in entries if entry.generated]
+        view = {"anchor": anchor("g-", group), "title": group.replace("/", " · ") or "(top)",
+                "sheet": f"{SHEETS_FOLDER}/{sheet[1]}" if sheet else None,
+                "count": len(entries),
+                "upscaled": sum(1 for entry in entries if entry.upscaled),
+                "cutouts": sum(len(entry.cutouts) for entry in entries),
+                "review": {word: words.count(word) for word in REVIEW_WORDS}}
+        if with_images:
+            view["images"] = [_item(entry, cache, done, data.failures, states[entry.key], "../")
+                              for entry in entries]
+        return view
+
+    pages_made, nation_links = {}, []
+    for number, nation in enumerate(nations):
+        neighbours = {"previous": nations[number - 1] if number else None,
+                      "next": nations[number + 1] if number + 1 < len(nations) else None}
+        pages_made[nation_page(nation)] = pages.render(
+            "nation.html", **common, nation=nation, neighbours=neighbours,
+            groups=[group_view(group, with_images=True) for group in by_nation[nation]])
+        nation_links.append({"nation": nation, "href": nation_page(nation),
+                             "groups": [group_view(group, with_images=False)
+                                        for group in by_nation[nation]]})
+    stages = [{"name": report.stage,
+               "table": summary_table(report.figures) if report.figures else None,
+               "eta": eta_sentence(report, data.window_seconds)} for report in data.reports]
+    failed_rows = [{"stage": row.stage,
+                    "page": nation_page(nation_of(ImageEntry(row.key or row.output).group)),
+                    "anchor": anchor("i-", row.key or row.output),
+                    "output": row.output, "host": row.host, "time": format_time(row.end),
+                    "attempt": row.attempt, "error": row.error or "no message"}
+                   for report in data.reports for row in report.failures]
+    pages_made[PAGE_NAME] = pages.render(
+        "report.html", **common, stages=stages, charts=data.charts, failed_rows=failed_rows,
+        review=data.review_table, nations=nation_links)
+    return pages_made
 
 
-def write_page(report_dir: Path, root: Path, inventory, logs: Logs, reports, failures,
-               charts: Charts, window_seconds: float, cache) -> bool:
-    """Write report/index.html when its content changed; True when written."""
-    page = render_page(root, inventory, logs, reports, failures, charts, window_seconds, cache)
-    return write_if_changed(report_dir / PAGE_NAME, page.encode("utf-8"))
+def write_pages(report_dir: Path, data: PageData, cache) -> Made:
+    """Write the pages whose content changed; delete the pages of nations that are gone."""
+    made = Made()
+    rendered = render_pages(data, cache)
+    for relative, page in rendered.items():
+        if write_if_changed(report_dir / relative, page.encode("utf-8")):
+            made.made += 1
+        else:
+            made.unchanged += 1
+    for relative in _existing_files(report_dir / NATIONS_FOLDER, report_dir):
+        if relative not in rendered and relative.endswith(".html"):
+            (report_dir / relative).unlink(missing_ok=True)
+            made.removed += 1
+    return made

@@ -51,7 +51,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from drawpipe.inventory import STAGES, LogRow, Logs, counted
+from drawpipe.curate.verdicts import NOT_REVIEWED
+from drawpipe.inventory import STAGES, LogRow, Logs
+from drawpipe.pages import counted
 from drawpipe.settings import default
 
 DEFAULT_ETA_WINDOW_SECONDS = default("eta_window_minutes") * 60
@@ -363,4 +365,35 @@ def format_summary(root: Path, logs: Logs, reports: list[StageReport], window_se
             lines.append(f"  still failed: {len(report.failures):,} (their last try failed; "
                          "the same command retries them)")
         lines.append("  " + eta_sentence(report, window_seconds))
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- review
+
+REVIEW_WORDS = ("accepted", "rejected", "not reviewed")  # curate.verdicts.ReviewState.word
+# stage -> the inventory attribute that says an image has that stage's output
+_STAGE_OUTPUTS = {"generated": "generated", "upscaled": "upscaled", "cut out": "cutouts_folder"}
+
+
+def review_table(inventory, review: dict, set_aside: dict[str, int]) -> dict:
+    """The review's figures: per stage, how many outputs there are of accepted, rejected
+    and not reviewed takes (an upscaled image or cut-outs count with the take they were
+    made from); ``set_aside``: stage -> what REJECTED/ holds of it."""
+    rows = []
+    for label, attribute in _STAGE_OUTPUTS.items():
+        words = [review.get(entry.key, NOT_REVIEWED).word
+                 for entry in inventory.entries.values() if getattr(entry, attribute)]
+        rows.append({"stage": label, "total": len(words),
+                     **{word: words.count(word) for word in REVIEW_WORDS},
+                     "set_aside": set_aside.get(label, 0)})
+    return {"rows": rows, "words": REVIEW_WORDS}
+
+
+def review_lines(table: dict) -> str:
+    """The review's figures for the terminal, one line per stage."""
+    lines = ["review (the take there now; earlier takes are in REJECTED/):"]
+    for row in table["rows"]:
+        lines.append(f"  {row['stage']:<9} {row['total']:>6,}: "
+                     + ", ".join(f"{row[word]:,} {word}" for word in table["words"])
+                     + f"; {row['set_aside']:,} set aside in REJECTED/")
     return "\n".join(lines) + "\n"

@@ -281,6 +281,18 @@ def free_memory_bytes(device: str) -> int:
     return psutil.virtual_memory().available
 
 
+def not_a_model_file(what: str, path: Path, fetch_again: str) -> CheckpointError:
+    """A file torch.load cannot read. torch's own text says nothing a user can act on
+    (a bare "174812789", or a page about weights_only), so the message gives the file's
+    size instead: a few KB where hundreds of MB are expected tells what happened."""
+    try:
+        size = f"{os.path.getsize(path):,} bytes"
+    except OSError as exc:
+        size = exc.strerror or "unreadable"
+    return CheckpointError(f"{what} {path} is not a PyTorch model file ({size}: cut short, "
+                           f"damaged, or another kind of file): {fetch_again}")
+
+
 def first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text if len(text) <= 160 else text[:157] + "..."
@@ -297,10 +309,8 @@ def read_weights(path: Path, what: str, official: CheckpointFile | None) -> dict
                    if official else "make it again")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip, pickle and I/O errors all mean: not a usable file
-        raise CheckpointError(f"{what} {path} is not a readable PyTorch file "
-                              f"({first_line(exc)}); it may be cut short or corrupt: "
-                              f"{fetch_again}") from None
+    except Exception:  # zip, pickle and I/O errors all mean: not a usable file
+        raise not_a_model_file(what, path, fetch_again) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a training checkpoint (open_clip's trainer saves these)
     if not isinstance(state, dict) or not state or not all(

@@ -16,12 +16,12 @@ from typing import Callable
 
 from drawpipe.curate.takes import Takes, seed_for
 from drawpipe.drawthings import api as drawthings
-from drawpipe.drawthings.client import ClientSettings, SdapiClient
+from drawpipe.drawthings.client import ClientSettings, SdapiClient, sampled_process
 from drawpipe.drawthings.payloads import (Override, check_payload, effective_parameters,
                                           fill_prompt, load_payload, override_payloads,
                                           preflight)
 from drawpipe.drawthings.provenance import provenance_chunks
-from drawpipe.engine.loop import Job, JobResult, WorkerContext
+from drawpipe.engine.jobs import Job, JobResult, WorkerContext
 from drawpipe.layout import GENERATIONS_FOLDER, cutouts_path, image_name, upscaled_path
 from drawpipe.png import add_text_chunks
 from drawpipe.stages.prompts import PromptSets, QueueItem
@@ -145,10 +145,14 @@ class GenerateStage:
         payload["seed"] = job.seed
         return payload
 
+    def process_to_sample(self, server: str) -> str | None:
+        """Draw Things' process, when ``server`` is this machine."""
+        return sampled_process(server, self.client_settings)
+
     def make_worker(self, server: str, context: WorkerContext):
         """Preflight the server (``GET /``) and return this worker's job runner."""
         client = SdapiClient(server, self.client_settings, sleep=context.sleep,
-                             on_resend=context.resent)
+                             on_resend=context.resent, before_send=context.checkpoint)
         app_configuration = preflight(client, [(self.template.payload, self.template.source)],
                                       self.on_warning)
         expected_size = drawthings.output_size(

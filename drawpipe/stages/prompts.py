@@ -105,8 +105,10 @@ class PromptSets:
         variants = self.variants(nation, category)
         return variants[(index - 1) % len(variants)]
 
-    def resolve_nation(self, text: str) -> str:
-        """``"south korea"``, ``"South-Korea"`` or its list number -> ``"South_Korea"``."""
+    def resolve_nation(self, text: str, listed_above: bool = False) -> str:
+        """``"south korea"``, ``"South-Korea"`` or its list number -> ``"South_Korea"``.
+        ``listed_above``: the numbered list was just printed (the interactive questions),
+        so an unknown name points at it rather than at --list-nations."""
         answer = text.strip()
         if not answer:
             raise UsageError(f"no nation given (type a number 1-{len(self.nations)} or a name)")
@@ -124,8 +126,10 @@ class PromptSets:
         close = difflib.get_close_matches(_fold(answer), list(by_folded), n=3, cutoff=0.6)
         if close:
             hint = "did you mean: " + ", ".join(by_folded[c] for c in close) + "?"
+        elif listed_above:
+            hint = f"choose one of the {len(self.nations)} above, by number or name"
         else:
-            hint = f"the {len(self.nations)} nations are listed in {self.path}"
+            hint = f"generate.py --list-nations lists the {len(self.nations)}"
         raise UsageError(f"unknown nation '{answer}' ({hint})")
 
     def resolve_category(self, text: str) -> str:
@@ -252,6 +256,23 @@ def merge_queue(items: Iterable[QueueItem]) -> list[QueueItem]:
     return [QueueItem(nation, category, count) for (nation, category), count in counts.items()]
 
 
+def queue_repeats(items: Iterable[QueueItem]) -> list[str]:
+    """A line for each (nation, category) asked for more than once, saying what
+    merge_queue made of its counts: "France family asked for 2 and 5 images: 5 ..."."""
+    counts: dict[tuple[str, str], list[int]] = {}
+    for item in items:
+        counts.setdefault((item.nation, item.category), []).append(item.count)
+    return [f"{nation} {category}: {_merged_counts(given)}"
+            for (nation, category), given in counts.items() if len(given) > 1]
+
+
+def _merged_counts(given: list[int]) -> str:
+    kept = max(given)
+    asked = ", ".join(map(str, given[:-1])) + f" and {given[-1]}"
+    return (f"asked for {asked} images: {kept} kept, images 1 to {kept}; a count is how many "
+            "images there are, not how many to add")
+
+
 def format_nations(sets: PromptSets, width: int = 80) -> str:
     """The numbered nation list in columns, numbered down each column like ``ls``."""
     number_width = len(str(len(sets.nations)))
@@ -299,7 +320,8 @@ def ask_queue(sets: PromptSets, answers: TextIO, out: TextIO) -> list[QueueItem]
     items: list[QueueItem] = []
     category_question = f"Category ({'/'.join(sets.categories)}): "
     while True:
-        nation = _ask("Nation (number or name, 'done' to finish): ", sets.resolve_nation,
+        nation = _ask("Nation (number or name, 'done' to finish): ",
+                      lambda text: sets.resolve_nation(text, listed_above=True),
                       answers, out, done_allowed=True)
         if nation is _DONE:
             if items:
@@ -317,8 +339,10 @@ def ask_queue(sets: PromptSets, answers: TextIO, out: TextIO) -> list[QueueItem]
             if items:
                 out.write(f"  input ended before {nation} was complete; it is not queued\n")
             break
+        earlier = [item.count for item in items if (item.nation, item.category) == (nation, category)]
         items.append(QueueItem(nation, category, count))
-        out.write(f"  queued: {nation} {category}, {_plural(count, 'image')}\n")
+        out.write(f"  queued: {nation} {category}, {_plural(count, 'image')}"
+                  + (f" ({_merged_counts([*earlier, count])})" if earlier else "") + "\n")
     if not items:
         raise UsageError(
             "no images queued: the input ended before a nation, a category and a number "

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from drawpipe.curate.takes import Takes
-from drawpipe.engine.loop import Job, JobResult
+from drawpipe.engine.jobs import Job, JobResult
 from drawpipe.engine.metrics import ResourceSampler
 from drawpipe.errors import BadInput
 from drawpipe.files import remove_quietly, scan_inputs, write_synced
@@ -272,7 +272,7 @@ def empty_because(masks_found: int, generator: GeneratorSettings, cutouts: Cutou
 
 
 class SegmentStage:
-    """The segment stage (engine/loop.py's Stage protocol): one job per upscaled PNG, whose
+    """The segment stage (engine/jobs.py's Stage protocol): one job per upscaled PNG, whose
     output is the folder CUTOUTS/<same sub-folders>/<stem>/.
 
     ``granularity``: settings.GRANULARITIES; ``redo_other_settings``: remake folders
@@ -369,8 +369,14 @@ class SegmentStage:
                                                self.labelling.cache_root)
             return self._labeller
 
+    def process_to_sample(self, server: None) -> None:
+        """None: the model runs in this process, which each job samples itself."""
+        return None
+
     def make_worker(self, server: str | None, context=None):
         def run(job: Job, scratch: Path) -> JobResult:
+            if context is not None:
+                context.checkpoint()  # a job no longer ours is not segmented
             data = job.input.read_bytes()
             image = read_rgb(job.input, data)
             remove_quietly(scratch)  # left by an earlier crash of a worker of the same name

@@ -4,7 +4,7 @@
 ``<root>/UPSCALED_IMAGES/<sub-folders>/<stem>_upscaled.png`` through a *recipe*: an
 ordered list of img2img requests, the answer of one being the init image of the
 next. Intermediate images stay in memory, never on the share; the engine
-(engine/loop.py) writes only the final PNG, atomically.
+(engine/worker.py) writes only the final PNG, atomically.
 
 A recipe file (``payloads/creative_upscale.json``, the default, and the others in
 ``payloads/``; README: "Choosing a recipe")::
@@ -63,12 +63,12 @@ import pybase64
 
 from drawpipe.curate.takes import Takes, recorded_take, seed_for
 from drawpipe.drawthings import api as drawthings
-from drawpipe.drawthings.client import ClientSettings, SdapiClient
+from drawpipe.drawthings.client import ClientSettings, SdapiClient, sampled_process
 from drawpipe.drawthings.payloads import (Override, check_payload, effective_parameters,
                                           override_payloads, preflight, read_json_file,
                                           without_notes)
 from drawpipe.drawthings.provenance import provenance_chunks
-from drawpipe.engine.loop import Job, JobResult, WorkerContext
+from drawpipe.engine.jobs import Job, JobResult, WorkerContext
 from drawpipe.errors import (BadInput, InputFileError, JobDeferred, JobFailed, ServerRejected,
                              StepRejected, TransientError)
 from drawpipe.files import output_exists, scan_inputs
@@ -393,10 +393,14 @@ class UpscaleStage:
         self._screened[path] = (version, check.problem)
         return check.problem
 
+    def process_to_sample(self, server: str) -> str | None:
+        """Draw Things' process, when ``server`` is this machine."""
+        return sampled_process(server, self.client_settings)
+
     def make_worker(self, server: str, context: WorkerContext):
         """Preflight the server (``GET /``) and return this worker's job runner."""
         client = SdapiClient(server, self.client_settings, sleep=context.sleep,
-                             on_resend=context.resent)
+                             on_resend=context.resent, before_send=context.checkpoint)
         recipe = self.recipe
         app_configuration = preflight(client, [(step.payload, recipe.where(number))
                                                for number, step in enumerate(recipe.steps, 1)],

@@ -71,6 +71,11 @@
     box.select();
   }
 
+  // What a reason box held before the user started typing in it (Esc puts it back).
+  document.addEventListener("focusin", event => {
+    if (event.target.matches("input.reason")) event.target.dataset.before = event.target.value;
+  });
+
   document.addEventListener("keydown", event => {
     if (event.metaKey || event.ctrlKey || event.altKey) return;
     const target = event.target;
@@ -82,6 +87,9 @@
         target.blur();
         decide(item, "reject");
       } else if (event.key === "Escape") {
+        // Cancelled: the box goes back to what it held, so a later click on Reject
+        // cannot send the reason typed for the reject that was called off.
+        target.value = target.dataset.before ?? "";
         target.blur();
       }
       return;

@@ -1,0 +1,223 @@
+"""One process's run of a stage: its settings and the state its worker threads share.
+
+    EngineSettings   how a run is set up: the root, one worker per server, the lease,
+                     the pauses, --watch
+    InFlight         the jobs this process has claimed and the writes under way; a
+                     second stop signal abandons them
+    Run              what the workers share: the plan, the stop flag and the first fatal
+                     error, the share guard, the heartbeat, the metrics log, the progress,
+                     and jobs held back until a backend's retry_after_seconds
+"""
+
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from drawpipe.engine.claims import Claim, ClaimStore, Heartbeat
+from drawpipe.engine.interrupts import Doorbell
+from drawpipe.engine.jobs import Job, Stage, job_done
+from drawpipe.engine.metrics import MetricsLog
+from drawpipe.engine.progress import Progress, Summary
+from drawpipe.engine.share import ShareGuard
+from drawpipe.errors import DrawpipeError, ShareLost
+from drawpipe.settings import default
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    root: Path
+    servers: tuple[str | None, ...] = (None,)  # one worker thread each; None = no server
+    lease_seconds: float = default("lease_seconds")
+    poll_seconds: float = default("poll_seconds")  # wait between passes when others hold the rest
+    watch: bool = False  # keep polling for new jobs until interrupted
+    # --watch: a failed job is tried again after this pause, doubled after each failure.
+    watch_retry_seconds: float = default("watch_retry_seconds")
+    watch_retry_cap_seconds: float = 1800.0
+    # CPU % and RAM readings while a request runs (10-60 s on a Mac). Each reading wakes
+    # a thread, which on a VM costs milliseconds of CPU: sparse readings keep the client's
+    # CPU per image low (bench/upscale.py).
+    sample_interval_seconds: float = 2.0
+    max_consecutive_failures: int = 3  # a worker whose server keeps failing retires
+    show_progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        # Well inside the lease: several heartbeats may be missed before a claim goes stale.
+        return max(0.2, self.lease_seconds / 6)
+
+    @property
+    def busy_give_up_seconds(self) -> float:
+        # A file someone has open (SMB) is usually free again within seconds; one that
+        # stays refused this long is recorded as failed, so a run without --watch ends.
+        return max(60.0, 2 * self.lease_seconds)
+
+    @property
+    def blocked_after_seconds(self) -> float:
+        # A stale claim that its stalled holder keeps open (SMB) cannot be deleted until
+        # the holder wakes up or the server drops its session. Several leases of trying
+        # (a pause that grows, a line a minute) before the job is reported blocked.
+        return 5 * self.lease_seconds
+
+
+class InFlight:
+    """The jobs this process has claimed (key -> scratch path) and the output writes
+    under way. After ``abandon`` nothing more is written."""
+
+    def __init__(self, lock: threading.Lock):
+        self._lock = lock
+        self.scratch: dict[str, Path] = {}
+        self.abandoned = False  # second stop signal: write nothing more
+        self._writing = 0  # workers inside an output write (finished before abandoning)
+
+    def start(self, key: str, scratch: Path) -> bool:
+        """Mark ``key`` in flight (False: a worker of this process already has it)."""
+        with self._lock:
+            if key in self.scratch:
+                return False
+            self.scratch[key] = scratch
+            return True
+
+    def end(self, key: str) -> None:
+        with self._lock:
+            self.scratch.pop(key, None)
+
+    def keys(self) -> set[str]:
+        with self._lock:
+            return set(self.scratch)
+
+    def abandoned_scratch(self) -> list[Path]:
+        """The scratch paths of the jobs abandoned in flight (none unless abandoned)."""
+        with self._lock:
+            return list(self.scratch.values()) if self.abandoned else []
+
+    @contextmanager
+    def writing(self):
+        """Around an output write; raises Abandoned when the run was abandoned."""
+        with self._lock:
+            if self.abandoned:
+                raise Abandoned
+            self._writing += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._writing -= 1
+
+    def abandon(self, wait_seconds: float = 10.0) -> None:
+        """Write nothing more, and wait (briefly: milliseconds) for the writes under way,
+        so that nothing partial is left once the run ends."""
+        with self._lock:
+            self.abandoned = True
+        deadline = time.monotonic() + wait_seconds
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._writing:
+                    return
+            time.sleep(0.01)
+
+
+class Abandoned(Exception):
+    """The run was abandoned (second stop signal) before this job's result was written."""
+
+
+class Run:
+    """State shared by the worker threads of one process."""
+
+    def __init__(self, stage: Stage, settings: EngineSettings, host: str):
+        self.stage = stage
+        self.settings = settings
+        self.host = host
+        self.stop = threading.Event()  # no new jobs (a stop signal, a fatal error)
+        self.fatal: DrawpipeError | None = None
+        self.lock = threading.Lock()
+        self.jobs: list[Job] = []
+        self.in_flight = InFlight(self.lock)
+        self.live_workers = len(settings.servers)
+        self.workers_done = threading.Event()
+        # Rung by workers as they return or hit a fatal error, and by stop signals.
+        self.doorbell = Doorbell()
+        # Jobs a backend said not to send again yet (JobFailed.retry_after_seconds): no
+        # worker of this process sends them before this monotonic time.
+        self.held_back: dict[str, float] = {}
+        self.guard = ShareGuard(settings.root, f"{host}-{os.getpid()}")
+        self.metrics: MetricsLog | None = None
+        self.summary = Summary(stage.name, watch=settings.watch)
+        self.heartbeat = Heartbeat(settings.heartbeat_seconds, self.claim_lost)
+        self.progress: Progress | None = None
+
+    def log(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress.log(line)
+        else:
+            try:
+                print(line, file=sys.stderr)
+            except OSError:
+                pass
+
+    def progress_count(self, resent: int = 0, retried: int = 0) -> None:
+        if self.progress is not None:
+            self.progress.count(resent, retried)
+
+    def set_fatal(self, error: DrawpipeError) -> None:
+        with self.lock:
+            if self.fatal is None:
+                self.fatal = error
+        self.stop.set()
+        self.doorbell.ring()
+
+    def worker_returned(self) -> None:
+        with self.lock:
+            self.live_workers -= 1
+            if self.live_workers == 0:
+                self.workers_done.set()
+        self.doorbell.ring()
+
+    def hold_back(self, key: str, seconds: float) -> None:
+        with self.lock:
+            self.held_back[key] = time.monotonic() + seconds
+
+    def held_back_now(self) -> set[str]:
+        now = time.monotonic()
+        with self.lock:
+            return {key for key, until in self.held_back.items() if until > now}
+
+    def claim_lost(self, store: ClaimStore, claim: Claim) -> None:
+        """``claim`` was found no longer ours (by the heartbeat or a check): mark it, say
+        so once; a share that is gone ends the run."""
+        with self.lock:
+            if claim.lost:
+                return
+            claim.lost = True
+        reason = self.guard.lost_reason()
+        if reason is not None:
+            self.set_fatal(ShareLost(self.settings.root, reason))
+            return
+        self.log(f"warning: the claim {claim.path.name} is no longer ours (its lease expired "
+                 "and another worker took it over, or it was deleted); our result will not "
+                 "overwrite theirs")
+
+    def replan(self) -> list[Job]:
+        jobs = self.stage.plan()
+        with self.lock:
+            self.jobs = jobs
+        return jobs
+
+    def scan(self) -> tuple[list[Job], dict[str, OSError]]:
+        """(jobs without output yet, {key: error} of outputs that could not be stat-ed);
+        updates the progress counts."""
+        jobs = self.jobs
+        done, unknown = set(), {}
+        for job in jobs:
+            try:
+                if job_done(self.stage, job):
+                    done.add(job.key)
+            except OSError as exc:
+                unknown[job.key] = exc
+        # Ours in flight may already be on disk; they are counted when recorded.
+        others = done - self.in_flight.keys()
+        self.progress.seen_done(others, len(jobs))
+        return [job for job in jobs if job.key not in done and job.key not in unknown], unknown
