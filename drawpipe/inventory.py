@@ -3,6 +3,8 @@ files and the logs. Read only; the one place that walks the share's folders.
 
     scan_inventory(root)          Inventory: each image's generated, upscaled and cut-out files
     read_metadata(root, inv, c)   prompt, seed, model ... from each PNG's text chunks, cached
+    read_cutout_labels(root, inv, c)   each cut-out's name (segment.py --label), cached
+    cutout_labels(record)         the same from one cutouts.json's content
     image_metadata(texts)         the same from one PNG's text chunks
     ReportCache                   report/cache.json: what was read or made of each file, by
                                   (size, mtime_ns) (the report writes it; the review page reads it)
@@ -55,7 +57,12 @@ class ImageEntry:
     upscaled: ImageFile | None = None
     cutouts_folder: str | None = None  # "CUTOUTS/France/family/France_family_1_upscaled"
     cutouts: list[ImageFile] = field(default_factory=list)
+    cutouts_record: ImageFile | None = None  # the folder's cutouts.json
     meta: dict = field(default_factory=dict)  # prompt, negative_prompt, seed, model, size ...
+    # read_cutout_labels: each named cut-out's label (cut-out path -> {"name", "score",
+    # "trusted", "runner_up", "runner_up_score"}), the names of those left out as background
+    cutout_labels: dict = field(default_factory=dict)
+    background: list = field(default_factory=list)
 
     @property
     def group(self) -> str:
@@ -150,11 +157,13 @@ def scan_inventory(root: Path) -> Inventory:
     for relative_dir, files in _walk(root, CUTOUTS_FOLDER):
         # A cut-out folder is one with a cutouts.json: the sub-folders of the objects' parts
         # (granularity "all") are not, and neither are the sub-folders of the images.
-        if not any(file.name == CUTOUTS_RECORD for file in files):
+        record = next((file for file in files if file.name == CUTOUTS_RECORD), None)
+        if record is None:
             continue
         pngs = [file for file in files if _is_png(file.name)]
         entry = entry_for(image_key(relative_dir))
         entry.cutouts_folder = relative_dir
+        entry.cutouts_record = _image_file(relative_dir, record)
         cutouts = [image for file in pngs if (image := _image_file(relative_dir, file))]
         entry.cutouts = sorted(cutouts, key=lambda image: natural_key(image.path))
     ordered = sorted(entries, key=natural_key)
@@ -167,10 +176,12 @@ def scan_inventory(root: Path) -> Inventory:
 class ReportCache:
     """``report/cache.json``: {"version", section: {key: value}} for the sections
     "meta" (PNG path -> [size, mtime_ns, metadata]), "thumbs" (source path -> [size,
-    mtime_ns, width_px, height_px, error]), "charts" (stage -> log files signature) and
-    "sheets" (group -> tiles signature). A missing, damaged or older cache is empty."""
+    mtime_ns, width_px, height_px, error]), "charts" (stage -> log files signature),
+    "sheets" (group -> tiles signature) and "labels" (cutouts.json path -> [size,
+    mtime_ns, {"labels": {file: label}, "background": [names]}]). A missing, damaged or
+    older cache is empty."""
 
-    SECTIONS = ("meta", "thumbs", "charts", "sheets")
+    SECTIONS = ("meta", "thumbs", "charts", "sheets", "labels")
 
     def __init__(self, path: Path):
         self.path = path
@@ -294,6 +305,57 @@ def read_metadata(root: Path, inventory: Inventory, cache: ReportCache) -> int:
         read += 1
         cache.put("meta", image.path, [image.size, image.mtime_ns, entry.meta])
     cache.keep_only("meta", used)
+    return read
+
+
+# The fields of a cut-out's label (sam/labels.py Label.record) that pages and exports show.
+LABEL_FIELDS = ("name", "score", "trusted", "runner_up", "runner_up_score")
+
+
+def cutout_labels(record: dict) -> tuple[dict, list]:
+    """({cut-out file name: its label's LABEL_FIELDS}, [names of the objects left out as
+    background]) from a cutouts.json's content; ({}, []) for cut-outs made without
+    segment.py --label (or a record not ours)."""
+    labels, background = {}, []
+    entries = record.get("cutouts") if isinstance(record, dict) else None
+    for entry in entries if isinstance(entries, list) else []:
+        label = entry.get("label") if isinstance(entry, dict) else None
+        if isinstance(label, dict) and isinstance(entry.get("file"), str):
+            labels[entry["file"]] = {name: label.get(name) for name in LABEL_FIELDS}
+    dropped = record.get("background") if isinstance(record, dict) else None
+    for entry in dropped if isinstance(dropped, list) else []:
+        label = entry.get("label") if isinstance(entry, dict) else None
+        if isinstance(label, dict) and isinstance(label.get("name"), str):
+            background.append(label["name"])
+    return labels, background
+
+
+def read_cutout_labels(root: Path, inventory: Inventory, cache: ReportCache) -> int:
+    """Fill each entry's ``cutout_labels`` (by cut-out path) and ``background`` from its
+    cutouts.json, read only when not cached for the file's (size, mtime_ns); returns the
+    files read. An unreadable record names nothing."""
+    read = 0
+    used = set()
+    for entry in inventory.entries.values():
+        record = entry.cutouts_record
+        if record is None:
+            continue
+        used.add(record.path)
+        cached = cache.get("labels", record.path)
+        if cached and cached[0] == record.size and cached[1] == record.mtime_ns:
+            found = cached[2]
+        else:
+            try:
+                labels, background = cutout_labels(json.loads((root / record.path).read_bytes()))
+            except (OSError, ValueError):
+                labels, background = {}, []
+            found = {"labels": labels, "background": background}
+            read += 1
+            cache.put("labels", record.path, [record.size, record.mtime_ns, found])
+        folder = entry.cutouts_folder
+        entry.cutout_labels = {f"{folder}/{name}": label for name, label in found["labels"].items()}
+        entry.background = list(found["background"])
+    cache.keep_only("labels", used)
     return read
 
 

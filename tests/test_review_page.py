@@ -348,3 +348,31 @@ def test_a_port_in_use_is_one_line_and_exit_2(server, review_share, tmp_path):
     assert result.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port} (")
     assert result.stderr.endswith("): choose another --port, or --port 0 for a free one\n")
     assert result.stderr.count("\n") == 1
+
+
+def test_the_cutouts_show_their_names(review_share, tmp_path):
+    """segment.py --label's names under the cut-outs, the whole label on hover, and the
+    objects left out as background in the caption."""
+    folder = review_share / "CUTOUTS/France/family/France_family_1_upscaled"
+    stem = folder.name
+    (folder / "cutouts.json").write_text(json.dumps({"cutouts": [
+        {"file": f"{stem}_cutout_1.png", "label": {
+            "name": "chair", "score": 0.8123, "trusted": True, "runner_up": "table",
+            "runner_up_score": 0.0712, "background": False, "background_score": 0.01}},
+        {"file": f"{stem}_cutout_2.png", "label": {
+            "name": "red <lamp>", "score": 0.31, "trusted": False, "runner_up": "vase",
+            "runner_up_score": 0.2, "background": False, "background_score": 0.1}}],
+        "background": [{"label": {"name": "wall"}}, {"label": {"name": "sky"}}]}))
+    running = ReviewServer(review_share, tmp_path / "cache")
+    try:
+        status, body = running.request("GET", "/")
+    finally:
+        running.stop()
+    assert status == 200
+    page = body.decode()
+    article = page[page.index(f'data-image="{GEN(KEYS[0])}"'):]
+    article = article[:article.index("</article>")]
+    assert ' title="chair 0.81 (runner-up: table 0.07)"' in article
+    assert 'alt="cut-out 1: chair"><span class="name">chair</span>' in article
+    assert '<span class="name">red &lt;lamp&gt;?</span>' in article  # not trusted, escaped
+    assert "2 cut-outs · 2 left out as background: sky, wall" in article
