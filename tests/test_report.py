@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 from browser import LOAD_ALL_IMAGES, PageWatch, browser, skip_reason
-from conftest import PROJECT_DIR
+from conftest import PROJECT_DIR, write_labelled_cutouts
 from PIL import Image
 
 from drawpipe.curate.takes import seed_for, set_aside
@@ -596,14 +596,8 @@ def test_csv_is_never_written_into_logs_or_image_folders(dataset):
 def test_the_gallery_names_the_cutouts(dataset):
     folder = dataset / CUT("France/family/France_family_1")
     stem = folder.name
-    (folder / "cutouts.json").write_text(json.dumps({"cutouts": [
-        {"file": f"{stem}_cutout_1.png", "label": {
-            "name": "chair", "score": 0.8123, "trusted": True, "runner_up": "table",
-            "runner_up_score": 0.0712, "background": False, "background_score": 0.01}},
-        {"file": f"{stem}_cutout_2.png", "label": {
-            "name": "table", "score": 0.31, "trusted": False, "runner_up": "desk",
-            "runner_up_score": 0.2, "background": False, "background_score": 0.1}}],
-        "background": [{"label": {"name": "wall"}}]}))
+    write_labelled_cutouts(folder, [("chair", 0.8123, True, "table", 0.0712),
+                                    ("table", 0.31, False, "desk", 0.2)], ["wall"])
     result = run_report("--root", dataset, "--html", "--processes", "1")
     assert result.returncode == 0, result.stderr
     page = (dataset / "report/nations/France.html").read_text()
