@@ -436,12 +436,14 @@ def run_objects(args) -> int:
                 started = time.monotonic()
                 masks = segmenter.find_masks(image, granularity)
                 model_seconds = time.monotonic() - started
-                background = None
+                background, label_seconds = None, 0.0
                 if mode.endswith("--label"):
                     found = choose_cutouts(masks, width, height,
                                            CutoutSettings(max_cutouts=None))
                     before = {id(mask) for mask in found}
+                    naming = time.monotonic()
                     chosen, background = name_objects(image, found, labeller, rules, cutouts)
+                    label_seconds = time.monotonic() - naming
                     promoted = sum(1 for mask in chosen if id(mask) not in before)
                 else:
                     chosen = choose_cutouts(masks, width, height, cutouts)
@@ -454,11 +456,15 @@ def run_objects(args) -> int:
                 row[mode] = {"cutouts": len(chosen), "inside": inside,
                              "parts": sum(len(mask.parts) for mask in chosen),
                              "background": len(background or ()), "promoted": promoted,
-                             "seconds": seconds, "model_seconds": model_seconds}
+                             "named": len(chosen) + len(background or ()),
+                             "seconds": seconds, "model_seconds": model_seconds,
+                             "label_seconds": label_seconds}
                 print(f"  {photo.name} {mode}: {len(chosen)} cut-outs, {inside} inside another, "
                       + (f"{len(background)} left out as background ({promoted} parts made "
-                         "objects), " if background is not None else "")
-                      + f"{seconds:.1f} s ({model_seconds:.1f} s masks)", flush=True)
+                         f"objects), " if background is not None else "")
+                      + f"{seconds:.1f} s ({model_seconds:.1f} s masks"
+                      + (f", {label_seconds:.1f} s naming {len(chosen) + len(background)}"
+                         if background is not None else "") + ")", flush=True)
                 if sheets:
                     stem = f"{photo.stem}-{mode.replace(' --', '-')}"
                     title = f"{photo.name}, {mode}: {len(chosen)} cut-outs, {inside} inside another"
@@ -475,25 +481,33 @@ def run_objects(args) -> int:
 def print_objects_table(rows: list, modes: tuple, photo_size: int) -> None:
     print()
     print(f"| photo ({photo_size} px) | mode | cut-outs | inside another | parts listed | "
-          "left out as background | seconds | seconds / parts' |")
-    print("|---|---|---|---|---|---|---|---|")
+          "left out as background | seconds | of which naming | seconds / parts' |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         for mode in modes:
             figures = row[mode]
-            print(f"| {row['photo']} | {mode} | {figures['cutouts']} | {figures['inside']} | "
-                  f"{figures['parts']} | {figures['background'] if 'label' in mode else ''} | "
-                  f"{figures['seconds']:.1f} | "
-                  f"{figures['seconds'] / row['parts']['seconds']:.2f}x |")
+            labelled = "label" in mode
+            cells = [row["photo"], mode, figures["cutouts"], figures["inside"], figures["parts"],
+                     figures["background"] if labelled else "", f"{figures['seconds']:.1f}",
+                     f"{figures['label_seconds']:.1f} s" if labelled else "",
+                     f"{figures['seconds'] / row['parts']['seconds']:.2f}x"]
+            print("| " + " | ".join(str(cell) for cell in cells) + " |")
     count = len(rows)
     for mode in modes:
-        total = {key: sum(row[mode][key] for row in rows)
-                 for key in ("cutouts", "inside", "parts", "background", "seconds")}
+        total = {key: sum(row[mode][key] for row in rows) for key in
+                 ("cutouts", "inside", "parts", "background", "seconds", "label_seconds",
+                  "named")}
         parts_seconds = sum(row["parts"]["seconds"] for row in rows)
-        background = f"{total['background'] / count:.1f}" if "label" in mode else ""
+        labelled = "label" in mode
+        background = f"{total['background'] / count:.1f}" if labelled else ""
+        naming = (f"{total['label_seconds'] / count:.1f} s "
+                  f"({1000 * total['label_seconds'] / max(1, total['named']):.0f} ms a cut-out)"
+                  if labelled else "")
         print(f"| mean per photo | {mode} | {total['cutouts'] / count:.1f} | "
               f"{100 * total['inside'] / max(1, total['cutouts']):.0f}% | "
               f"{total['parts'] / count:.1f} | {background} | "
-              f"{total['seconds'] / count:.1f} | {total['seconds'] / parts_seconds:.2f}x |")
+              f"{total['seconds'] / count:.1f} | {naming} | "
+              f"{total['seconds'] / parts_seconds:.2f}x |")
 
 
 def main(argv) -> int:

@@ -73,6 +73,19 @@ def test_the_background_the_stock_rules_keep_comes_back_without_parts():
     assert [(group.index, group.parts) for group in groups] == [(2, []), (1, [])]
 
 
+def test_a_background_that_is_an_object_already_comes_back_once():
+    """A crowd behind two people: one mask spans the frame (background), another the
+    same crowd a pixel short of an edge (an object, with a part): one cut-out."""
+    people = box_mask(30, 20, 60, 64)
+    crowd = ~people
+    short = crowd.copy()
+    short[:, -1] = False
+    face = box_mask(2, 2, 12, 12) & short
+    candidates = [level(crowd, 0, 2, kept=True), level(short, 1, 2), level(face, 2, 1),
+                  level(people, 3, 2)]
+    assert objects_of(candidates) == [(1, [2]), (3, [])]
+
+
 def test_the_whole_level_has_its_own_thresholds():
     outer, inner = box_mask(10, 10, 60, 50), box_mask(20, 20, 35, 35)
     # Stable enough for the whole level (0.7), not for SAM's own 0.95: the whole wins.

@@ -15,7 +15,8 @@ things instead:
    any other mask is a new object;
 3. specks (below ``min_area_fraction`` of the frame) are dropped, and masks whose box
    spans the whole frame (the background) take no part in it: those the stock rules
-   keep come back as objects without parts, for the cut-out rules to drop (or keep:
+   keep come back as objects without parts (one of near-equal ones, and none that is
+   the same as an object kept in step 2), for the cut-out rules to drop (or keep:
    --keep-background) as they always have.
 
 All masks are in one frame (the lean generator's 1024 px scale sampled every 4th pixel):
@@ -128,10 +129,15 @@ def select_objects(candidates: list[Candidate], thresholds: Thresholds,
         else:
             shapes.append(shape)
     groups = _nest(shapes, [candidate.predicted_iou for candidate in candidates], rules)
+    by_index = {shape.index: shape for shape in shapes}
+    kept = [by_index[group.index] for group in groups]
     backgrounds: list[_Shape] = []
     for shape in sorted(left_out, key=lambda s: (-candidates[s.index].predicted_iou, s.index)):
-        if all(_iou(shape, kept) < rules.duplicate_iou for kept in backgrounds):
-            backgrounds.append(shape)  # one of near-equal backgrounds, the better scored
+        # One of near-equal backgrounds, the better scored; none that is an object kept
+        # already (seen on a real photo: a crowd's mask that spans the sampled frame, and
+        # the same crowd a pixel short of an edge, with its parts: both were cut out).
+        if all(_iou(shape, other) < rules.duplicate_iou for other in backgrounds + kept):
+            backgrounds.append(shape)
     groups += [ObjectGroup(shape.index) for shape in backgrounds]
     areas = {group.index: _area(candidates[group.index]) for group in groups}
     groups.sort(key=lambda group: -areas[group.index])
