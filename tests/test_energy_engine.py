@@ -202,3 +202,18 @@ def test_generate_names_this_machines_meter_and_logs_the_energy_columns(share, s
         # the simulator runs on loopback: its jobs' energy is theirs
         assert row["energy_scope"] == ("local" if measured else "")
         assert (row["energy_j"] != "") == measured
+
+
+def test_the_segment_stage_names_the_gpu_it_runs_on_for_the_meter(share, tmp_path):
+    torch = pytest.importorskip("torch")
+    from drawpipe.sam.settings import CutoutSettings, GeneratorSettings, ModelSettings
+    from drawpipe.stages.segment import SegmentStage
+
+    def stage(device):
+        return SegmentStage(share, ModelSettings("vit_tiny", tmp_path / "sam.pth", device),
+                            GeneratorSettings(), CutoutSettings())
+
+    assert stage("cpu").cuda_devices() == ()  # no GPU in use: NVML measures none
+    if torch.cuda.is_available():
+        (uuid,) = stage("cuda").cuda_devices()
+        assert uuid.startswith("GPU-") and len(uuid) == len("GPU-") + 36

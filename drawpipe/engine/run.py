@@ -224,7 +224,7 @@ class Run:
         other workers busy it costs one counter read. (Any gap between jobs of two
         seconds or more refreshes it anyway: engine/energy.py.)"""
         meter = self.meter
-        if not meter.measuring:
+        if not meter.measuring or self.settings.idle_seconds <= 0:
             return
         age = meter.idle_age_seconds()
         if age is not None and age < IDLE_REFRESH_SECONDS:
