@@ -1,5 +1,7 @@
 # Two commands matter: `make demo` and `make test`. Both create .venv and install
-# everything the project needs from its own files.
+# everything the project needs from its own files. The energy extra's libraries install
+# only where they apply (zeus-apple-silicon on Apple Silicon, nvidia-ml-py on Linux), so
+# a Mac measures each image's energy out of the box.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,7 +11,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[segment,report,curate,test]'
+	$(PY) -m pip install --quiet -e '.[segment,report,curate,energy,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
