@@ -110,8 +110,8 @@ def test_each_job_logs_its_own_windows_energy_and_the_idle_power(share, powercap
 
 
 def test_a_remote_servers_jobs_are_client_side_a_local_ones_local(share, powercap, rapl):
-    stage = DrawingStage(share, powercap, 2,
-                         servers={"http://127.0.0.1:7860": "Draw Things", "http://10.0.0.5:7860": None})
+    stage = DrawingStage(share, powercap, 2, servers={"http://127.0.0.1:7860": "Draw Things",
+                                                      "http://10.0.0.5:7860": None})
     run_stage(stage, settings(share, servers=("http://10.0.0.5:7860",)), signals=StopSignals(),
               meter=rapl)
     stage.count = 4

@@ -11,8 +11,8 @@ import pytest
 from conftest import PROJECT_DIR
 from PIL import Image
 
-from drawpipe.engine.energy import ENERGY_COLUMNS, EnergyReading
 from drawpipe.cli.report import parse_arguments, settings_from_arguments
+from drawpipe.engine.energy import ENERGY_COLUMNS, EnergyReading
 from drawpipe.engine.metrics import MetricsLog
 from drawpipe.errors import UsageError
 from drawpipe.inventory import load_logs

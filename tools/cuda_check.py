@@ -135,7 +135,8 @@ def energy_check(work: Path, checkpoint: Path) -> None:
     logged = read_logs(root / "logs", "segment")[0]
     logged_j = [float(row["energy_j"]) for row in logged if row.get("energy_j")]
     logged_figures = {"meters": sorted({row.get("energy_meter", "") for row in logged}),
-                      "rows": len(logged), "j_per_image_gross": round(sum(logged_j) / len(logged_j), 2)
+                      "rows": len(logged),
+                      "j_per_image_gross": round(sum(logged_j) / len(logged_j), 2)
                       if logged_j else None,
                       "meter_line": [line for line in run.stderr.splitlines()
                                      if line.startswith("energy: ")][:1]}

@@ -8,9 +8,9 @@ A pass scans the plan (exact-path ``stat`` of each output), then tries each job 
 is not done: ``claim_and_do`` claims it (claims.py), checks again that it is not done,
 runs the stage's job with its CPU and RAM sampled and its energy metered, writes the
 result under a scratch name and moves it into place if the claim is still ours, logs
-one metrics row, and releases the claim. What happened is an ``Outcome`` (jobs.py); the pass acts on it:
-jobs claimed by others or refused by the share (SMB's "busy") wait for a later pass, a
-server that fails job after job is retired.
+one metrics row, and releases the claim. What happened is an ``Outcome`` (jobs.py);
+the pass acts on it: jobs claimed by others or refused by the share (SMB's "busy")
+wait for a later pass, a server that fails job after job is retired.
 """
 
 import errno
@@ -163,9 +163,9 @@ def _worker_loop(worker: Worker) -> None:
         worked = False
         waiting = bool(unknown)
         for job in pending:
+            run.refresh_idle_power()  # a wait a stop signal cuts short: checked next
             if run.stop.is_set():
                 return
-            run.refresh_idle_power()
             outcome = _claim_and_do(worker, job)
             if outcome is Outcome.RETIRE:
                 return

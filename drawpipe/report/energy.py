@@ -359,11 +359,10 @@ def energy_notes(energy: StageEnergy) -> list[str]:
         if energy.not_measured:
             projected += ", at the measured hosts' rate"
         notes.append(projected)
-    if energy.grid_g_per_kwh is not None:
-        co2e = (f"CO2e at {energy.grid_g_per_kwh:g} g/kWh: "
-                f"{format_grams(co2e_grams(energy.gross_kwh, energy.grid_g_per_kwh))} so far")
+    grid = energy.grid_g_per_kwh
+    if grid is not None:
+        co2e = f"CO2e at {grid:g} g/kWh: {format_grams(co2e_grams(energy.gross_kwh, grid))} so far"
         if energy.projected_gross_kwh is not None:
-            co2e += (f", {format_grams(co2e_grams(energy.projected_gross_kwh, energy.grid_g_per_kwh))}"
-                     " projected")
+            co2e += f", {format_grams(co2e_grams(energy.projected_gross_kwh, grid))} projected"
         notes.append(co2e)
     return notes
