@@ -1,10 +1,12 @@
 # Two commands matter: `make demo` and `make test`. Both create .venv and install
 # what they need from the project's own files: `make demo` what the demo and the three
 # scripts need (and the report, review page and export); `make test` adds the test tools
-# (pytest, Playwright, datasets, pandas) and the optional transports.
+# (pytest, Playwright, datasets, pandas) and the optional transports. The energy extra's
+# libraries install only where they apply (zeus-apple-silicon on Apple Silicon,
+# nvidia-ml-py on Linux), so a Mac measures each image's energy out of the box.
 VENV := .venv
 PY := $(VENV)/bin/python
-DEMO_EXTRAS := segment,report,curate
+DEMO_EXTRAS := segment,report,curate,energy
 TEST_EXTRAS := $(DEMO_EXTRAS),test
 
 # drawpipe needs Python 3.11 or newer. macOS's own python3 is 3.9, and pip given one

@@ -9,6 +9,7 @@ files and the logs. Read only; the one place that walks the share's folders.
     recorded_source(output)       RecordedSource: the input an output records it was made from
     verdict_files(root)           every host's reviews/<host>.jsonl (curate/verdicts.py reads them)
     load_logs(logs_dir)           Logs: every stage's rows (engine/metrics.py read_logs), parsed
+                                  (their energy columns too: engine/energy.py ENERGY_COLUMNS)
     latest_done(rows)             image key -> its latest "done" row
 
 The folders and names come from layout.py. Walking skips hidden entries (scratch
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from drawpipe.engine.energy import COMPONENTS, LOCAL
 from drawpipe.engine.metrics import COMMON_COLUMNS, read_logs
 from drawpipe.files import write_if_changed
 from drawpipe.layout import (CUTOUTS_FOLDER, CUTOUTS_RECORD, GENERATIONS_FOLDER, REVIEWS_FOLDER,
@@ -31,6 +33,7 @@ from drawpipe.pages import counted
 from drawpipe.png import read_text_chunks
 
 STAGES = ("generate", "upscale", "segment")
+J_PER_WH = 3600.0
 CACHE_VERSION = 2  # 2: image metadata holds the take
 _REQUIRED_COLUMNS = ("time_utc", "status", "output")
 
@@ -361,10 +364,41 @@ class LogRow:
     ram_mb_peak: float | None
     server_cpu_seconds: float | None
     error: str
+    # The job's energy (engine/energy.py ENERGY_COLUMNS): ``energy_j`` its window's gross
+    # energy, None when not measured (no meter, a failed read, an older log);
+    # ``energy_scope`` "local" (the image was made here: its energy) or "client-side";
+    # ``energy_components_j`` component ("cpu", "gpu", "ane", "dram") -> J, those measured;
+    # ``idle_w`` the machine's idle power then; ``energy_logged``: the row's log has the
+    # energy columns (False: written before drawpipe logged energy).
+    energy_j: float | None = None
+    energy_meter: str | None = None
+    energy_scope: str | None = None
+    energy_components_j: dict[str, float] = field(default_factory=dict)
+    idle_w: float | None = None
+    energy_logged: bool = False
 
     @property
     def start(self) -> float:
         return self.end - (self.seconds or 0.0)
+
+    @property
+    def gross_wh(self) -> float | None:
+        """The window's energy in Wh (None: not measured)."""
+        return None if self.energy_j is None else self.energy_j / J_PER_WH
+
+    @property
+    def net_wh(self) -> float | None:
+        """Gross less idle power x seconds, in Wh, at least 0 (a job measured below idle
+        caused nothing above it); None without an idle figure."""
+        if self.energy_j is None or self.idle_w is None or self.seconds is None:
+            return None
+        return max(0.0, self.energy_j - self.idle_w * self.seconds) / J_PER_WH
+
+    @property
+    def image_wh(self) -> float | None:
+        """The gross Wh this job's image cost, when measured where it was made (scope
+        "local"); None for client-side or unmeasured rows."""
+        return self.gross_wh if self.energy_scope == LOCAL else None
 
     @property
     def key(self) -> str | None:
@@ -486,7 +520,21 @@ def _parse_row(stage: str, raw: dict) -> LogRow | None:
         ram_mb_peak=_number(raw.get("ram_mb_peak")),
         server_cpu_seconds=_number(raw.get("server_cpu_seconds")),
         error=raw.get("error", ""),
+        **_energy_fields(raw),
     )
+
+
+def _energy_fields(raw: dict) -> dict:
+    """LogRow's energy fields from a row's energy columns (absent in older logs)."""
+    energy_j = _number(raw.get("energy_j"))
+    if energy_j is None or energy_j < 0:
+        return {"energy_logged": "energy_j" in raw}
+    components = {component: value for component in COMPONENTS
+                  if (value := _number(raw.get(f"energy_{component}_j"))) is not None}
+    return {"energy_j": energy_j, "energy_meter": raw.get("energy_meter") or None,
+            "energy_scope": raw.get("energy_scope") or LOCAL,
+            "energy_components_j": components, "idle_w": _number(raw.get("idle_w")),
+            "energy_logged": True}
 
 
 def latest_done(rows: list[LogRow]) -> dict[str, LogRow]:

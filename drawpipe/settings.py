@@ -23,7 +23,7 @@ Kinds (how a value is read from a flag and checked in a profile):
     seconds   a number of seconds, > 0     profile: "a number of seconds"
     count     a whole number, >= 0         profile: "a whole number"
     integer   a whole number               profile: "a whole number"
-    number    a decimal number             (command line only)
+    number    a decimal number             profile: "a number"
     switch    on when given                (command line only)
     choice    one of ``choices``           (command line only)
 
@@ -135,6 +135,9 @@ SETTINGS: dict[str, Setting] = _table(
     # ------------------------------------------------------------ report, review page
     Setting("eta_window_minutes", "number", 60.0, "the ETA's rate is measured over the last M "
             "minutes of each stage's log (default {default})", unit="min", metavar="M"),
+    Setting("grid_intensity", "number", None, "your grid's carbon intensity, grams of CO2e "
+            "per kWh: adds CO2e to the energy figures (no default: no figure fits every "
+            "grid)", unit="gCO2e/kWh", profile=True, metavar="G"),
     Setting("host", "text", "127.0.0.1", "address to listen on (default {default}: this Mac "
             "only)", metavar="ADDRESS"),
     Setting("port", "integer", 8765, "port (default {default}; 0 picks a free one)",

@@ -33,6 +33,7 @@ _PROFILE_KINDS = {
     "seconds": ((int, float), "a number of seconds"),
     "count": ((int,), "a whole number"),
     "integer": ((int,), "a whole number"),
+    "number": ((int, float), "a number"),
     "process": ((str,), "a process name"),
 }
 # setting -> (accepted Python types, what to tell the user), for every setting a profile may set

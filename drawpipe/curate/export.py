@@ -24,6 +24,10 @@ and a dataset card, ``README.md`` in DIR, whose YAML declares every column's typ
                            (cutouts.json), one per cut-out, in the same order
     verdict, verdict_reason, verdict_host, verdict_time      null when not reviewed
     generate_seconds, upscale_seconds, segment_seconds       from logs/<stage>-<host>.csv
+    generate_energy_wh, upscale_energy_wh, segment_energy_wh
+                           the Wh that made the image's output of each stage there now
+                           (gross, its job's window), null where not measured or measured
+                           only on the client side (energy_wh below)
 
 ``datasets.load_dataset(DIR)`` loads it with the declared types whatever the data
 holds: ``file_name`` becomes the ``image`` column, ``upscaled_file_name`` an
@@ -87,7 +91,8 @@ COLUMNS = (
     ("sha256", STRING), ("upscaled_file_name", IMAGE), ("cutouts_file_names", list_of(IMAGE)),
     ("cutout_boxes", list_of(list_of(INT))), ("verdict", STRING), ("verdict_reason", STRING),
     ("verdict_host", STRING), ("verdict_time", STRING), ("generate_seconds", FLOAT),
-    ("upscale_seconds", FLOAT), ("segment_seconds", FLOAT),
+    ("upscale_seconds", FLOAT), ("segment_seconds", FLOAT), ("generate_energy_wh", FLOAT),
+    ("upscale_energy_wh", FLOAT), ("segment_energy_wh", FLOAT),
 )
 REQUEST_FIELDS = ("prompt", "negative_prompt", "seed", "model", "sampler", "steps", "size")
 
@@ -239,6 +244,19 @@ def _cutouts(root: Path, folder: str | None, problems: list[str]) -> tuple[list[
     return files, boxes
 
 
+def energy_wh(done: dict, key: str) -> dict:
+    """The energy columns of image ``key``: ``<stage>_energy_wh``, the gross Wh of the
+    stage's latest "done" row (the job that made the output there now) when it was
+    measured on the machine that made it (inventory.LogRow.image_wh), else None.
+    ``done``: stage -> inventory.latest_done of its rows."""
+    columns = {}
+    for stage in STAGES:
+        logged = done[stage].get(key)
+        wh = logged.image_wh if logged is not None else None
+        columns[f"{stage}_energy_wh"] = None if wh is None else round(wh, 6)
+    return columns
+
+
 class _Placer:
     """Hard-links files from the share into the export, or copies them once a link fails."""
 
@@ -329,6 +347,7 @@ def run_export(settings: ExportSettings, out=None) -> int:
         for stage in STAGES:
             logged = done[stage].get(entry.key)
             row[f"{stage}_seconds"] = logged.seconds if logged else None
+        row.update(energy_wh(done, entry.key))
         lines.append(json.dumps({key: row[key] for key, _ in COLUMNS}, ensure_ascii=False) + "\n")
         result.exported += 1
         result.accepted += verdict is not None

@@ -8,7 +8,8 @@
                     re-send reports, the file server's clock, the checkpoint before a request
     JobLost         raised by the checkpoint: the job is no longer this worker's
     Stage           plan(), make_worker(server, context), process_to_sample(server);
-                    optionally is_current(job), set_aside(job) and claimed(job)
+                    optionally is_current(job), set_aside(job), claimed(job) and
+                    cuda_devices()
     job_done        done means the output exists (and, for a stage that can tell, is current)
     Outcome         how one claim-and-do ended, as the worker loop acts on it
 
@@ -90,7 +91,9 @@ class Stage(Protocol):
 
     def process_to_sample(self, server: str | None) -> str | None:
         """The name of a process on this machine that does ``server``'s work (a local
-        app), whose CPU and RAM are logged while a job runs; None for none."""
+        app), whose CPU and RAM are logged while a job runs; None for none. A server
+        with such a process (or no server) does its work here: the energy measured
+        here is then the job's own (worker.py Worker.runs_here)."""
 
     # Optional, for stages whose outputs can go stale (curate/takes.py):
     # is_current(job) -> bool: the output that exists is still the right one (its input
@@ -99,6 +102,10 @@ class Stage(Protocol):
     #     the job's claim held, just before the job runs.
     # claimed(job) -> Job: the job as it runs, what it sends fixed now (its seed), with
     #     its claim held and any stale output set aside; the log records that job.
+    # Optional, for a stage that runs its work on an NVIDIA GPU of this machine:
+    # cuda_devices() -> tuple: the GPUs its jobs use in this process (UUIDs "GPU-...", or
+    #     CUDA indices), () for none; the energy meter measures those (engine/energy.py
+    #     choose_meter). Without it, every GPU this process can see.
 
 
 def job_done(stage: Stage, job: Job) -> bool:

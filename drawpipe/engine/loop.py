@@ -51,6 +51,13 @@ this module does the rest, the same way for all three:
   main thread watches the count. "interrupted" is said only when something was left
   undone (Summary.stopped_early).
 
+- Energy (energy.py): when there is work, the run chooses this machine's meter, names it
+  in its first lines ("energy: rapl (...) on host", or "energy: not measured on host:
+  ..."), measures idle power for ``idle_seconds`` (a stop signal cuts it short) and
+  logs each job's window, opened and closed with the job's stopwatch, in the energy
+  columns of the stage's log; the window is the job's own ("local") only when its work
+  runs on this machine (Worker.runs_here).
+
 Where things are: jobs.py (the job model, the stage protocol, outcomes), run.py (the
 settings and what the workers of one process share), worker.py (one worker's passes
 and jobs), progress.py (counts, the bar, the summary); this module starts the workers
@@ -60,8 +67,10 @@ sample and raises errors.JobFailed (``attempts``, ``retry_after_seconds``).
 
 import os
 import threading
+import time
 
 from drawpipe.engine.claims import ClaimStore
+from drawpipe.engine.energy import ENERGY_COLUMNS, EnergyMeter, choose_meter
 from drawpipe.engine.interrupts import STOP_SIGNALS_STATE, StopSignals
 from drawpipe.engine.jobs import Job, JobResult, Stage, WorkerContext, job_done
 from drawpipe.engine.metrics import MetricsLog
@@ -78,8 +87,13 @@ __all__ = ["EngineSettings", "Job", "JobResult", "Stage", "Summary", "WorkerCont
 
 
 def run_stage(stage: Stage, settings: EngineSettings,
-              signals: StopSignals = STOP_SIGNALS_STATE) -> Summary:
+              signals: StopSignals = STOP_SIGNALS_STATE,
+              meter: EnergyMeter | None = None) -> Summary:
     """Run ``stage`` to completion (or until interrupted); the Summary says how it went.
+
+    ``meter``: the energy meter to use (its caller closes it); None: this machine's,
+    chosen when there is work to do (engine/energy.py choose_meter, on the GPUs the
+    stage names) and closed at the end.
 
     Raises UsageError for configuration problems (unwritable root, HTTP 422 ...) and
     ShareLost when the shared folder disappears under the run.
@@ -99,6 +113,7 @@ def run_stage(stage: Stage, settings: EngineSettings,
         worker.run_job = stage.make_worker(worker.server, worker.context())
         worker.process_to_sample = stage.process_to_sample(worker.server)
 
+    own_meter = False
     with signals.deferred():
         baseline = signals.count
         try:
@@ -106,7 +121,7 @@ def run_stage(stage: Stage, settings: EngineSettings,
             for worker in workers:
                 worker.store.prepare()
             run.metrics = MetricsLog(logs_folder(settings.root), stage.name, host,
-                                     extra_columns=stage.extra_columns)
+                                     extra_columns=stage.extra_columns + ENERGY_COLUMNS)
         except OSError as exc:
             run.guard.close()
             raise UsageError(
@@ -121,6 +136,9 @@ def run_stage(stage: Stage, settings: EngineSettings,
                 raise ShareLost(settings.root, exc.strerror or str(exc)) from None
             run.summary.total = len(jobs)
             run.summary.already_done = len(already_done)
+            if settings.watch or len(already_done) < len(jobs):
+                own_meter = meter is None
+                _start_meter(run, meter, signals, baseline)
             run.progress = Progress(run.summary, already_done, settings.show_progress)
             threads = [threading.Thread(target=worker_main, args=(worker,),
                                         name=f"worker-{worker.index}", daemon=True)
@@ -133,9 +151,38 @@ def run_stage(stage: Stage, settings: EngineSettings,
                 run.summary.interrupted = True  # also a signal that came as the run ended
         finally:
             _finish(run, workers)
+            if own_meter:
+                run.meter.close()
     if run.fatal is not None:
         raise run.fatal
     return run.summary
+
+
+def _start_meter(run: Run, meter: EnergyMeter | None, signals: StopSignals,
+                 baseline: int) -> None:
+    """Choose this process's energy meter (or take the caller's), name it in the log,
+    and measure idle power before the first job. A stop signal cuts the wait short
+    (then no job starts)."""
+    if meter is None:
+        gpus = getattr(run.stage, "cuda_devices", None)
+        meter = choose_meter(gpus() if gpus is not None else None, host=run.host)
+    run.meter = meter
+    run.log(meter.describe(run.host))
+    if not meter.measuring or run.settings.idle_seconds <= 0:
+        return
+
+    def wait(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        with run.doorbell.rung_by_signals():
+            while signals.count == baseline and (left := deadline - time.monotonic()) > 0:
+                run.doorbell.wait(left)
+
+    idle_w = meter.measure_idle(run.settings.idle_seconds, wait=wait)
+    if signals.count != baseline:
+        run.stop.set()  # _wait_for_workers says why
+    elif idle_w is not None:
+        run.log(f"energy: idle {idle_w:.1f} W (over {run.settings.idle_seconds:g} s, before "
+                "the first job)")
 
 
 def _finish(run: Run, workers: list[Worker]) -> None:

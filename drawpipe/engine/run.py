@@ -6,9 +6,11 @@
                      second stop signal abandons them
     Run              what the workers share: the plan, the stop flag and the first fatal
                      error, the share guard, the heartbeat, the metrics log, the progress,
-                     and jobs held back until a backend's retry_after_seconds
+                     the energy meter, and jobs held back until a backend's
+                     retry_after_seconds
 """
 
+import math
 import os
 import sys
 import threading
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drawpipe.engine.claims import Claim, ClaimStore, Heartbeat
+from drawpipe.engine.energy import IDLE_START_SECONDS, EnergyMeter
 from drawpipe.engine.interrupts import Doorbell
 from drawpipe.engine.jobs import Job, Stage, job_done
 from drawpipe.engine.metrics import MetricsLog
@@ -42,6 +45,9 @@ class EngineSettings:
     # CPU per image low (bench/upscale.py).
     sample_interval_seconds: float = 2.0
     max_consecutive_failures: int = 3  # a worker whose server keeps failing retires
+    # Idle power is measured this long before the first job (engine/energy.py), so the
+    # report can tell an image's net energy from the machine's baseline.
+    idle_seconds: float = IDLE_START_SECONDS
     show_progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
 
     @property
@@ -61,6 +67,13 @@ class EngineSettings:
         # the holder wakes up or the server drops its session. Several leases of trying
         # (a pause that grows, a line a minute) before the job is reported blocked.
         return 5 * self.lease_seconds
+
+
+# Back-to-back jobs leave no gap to measure idle power in: after this long, a worker
+# pauses before its next job to measure it again (a few seconds an hour). A try that
+# finds a job running, or is cut short, is not repeated for IDLE_RETRY_SECONDS.
+IDLE_REFRESH_SECONDS = 3600.0
+IDLE_RETRY_SECONDS = 600.0
 
 
 class InFlight:
@@ -148,6 +161,10 @@ class Run:
         self.summary = Summary(stage.name, watch=settings.watch)
         self.heartbeat = Heartbeat(settings.heartbeat_seconds, self.claim_lost)
         self.progress: Progress | None = None
+        # The process's energy meter (engine/energy.py), chosen by run_stage when there is
+        # work to do; until then one that measures nothing.
+        self.meter = EnergyMeter(None, "not measured: no job has run")
+        self._idle_tried_at = -math.inf
 
     def log(self, line: str) -> None:
         if self.progress is not None:
@@ -199,6 +216,25 @@ class Run:
         self.log(f"warning: the claim {claim.path.name} is no longer ours (its lease expired "
                  "and another worker took it over, or it was deleted); our result will not "
                  "overwrite theirs")
+
+    def refresh_idle_power(self) -> None:
+        """Between jobs: measure idle power again (``idle_seconds``, this worker waiting)
+        when the meter's figure is older than IDLE_REFRESH_SECONDS, or missing, and no
+        job of this process is running; tried at most once per IDLE_RETRY_SECONDS. With
+        other workers busy it costs one counter read. (Any gap between jobs of two
+        seconds or more refreshes it anyway: engine/energy.py.)"""
+        meter = self.meter
+        if not meter.measuring or self.settings.idle_seconds <= 0:
+            return
+        age = meter.idle_age_seconds()
+        if age is not None and age < IDLE_REFRESH_SECONDS:
+            return
+        with self.lock:
+            now = time.monotonic()
+            if now - self._idle_tried_at < IDLE_RETRY_SECONDS:
+                return
+            self._idle_tried_at = now
+        meter.measure_idle(self.settings.idle_seconds, wait=self.stop.wait)
 
     def replan(self) -> list[Job]:
         jobs = self.stage.plan()

@@ -6,11 +6,11 @@
 
 A pass scans the plan (exact-path ``stat`` of each output), then tries each job that
 is not done: ``claim_and_do`` claims it (claims.py), checks again that it is not done,
-runs the stage's job with its CPU and RAM sampled, writes the result under a scratch
-name and moves it into place if the claim is still ours, logs one metrics row, and
-releases the claim. What happened is an ``Outcome`` (jobs.py); the pass acts on it:
-jobs claimed by others or refused by the share (SMB's "busy") wait for a later pass, a
-server that fails job after job is retired.
+runs the stage's job with its CPU and RAM sampled and its energy metered, writes the
+result under a scratch name and moves it into place if the claim is still ours, logs
+one metrics row, and releases the claim. What happened is an ``Outcome`` (jobs.py);
+the pass acts on it: jobs claimed by others or refused by the share (SMB's "busy")
+wait for a later pass, a server that fails job after job is retired.
 """
 
 import errno
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from drawpipe.engine.claims import Claim, ClaimStore, HeldOpen, dead_here
+from drawpipe.engine.energy import EnergyWindow
 from drawpipe.engine.faults import stop_here
 from drawpipe.engine.jobs import (Job, JobLost, JobResult, Outcome, RunJob, WorkerContext,
                                   job_done)
@@ -40,7 +41,7 @@ class Worker:
         self.server = server
         self.store = store
         self.run_job: RunJob | None = None
-        self.process_to_sample: str | None = None
+        self.process_to_sample: str | None = None  # Stage.process_to_sample(server)
         # The job running now and its claim; requests checked (sent) for it so far.
         self.job: Job | None = None
         self.claim: Claim | None = None
@@ -52,6 +53,13 @@ class Worker:
         # job key -> (first refusal, last pause): a stale claim someone keeps open
         self.held_open: dict[str, tuple[float, float]] = {}
         self.consecutive_failures = 0
+
+    @property
+    def runs_here(self) -> bool:
+        """Whether this worker's jobs do their work on this machine: no server, or one
+        whose app is here (the stage names a process to sample). Only then is the energy
+        measured here the jobs' own (engine/energy.py: "local", else "client-side")."""
+        return self.server is None or self.process_to_sample is not None
 
     def context(self) -> WorkerContext:
         return WorkerContext(sleep=self.run.stop.wait, resent=self.resent,
@@ -155,6 +163,7 @@ def _worker_loop(worker: Worker) -> None:
         worked = False
         waiting = bool(unknown)
         for job in pending:
+            run.refresh_idle_power()  # a wait a stop signal cuts short: checked next
             if run.stop.is_set():
                 return
             outcome = _claim_and_do(worker, job)
@@ -289,9 +298,12 @@ def _claim_and_do(worker: Worker, job: Job) -> Outcome:
         retrying = job.key in worker.failures
         stop_here("claimed")
         worker.job, worker.claim, worker.requests = job, claim, 0
+        # The job's energy window, with its stopwatch (closed there; here if it ends early).
+        window = run.meter.open_window(local=worker.runs_here)
         try:
-            outcome = _do_job(worker, job, claim)
+            outcome = _do_job(worker, job, claim, window)
         finally:
+            window.close()
             worker.job = worker.claim = None
         if retrying and outcome is not Outcome.DEFERRED:
             run.progress_count(retried=1)
@@ -334,10 +346,10 @@ def _remove_what_the_dead_left(worker: Worker, job: Job, claim: Claim) -> None:
         run.guard.remove_abandoned_markers()
 
 
-def _do_job(worker: Worker, job: Job, claim: Claim) -> Outcome:
+def _do_job(worker: Worker, job: Job, claim: Claim, window: EnergyWindow) -> Outcome:
     """Run one claimed job and record it: DONE (output written, or a duplicate of
     another worker's), FAILED, BAD_INPUT, BUSY (the share refused a file) or DEFERRED.
-    Raises ShareLost."""
+    ``window``: the job's energy window, just opened. Raises ShareLost."""
     run, settings = worker.run, worker.run.settings
     store, run_job = worker.store, worker.run_job
     scratch = scratch_path(job.output, store.worker)
@@ -405,7 +417,11 @@ def _do_job(worker: Worker, job: Job, claim: Claim) -> Outcome:
                                    "nothing was sent for it")
             return outcome
     seconds = time.monotonic() - started
-    row.update(status=status, seconds=seconds, error=error)
+    energy = window.close()
+    if energy.error is not None:
+        run.progress.log_once("", "energy", f"warning: {energy.error} (a job's energy is "
+                              "left empty when its meter cannot be read; said once)")
+    row.update(status=status, seconds=seconds, error=error, **energy.row())
     _append_row(run, row, sampler, result)
     if status == "failed":
         if not fatal:

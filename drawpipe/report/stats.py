@@ -8,6 +8,7 @@ Figures:
     stage_figures(rows)          [HostFigures per host ..., HostFigures of all hosts]
     estimate_eta(rows, left, W)  Eta: work left at the combined recent throughput
     outstanding_failures(rows)   the jobs whose latest row is a failure
+    energy_lines(energy)         a stage's energy (report/energy.py) as text lines
     percentile(values, fraction) linear interpolation between closest ranks
     format_summary(...)          the plain-text report
 
@@ -39,6 +40,9 @@ Definitions (the README's "Report" section says the same):
   length, which starts no earlier than the first job of the logs (a run started 20
   minutes ago is measured over those 20 minutes).
 
+*Energy* per stage and host (Wh per image gross and net, so far, projected, CO2e) is
+report/energy.py's, whose docstring gives its definitions.
+
 Skipped input: a line cut off by a crash or with the wrong number of fields
 (metrics.read_logs counts those), and a row without a usable time_utc, status or
 output. Rows of an older layout (a file without some of today's columns) are read;
@@ -54,6 +58,7 @@ from pathlib import Path
 from drawpipe.curate.verdicts import NOT_REVIEWED
 from drawpipe.inventory import STAGES, LogRow, Logs
 from drawpipe.pages import counted
+from drawpipe.report.energy import StageEnergy, energy_notes, energy_table, stage_energy
 from drawpipe.settings import default
 
 DEFAULT_ETA_WINDOW_SECONDS = default("eta_window_minutes") * 60
@@ -293,17 +298,22 @@ class StageReport:
     left_note: str  # how ``left`` was counted, e.g. "of 2,000 generated images"
     eta: Eta
     failures: list[LogRow]  # outstanding failures
+    energy: StageEnergy | None = None  # report/energy.py
 
 
 def build_stage_reports(logs: Logs, left: dict[str, tuple[int | None, str]],
-                        window_seconds: float = DEFAULT_ETA_WINDOW_SECONDS) -> list[StageReport]:
+                        window_seconds: float = DEFAULT_ETA_WINDOW_SECONDS,
+                        grid_g_per_kwh: float | None = None) -> list[StageReport]:
+    """One StageReport per stage; ``grid_g_per_kwh`` (the user's grid intensity, or
+    None) adds CO2e to the energy."""
     reports = []
     for stage in STAGES:
         rows = logs.rows.get(stage, [])
         count, note = left.get(stage, (None, ""))
         reports.append(StageReport(stage, stage_figures(rows), count, note,
                                    estimate_eta(rows, count, window_seconds),
-                                   outstanding_failures(rows)))
+                                   outstanding_failures(rows),
+                                   stage_energy(stage, rows, count, grid_g_per_kwh)))
     return reports
 
 
@@ -365,7 +375,20 @@ def format_summary(root: Path, logs: Logs, reports: list[StageReport], window_se
             lines.append(f"  still failed: {len(report.failures):,} (their last try failed; "
                          "the same command retries them)")
         lines.append("  " + eta_sentence(report, window_seconds))
+        lines.extend(energy_lines(report.energy))
     return "\n".join(lines) + "\n"
+
+
+def energy_lines(energy: StageEnergy | None) -> list[str]:
+    """A stage's energy for the terminal: the table and its notes, or the notes alone
+    ("energy: not measured on ..."); nothing when no job was logged."""
+    if energy is None:
+        return []
+    table, notes = energy_table(energy), energy_notes(energy)
+    if not table:
+        return [f"  energy: {note}" for note in notes]
+    return (["  energy (Wh per image; gross: the meter's whole reading, net: less idle power):"]
+            + _aligned(table, "    ") + [f"    {note}" for note in notes])
 
 
 # --------------------------------------------------------------------------- review

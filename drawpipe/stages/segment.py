@@ -24,7 +24,7 @@ from drawpipe.errors import BadInput
 from drawpipe.files import remove_quietly, scan_inputs, write_synced
 from drawpipe.layout import CUTOUTS_RECORD, UPSCALED_FOLDER, cutout_name, cutouts_path
 from drawpipe.sam.cutouts import choose_cutouts
-from drawpipe.sam.models import Segmenter, first_line
+from drawpipe.sam.models import Segmenter, choose_device, cuda_device_uuid, first_line
 from drawpipe.sam.settings import CutoutSettings, GeneratorSettings, ModelSettings
 
 RECORD_VERSION = 1
@@ -124,6 +124,13 @@ class SegmentStage:
             if self._segmenter is None:
                 self._segmenter = Segmenter(self.model, self.generator)
             return self._segmenter
+
+    def cuda_devices(self) -> tuple[str, ...]:
+        """The GPU the model runs on, for the energy meter (engine/jobs.py): its UUID on
+        CUDA; none on mps or the cpu."""
+        device = (self._segmenter.device if self._segmenter is not None
+                  else choose_device(self.model.device))
+        return (cuda_device_uuid(device),) if device.startswith("cuda") else ()
 
     def process_to_sample(self, server: None) -> None:
         """None: the model runs in this process, which each job samples itself."""
