@@ -19,10 +19,11 @@ from drawpipe.drawthings import grpc_request, tensors
 from drawpipe.drawthings.client import ClientSettings, SdapiClient
 from drawpipe.drawthings.grpc_client import (Cancelled, GrpcClient, GrpcRequestRefused,
                                              GrpcSettings, check_files_exist, missing_files,
-                                             probe_protocol, shared_secret_from_environment)
+                                             shared_secret_from_environment)
 from drawpipe.drawthings.grpc_simulator import GrpcSimulator, start_process
 from drawpipe.drawthings.payloads import without_notes
 from drawpipe.drawthings.simulator import Simulator, stop_process
+from drawpipe.drawthings.transport import probe_protocol
 from drawpipe.errors import ServerUnreachable, TransientError, UsageError, WrongSize
 from drawpipe.stages.upscale import load_recipe, plan_chain
 
@@ -343,9 +344,10 @@ def test_the_shared_secret_is_required_and_checked():
         wrong = GrpcClient(simulator.url, GrpcSettings(
             retries=0, shared_secret="nope", shared_secret_source="the environment variable DT_KEY"))
         right = GrpcClient(simulator.url, GrpcSettings(retries=0, shared_secret="s3cret"))
-        needs = (f"{simulator.url} needs a shared secret: give the one it was started with "
+        needs = (f"{simulator.url} needs a shared secret: put the one it was started with "
                  "(gRPCServerCLI --shared-secret, or the app's API Server settings) in an "
-                 "environment variable")
+                 "environment variable and name it with --shared-secret-env NAME (or "
+                 "shared_secret_env in the profile)")
         refused = (f"{simulator.url} refused the shared secret from the environment variable "
                    "DT_KEY: set it to the one the server was started with")
         for client, message in ((missing, needs), (wrong, refused)):
