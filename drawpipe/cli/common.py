@@ -16,7 +16,9 @@ from tqdm import tqdm
 
 from drawpipe.cli.options import resolve, resolve_share
 from drawpipe.curate.takes import Freshness, Takes
+from drawpipe.drawthings.backends import ServerSettings, check_server_url, transport_of
 from drawpipe.drawthings.client import ClientSettings
+from drawpipe.drawthings.grpc_client import shared_secret_from_environment
 from drawpipe.engine.claims import ClaimStore
 from drawpipe.engine.interrupts import STOP_SIGNALS_STATE
 from drawpipe.engine.jobs import Job, job_done
@@ -25,7 +27,7 @@ from drawpipe.engine.progress import Summary
 from drawpipe.engine.run import EngineSettings
 from drawpipe.errors import DrawpipeError, Interrupted, ShareLost, UsageError
 from drawpipe.files import default_cache_dir
-from drawpipe.settings import DEFAULT_SERVER, SETTINGS
+from drawpipe.settings import SETTINGS
 
 # The settings ClientSettings takes from the table (its backoff cap is not a setting).
 CLIENT_SETTINGS = ("connect_timeout_seconds", "read_timeout_seconds", "retries",
@@ -42,7 +44,7 @@ class CommonSettings:
 
     root: Path
     servers: tuple[str | None, ...]  # (None,): one worker, no server (segment.py)
-    client: ClientSettings
+    server_settings: ServerSettings  # how the clients talk to the servers, either transport
     lease_seconds: float
     poll_seconds: float
     seed_offset: int
@@ -64,15 +66,12 @@ def resolve_settings(args: argparse.Namespace, project_dir: Path, names, stdin=N
     values = {name: setting.default for name, setting in SETTINGS.items()}
     values.update(resolve(args, names, share.profile))
     with_servers = "servers" in names
-    servers = tuple(values["servers"]) if with_servers else (None,)
-    for server in servers if with_servers else ():
-        if not server.startswith(("http://", "https://")):
-            raise UsageError(f"--server {server}: expected a URL like {DEFAULT_SERVER}")
+    servers = tuple(map(check_server_url, values["servers"])) if with_servers else (None,)
     client = ClientSettings(**{name: values[name] for name in CLIENT_SETTINGS})
     return CommonSettings(
         root=share.root,
         servers=servers,
-        client=client,
+        server_settings=server_settings(client, values, servers),
         lease_seconds=values["lease_seconds"],
         poll_seconds=values["poll_seconds"],
         seed_offset=values["seed_offset"],
@@ -83,6 +82,29 @@ def resolve_settings(args: argparse.Namespace, project_dir: Path, names, stdin=N
         dry_run=values["dry_run"],
         values=values,
     )
+
+
+def server_settings(client: ClientSettings, values: dict, servers, environ=os.environ
+                    ) -> ServerSettings:
+    """The clients' settings; with a gRPC server among ``servers``, its shared secret read
+    from the environment variable ``shared_secret_env`` names, and the certificate to
+    trust checked (UsageError when either is missing)."""
+    if not any(server and transport_of(server) == "grpc" for server in servers):
+        return ServerSettings(client)
+    secret, source = None, "the shared secret setting"
+    name = values["shared_secret_env"]
+    if name:
+        secret = shared_secret_from_environment(name, environ)
+        source = f"the environment variable {name}"
+    certificate = values["certificate"]
+    if certificate:
+        certificate = Path(certificate).expanduser()
+        if not certificate.is_file():
+            raise UsageError(f"--certificate {certificate}: no such file (the certificate, PEM, "
+                             "that grpcs:// servers are to be trusted by)")
+    return ServerSettings(client, shared_secret=secret, shared_secret_source=source,
+                          certificate_path=certificate or None,
+                          tls_server_name=values["tls_server_name"])
 
 
 def script_main(run, parse_arguments, argv, project_dir: Path | None) -> int:

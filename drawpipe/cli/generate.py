@@ -75,7 +75,7 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     print(format_queue(queue), file=stdout)
 
     takes = local_takes(settings.root)
-    stage = GenerateStage(settings.root, queue, prompt_sets, template, settings.client,
+    stage = GenerateStage(settings.root, queue, prompt_sets, template, settings.server_settings,
                           settings.seed_offset, warn, takes, notice_printer())
     if template.overrides:
         print("overrides: " + ", ".join(f"--set {o.text}" for o in template.overrides),

@@ -64,7 +64,7 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
         tqdm.write(f"skipped: {label}: {reason} (never sent)", file=sys.stderr)
 
     takes = local_takes(settings.root)
-    stage = UpscaleStage(settings.root, recipe, settings.client, settings.seed_offset,
+    stage = UpscaleStage(settings.root, recipe, settings.server_settings, settings.seed_offset,
                          settle_seconds, on_skipped=None if settings.dry_run else report_skipped,
                          on_warning=warn, takes=takes)
     print(f"recipe {recipe.path}: {len(recipe.steps)} step(s) "

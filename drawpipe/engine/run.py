@@ -6,7 +6,8 @@
                      second stop signal abandons them
     Run              what the workers share: the plan, the stop flag and the first fatal
                      error, the share guard, the heartbeat, the metrics log, the progress,
-                     and jobs held back until a backend's retry_after_seconds
+                     jobs held back until a backend's retry_after_seconds, and each
+                     worker's way to cancel its request in flight
 """
 
 import os
@@ -16,6 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from drawpipe.engine.claims import Claim, ClaimStore, Heartbeat
 from drawpipe.engine.interrupts import Doorbell
@@ -143,6 +145,9 @@ class Run:
         # Jobs a backend said not to send again yet (JobFailed.retry_after_seconds): no
         # worker of this process sends them before this monotonic time.
         self.held_back: dict[str, float] = {}
+        # claim store's worker name -> cancel(reason, claim or None): that worker's request
+        # in flight (of the job holding that claim) is no longer wanted (worker.py).
+        self.cancellers: dict[str, Callable[[str, Claim | None], None]] = {}
         self.guard = ShareGuard(settings.root, f"{host}-{os.getpid()}")
         self.metrics: MetricsLog | None = None
         self.summary = Summary(stage.name, watch=settings.watch)
@@ -199,6 +204,18 @@ class Run:
         self.log(f"warning: the claim {claim.path.name} is no longer ours (its lease expired "
                  "and another worker took it over, or it was deleted); our result will not "
                  "overwrite theirs")
+        # Found by the heartbeat while a request runs: a backend that can stop it does
+        # now, rather than draw an image nobody will keep.
+        cancel = self.cancellers.get(store.worker)
+        if cancel is not None:
+            cancel("its lease was lost: another worker has the job", claim)
+
+    def abandon_in_flight(self, reason: str) -> None:
+        """Write nothing more (InFlight.abandon), and cancel every request in flight whose
+        backend can stop: nobody will keep its image."""
+        self.in_flight.abandon()
+        for cancel in list(self.cancellers.values()):
+            cancel(reason, None)
 
     def replan(self) -> list[Job]:
         jobs = self.stage.plan()
