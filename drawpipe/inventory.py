@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from drawpipe.drawthings.signposts import PHASE_COLUMNS
 from drawpipe.engine.metrics import COMMON_COLUMNS, read_logs
 from drawpipe.files import write_if_changed
 from drawpipe.layout import (CUTOUTS_FOLDER, CUTOUTS_RECORD, GENERATIONS_FOLDER, REVIEWS_FOLDER,
@@ -355,6 +356,9 @@ class LogRow:
     ram_mb_peak: float | None
     server_cpu_seconds: float | None
     error: str
+    # {signposts.PHASE_COLUMNS column: seconds} the server spent per stage of the request
+    # (gRPC servers only; {} for a job of an HTTP server)
+    phase_seconds: dict = field(default_factory=dict)
 
     @property
     def start(self) -> float:
@@ -485,6 +489,8 @@ def _parse_row(stage: str, raw: dict) -> LogRow | None:
         ram_mb_peak=_number(raw.get("ram_mb_peak")),
         server_cpu_seconds=_number(raw.get("server_cpu_seconds")),
         error=raw.get("error", ""),
+        phase_seconds={column: value for column in PHASE_COLUMNS
+                       if (value := _number(raw.get(column))) is not None},
     )
 
 
