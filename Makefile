@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# make demo DEMO_TRANSPORT=grpc: the same on the gRPC simulator (Draw Things' gRPC API).
+DEMO_TRANSPORT ?= http
+
 demo: $(STAMP)
-	$(PY) -m drawpipe.demo
+	$(PY) -m drawpipe.demo --transport $(DEMO_TRANSPORT)
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -q

@@ -5,20 +5,32 @@ scripts exactly as a user would, into ``demo/`` in the project folder:
 generate.py (a small queue), upscale.py (creative upscale to 2048 px) and
 segment.py (SAM cut-outs, when a SAM checkpoint is at hand), then the report
 with its gallery (demo/report/index.html).
+
+``--transport grpc`` (``make demo DEMO_TRANSPORT=grpc``) runs generate.py and upscale.py
+against the gRPC simulator instead (``python -m drawpipe.simulator --grpc``, TLS with its
+own certificate and a shared secret, as gRPCServerCLI serves by default): the same
+images, with each request's stages in the logs and the report.
 """
 
+import argparse
+import os
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from drawpipe.cli.common import PROJECT_DIR
+from drawpipe.drawthings import grpc_simulator
 from drawpipe.drawthings.simulator import start_process, stop_process
 from drawpipe.layout import IMAGE_FOLDERS, LOGS_FOLDER, REPORT_FOLDER
 
 DEMO_ROOT = PROJECT_DIR / "demo"
 DEMO_QUEUE = ("France:family:2", "Japan:working:2", "Kenya:family:1")
 SIMULATED_LATENCY_SECONDS = "0.05"
+# The demo's gRPC simulator wants this secret; the scripts read it from the variable.
+SECRET_VARIABLE = "DRAWPIPE_DEMO_SECRET"
+DEMO_SECRET = "demo-secret"
 
 
 def run_step(title: str, command: list[str]) -> int:
@@ -31,22 +43,34 @@ def script(name: str, *args: str) -> list[str]:
     return [sys.executable, str(PROJECT_DIR / name), *args]
 
 
-def main() -> int:
-    DEMO_ROOT.mkdir(exist_ok=True)
-    simulator, url = start_process("--latency", SIMULATED_LATENCY_SECONDS)
+def start_simulator(transport: str, scratch: Path) -> tuple[subprocess.Popen, list[str]]:
+    """(the simulator's process, the scripts' server options) for ``transport``;
+    ``scratch``: a folder for the gRPC simulator's certificate."""
+    if transport == "grpc":
+        os.environ[SECRET_VARIABLE] = DEMO_SECRET  # the scripts inherit it, never see it
+        certificate = scratch / "grpc-simulator.pem"
+        process, url, _ = grpc_simulator.start_process(
+            "--latency", SIMULATED_LATENCY_SECONDS, "--tls", "--certificate-out", certificate,
+            "--shared-secret-env", SECRET_VARIABLE)
+        print(f"simulated Draw Things gRPC server at {url} (python -m drawpipe.simulator --grpc)")
+        return process, ["--server", url, "--certificate", str(certificate),
+                         "--shared-secret-env", SECRET_VARIABLE]
+    process, url = start_process("--latency", SIMULATED_LATENCY_SECONDS)
     print(f"simulated Draw Things at {url} (python -m drawpipe.simulator)")
-    common = ["--root", str(DEMO_ROOT), "--server", url, "--no-progress"]
-    try:
-        queue = [arg for spec in DEMO_QUEUE for arg in ("--add", spec)]
-        code = run_step("generate: txt2img from the nation x category queue",
-                        script("generate.py", *common, *queue))
-        if code != 0:
-            return code
-        code = run_step("upscale: creative upscale to 2048 px", script("upscale.py", *common))
-        if code != 0:
-            return code
-    finally:
-        stop_process(simulator)
+    return process, ["--server", url]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m drawpipe.demo",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--transport", choices=("http", "grpc"), default="http",
+                        help="Draw Things' API the demo drives (default http)")
+    arguments = parser.parse_args(argv)
+    DEMO_ROOT.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="drawpipe-demo-") as scratch:
+        code = generate_and_upscale(arguments.transport, Path(scratch))
+    if code != 0:
+        return code
     code = run_step("segment: SAM cut-outs", script("segment.py", "--root", str(DEMO_ROOT),
                                                    "--demo", "--no-progress"))
     if code != 0:
@@ -60,6 +84,21 @@ def main() -> int:
     print(f"\nall done: see {DEMO_ROOT} ({', '.join(made)}); "
           "run `make demo` again and nothing is redone")
     return 0
+
+
+def generate_and_upscale(transport: str, scratch: Path) -> int:
+    """generate.py, then upscale.py, against a simulator of ``transport``; the exit code."""
+    simulator, server_options = start_simulator(transport, scratch)
+    common = ["--root", str(DEMO_ROOT), *server_options, "--no-progress"]
+    try:
+        queue = [arg for spec in DEMO_QUEUE for arg in ("--add", spec)]
+        code = run_step("generate: txt2img from the nation x category queue",
+                        script("generate.py", *common, *queue))
+        if code != 0:
+            return code
+        return run_step("upscale: creative upscale to 2048 px", script("upscale.py", *common))
+    finally:
+        stop_process(simulator)
 
 
 if __name__ == "__main__":
