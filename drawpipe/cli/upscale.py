@@ -8,6 +8,7 @@ Examples:
   python upscale.py --set "refine 2048:steps=12"          # one step, by name or number
   python upscale.py --dry-run                             # to do, done, claimed by whom
   python upscale.py --server http://10.0.0.5:7860 --server http://127.0.0.1:7860
+  python upscale.py --server grpcs://gpu-box:7859 --shared-secret-env DT_SECRET   # gRPC, TLS
 """
 
 import argparse

@@ -132,8 +132,9 @@ class SdapiClient:
                     f"(gRPCServerCLI's default) is --server grpcs://{parts.netloc}")
         return None
 
-    def cancel(self, reason: str = "cancelled") -> None:
-        """Nothing: Draw Things' HTTP API cannot interrupt a request (it runs on)."""
+    def cancel(self, reason: str = "cancelled") -> bool:
+        """Nothing: Draw Things' HTTP API cannot interrupt a request (it runs on). False."""
+        return False
 
     def generate(self, mode: str, payload: dict, expected_size: tuple[int, int] | None,
                  on_progress=None) -> ImageAnswer:

@@ -59,7 +59,7 @@ Errors (errors.py's classes; transient vs configuration as SdapiClient tells the
                      other gRPC status, e.g. INTERNAL ("unknown error processing request":
                      grpc-swift's answer to any error the generator throws). Re-sent with
                      backoff, like HTTP's, then raised.
-    Cancelled        ``cancel()`` was called: not re-sent
+  Cancelled          ``cancel()`` was called (the job is no longer wanted): not re-sent
   WrongSize          the image has another size than the request asked for: not re-sent
 
 A shared secret travels in each request message (``sharedSecret``), never in metadata;
@@ -91,9 +91,9 @@ from urllib.parse import urlsplit
 from drawpipe.drawthings import grpc_request
 from drawpipe.drawthings.signposts import STAGE_DONE, STAGES, TRANSFER_STAGE
 from drawpipe.drawthings.transport import ImageAnswer, probe_protocol, send_with_resends
-from drawpipe.errors import (DrawpipeError, RequestRejected, ServerIncompatible, ServerRejected,
-                             ServerUnreachable, StepRejected, TransientError, UsageError,
-                             WrongSize)
+from drawpipe.errors import (DrawpipeError, JobFailed, RequestRejected, ServerIncompatible,
+                             ServerRejected, ServerUnreachable, StepRejected, TransientError,
+                             UsageError, WrongSize)
 
 DEFAULT_PORT = 7859  # gRPCServerCLI.swift:288-289
 SCHEMES = {"grpc": False, "grpcs": True}  # scheme -> TLS
@@ -102,7 +102,6 @@ MAX_MESSAGE_BYTES = 1024 * 1024 * 1024  # the app's client and gRPCServerCLI bot
 ENABLE_GRPC_HINT = ("start Draw Things with its API server set to gRPC (Settings > API Server), "
                     "or gRPCServerCLI, or pass the right --server URL")
 
-READ_TIMEOUT = "read timeout"  # the cancel reason of the watchdog
 
 
 @dataclass(frozen=True)
@@ -145,9 +144,9 @@ class Progress:
         return f"{done} {self.step}/{self.steps}" if self.steps else f"{done} {self.step}"
 
 
-class Cancelled(TransientError):
+class Cancelled(JobFailed):
     """``GrpcClient.cancel()`` closed the call: the server stopped drawing, so the job
-    may be sent again at once."""
+    may be sent again at once (by whoever still wants it: never re-sent here)."""
 
     def __init__(self, message: str, attempts: int = 1):
         super().__init__(message, attempts, retry_after_seconds=0.0)
@@ -258,7 +257,8 @@ class GrpcClient:
         self._lock = threading.Lock()
         self._call = None  # the GenerateImage call in flight
         self._generating = False  # inside generate(): a cancel() holds until it returns
-        self._cancel_reason: str | None = None
+        self._cancel_reason: str | None = None  # cancel()'s, for the rest of generate()
+        self._timed_out = False  # the watchdog closed the call in flight (that call only)
         # Wakes the watchdog: cancel(), the first message (the timeout changes), the end.
         self._wake = threading.Condition(self._lock)
         self._call_ended = False
@@ -352,17 +352,20 @@ class GrpcClient:
 
     # -- generating
 
-    def cancel(self, reason: str = "cancelled") -> None:
+    def cancel(self, reason: str = "cancelled") -> bool:
         """Close the GenerateImage call in flight (from any thread); generate() raises
         Cancelled(reason). Called while generate() runs but between its calls (a re-send
-        wait), the next call is not made. Outside generate() nothing happens."""
+        wait), the next call is not made. Outside generate() nothing happens. True when
+        a call in flight was closed."""
         with self._lock:
             if not self._generating:
-                return
+                return False
             self._cancel_reason = reason
             self._wake.notify_all()
-            if self._call is not None:
-                self._call.cancel()
+            if self._call is None:
+                return False
+            self._call.cancel()
+            return True
 
     def generate(self, mode: str, payload: dict, expected_size: tuple[int, int] | None,
                  on_progress: Callable[[Progress], None] | None = None) -> ImageAnswer:
@@ -398,6 +401,7 @@ class GrpcClient:
                 raise Cancelled(f"{self.base_url}: cancelled ({self._cancel_reason}) before "
                                 "it was sent", attempt - 1)
             self._call_ended = False
+            self._timed_out = False
             call = self._stub.GenerateImage(request, wait_for_ready=False)
             self._call = call
         received = {"last": time.monotonic(), "any": False}
@@ -445,7 +449,7 @@ class GrpcClient:
                 self._call_ended = True
                 self._wake.notify_all()
             watchdog.join()
-        if self._cancel_reason is not None:  # cancelled as the stream ended
+        if self._cancel_reason is not None or self._timed_out:  # closed as the stream ended
             raise self._stopped_error(received["any"], attempt)
         stage_seconds[TRANSFER_STAGE] = time.monotonic() - last_signpost
         if not images:
@@ -464,7 +468,7 @@ class GrpcClient:
                     settings.start_timeout_seconds
                 remaining = received["last"] + timeout - time.monotonic()
                 if remaining <= 0:
-                    self._cancel_reason = READ_TIMEOUT
+                    self._timed_out = True
                     call.cancel()
                     return
                 self._wake.wait(remaining)
@@ -473,15 +477,15 @@ class GrpcClient:
         """The call was closed by this client: a read timeout (re-sent: the server stopped
         drawing it, so a new call is no second image) or a cancel() (not re-sent)."""
         reason = self._cancel_reason
-        if reason == READ_TIMEOUT:
+        if reason is None:  # the watchdog's
             what = ("no message" if not streamed else "no further message")
             timeout = (self.settings.read_timeout_seconds if streamed
                        else self.settings.start_timeout_seconds)
             return TransientError(
                 f"{self.base_url}: {what} within {timeout:g} s; the call was cancelled, so the "
                 "server stopped drawing it" + ("" if streamed else
-                                               " (raise the start timeout if it queues behind "
-                                               "other clients' images)"),
+                                               " (raise --read-timeout-seconds if it queues "
+                                               "behind other clients' images or loads a model)"),
                 attempt, retry_after_seconds=0.0)
         return Cancelled(f"{self.base_url}: cancelled ({reason}); the server stopped drawing it",
                          attempt)
@@ -489,7 +493,8 @@ class GrpcClient:
     def _call_failed(self, exc, streamed: bool, attempt: int) -> DrawpipeError:
         grpc = self._grpc
         code, details = exc.code(), exc.details() or ""
-        if code == grpc.StatusCode.CANCELLED and self._cancel_reason is not None:
+        if code == grpc.StatusCode.CANCELLED and (self._cancel_reason is not None
+                                                  or self._timed_out):
             return self._stopped_error(streamed, attempt)
         if code == grpc.StatusCode.INTERNAL and self._secret_is_refused():
             return self._secret_refused()

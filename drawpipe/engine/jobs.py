@@ -68,9 +68,10 @@ class WorkerContext:
     ``activity(text)``: what the current job is doing now, in a few words ("step 2 of 2
     (refine): sampling 12/30"), shown beside the job on the progress bar; None clears it.
     ``on_cancel(cancel)``: a backend that can stop a call in flight gives its
-    ``cancel(reason)`` here, once; the engine calls it, from another thread, when the job
-    in flight is no longer wanted (its lease was found lost, a second stop signal, a
-    lost share), and the call then raises a JobFailed the engine knows what to make of.
+    ``cancel(reason) -> bool`` (True: a request was stopped) here, once; the engine calls
+    it, from another thread, when the job in flight is no longer wanted (its lease was
+    found lost, a second stop signal, a lost share), and the call then raises a
+    JobFailed the engine knows what to make of.
     """
 
     sleep: Callable[[float], bool]
@@ -78,7 +79,7 @@ class WorkerContext:
     server_now: Callable[[], float]
     checkpoint: Callable[[], None]
     activity: Callable[[str | None], None] = lambda text: None
-    on_cancel: Callable[[Callable[[str], None]], None] = lambda cancel: None
+    on_cancel: Callable[[Callable[[str], bool]], None] = lambda cancel: None
 
 
 class JobLost(Exception):

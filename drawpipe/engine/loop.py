@@ -207,7 +207,9 @@ def _react_to_stop_signal(run: Run, signals: StopSignals, received: int) -> bool
     # Stop waiting for the jobs in flight. Nothing partial can be left (outputs appear
     # only by rename) once the writes under way (milliseconds) are over; releasing the
     # claims then lets any other worker redo those jobs now.
-    run.abandon_in_flight("a second stop signal abandoned it")
+    cancelled = run.abandon_in_flight("a second stop signal abandoned it")
     if busy:
-        run.log("abandoning the images in flight")
+        run.log("abandoning the images in flight" + (
+            f"; {cancelled} request(s) cancelled, so their servers stop drawing them"
+            if cancelled else ""))
     return True

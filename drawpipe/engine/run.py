@@ -145,9 +145,9 @@ class Run:
         # Jobs a backend said not to send again yet (JobFailed.retry_after_seconds): no
         # worker of this process sends them before this monotonic time.
         self.held_back: dict[str, float] = {}
-        # claim store's worker name -> cancel(reason, claim or None): that worker's request
-        # in flight (of the job holding that claim) is no longer wanted (worker.py).
-        self.cancellers: dict[str, Callable[[str, Claim | None], None]] = {}
+        # claim store's worker name -> cancel(reason, claim or None) -> bool: that worker's
+        # request in flight (of the job holding that claim) is no longer wanted (worker.py).
+        self.cancellers: dict[str, Callable[[str, Claim | None], bool]] = {}
         self.guard = ShareGuard(settings.root, f"{host}-{os.getpid()}")
         self.metrics: MetricsLog | None = None
         self.summary = Summary(stage.name, watch=settings.watch)
@@ -201,21 +201,21 @@ class Run:
         if reason is not None:
             self.set_fatal(ShareLost(self.settings.root, reason))
             return
-        self.log(f"warning: the claim {claim.path.name} is no longer ours (its lease expired "
-                 "and another worker took it over, or it was deleted); our result will not "
-                 "overwrite theirs")
         # Found by the heartbeat while a request runs: a backend that can stop it does
         # now, rather than draw an image nobody will keep.
         cancel = self.cancellers.get(store.worker)
-        if cancel is not None:
-            cancel("its lease was lost: another worker has the job", claim)
+        cancelled = cancel is not None and cancel("its lease was lost: another worker has "
+                                                  "the job", claim)
+        self.log(f"warning: the claim {claim.path.name} is no longer ours (its lease expired "
+                 "and another worker took it over, or it was deleted); our result will not "
+                 "overwrite theirs" + ("; its request was cancelled, so the server stops "
+                                       "drawing it" if cancelled else ""))
 
-    def abandon_in_flight(self, reason: str) -> None:
+    def abandon_in_flight(self, reason: str) -> int:
         """Write nothing more (InFlight.abandon), and cancel every request in flight whose
-        backend can stop: nobody will keep its image."""
+        backend can stop: nobody will keep its image. The requests cancelled."""
         self.in_flight.abandon()
-        for cancel in list(self.cancellers.values()):
-            cancel(reason, None)
+        return sum(bool(cancel(reason, None)) for cancel in list(self.cancellers.values()))
 
     def replan(self) -> list[Job]:
         jobs = self.stage.plan()

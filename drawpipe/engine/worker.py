@@ -67,15 +67,16 @@ class Worker:
     def set_canceller(self, cancel) -> None:
         self.cancel_call = cancel
 
-    def cancel(self, reason: str, claim: Claim | None = None) -> None:
+    def cancel(self, reason: str, claim: Claim | None = None) -> bool:
         """Cancel the request in flight (from any thread), if the backend can: that of
-        the job holding ``claim``, or of whatever job runs now when None."""
+        the job holding ``claim``, or of whatever job runs now when None. True when a
+        request was stopped."""
         with self.job_lock:
             if self.job is None or self.cancel_call is None:
-                return
+                return False
             if claim is not None and claim is not self.claim:
-                return
-            self.cancel_call(reason)
+                return False
+            return bool(self.cancel_call(reason))
 
     def activity(self, text: str | None) -> None:
         """What the current job is doing now (WorkerContext.activity), to the progress bar."""
