@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import pytest
 from conftest import (FAST_RETRY_ARGS, PROJECT_DIR, png_files, run_script, script_command,
                       start_script, wait_for)
 from PIL import Image
+from test_upscale import small_recipe  # the bundled recipe declaring 512 px, for 256 px inputs
 
 from drawpipe.drawthings.grpc_simulator import GrpcSimulator
 from drawpipe.drawthings.signposts import PHASE_COLUMNS
@@ -34,17 +34,6 @@ SMALL = ["--set", "width=256", "--set", "height=256", "--set", "hires_fix=false"
          "--set", "steps=6"]
 IMAGE = "GENERATIONS/Peru/family/Peru_family_1.png"
 TEMPLATE = PROJECT_DIR / "drawpipe/bundled/payloads/txt2img.json"
-
-
-def small_recipe(tmp_path: Path, edit=None) -> Path:
-    """The bundled two-step recipe declaring 512 px, for 256 px inputs."""
-    recipe = json.loads((PROJECT_DIR / "payloads" / "creative_upscale.json").read_text())
-    recipe["output_width"] = recipe["output_height"] = 512
-    if edit is not None:
-        edit(recipe)
-    path = tmp_path / "recipe.json"
-    path.write_text(json.dumps(recipe))
-    return path
 
 
 def generate(share: Path, *args, **kwargs):
@@ -348,10 +337,13 @@ def test_a_secret_in_the_profile_is_refused_and_a_variable_named_there_is_read(s
 
 
 def test_a_server_of_the_other_protocol_is_named_in_one_line(share):
-    with Simulator() as http, GrpcSimulator() as grpc_server:
+    with Simulator() as http, GrpcSimulator() as grpc_server, GrpcSimulator(tls=True) as tls:
         http_address = http.url.split("://")[1]
         grpc_address = grpc_server.url.split("://")[1]
+        tls_address = tls.url.split("://")[1]
         cases = [
+            (f"http://{tls_address}", f"error: http://{tls_address} serves TLS, not plain HTTP: "
+             f"a gRPC server over TLS (gRPCServerCLI's default) is --server grpcs://{tls_address}"),
             (f"http://{grpc_address}", f"error: http://{grpc_address} speaks gRPC, not Draw "
              f"Things' HTTP API: use --server grpc://{grpc_address}, or set the app's API Server "
              "to HTTP"),
@@ -368,7 +360,7 @@ def test_a_server_of_the_other_protocol_is_named_in_one_line(share):
             result = generate(share, "--server", server, "--add", "Peru:family:1")
             assert (result.returncode, last_line(result)) == (2, message), result.stderr
         # Nothing drawn: the probes ask what each port speaks (a GET /), nothing more.
-        assert generations(grpc_server) == []
+        assert generations(grpc_server) == [] and generations(tls) == []
         assert [r for r in http.requests if r["method"] == "POST"] == []
 
 
