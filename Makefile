@@ -6,7 +6,7 @@
 # nvidia-ml-py on Linux), so a Mac measures each image's energy out of the box.
 VENV := .venv
 PY := $(VENV)/bin/python
-DEMO_EXTRAS := segment,report,curate,energy
+DEMO_EXTRAS := segment,report,curate,energy,grpc
 TEST_EXTRAS := $(DEMO_EXTRAS),test
 
 # drawpipe needs Python 3.11 or newer. macOS's own python3 is 3.9, and pip given one
@@ -37,8 +37,11 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 
 install: $(VENV)/.installed-demo
 
+# make demo DEMO_TRANSPORT=grpc: the same on the gRPC simulator (Draw Things' gRPC API).
+DEMO_TRANSPORT ?= http
+
 demo: $(VENV)/.installed-demo
-	$(PY) -m drawpipe.demo
+	$(PY) -m drawpipe.demo --transport $(DEMO_TRANSPORT)
 
 test: $(VENV)/.installed-test chromium
 	$(PY) -m pytest -q

@@ -24,7 +24,8 @@ What each holds:
   pages         the HTML templates (templates/) of the report and the review page
   bundled       the shipped payload templates, recipes and prompt sets
   engine/       the job loop, claims, the share guard, stop signals, metrics
-  drawthings/   the API table and its rules, the HTTP client, templates, the simulator
+  drawthings/   the API table and its rules, the HTTP and gRPC clients (backends.py
+                chooses by the URL), templates, the simulators
   sam/          Segment Anything: settings, models, the lean mask generator, cut-outs
   inventory     what is on a share: images, cut-outs, metadata, verdict files, logs
   curate/       verdicts, takes (rejects re-made, stale outputs, the seed), quality

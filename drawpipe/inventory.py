@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from drawpipe.drawthings.signposts import PHASE_COLUMNS
 from drawpipe.engine.energy import COMPONENTS, LOCAL
 from drawpipe.engine.metrics import COMMON_COLUMNS, read_logs
 from drawpipe.files import write_if_changed
@@ -376,6 +377,9 @@ class LogRow:
     energy_components_j: dict[str, float] = field(default_factory=dict)
     idle_w: float | None = None
     energy_logged: bool = False
+    # {signposts.PHASE_COLUMNS column: seconds} the server spent per stage of the request
+    # (gRPC servers only; {} for a job of an HTTP server)
+    phase_seconds: dict = field(default_factory=dict)
 
     @property
     def start(self) -> float:
@@ -521,6 +525,8 @@ def _parse_row(stage: str, raw: dict) -> LogRow | None:
         server_cpu_seconds=_number(raw.get("server_cpu_seconds")),
         error=raw.get("error", ""),
         **_energy_fields(raw),
+        phase_seconds={column: value for column in PHASE_COLUMNS
+                       if (value := _number(raw.get(column))) is not None},
     )
 
 

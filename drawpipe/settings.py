@@ -17,7 +17,8 @@ GeneratorSettings and CutoutSettings) and README's option lists
 Kinds (how a value is read from a flag and checked in a profile):
 
     folder    a path                       profile: "a folder path"
-    text      text                         (command line only)
+    file      a path                       profile: "a file path"
+    text      text                         profile: "text" (where the setting allows)
     process   a process name               profile: "a process name"
     urls      repeatable URL               profile: "a list of URLs"
     seconds   a number of seconds, > 0     profile: "a number of seconds"
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 # Draw Things' API server on this Mac (its default port, drawthings/api.py DEFAULT_PORT).
 DEFAULT_SERVER = "http://127.0.0.1:7860"
 
-KINDS = ("folder", "text", "process", "urls", "seconds", "count", "integer", "number",
+KINDS = ("folder", "file", "text", "process", "urls", "seconds", "count", "integer", "number",
          "switch", "choice")
 
 
@@ -81,12 +82,14 @@ SETTINGS: dict[str, Setting] = _table(
             "after S seconds, doubling each time up to 30 minutes (default {default})",
             unit="s", metavar="S"),
     # ------------------------------------------------------------ Draw Things servers
-    Setting("servers", "urls", (DEFAULT_SERVER,), "Draw Things API server; repeat for one "
+    Setting("servers", "urls", (DEFAULT_SERVER,), "Draw Things API server: http://HOST:PORT, "
+            "or grpc://HOST:PORT (grpcs:// with TLS) for its gRPC API; repeat for one "
             "worker per server (default: {default})", profile=True, metavar="URL",
             flag="--server"),
     Setting("connect_timeout_seconds", "seconds", 5.0, "how long to wait for a connection to "
             "the server (default {default})", unit="s", profile=True, metavar="S"),
-    Setting("read_timeout_seconds", "seconds", 1800.0, "how long one request may take "
+    Setting("read_timeout_seconds", "seconds", 1800.0, "how long one request may take; over "
+            "gRPC, how long the server may stay silent (at most 600 s once it streams) "
             "(default {default})", unit="s", profile=True, metavar="S"),
     Setting("retries", "count", 4, "retries of a transient failure before a job fails "
             "(default {default})", profile=True, metavar="N"),
@@ -94,6 +97,18 @@ SETTINGS: dict[str, Setting] = _table(
             "capped at 60 (default {default})", unit="s", profile=True, metavar="S"),
     Setting("server_process_name", "process", "Draw Things", "process whose CPU and RAM are "
             "logged when the server is local (default '{default}')", profile=True,
+            metavar="NAME"),
+    # gRPC servers only (drawthings/grpc_client.py). The secret itself is never a setting:
+    # not on the command line (other users see it in the process list), not in
+    # drawpipe.toml (often readable by everyone, copied to other Macs, kept in git).
+    Setting("shared_secret_env", "text", None, "grpc:// servers: the environment variable "
+            "holding their shared secret (the secret is never given on the command line)",
+            profile=True, metavar="NAME"),
+    Setting("certificate", "file", None, "grpcs:// servers: the certificate (PEM) to trust, "
+            "the server's own or its root (default: Draw Things' root, which the app and "
+            "gRPCServerCLI serve)", profile=True, metavar="FILE"),
+    Setting("tls_server_name", "text", "localhost", "grpcs:// servers: the name their "
+            "certificate must carry (default {default}, as Draw Things' own)", profile=True,
             metavar="NAME"),
     # ------------------------------------------------------------ generate, upscale
     Setting("seed_offset", "integer", 0, "added to every file-name seed, for a different take "
@@ -148,7 +163,8 @@ SETTINGS: dict[str, Setting] = _table(
 SHARE = ("root", "profile", "config")
 RUN = ("lease_seconds", "poll_seconds", "dry_run", "no_progress")
 SERVER = ("servers", "connect_timeout_seconds", "read_timeout_seconds", "retries",
-          "backoff_seconds", "server_process_name")
+          "backoff_seconds", "server_process_name", "shared_secret_env", "certificate",
+          "tls_server_name")
 WATCH = ("watch", "watch_retry_seconds")
 GENERATOR = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
              "stability_score_offset", "box_nms_thresh", "crop_n_layers", "min_mask_region_area")

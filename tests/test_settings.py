@@ -48,8 +48,8 @@ def test_profiles_accept_exactly_the_settings_the_table_allows():
     assert tuple(PROFILE_CHECKS) == PROFILE_SETTINGS
     assert PROFILE_SETTINGS == ("root", "lease_seconds", "poll_seconds", "servers",
                                 "connect_timeout_seconds", "read_timeout_seconds", "retries",
-                                "backoff_seconds", "server_process_name", "seed_offset",
-                                "grid_intensity")
+                                "backoff_seconds", "server_process_name", "shared_secret_env",
+                                "certificate", "tls_server_name", "seed_offset", "grid_intensity")
 
 
 def test_readme_lists_every_option_every_script_takes_with_its_default():

@@ -7,6 +7,7 @@ Examples:
   python generate.py --queue prompts/example_queue.json --dry-run
   python generate.py --queue q.json --server http://10.0.0.5:7860 --server http://127.0.0.1:7860
   python generate.py --add Japan:family:2 --set steps=40 --set sampler="DPM++ SDE Karras"
+  python generate.py --queue q.json --server grpcs://gpu-box:7859 --shared-secret-env DT_SECRET
 """
 
 import argparse
@@ -78,8 +79,9 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     print(format_queue(queue), file=stdout)
 
     takes = local_takes(settings.root)
-    stage = GenerateStage(settings.root, queue, prompt_sets, template, settings.client,
-                          settings.seed_offset, warn, takes, notice_printer())
+    stage = GenerateStage(settings.root, queue, prompt_sets, template,
+                          settings.server_settings, settings.seed_offset, warn, takes,
+                          notice_printer())
     if template.overrides:
         print("overrides: " + ", ".join(f"--set {o.text}" for o in template.overrides),
               file=stdout)

@@ -5,7 +5,8 @@
                     requests it took, the stage's extra metric values
     RunJob          run_job(job, scratch) -> JobResult: one worker's job runner
     WorkerContext   what the engine lends a worker: a wait that ends when the run stops,
-                    re-send reports, the file server's clock, the checkpoint before a request
+                    re-send reports, the file server's clock, the checkpoint before a request,
+                    where to say what the job in flight is doing, where to leave a cancel
     JobLost         raised by the checkpoint: the job is no longer this worker's
     Stage           plan(), make_worker(server, context), process_to_sample(server);
                     optionally is_current(job), set_aside(job), claimed(job) and
@@ -64,12 +65,22 @@ class WorkerContext:
     longer this worker's (its lease lapsed and another worker took the job over, or the
     output appeared), so nothing is sent for a job that is not ours; a backend that can
     cancel a call in flight cancels it when the checkpoint raises.
+
+    ``activity(text)``: what the current job is doing now, in a few words ("step 2 of 2
+    (refine): sampling 12/30"), shown beside the job on the progress bar; None clears it.
+    ``on_cancel(cancel)``: a backend that can stop a call in flight gives its
+    ``cancel(reason) -> bool`` (True: a request was stopped) here, once; the engine calls
+    it, from another thread, when the job in flight is no longer wanted (its lease was
+    found lost, a second stop signal, a lost share), and the call then raises a
+    JobFailed the engine knows what to make of.
     """
 
     sleep: Callable[[float], bool]
     resent: Callable[[str], None]
     server_now: Callable[[], float]
     checkpoint: Callable[[], None]
+    activity: Callable[[str | None], None] = lambda text: None
+    on_cancel: Callable[[Callable[[str], bool]], None] = lambda cancel: None
 
 
 class JobLost(Exception):

@@ -47,7 +47,8 @@ this module does the rest, the same way for all three:
 - Signals (interrupts.py): the first SIGINT, SIGTERM or SIGHUP stops new jobs, cuts
   re-send waits short, lets the images in flight finish, releases the claims and
   prints the summary; the second abandons the images in flight (nothing partial is
-  left: outputs appear only when published). The signal handler only counts; the
+  left: outputs appear only when published) and cancels their requests where the
+  backend can (gRPC: the server stops drawing). The signal handler only counts; the
   main thread watches the count. "interrupted" is said only when something was left
   undone (Summary.stopped_early).
 
@@ -227,7 +228,7 @@ def _wait_for_workers(run: Run, signals: StopSignals, baseline: int) -> None:
         while not run.workers_done.is_set():
             if isinstance(run.fatal, ShareLost):
                 # Nothing in flight can be delivered any more: do not wait for its answer.
-                run.in_flight.abandon()
+                run.abandon_in_flight("the shared folder was lost")
                 return
             received = signals.count - baseline
             if received != seen:
@@ -253,7 +254,9 @@ def _react_to_stop_signal(run: Run, signals: StopSignals, received: int) -> bool
     # Stop waiting for the jobs in flight. Nothing partial can be left (outputs appear
     # only by rename) once the writes under way (milliseconds) are over; releasing the
     # claims then lets any other worker redo those jobs now.
-    run.in_flight.abandon()
+    cancelled = run.abandon_in_flight("a second stop signal abandoned it")
     if busy:
-        run.log("abandoning the images in flight")
+        run.log("abandoning the images in flight" + (
+            f"; {cancelled} request(s) cancelled, so their servers stop drawing them"
+            if cancelled else ""))
     return True

@@ -2,7 +2,8 @@
 
     Summary    the counts a run ends with, its summary lines and its exit code
     Progress   the bar (or one log line per job when not on a terminal), the counts
-               behind it, and the one place worker threads print from
+               behind it, what each job in flight is doing now (on the bar only), and
+               the one place worker threads print from
 
 A job counts once: made by this process, or made by another worker (found done by a
 scan, or kept when ours turned out a duplicate); what was done when the run started
@@ -10,6 +11,7 @@ is neither.
 """
 
 import math
+import posixpath
 import sys
 import threading
 import time
@@ -84,6 +86,7 @@ class Progress:
                         dynamic_ncols=True, smoothing=0.1)
         self.log_successes = self.bar.disable
         self._said: dict[tuple[str, str], float] = {}  # (job key, kind) -> when last said
+        self._doing: dict[str, str] = {}  # job key -> what it is doing now (activity)
 
     def log(self, line: str) -> None:
         try:
@@ -150,6 +153,21 @@ class Progress:
             self._refresh()
         self.log(f"failed: {key}: {error}")
 
+    def activity(self, key: str, text: str | None) -> None:
+        """What job ``key`` is doing now ("sampling 12/30"), shown after the counts on the
+        bar; None: nothing any more. Without a bar, nothing is said (a line per step
+        would bury the log)."""
+        with self.lock:
+            if text is None:
+                if self._doing.pop(key, None) is None:
+                    return
+            elif self._doing.get(key) == text:
+                return
+            else:
+                self._doing[key] = text
+            if not self.bar.disable:
+                self._refresh()
+
     def count(self, resent: int = 0, retried: int = 0) -> None:
         with self.lock:
             self.summary.resent += resent
@@ -157,9 +175,11 @@ class Progress:
 
     def _refresh(self):
         self.bar.n = len(self.done_keys)
+        doing = "".join(f" | {posixpath.basename(key)}: {text}"
+                        for key, text in self._doing.items())
         self.bar.set_postfix_str(
             f"new={self.summary.made} others={self.summary.by_others} "
-            f"failed={len(self.summary.failed)}", refresh=False)
+            f"failed={len(self.summary.failed)}{doing}", refresh=False)
         try:
             self.bar.refresh()
         except OSError:

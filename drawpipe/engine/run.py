@@ -6,8 +6,9 @@
                      second stop signal abandons them
     Run              what the workers share: the plan, the stop flag and the first fatal
                      error, the share guard, the heartbeat, the metrics log, the progress,
-                     the energy meter, and jobs held back until a backend's
-                     retry_after_seconds
+                     the energy meter, jobs held back until a backend's
+                     retry_after_seconds, and each worker's way to cancel its request in
+                     flight
 """
 
 import math
@@ -18,6 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from drawpipe.engine.claims import Claim, ClaimStore, Heartbeat
 from drawpipe.engine.energy import IDLE_START_SECONDS, EnergyMeter
@@ -156,6 +158,9 @@ class Run:
         # Jobs a backend said not to send again yet (JobFailed.retry_after_seconds): no
         # worker of this process sends them before this monotonic time.
         self.held_back: dict[str, float] = {}
+        # claim store's worker name -> cancel(reason, claim or None) -> bool: that worker's
+        # request in flight (of the job holding that claim) is no longer wanted (worker.py).
+        self.cancellers: dict[str, Callable[[str, Claim | None], bool]] = {}
         self.guard = ShareGuard(settings.root, f"{host}-{os.getpid()}")
         self.metrics: MetricsLog | None = None
         self.summary = Summary(stage.name, watch=settings.watch)
@@ -213,9 +218,21 @@ class Run:
         if reason is not None:
             self.set_fatal(ShareLost(self.settings.root, reason))
             return
+        # Found by the heartbeat while a request runs: a backend that can stop it does
+        # now, rather than draw an image nobody will keep.
+        cancel = self.cancellers.get(store.worker)
+        cancelled = cancel is not None and cancel("its lease was lost: another worker has "
+                                                  "the job", claim)
         self.log(f"warning: the claim {claim.path.name} is no longer ours (its lease expired "
                  "and another worker took it over, or it was deleted); our result will not "
-                 "overwrite theirs")
+                 "overwrite theirs" + ("; its request was cancelled, so the server stops "
+                                       "drawing it" if cancelled else ""))
+
+    def abandon_in_flight(self, reason: str) -> int:
+        """Write nothing more (InFlight.abandon), and cancel every request in flight whose
+        backend can stop: nobody will keep its image. The requests cancelled."""
+        self.in_flight.abandon()
+        return sum(bool(cancel(reason, None)) for cancel in list(self.cancellers.values()))
 
     def refresh_idle_power(self) -> None:
         """Between jobs: measure idle power again (``idle_seconds``, this worker waiting)

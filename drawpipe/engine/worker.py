@@ -16,6 +16,7 @@ wait for a later pass, a server that fails job after job is retired.
 import errno
 import math
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +54,11 @@ class Worker:
         # job key -> (first refusal, last pause): a stale claim someone keeps open
         self.held_open: dict[str, tuple[float, float]] = {}
         self.consecutive_failures = 0
+        # The backend's cancel(reason) (WorkerContext.on_cancel), and the lock that keeps
+        # a cancel from another thread to the job it was meant for.
+        self.cancel_call = None
+        self.job_lock = threading.Lock()
+        run.cancellers[store.worker] = self.cancel
 
     @property
     def runs_here(self) -> bool:
@@ -63,7 +69,30 @@ class Worker:
 
     def context(self) -> WorkerContext:
         return WorkerContext(sleep=self.run.stop.wait, resent=self.resent,
-                             server_now=self.store.server_now, checkpoint=self.checkpoint)
+                             server_now=self.store.server_now, checkpoint=self.checkpoint,
+                             activity=self.activity, on_cancel=self.set_canceller)
+
+    def set_canceller(self, cancel) -> None:
+        self.cancel_call = cancel
+
+    def cancel(self, reason: str, claim: Claim | None = None) -> bool:
+        """Cancel the request in flight (from any thread), if the backend can: that of
+        the job holding ``claim``, or of whatever job runs now when None. True when a
+        request was stopped."""
+        with self.job_lock:
+            if self.job is None or self.cancel_call is None:
+                return False
+            if claim is not None and claim is not self.claim:
+                return False
+            return bool(self.cancel_call(reason))
+
+    def activity(self, text: str | None) -> None:
+        """What the current job is doing now (WorkerContext.activity), to the progress bar."""
+        job = self.job
+        if job is None or self.run.progress is None:
+            return
+        stop_here("activity")
+        self.run.progress.activity(job.key, text)
 
     def resent(self, line: str) -> None:
         self.run.progress_count(resent=1)
@@ -297,14 +326,17 @@ def _claim_and_do(worker: Worker, job: Job) -> Outcome:
             return Outcome.BUSY
         retrying = job.key in worker.failures
         stop_here("claimed")
-        worker.job, worker.claim, worker.requests = job, claim, 0
+        with worker.job_lock:
+            worker.job, worker.claim, worker.requests = job, claim, 0
         # The job's energy window, with its stopwatch (closed there; here if it ends early).
         window = run.meter.open_window(local=worker.runs_here)
         try:
             outcome = _do_job(worker, job, claim, window)
         finally:
             window.close()
-            worker.job = worker.claim = None
+            with worker.job_lock:
+                worker.job = worker.claim = None
+            run.progress.activity(job.key, None)
         if retrying and outcome is not Outcome.DEFERRED:
             run.progress_count(retried=1)
     finally:
@@ -394,10 +426,15 @@ def _do_job(worker: Worker, job: Job, claim: Claim, window: EnergyWindow) -> Out
     except JobFailed as exc:
         remove_quietly(scratch)
         row["attempt"] = exc.attempts
-        status, error, failure = "failed", str(exc), exc
-        outcome = Outcome.BAD_INPUT if isinstance(exc, BadInput) else Outcome.FAILED
-        if exc.retry_after_seconds is not None:
-            run.hold_back(job.key, exc.retry_after_seconds)
+        if claim.lost:
+            # Its lease was found lost while the request ran, and the backend's call was
+            # cancelled for it (Run.claim_lost): the job is another worker's now.
+            status, lost = "duplicate", JobLost(str(exc))
+        else:
+            status, error, failure = "failed", str(exc), exc
+            outcome = Outcome.BAD_INPUT if isinstance(exc, BadInput) else Outcome.FAILED
+            if exc.retry_after_seconds is not None:
+                run.hold_back(job.key, exc.retry_after_seconds)
     except OSError as exc:
         remove_quietly(scratch)
         run.guard.check()  # a lost share stops the run; otherwise a busy file
