@@ -21,7 +21,9 @@ from drawpipe.engine.claims import ClaimStore
 from drawpipe.engine.interrupts import STOP_SIGNALS_STATE
 from drawpipe.engine.jobs import Job, job_done
 from drawpipe.engine.loop import run_stage
+from drawpipe.engine.notify import NotifySettings
 from drawpipe.engine.progress import Summary
+from drawpipe.engine.quarantine import QuarantineSettings
 from drawpipe.engine.run import EngineSettings
 from drawpipe.errors import DrawpipeError, Interrupted, ShareLost, UsageError
 from drawpipe.files import default_cache_dir
@@ -68,6 +70,8 @@ def resolve_settings(args: argparse.Namespace, project_dir: Path, names, stdin=N
     for server in servers if with_servers else ():
         if not server.startswith(("http://", "https://")):
             raise UsageError(f"--server {server}: expected a URL like {DEFAULT_SERVER}")
+    if values["max_consecutive_failures"] < 1:
+        raise UsageError("--max-consecutive-failures must be 1 or more")
     client = ClientSettings(**{name: values[name] for name in CLIENT_SETTINGS})
     return CommonSettings(
         root=share.root,
@@ -129,6 +133,7 @@ def run_and_summarise(stage, settings: CommonSettings, takes: Takes, out) -> Sum
 
 
 def engine_settings(settings: CommonSettings) -> EngineSettings:
+    values = settings.values
     return EngineSettings(
         root=settings.root,
         servers=settings.servers,
@@ -137,7 +142,26 @@ def engine_settings(settings: CommonSettings) -> EngineSettings:
         watch=settings.watch,
         watch_retry_seconds=settings.watch_retry_seconds,
         show_progress=settings.show_progress,
+        status_seconds=values["status_seconds"],
+        quarantine=QuarantineSettings(
+            after_failures=values["max_consecutive_failures"],
+            after_seconds=values["max_failing_seconds"],
+            probe_seconds=values["probe_seconds"],
+            retire_after_seconds=values["retire_after_seconds"]),
+        notify=notify_settings(values),
     )
+
+
+def notify_settings(values: dict) -> NotifySettings:
+    """--notify URL (http or https), --notify-format, --notify-desktop; UsageError for a
+    URL that cannot be one."""
+    urls = tuple(values["notify_urls"])
+    for url in urls:
+        if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
+            raise UsageError(f"--notify {url}: expected an http:// or https:// URL (an ntfy "
+                             "topic, a Slack or Discord incoming webhook, any JSON receiver)")
+    return NotifySettings(urls=urls, format=values["notify_format"],
+                          desktop=values["notify_desktop"])
 
 
 @contextmanager

@@ -33,6 +33,7 @@ _PROFILE_KINDS = {
     "count": ((int,), "a whole number"),
     "integer": ((int,), "a whole number"),
     "process": ((str,), "a process name"),
+    "choice": ((str,), "one of"),  # the setting's choices follow
 }
 # setting -> (accepted Python types, what to tell the user), for every setting a profile may set
 PROFILE_SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -91,7 +92,13 @@ def _check_profile(path: Path, name: str, settings) -> None:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise InputFileError(f"{where}: unknown setting '{key}'{hint}")
         types, description = PROFILE_SETTINGS[key]
-        if not isinstance(value, types) or isinstance(value, bool):
+        choices = SETTINGS[key].choices
+        if choices:
+            description = f"{description} {', '.join(choices)}"
+        if (not isinstance(value, types) or isinstance(value, bool)
+                or (choices and value not in choices)):
+            raise InputFileError(f"{where}: '{key}' must be {description}")
+        if SETTINGS[key].kind == "urls" and not all(isinstance(item, str) for item in value):
             raise InputFileError(f"{where}: '{key}' must be {description}")
     servers = settings.get("servers", [])
     if ("servers" in settings and not servers) or not all(isinstance(s, str) for s in servers):

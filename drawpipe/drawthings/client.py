@@ -9,6 +9,7 @@ name when the server is this machine, for the engine's CPU and RAM readings.
 
 Failure kinds, as the caller sees them (see errors.py):
   ServerUnreachable  preflight ``GET /`` failed: URL wrong, app closed, API server off
+                     (ServerNotAnswering when nothing answered at all: see probe_server)
   ServerRejected     HTTP 422: a configuration error; never retried
   TransientError     the app is not drawing this request (any more): connection
                      refused or not made in time, 5xx, an empty ``images`` list, a
@@ -33,8 +34,8 @@ import pybase64
 import requests
 import urllib3
 
-from drawpipe.errors import (MaybeStillDrawing, ServerRejected, ServerUnreachable, TransientError,
-                             WrongSize, network_reason)
+from drawpipe.errors import (MaybeStillDrawing, ServerNotAnswering, ServerRejected,
+                             ServerUnreachable, TransientError, WrongSize, network_reason)
 from drawpipe.png import verified_size
 from drawpipe.settings import default
 
@@ -89,14 +90,20 @@ class SdapiClient:
         self.session.close()
 
     def check_server(self) -> dict:
-        """``GET /``: the app's current configuration (flat JSON), or ServerUnreachable."""
+        """``GET /``: the app's current configuration (flat JSON); ServerNotAnswering
+        when no answer comes (refused, timed out, a 5xx), ServerUnreachable when what
+        answers is not Draw Things' API."""
         url = self.base_url + "/"
         try:
             response = self.session.get(url, timeout=(self.settings.connect_timeout_seconds, 30))
         except requests.RequestException as exc:
-            raise ServerUnreachable(
+            raise ServerNotAnswering(
                 f"cannot reach {self.base_url} ({network_reason(exc)}): {ENABLE_API_HINT}"
             ) from None
+        if response.status_code >= 500:
+            raise ServerNotAnswering(
+                f"{url} answered HTTP {response.status_code}: the server is failing; "
+                + ENABLE_API_HINT)
         if response.status_code != 200:
             raise ServerUnreachable(
                 f"{url} answered HTTP {response.status_code}, not Draw Things' API: "
@@ -202,6 +209,17 @@ class SdapiClient:
             f"it again (a later run will).{hint}", attempt,
             # Well beyond the read timeout: the app cannot be asked whether it is done.
             retry_after_seconds=2 * read_timeout_seconds)
+
+
+def probe_server(base_url: str, settings: ClientSettings) -> None:
+    """``GET /`` of ``base_url`` once, no retry (the engine's quarantine probe, at a growing
+    interval): ServerNotAnswering or ServerUnreachable when it does not answer as Draw
+    Things does."""
+    client = SdapiClient(base_url, settings)
+    try:
+        client.check_server()
+    finally:
+        client.close()
 
 
 _LOOPBACK_HOSTS = ("localhost", "127.", "[::1]", "0.0.0.0")

@@ -8,7 +8,7 @@
                     re-send reports, the file server's clock, the checkpoint before a request
     JobLost         raised by the checkpoint: the job is no longer this worker's
     Stage           plan(), make_worker(server, context), process_to_sample(server);
-                    optionally is_current(job), set_aside(job) and claimed(job)
+                    optionally is_current(job), set_aside(job), claimed(job) and probe(server)
     job_done        done means the output exists (and, for a stage that can tell, is current)
     Outcome         how one claim-and-do ended, as the worker loop acts on it
 
@@ -99,6 +99,11 @@ class Stage(Protocol):
     #     the job's claim held, just before the job runs.
     # claimed(job) -> Job: the job as it runs, what it sends fixed now (its seed), with
     #     its claim held and any stale output set aside; the log records that job.
+    # Optional, for stages whose workers talk to a server that may go away:
+    # probe(server) -> None: one cheap look (HTTP: GET /), raising errors.ServerUnreachable
+    #     while the server does not answer. With it a server that keeps failing, or does
+    #     not answer at start beside others that do, is quarantined and probed at a
+    #     growing interval instead of retired (engine/quarantine.py).
 
 
 def job_done(stage: Stage, job: Job) -> bool:
@@ -120,6 +125,7 @@ class Outcome(enum.Enum):
     BUSY = "busy"  # the share refused a file (someone has it open): a later pass
     CLAIMED_BY_OTHERS = "claimed by others"  # another live worker has it
     RETIRE = "retire"  # this worker's server keeps failing: stop using it
+    QUARANTINE = "quarantine"  # ... and can be probed: stop claiming until it answers again
 
     @property
     def waits_for_a_later_pass(self) -> bool:

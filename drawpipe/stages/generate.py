@@ -16,7 +16,8 @@ from typing import Callable
 
 from drawpipe.curate.takes import Takes, seed_for
 from drawpipe.drawthings import api as drawthings
-from drawpipe.drawthings.client import ClientSettings, SdapiClient, sampled_process
+from drawpipe.drawthings.client import (ClientSettings, SdapiClient, probe_server,
+                                        sampled_process)
 from drawpipe.drawthings.payloads import (Override, check_payload, effective_parameters,
                                           fill_prompt, load_payload, override_payloads,
                                           preflight)
@@ -148,6 +149,10 @@ class GenerateStage:
     def process_to_sample(self, server: str) -> str | None:
         """Draw Things' process, when ``server`` is this machine."""
         return sampled_process(server, self.client_settings)
+
+    def probe(self, server: str) -> None:
+        """``GET /`` once: the engine's probe of a quarantined server (engine/quarantine.py)."""
+        probe_server(server, self.client_settings)
 
     def make_worker(self, server: str, context: WorkerContext):
         """Preflight the server (``GET /``) and return this worker's job runner."""
