@@ -19,7 +19,8 @@ What is redone on a second run (inventory.ReportCache remembers the rest):
   (slow to import) is imported only then;
 - a contact sheet, when its tiles (sources, labels) changed;
 - the page, when its bytes would differ (it holds nothing that changes by itself:
-  no "generated at" clock time).
+  no "generated at" clock time, except the snapshot of the workers' live state, shown
+  only while some run or a control file is there).
 
 Pillow is imported inside functions: importing this module costs nothing.
 """
@@ -37,7 +38,7 @@ from pathlib import Path
 
 from drawpipe import pages
 from drawpipe.files import save_atomically, write_if_changed
-from drawpipe.inventory import STAGES, ImageEntry, Logs, latest_done
+from drawpipe.inventory import STAGES, ImageEntry, Logs, latest_done, status_view
 from drawpipe.layout import natural_key
 from drawpipe.pages import anchor, meta_view
 from drawpipe.report.stats import StageReport, eta_sentence, format_time, summary_table
@@ -458,7 +459,14 @@ def render_page(root: Path, inventory, logs: Logs, reports: list[StageReport], f
         counts={"generated": inventory.count("generated"), "upscaled": inventory.count("upscaled"),
                 "cutouts": inventory.cutout_count},
         notes=logs.skipped_lines(), stages=stages, charts=charts, failed_rows=failed_rows,
-        groups=groups)
+        groups=groups, status=_live_status(root))
+
+
+def _live_status(root: Path) -> dict | None:
+    """A snapshot of the workers' live state (inventory.status_view) while any runs, or the
+    control files say something; None otherwise, so an idle share's page stays the same."""
+    status = status_view(root)
+    return status if status["rows"] or status["lines"] else None
 
 
 def write_page(report_dir: Path, root: Path, inventory, logs: Logs, reports, failures,

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from drawpipe.inventory import STAGES, LogRow, Logs, counted
+from drawpipe.inventory import STAGES, LogRow, Logs, counted, format_duration
 from drawpipe.settings import default
 
 DEFAULT_ETA_WINDOW_SECONDS = default("eta_window_minutes") * 60
@@ -225,23 +225,6 @@ def outstanding_failures(rows: list[LogRow]) -> list[LogRow]:
 
 
 # --------------------------------------------------------------------------- text
-
-
-def format_duration(seconds: float | None) -> str:
-    """4500 -> "1 h 15 min"; 59 -> "59 s"; 200000 -> "2 d 7 h"."""
-    if seconds is None:
-        return "unknown"
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes = round(seconds / 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes:02d} min"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h"
 
 
 def format_time(epoch_seconds: float | None) -> str:
