@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) bench/curate.py
 	$(PY) bench/grpc_transport.py
 	$(PY) bench/publish.py
+	$(PY) bench/status.py
 
 clean:
 	rm -rf $(VENV) demo
