@@ -334,7 +334,10 @@ def test_a_malformed_priority_file_is_one_line_and_the_plans_order_rules(share, 
 
 def test_a_pause_file_that_cannot_be_looked_at_is_one_line_and_the_run_goes_on(share, capsys):
     (share / ".drawpipe").mkdir()
-    os.symlink("pause", share / ".drawpipe/pause")  # a link to itself: stat says ELOOP
+    try:
+        os.symlink("pause", share / ".drawpipe/pause")  # a link to itself: stat says ELOOP
+    except OSError as exc:
+        pytest.skip(f"this folder takes no symbolic links ({exc.strerror})")
     stage = NationStage(share, ["Chile", "Peru"])
     summary = run_engine(stage, share)
     assert summary.made == 2 and summary.exit_code == 0
