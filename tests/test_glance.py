@@ -8,6 +8,7 @@ real HTTP server on loopback."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -521,3 +522,31 @@ def test_no_server_answering_at_start_is_exit_2_and_an_answer_that_is_not_the_ap
     assert wrong.returncode == 2, err
     assert "answered HTTP 404, not Draw Things' API" in err
     assert generated(share) == [] and status_files(share) == {}
+
+
+def test_desktop_banners_where_there_are_none_are_one_note(share, capsys):
+    summary = run_engine(NationStage(share, ["Peru"]), share,
+                         notify=NotifySettings(desktop=True))
+    assert summary.exit_code == 0
+    if sys.platform != "darwin":
+        assert capsys.readouterr().err.count(
+            "note: --notify-desktop shows banners on macOS only (with osascript); none on this "
+            "machine") == 1
+
+
+def test_status_watch_draws_the_screen_again_until_ctrl_c(share):
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "drawpipe.status", "--root", str(share), "--watch",
+         "--refresh-seconds", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=PROJECT_DIR)
+    try:
+        first = watcher.stdout.readline()
+        assert first.startswith(f"drawpipe status of {share} at ")
+        while watcher.stdout.readline() != "(every 0.2 s; Ctrl-C to stop)\n":
+            pass
+        assert watcher.stdout.readline().startswith(f"drawpipe status of {share} at ")  # again
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        out, err = watcher.communicate(timeout=30)
+    assert watcher.returncode == 0, err
+    assert "Traceback" not in err
