@@ -67,6 +67,7 @@ bench: $(VENV)/.installed-test
 	$(PY) bench/curate.py
 	$(PY) bench/grpc_transport.py
 	$(PY) bench/publish.py
+	$(PY) bench/status.py
 
 clean:
 	rm -rf $(VENV) demo

@@ -4,6 +4,8 @@
     ├── UsageError                bad arguments or configuration (exit 2)
     │   ├── InputFileError        a malformed prompts/queue/payload/config file
     │   ├── ServerUnreachable     preflight ``GET /`` failed: wrong URL, app closed
+    │   │   └── ServerNotAnswering  no answer at all (refused, timed out, 5xx): asleep or
+    │   │                         closed; beside other servers it is retried (engine/quarantine.py)
     │   ├── ServerIncompatible    the running app lacks a key the template sends (an older app)
     │   ├── ServerRejected        HTTP 422: the server refused the request (never retried)
     │   │   └── StepRejected      ... naming the upscale recipe's step (``in_step``)
@@ -53,6 +55,14 @@ class InputFileError(UsageError):
 
 class ServerUnreachable(UsageError):
     pass
+
+
+class ServerNotAnswering(ServerUnreachable):
+    """The server gave no answer at all (connection refused or not made in time, a 5xx):
+    a Mac asleep, the app closed. Alone it stops the run like any ServerUnreachable;
+    beside servers that answer, the engine reports it and tries it again at a growing
+    interval (engine/quarantine.py). An answer that is not Draw Things' (a 404, other
+    JSON) stays a configuration error."""
 
 
 class ServerIncompatible(UsageError):

@@ -11,6 +11,10 @@ files and the logs. Read only; the one place that walks the share's folders.
     load_logs(logs_dir)           Logs: every stage's rows (engine/metrics.py read_logs), parsed
                                   (their energy columns too: engine/energy.py ENERGY_COLUMNS)
     latest_done(rows)             image key -> its latest "done" row
+    worker_rows(share_status)     each running worker's live state (engine/status.py), as the
+                                  status command and the pages show it
+    status_view(root)             the same with the control files, for the pages' panel
+    counted(n, noun), format_duration(seconds)   numbers as the report and the pages say them
 
 The folders and names come from layout.py. Walking skips hidden entries (scratch
 outputs, ``.claims``, ``.drawpipe``); a folder that is missing or unreadable is empty.
@@ -27,6 +31,8 @@ from pathlib import Path
 from drawpipe.drawthings.signposts import PHASE_COLUMNS
 from drawpipe.engine.energy import COMPONENTS, LOCAL
 from drawpipe.engine.metrics import COMMON_COLUMNS, read_logs
+from drawpipe.engine.control import read_control
+from drawpipe.engine.status import ShareStatus, read_statuses, worker_lines
 from drawpipe.files import write_if_changed
 from drawpipe.layout import (CUTOUTS_FOLDER, CUTOUTS_RECORD, GENERATIONS_FOLDER, REVIEWS_FOLDER,
                              UPSCALED_FOLDER, image_key, log_pattern, natural_key)
@@ -447,6 +453,23 @@ class Logs:
         return said
 
 
+def format_duration(seconds: float | None) -> str:
+    """4500 -> "1 h 15 min"; 59 -> "59 s"; 200000 -> "2 d 7 h"."""
+    if seconds is None:
+        return "unknown"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
 def _number(text: str | None) -> float | None:
     if not text:
         return None
@@ -552,3 +575,33 @@ def latest_done(rows: list[LogRow]) -> dict[str, LogRow]:
             if key is not None:
                 found[key] = row
     return found
+
+
+# --------------------------------------------------------------------------- live status
+
+
+def worker_rows(share_status: ShareStatus) -> list[dict]:
+    """One dict of text per worker (engine/status.py worker_lines), silent ones last:
+    process, stage, server, state, doing, for, done, failed, per_hour, last_error, silent,
+    notes."""
+    rows = []
+    for line in sorted(worker_lines(share_status), key=lambda line: (line.silent, line.process,
+                                                                     line.stage, line.server)):
+        rows.append({
+            "process": line.process, "stage": line.stage, "server": line.server,
+            "state": line.state, "doing": line.doing,
+            "for": format_duration(line.for_seconds) if line.for_seconds is not None else "-",
+            "done": f"{line.done:,}", "failed": f"{line.failed:,}",
+            "per_hour": f"{line.images_per_hour:,.1f}" if line.images_per_hour else "-",
+            "last_error": line.last_error or "-", "silent": line.silent,
+            "energy_meter": line.energy_meter or "", "notes": list(line.notes)})
+    return rows
+
+
+def status_view(root: Path) -> dict:
+    """The workers' live state and what the control files say, for the panel of the review
+    page and the report's snapshot (templates/status_panel.html): rows, lines, as_of."""
+    share = read_statuses(root)
+    return {"rows": worker_rows(share), "lines": read_control(root).lines() + share.problems,
+            "as_of": datetime.fromtimestamp(share.now, timezone.utc).strftime(
+                "%Y-%m-%d %H:%M:%S UTC")}

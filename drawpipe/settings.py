@@ -12,7 +12,7 @@ GeneratorSettings and CutoutSettings) and README's option lists
     default(name)      its default value
     help_text(name)    its help, the default filled in
     PROFILE_SETTINGS   the names a profile may set, in the table's order
-    SHARE, RUN, SERVER, WATCH, GENERATOR, CUTOUTS   the groups commands take
+    SHARE, RUN, SERVER, WATCH, GLANCE, QUARANTINE, GENERATOR, CUTOUTS   the groups commands take
 
 Kinds (how a value is read from a flag and checked in a profile):
 
@@ -26,7 +26,7 @@ Kinds (how a value is read from a flag and checked in a profile):
     integer   a whole number               profile: "a whole number"
     number    a decimal number             profile: "a number"
     switch    on when given                (command line only)
-    choice    one of ``choices``           (command line only)
+    choice    one of ``choices``           profile: "one of ..."
 
 A default of None means "worked out when the command runs"; the help says how.
 """
@@ -110,6 +110,28 @@ SETTINGS: dict[str, Setting] = _table(
     Setting("tls_server_name", "text", "localhost", "grpcs:// servers: the name their "
             "certificate must carry (default {default}, as Draw Things' own)", profile=True,
             metavar="NAME"),
+    # ------------------------------------------------------------ the night at a glance
+    Setting("notify_urls", "urls", (), "POST a message to URL when the run ends, a worker "
+            "retires, a server or the share is lost; repeatable", profile=True, metavar="URL",
+            flag="--notify"),
+    Setting("notify_format", "choice", "json", "the messages' body: json, ntfy, or slack/discord "
+            "(incoming webhooks) (default {default})", profile=True,
+            choices=("json", "ntfy", "slack", "discord")),
+    Setting("notify_desktop", "switch", False, "on macOS, also a Notification Center banner for "
+            "each message"),
+    Setting("status_seconds", "seconds", 5.0, "rewrite this run's status file in .drawpipe/status/ "
+            "every S seconds (default {default})", unit="s", profile=True, metavar="S"),
+    Setting("max_consecutive_failures", "count", 3, "a server whose jobs fail N times in a row is "
+            "quarantined: no new job until it answers GET / again (default {default})",
+            profile=True, metavar="N"),
+    Setting("max_failing_seconds", "seconds", 600.0, "... or whose jobs keep failing for S seconds "
+            "(default {default})", unit="s", profile=True, metavar="S"),
+    Setting("probe_seconds", "seconds", 30.0, "a quarantined server (or one asleep at start) is "
+            "asked again after S seconds, doubling up to 10 minutes (default {default})",
+            unit="s", profile=True, metavar="S"),
+    Setting("retire_after_seconds", "seconds", 3600.0, "without --watch, a server quarantined this "
+            "long stops being asked, so the run can end (default {default})", unit="s",
+            profile=True, metavar="S"),
     # ------------------------------------------------------------ generate, upscale
     Setting("seed_offset", "integer", 0, "added to every file-name seed, for a different take "
             "(default {default})", profile=True, metavar="N"),
@@ -153,6 +175,8 @@ SETTINGS: dict[str, Setting] = _table(
     Setting("grid_intensity", "number", None, "your grid's carbon intensity, grams of CO2e "
             "per kWh: adds CO2e to the energy figures (no default: no figure fits every "
             "grid)", unit="gCO2e/kWh", profile=True, metavar="G"),
+    Setting("refresh_seconds", "seconds", 5.0, "with --watch, draw the screen again every S "
+            "seconds (default {default})", unit="s", metavar="S"),
     Setting("host", "text", "127.0.0.1", "address to listen on (default {default}: this Mac "
             "only)", metavar="ADDRESS"),
     Setting("port", "integer", 8765, "port (default {default}; 0 picks a free one)",
@@ -166,6 +190,10 @@ SERVER = ("servers", "connect_timeout_seconds", "read_timeout_seconds", "retries
           "backoff_seconds", "server_process_name", "shared_secret_env", "certificate",
           "tls_server_name")
 WATCH = ("watch", "watch_retry_seconds")
+# Every stage: its status file and messages; the server stages: their servers' quarantine.
+GLANCE = ("notify_urls", "notify_format", "notify_desktop", "status_seconds")
+QUARANTINE = ("max_consecutive_failures", "max_failing_seconds", "probe_seconds",
+              "retire_after_seconds")
 GENERATOR = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
              "stability_score_offset", "box_nms_thresh", "crop_n_layers", "min_mask_region_area")
 CUTOUTS = ("min_area_fraction", "max_cutouts", "keep_background", "margin")

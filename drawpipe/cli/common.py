@@ -25,7 +25,9 @@ from drawpipe.engine.claims import ClaimStore
 from drawpipe.engine.interrupts import STOP_SIGNALS_STATE
 from drawpipe.engine.jobs import Job, job_done
 from drawpipe.engine.loop import run_stage
+from drawpipe.engine.notify import NotifySettings
 from drawpipe.engine.progress import Summary
+from drawpipe.engine.quarantine import QuarantineSettings
 from drawpipe.engine.run import EngineSettings
 from drawpipe.errors import DrawpipeError, Interrupted, ShareLost, UsageError
 from drawpipe.files import default_cache_dir, output_exists
@@ -64,6 +66,8 @@ def resolve_settings(args: argparse.Namespace, project_dir: Path, names, stdin=N
     values.update(resolve(args, names, share.profile))
     with_servers = "servers" in names
     servers = tuple(map(server_url, values["servers"])) if with_servers else (None,)
+    if values["max_consecutive_failures"] < 1:
+        raise UsageError("--max-consecutive-failures must be 1 or more")
     client = ClientSettings(**{name: values[name] for name in CLIENT_SETTINGS})
     return CommonSettings(
         root=share.root,
@@ -177,6 +181,7 @@ def print_watching(folder: Path, settings: CommonSettings, out) -> None:
 
 
 def engine_settings(settings: CommonSettings) -> EngineSettings:
+    values = settings.values
     return EngineSettings(
         root=settings.root,
         servers=settings.servers,
@@ -185,7 +190,26 @@ def engine_settings(settings: CommonSettings) -> EngineSettings:
         watch=settings.watch,
         watch_retry_seconds=settings.watch_retry_seconds,
         show_progress=settings.show_progress,
+        status_seconds=values["status_seconds"],
+        quarantine=QuarantineSettings(
+            after_failures=values["max_consecutive_failures"],
+            after_seconds=values["max_failing_seconds"],
+            probe_seconds=values["probe_seconds"],
+            retire_after_seconds=values["retire_after_seconds"]),
+        notify=notify_settings(values),
     )
+
+
+def notify_settings(values: dict) -> NotifySettings:
+    """--notify URL (http or https), --notify-format, --notify-desktop; UsageError for a
+    URL that cannot be one."""
+    urls = tuple(values["notify_urls"])
+    for url in urls:
+        if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
+            raise UsageError(f"--notify {url}: expected an http:// or https:// URL (an ntfy "
+                             "topic, a Slack or Discord incoming webhook, any JSON receiver)")
+    return NotifySettings(urls=urls, format=values["notify_format"],
+                          desktop=values["notify_desktop"])
 
 
 @contextmanager

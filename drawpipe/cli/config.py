@@ -38,6 +38,7 @@ _PROFILE_KINDS = {
     "integer": ((int,), "a whole number"),
     "number": ((int, float), "a number"),
     "process": ((str,), "a process name"),
+    "choice": ((str,), "one of"),  # the setting's choices follow
 }
 # Keys a profile must not hold, and why (the file is often readable by everyone, copied
 # from Mac to Mac, kept in git).
@@ -105,7 +106,13 @@ def _check_profile(path: Path, name: str, settings) -> None:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise InputFileError(f"{where}: unknown setting '{key}'{hint}")
         types, description = PROFILE_SETTINGS[key]
-        if not isinstance(value, types) or isinstance(value, bool):
+        choices = SETTINGS[key].choices
+        if choices:
+            description = f"{description} {', '.join(choices)}"
+        if (not isinstance(value, types) or isinstance(value, bool)
+                or (choices and value not in choices)):
+            raise InputFileError(f"{where}: '{key}' must be {description}")
+        if SETTINGS[key].kind == "urls" and not all(isinstance(item, str) for item in value):
             raise InputFileError(f"{where}: '{key}' must be {description}")
     servers = settings.get("servers", [])
     if ("servers" in settings and not servers) or not all(isinstance(s, str) for s in servers):

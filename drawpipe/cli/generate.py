@@ -21,12 +21,13 @@ from drawpipe.cli.common import (CommonSettings, PlanWords, job_states, local_ta
 from drawpipe.cli.options import add_setting_arguments
 from drawpipe.drawthings.payloads import parse_override
 from drawpipe.layout import GENERATIONS_FOLDER
-from drawpipe.settings import RUN, SERVER, SHARE
+from drawpipe.settings import GLANCE, QUARANTINE, RUN, SERVER, SHARE
 from drawpipe.stages.generate import GenerateStage, load_template, with_overrides
 from drawpipe.stages.prompts import (ask_queue, format_queue, load_prompt_sets, load_queue,
                                      merge_queue, parse_add, queue_repeats)
 
-SETTINGS = ("seed_offset",) + SHARE + RUN + SERVER  # drawpipe/settings.py: the flags it takes
+# drawpipe/settings.py: the flags it takes
+SETTINGS = ("seed_offset",) + SHARE + RUN + SERVER + QUARANTINE + GLANCE
 
 
 def parse_arguments(argv):
@@ -46,7 +47,7 @@ def parse_arguments(argv):
     parser.add_argument("--prompts", metavar="FILE", help="prompt sets "
                         "(default prompts/variable_sets.json)")
     parser.add_argument("--list-nations", action="store_true", help="print the nations and exit")
-    add_setting_arguments(parser, SHARE + RUN + SERVER)
+    add_setting_arguments(parser, SHARE + RUN + SERVER + QUARANTINE + GLANCE)
     return parser.parse_args(argv)
 
 

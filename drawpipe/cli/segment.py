@@ -28,10 +28,10 @@ from drawpipe.errors import CheckpointError, UsageError
 from drawpipe.files import default_cache_dir
 from drawpipe.layout import CUTOUTS_FOLDER, UPSCALED_FOLDER
 from drawpipe.sam.checkpoints import OFFICIAL_CHECKPOINTS
-from drawpipe.settings import CUTOUTS, GENERATOR, RUN, SHARE, WATCH
+from drawpipe.settings import CUTOUTS, GENERATOR, GLANCE, RUN, SHARE, WATCH
 
 # drawpipe/settings.py: the flags it takes (no server: SAM runs on this Mac)
-SETTINGS = ("device", "precision") + GENERATOR + CUTOUTS + WATCH + SHARE + RUN
+SETTINGS = ("device", "precision") + GENERATOR + CUTOUTS + WATCH + SHARE + RUN + GLANCE
 
 
 def parse_arguments(argv):
@@ -51,7 +51,7 @@ def parse_arguments(argv):
                         "(default $DRAWPIPE_CACHE_DIR, else ~/.cache/drawpipe)")
     add_setting_arguments(parser, GENERATOR + CUTOUTS + WATCH, folder=UPSCALED_FOLDER + "/")
     parser.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)  # make demo
-    add_setting_arguments(parser, SHARE + RUN)
+    add_setting_arguments(parser, SHARE + RUN + GLANCE)
     return parser.parse_args(argv)
 
 

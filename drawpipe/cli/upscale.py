@@ -27,11 +27,11 @@ from drawpipe.cli.options import add_setting_arguments
 from drawpipe.drawthings.payloads import parse_override
 from drawpipe.errors import UsageError
 from drawpipe.layout import GENERATIONS_FOLDER, natural_key
-from drawpipe.settings import RUN, SERVER, SHARE, WATCH
+from drawpipe.settings import GLANCE, QUARANTINE, RUN, SERVER, SHARE, WATCH
 from drawpipe.stages.upscale import UpscaleStage, apply_overrides, load_recipe
 
 # drawpipe/settings.py: the flags it takes
-SETTINGS = WATCH + ("seed_offset", "settle_seconds") + SHARE + RUN + SERVER
+SETTINGS = WATCH + ("seed_offset", "settle_seconds") + SHARE + RUN + SERVER + QUARANTINE + GLANCE
 
 
 def parse_arguments(argv):

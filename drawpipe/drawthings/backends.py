@@ -7,6 +7,7 @@
     check_server_url(text)      the URL as a run names the server; UsageError for a URL no
                                 transport takes, or a gRPC one without the grpc extra
     open_client(url, ...)       SdapiClient or GrpcClient: one interface (client.py's docstring)
+    probe_server(url, s)        one look at a quarantined server (GET / or Echo), no retry
     preflight(client, payloads) before a worker's first request: the configuration the
                                 requests' left-out keys take, the templates checked against
                                 it, and on a gRPC server every file they name asked for
@@ -89,6 +90,17 @@ def open_client(url: str, settings: ServerSettings, sleep: Callable[[float], boo
                           before_send=before_send)
     return SdapiClient(url, settings.client, sleep=sleep, on_resend=on_resend,
                        before_send=before_send)
+
+
+def probe_server(url: str, settings: ServerSettings) -> None:
+    """One cheap look at ``url``, no retry (the engine's probe of a quarantined server, at
+    a growing interval): HTTP's ``GET /``, gRPC's Echo. ServerNotAnswering while nothing
+    answers; ServerUnreachable when what answers is not Draw Things' API."""
+    client = open_client(url, settings, sleep=lambda seconds: False)
+    try:
+        client.check_server()
+    finally:
+        client.close()
 
 
 def preflight(client, checked: list[tuple[dict, str]], on_warning=None) -> dict:

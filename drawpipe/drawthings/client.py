@@ -13,7 +13,8 @@ HTTP API cannot cancel: nothing happens), ``close()``.
 
 Failure kinds, as the caller sees them (see errors.py):
   ServerUnreachable  preflight ``GET /`` failed: URL wrong, app closed, API server off,
-                     or the port speaks gRPC (transport.probe_protocol says so)
+                     or the port speaks gRPC (transport.probe_protocol says so);
+                     ServerNotAnswering when nothing answered at all (see probe_server)
   ServerRejected     HTTP 422: a configuration error; never retried
   TransientError     the app is not drawing this request (any more): connection
                      refused or not made in time, 5xx, an empty ``images`` list, a
@@ -39,8 +40,8 @@ import pybase64
 import requests
 import urllib3
 
-from drawpipe.errors import (MaybeStillDrawing, ServerRejected, ServerUnreachable, TransientError,
-                             WrongSize, network_reason)
+from drawpipe.errors import (MaybeStillDrawing, ServerNotAnswering, ServerRejected,
+                             ServerUnreachable, TransientError, WrongSize, network_reason)
 from drawpipe.drawthings.transport import ImageAnswer, probe_protocol, send_with_resends
 from drawpipe.png import verified_size
 from drawpipe.settings import default
@@ -89,17 +90,23 @@ class SdapiClient:
         self.session.close()
 
     def check_server(self) -> dict:
-        """``GET /``: the app's current configuration (flat JSON), or ServerUnreachable."""
+        """``GET /``: the app's current configuration (flat JSON); ServerNotAnswering
+        when no answer comes (refused, timed out, a 5xx), ServerUnreachable when what
+        answers is not Draw Things' API."""
         url = self.base_url + "/"
         try:
             response = self.session.get(url, timeout=(self.settings.connect_timeout_seconds, 30))
         except requests.RequestException as exc:
             other = self._other_protocol()
             if other is not None:
-                raise ServerUnreachable(other) from None
-            raise ServerUnreachable(
+                raise ServerUnreachable(other) from None  # a gRPC or TLS port: configuration
+            raise ServerNotAnswering(
                 f"cannot reach {self.base_url} ({network_reason(exc)}): {ENABLE_API_HINT}"
             ) from None
+        if response.status_code >= 500:
+            raise ServerNotAnswering(
+                f"{url} answered HTTP {response.status_code}: the server is failing; "
+                + ENABLE_API_HINT)
         if response.status_code != 200:
             raise ServerUnreachable(
                 f"{url} answered HTTP {response.status_code}, not Draw Things' API: "
@@ -213,6 +220,17 @@ class SdapiClient:
             f"it again (a later run will).{hint}", attempt,
             # Well beyond the read timeout: the app cannot be asked whether it is done.
             retry_after_seconds=2 * read_timeout_seconds)
+
+
+def probe_server(base_url: str, settings: ClientSettings) -> None:
+    """``GET /`` of ``base_url`` once, no retry (the engine's quarantine probe, at a growing
+    interval): ServerNotAnswering or ServerUnreachable when it does not answer as Draw
+    Things does."""
+    client = SdapiClient(base_url, settings)
+    try:
+        client.check_server()
+    finally:
+        client.close()
 
 
 _LOOPBACK_HOSTS = ("localhost", "127.", "[::1]", "0.0.0.0")

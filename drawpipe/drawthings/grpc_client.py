@@ -92,8 +92,8 @@ from drawpipe.drawthings import grpc_request
 from drawpipe.drawthings.signposts import STAGE_DONE, STAGES, TRANSFER_STAGE
 from drawpipe.drawthings.transport import ImageAnswer, probe_protocol, send_with_resends
 from drawpipe.errors import (DrawpipeError, JobFailed, RequestRejected, ServerIncompatible,
-                             ServerRejected, ServerUnreachable, StepRejected, TransientError,
-                             UsageError, WrongSize)
+                             ServerNotAnswering, ServerRejected, ServerUnreachable,
+                             StepRejected, TransientError, UsageError, WrongSize)
 
 DEFAULT_PORT = 7859  # gRPCServerCLI.swift:288-289
 SCHEMES = {"grpc": False, "grpcs": True}  # scheme -> TLS
@@ -328,9 +328,9 @@ class GrpcClient:
             return ServerUnreachable(f"{self.base_url} answered {code.name}: {details}")
         speaks = probe_protocol(self.host, self.port, self.settings.connect_timeout_seconds)
         plain_url = f"grpc://{self.host}:{self.port}"
-        if speaks == "unreachable":
-            return ServerUnreachable(f"cannot reach {self.base_url} (no connection): "
-                                     f"{ENABLE_GRPC_HINT}")
+        if speaks == "unreachable":  # a Mac asleep, the app closed: tried again later
+            return ServerNotAnswering(f"cannot reach {self.base_url} (no connection): "
+                                      f"{ENABLE_GRPC_HINT}")
         if speaks == "http1":
             return ServerUnreachable(
                 f"{self.base_url} speaks HTTP/1.1, not gRPC: it is Draw Things' HTTP API server; "

@@ -9,8 +9,8 @@
                     where to say what the job in flight is doing, where to leave a cancel
     JobLost         raised by the checkpoint: the job is no longer this worker's
     Stage           plan(), make_worker(server, context), process_to_sample(server);
-                    optionally is_current(job), set_aside(job), claimed(job) and
-                    cuda_devices()
+                    optionally is_current(job), set_aside(job), claimed(job),
+                    cuda_devices() and probe(server)
     job_done        done means the output exists (and, for a stage that can tell, is current)
     Outcome         how one claim-and-do ended, as the worker loop acts on it
 
@@ -117,6 +117,11 @@ class Stage(Protocol):
     # cuda_devices() -> tuple: the GPUs its jobs use in this process (UUIDs "GPU-...", or
     #     CUDA indices), () for none; the energy meter measures those (engine/energy.py
     #     choose_meter). Without it, every GPU this process can see.
+    # Optional, for stages whose workers talk to a server that may go away:
+    # probe(server) -> None: one cheap look (HTTP: GET /), raising errors.ServerUnreachable
+    #     while the server does not answer. With it a server that keeps failing, or does
+    #     not answer at start beside others that do, is quarantined and probed at a
+    #     growing interval instead of retired (engine/quarantine.py).
 
 
 def job_done(stage: Stage, job: Job) -> bool:
@@ -138,6 +143,7 @@ class Outcome(enum.Enum):
     BUSY = "busy"  # the share refused a file (someone has it open): a later pass
     CLAIMED_BY_OTHERS = "claimed by others"  # another live worker has it
     RETIRE = "retire"  # this worker's server keeps failing: stop using it
+    QUARANTINE = "quarantine"  # ... and can be probed: stop claiming until it answers again
 
     @property
     def waits_for_a_later_pass(self) -> bool:

@@ -58,6 +58,11 @@ this module does the rest, the same way for all three:
   logs each job's window, opened and closed with the job's stopwatch, in the energy
   columns of the stage's log; the window is the job's own ("local") only when its work
   runs on this machine (Worker.runs_here).
+- *The night at a glance* (supervision.py): each process keeps a live status file on the
+  share (status.py), obeys pause, drain and priority files (control.py), quarantines a
+  server that keeps failing or does not answer at start beside others that do
+  (quarantine.py), and sends messages when it ends, a worker retires, a server or the
+  share is lost (notify.py).
 
 Where things are: jobs.py (the job model, the stage protocol, outcomes), run.py (the
 settings and what the workers of one process share), worker.py (one worker's passes
@@ -70,6 +75,8 @@ import os
 import threading
 import time
 
+from drawpipe.engine import status as states
+from drawpipe.engine import supervision
 from drawpipe.engine.claims import ClaimStore
 from drawpipe.engine.energy import ENERGY_COLUMNS, EnergyMeter, choose_meter
 from drawpipe.engine.interrupts import STOP_SIGNALS_STATE, StopSignals
@@ -78,7 +85,7 @@ from drawpipe.engine.metrics import MetricsLog
 from drawpipe.engine.progress import Progress, Summary
 from drawpipe.engine.run import EngineSettings, Run
 from drawpipe.engine.worker import Worker, worker_main
-from drawpipe.errors import ShareLost, UsageError
+from drawpipe.errors import ServerNotAnswering, ShareLost, UsageError
 from drawpipe.files import host_name, remove_quietly
 from drawpipe.layout import logs_folder
 
@@ -110,9 +117,19 @@ def run_stage(stage: Stage, settings: EngineSettings,
     # Preflight first (e.g. GET / of every server): a configuration error must
     # stop the run before anything is written to the share. Nothing is held yet, so a
     # stop signal here ends the script at once (KeyboardInterrupt, see interrupts.py).
+    # A server that gives no answer at all, beside others that do, starts quarantined
+    # (engine/quarantine.py): it is tried again while the others work.
+    asleep = []
     for worker in workers:
-        worker.run_job = stage.make_worker(worker.server, worker.context())
+        try:
+            worker.run_job = stage.make_worker(worker.server, worker.context())
+        except ServerNotAnswering as exc:
+            if not supervision.can_quarantine(worker):
+                raise
+            asleep.append((worker, exc))
         worker.process_to_sample = stage.process_to_sample(worker.server)
+    if asleep and len(asleep) == len(workers):
+        raise _none_answers([exc for _, exc in asleep])
 
     own_meter = False
     with signals.deferred():
@@ -121,6 +138,7 @@ def run_stage(stage: Stage, settings: EngineSettings,
             run.guard.establish()
             for worker in workers:
                 worker.store.prepare()
+            run.clock = workers[0].store.server_now
             run.metrics = MetricsLog(logs_folder(settings.root), stage.name, host,
                                      extra_columns=stage.extra_columns + ENERGY_COLUMNS)
         except OSError as exc:
@@ -141,6 +159,11 @@ def run_stage(stage: Stage, settings: EngineSettings,
                 own_meter = meter is None
                 _start_meter(run, meter, signals, baseline)
             run.progress = Progress(run.summary, already_done, settings.show_progress)
+            for worker in workers:
+                worker.status.set(states.LOOKING)
+            for worker, exc in asleep:
+                supervision.asleep_at_start(worker, exc)
+            run.board.start()
             threads = [threading.Thread(target=worker_main, args=(worker,),
                                         name=f"worker-{worker.index}", daemon=True)
                        for worker in workers]
@@ -152,6 +175,8 @@ def run_stage(stage: Stage, settings: EngineSettings,
                 run.summary.interrupted = True  # also a signal that came as the run ended
         finally:
             _finish(run, workers)
+            supervision.run_ended(run)
+            run.notifier.close()
             if own_meter:
                 run.meter.close()
     if run.fatal is not None:
@@ -168,6 +193,7 @@ def _start_meter(run: Run, meter: EnergyMeter | None, signals: StopSignals,
         gpus = getattr(run.stage, "cuda_devices", None)
         meter = choose_meter(gpus() if gpus is not None else None, host=run.host)
     run.meter = meter
+    run.board.energy_meter = meter.name  # the status file's (None: not measured)
     run.log(meter.describe(run.host))
     if not meter.measuring or run.settings.idle_seconds <= 0:
         return
@@ -184,6 +210,11 @@ def _start_meter(run: Run, meter: EnergyMeter | None, signals: StopSignals,
     elif idle_w is not None:
         run.log(f"energy: idle {idle_w:.1f} W (over {run.settings.idle_seconds:g} s, before "
                 "the first job)")
+def _none_answers(errors: list[ServerNotAnswering]) -> ServerNotAnswering:
+    """No server answered the preflight: the run cannot start (exit 2)."""
+    if len(errors) == 1:
+        return errors[0]
+    return ServerNotAnswering(f"{errors[0]} (none of the {len(errors)} servers answers)")
 
 
 def _finish(run: Run, workers: list[Worker]) -> None:
@@ -192,8 +223,11 @@ def _finish(run: Run, workers: list[Worker]) -> None:
     run.heartbeat.release_all()
     for scratch in run.in_flight.abandoned_scratch():
         remove_quietly(scratch)
+    run.board.close()  # a clean end: the status file goes (after a crash it goes silent)
     for worker in workers:
         worker.store.close()
+        if worker.quarantine.active:
+            run.summary.quarantined[worker.server] = worker.quarantine.reason
     share_reason = run.guard.lost_reason()
     run.guard.close()
     run.doorbell.close()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from drawpipe.errors import Interrupted, JobFailed
+from drawpipe.layout import CONTROL_FOLDER, DRAIN_FOLDER
 
 
 @dataclass
@@ -38,6 +39,12 @@ class Summary:
     remaining: int = 0  # jobs without output at the end
     resent: int = 0  # requests sent again after a transient failure (the stage's client)
     retried: int = 0  # jobs tried again after they had failed in this run (--watch)
+    # The night at a glance (engine/supervision.py): the drain file this run obeyed (it
+    # then leaves what is left to the others and exits 0), the workers that stopped for
+    # good, and the servers still quarantined when the run ended: {server: why}.
+    drained: str | None = None
+    retired: dict = field(default_factory=dict)
+    quarantined: dict = field(default_factory=dict)
 
     @property
     def stopped_early(self) -> bool:
@@ -49,7 +56,8 @@ class Summary:
     def exit_code(self) -> int:
         if self.stopped_early:
             return Interrupted.exit_code
-        return JobFailed.exit_code if self.failed or self.remaining else 0
+        left_undone = self.remaining and not self.drained  # drained: left to the others
+        return JobFailed.exit_code if self.failed or left_undone else 0
 
     def lines(self) -> list[str]:
         lines = [
@@ -67,6 +75,16 @@ class Summary:
         if self.blocked:
             lines.append(f"{len(self.blocked)} blocked by a stale claim someone keeps open; run "
                          "the same command again once it is free")
+        for server, reason in self.retired.items():
+            lines.append(f"stopped using {server}: {reason}")
+        for server, reason in self.quarantined.items():
+            lines.append(f"quarantined at the end: {server} ({reason}); its jobs were left to "
+                         "the other workers")
+        if self.drained:
+            lines.append(f"drained by {CONTROL_FOLDER}/{DRAIN_FOLDER}/{self.drained}: "
+                         f"{self.remaining} left to "
+                         "the other Macs; remove it before this Mac's next run (python -m "
+                         f"drawpipe.status --undrain {self.drained})")
         if self.stopped_early:
             lines.append("interrupted; run the same command again to continue")
         return lines

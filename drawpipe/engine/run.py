@@ -7,8 +7,9 @@
     Run              what the workers share: the plan, the stop flag and the first fatal
                      error, the share guard, the heartbeat, the metrics log, the progress,
                      the energy meter, jobs held back until a backend's
-                     retry_after_seconds, and each worker's way to cancel its request in
-                     flight
+                     retry_after_seconds, each worker's way to cancel its request in
+                     flight; the control files, the status file and the messages
+                     (engine/supervision.py)
 """
 
 import math
@@ -23,11 +24,15 @@ from typing import Callable
 
 from drawpipe.engine.claims import Claim, ClaimStore, Heartbeat
 from drawpipe.engine.energy import IDLE_START_SECONDS, EnergyMeter
+from drawpipe.engine.control import ControlFiles
 from drawpipe.engine.interrupts import Doorbell
 from drawpipe.engine.jobs import Job, Stage, job_done
 from drawpipe.engine.metrics import MetricsLog
+from drawpipe.engine.notify import Message, Notifier, NotifySettings
 from drawpipe.engine.progress import Progress, Summary
+from drawpipe.engine.quarantine import QuarantineSettings
 from drawpipe.engine.share import ShareGuard
+from drawpipe.engine.status import StatusBoard
 from drawpipe.errors import DrawpipeError, ShareLost
 from drawpipe.settings import default
 
@@ -46,11 +51,17 @@ class EngineSettings:
     # a thread, which on a VM costs milliseconds of CPU: sparse readings keep the client's
     # CPU per image low (bench/upscale.py).
     sample_interval_seconds: float = 2.0
-    max_consecutive_failures: int = 3  # a worker whose server keeps failing retires
     # Idle power is measured this long before the first job (engine/energy.py), so the
     # report can tell an image's net energy from the machine's baseline.
     idle_seconds: float = IDLE_START_SECONDS
     show_progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
+    # The night at a glance: each process's status file is rewritten this often
+    # (engine/status.py); a server that keeps failing is quarantined (engine/quarantine.py:
+    # after_failures also retires the worker of a stage with nothing to probe); messages
+    # go to --notify URLs (engine/notify.py).
+    status_seconds: float = default("status_seconds")
+    quarantine: QuarantineSettings = QuarantineSettings()
+    notify: NotifySettings = NotifySettings()
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -170,6 +181,16 @@ class Run:
         # work to do; until then one that measures nothing.
         self.meter = EnergyMeter(None, "not measured: no job has run")
         self._idle_tried_at = -math.inf
+        # The night at a glance (engine/supervision.py): the control files every worker
+        # obeys, this process's status file, the messages; the file server's clock once
+        # the claims are ready (a ClaimStore's server_now).
+        self.clock: Callable[[], float] | None = None
+        self.control = ControlFiles(settings.root, host, os.getpid(), self.log)
+        self.board = StatusBoard(settings.root, host, os.getpid(), stage.name,
+                                 settings.lease_seconds, settings.status_seconds,
+                                 self.server_now, self.status_fields, self.log)
+        self.notifier = Notifier(settings.notify, self.log)
+        self.announced: dict[str, bool] = {}  # waits said once (supervision._announce)
 
     def log(self, line: str) -> None:
         if self.progress is not None:
@@ -179,6 +200,25 @@ class Run:
                 print(line, file=sys.stderr)
             except OSError:
                 pass
+
+    def server_now(self) -> float:
+        """The file server's clock (epoch seconds); this Mac's before the claims are ready."""
+        return self.clock() if self.clock is not None else time.time()
+
+    def status_fields(self) -> dict:
+        """The process-wide part of the status file (engine/status.py)."""
+        summary = self.summary
+        with self.progress.lock if self.progress is not None else self.lock:
+            counts = {"total": summary.total, "already_done": summary.already_done,
+                      "made": summary.made, "by_others": summary.by_others,
+                      "failed": len(summary.failed)}
+            blocked = dict(summary.blocked)
+        return {"stopping": self.stop.is_set() and self.fatal is None, "counts": counts,
+                "blocked": blocked}
+
+    def notify(self, message: Message) -> None:
+        """Send a message (--notify, --notify-desktop): queued, never waits, never raises."""
+        self.notifier.send(message)
 
     def progress_count(self, resent: int = 0, retried: int = 0) -> None:
         if self.progress is not None:

@@ -24,7 +24,9 @@ What is redone on a second run (inventory.ReportCache remembers the rest):
   (slow to import) is imported only then;
 - a contact sheet, when its tiles (sources, labels) changed;
 - a page, when its bytes would differ (it holds nothing that changes by itself:
-  no "generated at" clock time); the page of a nation that is gone is deleted.
+  no "generated at" clock time, except the index's snapshot of the workers' live state,
+  shown only while some run or a control file is there); the page of a nation that is
+  gone is deleted.
 
 Pillow is imported inside functions: importing this module costs nothing.
 """
@@ -43,7 +45,7 @@ from pathlib import Path
 from drawpipe import pages
 from drawpipe.files import save_atomically, write_if_changed
 from drawpipe.curate.verdicts import NOT_REVIEWED
-from drawpipe.inventory import STAGES, ImageEntry, Logs, latest_done
+from drawpipe.inventory import STAGES, ImageEntry, Logs, latest_done, status_view
 from drawpipe.layout import natural_key
 from drawpipe.pages import anchor, counted, meta_view
 from drawpipe.report.energy import energy_notes, energy_table, power_over_time
@@ -571,8 +573,15 @@ def render_pages(data: PageData, cache) -> dict[str, str]:
                    for report in data.reports for row in report.failures]
     pages_made[PAGE_NAME] = pages.render(
         "report.html", **common, stages=stages, charts=data.charts, failed_rows=failed_rows,
-        review=data.review_table, nations=nation_links)
+        review=data.review_table, nations=nation_links, status=_live_status(data.root))
     return pages_made
+
+
+def _live_status(root: Path) -> dict | None:
+    """A snapshot of the workers' live state (inventory.status_view) while any runs, or the
+    control files say something; None otherwise, so an idle share's page stays the same."""
+    status = status_view(root)
+    return status if status["rows"] or status["lines"] else None
 
 
 def write_pages(report_dir: Path, data: PageData, cache) -> Made:

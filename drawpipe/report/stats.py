@@ -63,7 +63,7 @@ from pathlib import Path
 
 from drawpipe.curate.verdicts import NOT_REVIEWED
 from drawpipe.drawthings.signposts import PHASE_COLUMNS
-from drawpipe.inventory import STAGES, LogRow, Logs
+from drawpipe.inventory import STAGES, LogRow, Logs, format_duration
 from drawpipe.pages import counted
 from drawpipe.report.energy import StageEnergy, energy_notes, energy_table, stage_energy
 from drawpipe.settings import default
@@ -265,23 +265,6 @@ def outstanding_failures(rows: list[LogRow]) -> list[LogRow]:
 
 
 # --------------------------------------------------------------------------- text
-
-
-def format_duration(seconds: float | None) -> str:
-    """4500 -> "1 h 15 min"; 59 -> "59 s"; 200000 -> "2 d 7 h"."""
-    if seconds is None:
-        return "unknown"
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes = round(seconds / 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes:02d} min"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h"
 
 
 def format_time(epoch_seconds: float | None) -> str:

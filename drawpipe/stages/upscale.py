@@ -399,6 +399,11 @@ class UpscaleStage:
         """Draw Things' process, when ``server`` is this machine."""
         return backends.sampled_process(server, self.server_settings)
 
+    def probe(self, server: str) -> None:
+        """One look at ``server`` (GET /, or gRPC's Echo): the engine's probe of a
+        quarantined server (engine/quarantine.py)."""
+        backends.probe_server(server, self.server_settings)
+
     def make_worker(self, server: str, context: WorkerContext):
         """Preflight the server (``GET /``, or gRPC's Echo and FilesExist) and return this
         worker's job runner; ``server``: an http(s):// or grpc(s):// URL."""
