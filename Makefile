@@ -1,10 +1,12 @@
 # Two commands matter: `make demo` and `make test`. Both create .venv and install
 # what they need from the project's own files: `make demo` what the demo and the three
 # scripts need (and the report, review page and export); `make test` adds the test tools
-# (pytest, Playwright, datasets, pandas) and the optional transports.
+# (pytest, Playwright, datasets, pandas) and the optional transports. The energy extra's
+# libraries install only where they apply (zeus-apple-silicon on Apple Silicon,
+# nvidia-ml-py on Linux), so a Mac measures each image's energy out of the box.
 VENV := .venv
 PY := $(VENV)/bin/python
-DEMO_EXTRAS := segment,report,curate
+DEMO_EXTRAS := segment,report,curate,energy,grpc
 TEST_EXTRAS := $(DEMO_EXTRAS),test
 
 # drawpipe needs Python 3.11 or newer. macOS's own python3 is 3.9, and pip given one
@@ -35,8 +37,11 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 
 install: $(VENV)/.installed-demo
 
+# make demo DEMO_TRANSPORT=grpc: the same on the gRPC simulator (Draw Things' gRPC API).
+DEMO_TRANSPORT ?= http
+
 demo: $(VENV)/.installed-demo
-	$(PY) -m drawpipe.demo
+	$(PY) -m drawpipe.demo --transport $(DEMO_TRANSPORT)
 
 test: $(VENV)/.installed-test chromium
 	$(PY) -m pytest -q
@@ -62,6 +67,7 @@ bench: $(VENV)/.installed-test
 	$(PY) bench/curate.py
 	$(PY) bench/grpc_transport.py
 	$(PY) bench/publish.py
+	$(PY) bench/status.py
 
 clean:
 	rm -rf $(VENV) demo

@@ -13,7 +13,7 @@ and holds the code to it:
   stages        stages
   report        report
   command line  cli
-  entry points  __main__, review, export, report.__main__, demo, simulator
+  entry points  __main__, review, export, report.__main__, demo, simulator, status
 
 What each holds:
 
@@ -23,16 +23,18 @@ What each holds:
   settings      every setting once: flag, profile key, default, unit, help
   pages         the HTML templates (templates/) of the report and the review page
   bundled       the shipped payload templates, recipes and prompt sets
-  engine/       the job loop, claims, the share guard, stop signals, metrics
-  drawthings/   the API table and its rules, the HTTP client, templates, the simulator
+  engine/       the job loop, claims, the share guard, stop signals, metrics; status and
+                control files on the share, quarantine of servers, messages
+  drawthings/   the API table and its rules, the HTTP and gRPC clients (backends.py
+                chooses by the URL), templates, the simulators
   sam/          Segment Anything: settings, models, the lean mask generator, cut-outs
   inventory     what is on a share: images, cut-outs, metadata, verdict files, logs
   curate/       verdicts, takes (rejects re-made, stale outputs, the seed), quality
                 signals, the review page, the export
   stages/       generate (+ prompts), upscale (recipes), segment
-  report/       figures, gallery, contact sheets, the per-image table
+  report/       figures, gallery, contact sheets, the per-image table, the night at a glance
   cli/          every command's options and main; the drawpipe command; profiles; dry runs
-  __main__, review, export, report.__main__, demo, simulator   python -m entry points
+  __main__, review, export, report.__main__, demo, simulator, status   python -m entry points
 """
 
 __version__ = "0.1.0"

@@ -4,9 +4,11 @@
     ├── UsageError                bad arguments or configuration (exit 2)
     │   ├── InputFileError        a malformed prompts/queue/payload/config file
     │   ├── ServerUnreachable     preflight ``GET /`` failed: wrong URL, app closed
+    │   │   └── ServerNotAnswering  no answer at all (refused, timed out, 5xx): asleep or
+    │   │                         closed; beside other servers it is retried (engine/quarantine.py)
     │   ├── ServerIncompatible    the running app lacks a key the template sends (an older app)
     │   ├── ServerRejected        HTTP 422: the server refused the request (never retried)
-    │   │   └── StepRejected      ... naming the upscale recipe's step
+    │   │   └── StepRejected      ... naming the upscale recipe's step (``in_step``)
     │   ├── CheckpointError       a SAM checkpoint or label model file missing, damaged
     │   │                         or of another model
     │   │   └── DownloadFailed    --download could not fetch or verify it
@@ -55,6 +57,14 @@ class ServerUnreachable(UsageError):
     pass
 
 
+class ServerNotAnswering(ServerUnreachable):
+    """The server gave no answer at all (connection refused or not made in time, a 5xx):
+    a Mac asleep, the app closed. Alone it stops the run like any ServerUnreachable;
+    beside servers that answer, the engine reports it and tries it again at a growing
+    interval (engine/quarantine.py). An answer that is not Draw Things' (a 404, other
+    JSON) stays a configuration error."""
+
+
 class ServerIncompatible(UsageError):
     """The app answering ``GET /`` does not have a key the template sends."""
 
@@ -69,6 +79,12 @@ class ServerRejected(UsageError):
             f"{url} rejected the request (HTTP 422): {detail} — fix the payload template "
             "or the app's settings and run again"
         )
+
+    def in_step(self, where: str) -> "StepRejected":
+        """The same refusal, naming the recipe's step ``where`` ("step 2 (refine) of ...")."""
+        return StepRejected(self.url, self.detail,
+                            f"{self.url} rejected {where} (HTTP 422): {self.detail} — fix the "
+                            "recipe or the app's settings and run again")
 
 
 class BadVerdict(UsageError):
@@ -155,14 +171,13 @@ class DownloadFailed(CheckpointError):
 
 
 class StepRejected(ServerRejected):
-    """HTTP 422 for one step of a recipe: names the step and the recipe file."""
+    """A server's refusal of one step of a recipe (ServerRejected.in_step): ``message``
+    names the step and the recipe file, in the words of the transport that refused it."""
 
-    def __init__(self, url: str, detail: str, where: str):
+    def __init__(self, url: str, detail: str, message: str):
         self.url = url
         self.detail = detail
-        Exception.__init__(
-            self, f"{url} rejected {where} (HTTP 422): {detail} — fix the recipe or the "
-                  "app's settings and run again")
+        Exception.__init__(self, message)
 
 
 class RequestRejected(Exception):

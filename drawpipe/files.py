@@ -11,6 +11,7 @@
     is_busy(exc)                   an SMB "someone has it open" refusal, not a lost share
     unlink_when_free(path, ...)    delete, waiting briefly while someone has it open
     host_name()                    this Mac's name, as it names files (logs, verdicts)
+    server_clock_offset(path)      the file server's clock minus this Mac's, from a file written
     default_cache_dir(environ)     this Mac's cache folder (never the share)
     read_user_text(path)           a file the user wrote, as text (InputFileError: one line)
     file_sha256(path, cache)       a file's SHA-256, remembered by (path, size, mtime_ns)
@@ -84,6 +85,19 @@ def unlink_when_free(path: Path, tries: int, pause_seconds: float) -> OSError | 
         if attempt + 1 < tries:
             time.sleep(pause_seconds)
     return refusal
+
+
+def server_clock_offset(path: Path) -> float:
+    """The file server's clock minus this machine's, in seconds: ``path`` (a file of this
+    process's own, on the share) is written, and the mtime the server stamped is read.
+    ``O_CREAT`` only: the folder must exist (never a vanished share's mount point)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, b"%d\n" % os.getpid())
+    finally:
+        os.close(fd)
+    local_now = time.time()
+    return os.stat(path).st_mtime - local_now
 
 
 def host_name() -> str:
@@ -275,6 +289,14 @@ def output_exists(path: Path) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     return True
+
+
+def output_exists_quietly(path: Path) -> bool:
+    """``output_exists``, with "cannot tell" as False: for what is only counted or ordered."""
+    try:
+        return output_exists(path)
+    except OSError:
+        return False
 
 
 def scan_inputs(folder: Path, suffixes: tuple[str, ...] = (".png",)) -> list[Path]:

@@ -12,7 +12,12 @@ files and the logs. Read only; the one place that walks the share's folders.
                                   (and, cut-outs, the settings they were made with)
     verdict_files(root)           every host's reviews/<host>.jsonl (curate/verdicts.py reads them)
     load_logs(logs_dir)           Logs: every stage's rows (engine/metrics.py read_logs), parsed
+                                  (their energy columns too: engine/energy.py ENERGY_COLUMNS)
     latest_done(rows)             image key -> its latest "done" row
+    worker_rows(share_status)     each running worker's live state (engine/status.py), as the
+                                  status command and the pages show it
+    status_view(root)             the same with the control files, for the pages' panel
+    counted(n, noun), format_duration(seconds)   numbers as the report and the pages say them
 
 The folders and names come from layout.py. Walking skips hidden entries (scratch
 outputs, ``.claims``, ``.drawpipe``); a folder that is missing or unreadable is empty.
@@ -26,7 +31,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from drawpipe.drawthings.signposts import PHASE_COLUMNS
+from drawpipe.engine.energy import COMPONENTS, LOCAL
 from drawpipe.engine.metrics import COMMON_COLUMNS, read_logs
+from drawpipe.engine.control import read_control
+from drawpipe.engine.status import ShareStatus, read_statuses, worker_lines
 from drawpipe.files import write_if_changed
 from drawpipe.layout import (CUTOUTS_FOLDER, CUTOUTS_RECORD, GENERATIONS_FOLDER, REVIEWS_FOLDER,
                              UPSCALED_FOLDER, image_key, log_pattern, natural_key)
@@ -34,6 +43,7 @@ from drawpipe.pages import counted
 from drawpipe.png import read_text_chunks
 
 STAGES = ("generate", "upscale", "segment")
+J_PER_WH = 3600.0
 CACHE_VERSION = 2  # 2: image metadata holds the take
 _REQUIRED_COLUMNS = ("time_utc", "status", "output")
 
@@ -432,10 +442,44 @@ class LogRow:
     ram_mb_peak: float | None
     server_cpu_seconds: float | None
     error: str
+    # The job's energy (engine/energy.py ENERGY_COLUMNS): ``energy_j`` its window's gross
+    # energy, None when not measured (no meter, a failed read, an older log);
+    # ``energy_scope`` "local" (the image was made here: its energy) or "client-side";
+    # ``energy_components_j`` component ("cpu", "gpu", "ane", "dram") -> J, those measured;
+    # ``idle_w`` the machine's idle power then; ``energy_logged``: the row's log has the
+    # energy columns (False: written before drawpipe logged energy).
+    energy_j: float | None = None
+    energy_meter: str | None = None
+    energy_scope: str | None = None
+    energy_components_j: dict[str, float] = field(default_factory=dict)
+    idle_w: float | None = None
+    energy_logged: bool = False
+    # {signposts.PHASE_COLUMNS column: seconds} the server spent per stage of the request
+    # (gRPC servers only; {} for a job of an HTTP server)
+    phase_seconds: dict = field(default_factory=dict)
 
     @property
     def start(self) -> float:
         return self.end - (self.seconds or 0.0)
+
+    @property
+    def gross_wh(self) -> float | None:
+        """The window's energy in Wh (None: not measured)."""
+        return None if self.energy_j is None else self.energy_j / J_PER_WH
+
+    @property
+    def net_wh(self) -> float | None:
+        """Gross less idle power x seconds, in Wh, at least 0 (a job measured below idle
+        caused nothing above it); None without an idle figure."""
+        if self.energy_j is None or self.idle_w is None or self.seconds is None:
+            return None
+        return max(0.0, self.energy_j - self.idle_w * self.seconds) / J_PER_WH
+
+    @property
+    def image_wh(self) -> float | None:
+        """The gross Wh this job's image cost, when measured where it was made (scope
+        "local"); None for client-side or unmeasured rows."""
+        return self.gross_wh if self.energy_scope == LOCAL else None
 
     @property
     def key(self) -> str | None:
@@ -478,6 +522,23 @@ class Logs:
             said.append(f"{counted(self.older_layout_rows, 'row')} of an older layout without "
                         f"{', '.join(sorted(self.missing_columns))}: read, those figures left out")
         return said
+
+
+def format_duration(seconds: float | None) -> str:
+    """4500 -> "1 h 15 min"; 59 -> "59 s"; 200000 -> "2 d 7 h"."""
+    if seconds is None:
+        return "unknown"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
 
 
 def _number(text: str | None) -> float | None:
@@ -557,7 +618,23 @@ def _parse_row(stage: str, raw: dict) -> LogRow | None:
         ram_mb_peak=_number(raw.get("ram_mb_peak")),
         server_cpu_seconds=_number(raw.get("server_cpu_seconds")),
         error=raw.get("error", ""),
+        **_energy_fields(raw),
+        phase_seconds={column: value for column in PHASE_COLUMNS
+                       if (value := _number(raw.get(column))) is not None},
     )
+
+
+def _energy_fields(raw: dict) -> dict:
+    """LogRow's energy fields from a row's energy columns (absent in older logs)."""
+    energy_j = _number(raw.get("energy_j"))
+    if energy_j is None or energy_j < 0:
+        return {"energy_logged": "energy_j" in raw}
+    components = {component: value for component in COMPONENTS
+                  if (value := _number(raw.get(f"energy_{component}_j"))) is not None}
+    return {"energy_j": energy_j, "energy_meter": raw.get("energy_meter") or None,
+            "energy_scope": raw.get("energy_scope") or LOCAL,
+            "energy_components_j": components, "idle_w": _number(raw.get("idle_w")),
+            "energy_logged": True}
 
 
 def latest_done(rows: list[LogRow]) -> dict[str, LogRow]:
@@ -569,3 +646,33 @@ def latest_done(rows: list[LogRow]) -> dict[str, LogRow]:
             if key is not None:
                 found[key] = row
     return found
+
+
+# --------------------------------------------------------------------------- live status
+
+
+def worker_rows(share_status: ShareStatus) -> list[dict]:
+    """One dict of text per worker (engine/status.py worker_lines), silent ones last:
+    process, stage, server, state, doing, for, done, failed, per_hour, last_error, silent,
+    notes."""
+    rows = []
+    for line in sorted(worker_lines(share_status), key=lambda line: (line.silent, line.process,
+                                                                     line.stage, line.server)):
+        rows.append({
+            "process": line.process, "stage": line.stage, "server": line.server,
+            "state": line.state, "doing": line.doing,
+            "for": format_duration(line.for_seconds) if line.for_seconds is not None else "-",
+            "done": f"{line.done:,}", "failed": f"{line.failed:,}",
+            "per_hour": f"{line.images_per_hour:,.1f}" if line.images_per_hour else "-",
+            "last_error": line.last_error or "-", "silent": line.silent,
+            "energy_meter": line.energy_meter or "", "notes": list(line.notes)})
+    return rows
+
+
+def status_view(root: Path) -> dict:
+    """The workers' live state and what the control files say, for the panel of the review
+    page and the report's snapshot (templates/status_panel.html): rows, lines, as_of."""
+    share = read_statuses(root)
+    return {"rows": worker_rows(share), "lines": read_control(root).lines() + share.problems,
+            "as_of": datetime.fromtimestamp(share.now, timezone.utc).strftime(
+                "%Y-%m-%d %H:%M:%S UTC")}

@@ -17,7 +17,12 @@
         quality/<host>.json        quality signals measured by each host (curate/quality.py;
                                    the review page measures them too)
       .claims/<stage>/<output>.claim   who works on what (engine/claims.py)
-      .drawpipe/                   what runs keep beside the dataset (status, pause files)
+      .drawpipe/                   what runs keep beside the dataset (engine/status.py, control.py)
+        status/<host>-<pid>-<stage>.json   each running process's live status, rewritten
+                                   every few seconds, removed when it exits cleanly
+        pause                      while it exists no worker starts a job
+        drain/<host>, drain/<host>-<pid>   that Mac (or that one run) finishes and exits 0
+        priority.json              nations, categories or re-makes to do first
 
 Every module that names a folder or a file of the share takes it from here;
 inventory.py lists what is there.
@@ -85,6 +90,39 @@ def part_name(stem: str, number: int, part: int) -> str:
     """Part ``part`` of cut-out ``number``: ``France_family_1_upscaled``, 2, 1 ->
     ``France_family_1_upscaled_cutout_2_part_1.png``."""
     return f"{stem}_cutout_{number}_part_{part}.png"
+
+
+STATUS_FOLDER = "status"  # in CONTROL_FOLDER
+PAUSE_FILE = "pause"  # in CONTROL_FOLDER
+DRAIN_FOLDER = "drain"  # in CONTROL_FOLDER
+PRIORITY_FILE = "priority.json"  # in CONTROL_FOLDER
+
+
+def control_folder(root: Path) -> Path:
+    """``<root>/.drawpipe``: runs' status and the control files a user writes."""
+    return Path(root) / CONTROL_FOLDER
+
+
+def status_folder(root: Path) -> Path:
+    return control_folder(root) / STATUS_FOLDER
+
+
+def status_name(host: str, pid: int, stage: str) -> str:
+    """One running process's status file: ``mac-a``, 4242, ``upscale`` -> ``mac-a-4242-upscale.json``."""
+    return f"{host}-{pid}-{stage}.json"
+
+
+def pause_path(root: Path) -> Path:
+    return control_folder(root) / PAUSE_FILE
+
+
+def drain_path(root: Path, name: str) -> Path:
+    """The drain file of a host (``mac-a``: all its runs) or of one run (``mac-a-4242``)."""
+    return control_folder(root) / DRAIN_FOLDER / name
+
+
+def priority_path(root: Path) -> Path:
+    return control_folder(root) / PRIORITY_FILE
 
 
 def logs_folder(root: Path) -> Path:

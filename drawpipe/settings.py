@@ -13,20 +13,22 @@ LabelSettings) and README's option lists
     default(name)      its default value
     help_text(name)    its help, the default filled in
     PROFILE_SETTINGS   the names a profile may set, in the table's order
-    SHARE, RUN, SERVER, WATCH, GENERATOR, OBJECTS, LABELS, CUTOUTS   the groups commands take
+    SHARE, RUN, SERVER, WATCH, GLANCE, QUARANTINE, GENERATOR, OBJECTS, LABELS, CUTOUTS   the
+                       groups commands take
 
 Kinds (how a value is read from a flag and checked in a profile):
 
     folder    a path                       profile: "a folder path"
-    text      text                         (command line only)
+    file      a path                       profile: "a file path"
+    text      text                         profile: "text" (where the setting allows)
     process   a process name               profile: "a process name"
     urls      repeatable URL               profile: "a list of URLs"
     seconds   a number of seconds, > 0     profile: "a number of seconds"
     count     a whole number, >= 0         profile: "a whole number"
     integer   a whole number               profile: "a whole number"
-    number    a decimal number             (command line only)
+    number    a decimal number             profile: "a number"
     switch    on when given                (command line only)
-    choice    one of ``choices``           (command line only)
+    choice    one of ``choices``           profile: "one of ..."
 
 A default of None means "worked out when the command runs"; the help says how.
 """
@@ -36,7 +38,7 @@ from dataclasses import dataclass
 # Draw Things' API server on this Mac (its default port, drawthings/api.py DEFAULT_PORT).
 DEFAULT_SERVER = "http://127.0.0.1:7860"
 
-KINDS = ("folder", "text", "process", "urls", "seconds", "count", "integer", "number",
+KINDS = ("folder", "file", "text", "process", "urls", "seconds", "count", "integer", "number",
          "switch", "choice")
 
 
@@ -82,12 +84,14 @@ SETTINGS: dict[str, Setting] = _table(
             "after S seconds, doubling each time up to 30 minutes (default {default})",
             unit="s", metavar="S"),
     # ------------------------------------------------------------ Draw Things servers
-    Setting("servers", "urls", (DEFAULT_SERVER,), "Draw Things API server; repeat for one "
+    Setting("servers", "urls", (DEFAULT_SERVER,), "Draw Things API server: http://HOST:PORT, "
+            "or grpc://HOST:PORT (grpcs:// with TLS) for its gRPC API; repeat for one "
             "worker per server (default: {default})", profile=True, metavar="URL",
             flag="--server"),
     Setting("connect_timeout_seconds", "seconds", 5.0, "how long to wait for a connection to "
             "the server (default {default})", unit="s", profile=True, metavar="S"),
-    Setting("read_timeout_seconds", "seconds", 1800.0, "how long one request may take "
+    Setting("read_timeout_seconds", "seconds", 1800.0, "how long one request may take; over "
+            "gRPC, how long the server may stay silent (at most 600 s once it streams) "
             "(default {default})", unit="s", profile=True, metavar="S"),
     Setting("retries", "count", 4, "retries of a transient failure before a job fails "
             "(default {default})", profile=True, metavar="N"),
@@ -96,6 +100,40 @@ SETTINGS: dict[str, Setting] = _table(
     Setting("server_process_name", "process", "Draw Things", "process whose CPU and RAM are "
             "logged when the server is local (default '{default}')", profile=True,
             metavar="NAME"),
+    # gRPC servers only (drawthings/grpc_client.py). The secret itself is never a setting:
+    # not on the command line (other users see it in the process list), not in
+    # drawpipe.toml (often readable by everyone, copied to other Macs, kept in git).
+    Setting("shared_secret_env", "text", None, "grpc:// servers: the environment variable "
+            "holding their shared secret (the secret is never given on the command line)",
+            profile=True, metavar="NAME"),
+    Setting("certificate", "file", None, "grpcs:// servers: the certificate (PEM) to trust, "
+            "the server's own or its root (default: Draw Things' root, which the app and "
+            "gRPCServerCLI serve)", profile=True, metavar="FILE"),
+    Setting("tls_server_name", "text", "localhost", "grpcs:// servers: the name their "
+            "certificate must carry (default {default}, as Draw Things' own)", profile=True,
+            metavar="NAME"),
+    # ------------------------------------------------------------ the night at a glance
+    Setting("notify_urls", "urls", (), "POST a message to URL when the run ends, a worker "
+            "retires, a server or the share is lost; repeatable", profile=True, metavar="URL",
+            flag="--notify"),
+    Setting("notify_format", "choice", "json", "the messages' body: json, ntfy, or slack/discord "
+            "(incoming webhooks) (default {default})", profile=True,
+            choices=("json", "ntfy", "slack", "discord")),
+    Setting("notify_desktop", "switch", False, "on macOS, also a Notification Center banner for "
+            "each message"),
+    Setting("status_seconds", "seconds", 5.0, "rewrite this run's status file in .drawpipe/status/ "
+            "every S seconds (default {default})", unit="s", profile=True, metavar="S"),
+    Setting("max_consecutive_failures", "count", 3, "a server whose jobs fail N times in a row is "
+            "quarantined: no new job until it answers GET / again (default {default})",
+            profile=True, metavar="N"),
+    Setting("max_failing_seconds", "seconds", 600.0, "... or whose jobs keep failing for S seconds "
+            "(default {default})", unit="s", profile=True, metavar="S"),
+    Setting("probe_seconds", "seconds", 30.0, "a quarantined server (or one asleep at start) is "
+            "asked again after S seconds, doubling up to 10 minutes (default {default})",
+            unit="s", profile=True, metavar="S"),
+    Setting("retire_after_seconds", "seconds", 3600.0, "without --watch, a server quarantined this "
+            "long stops being asked, so the run can end (default {default})", unit="s",
+            profile=True, metavar="S"),
     # ------------------------------------------------------------ generate, upscale
     Setting("seed_offset", "integer", 0, "added to every file-name seed, for a different take "
             "(default {default})", profile=True, metavar="N"),
@@ -165,6 +203,11 @@ SETTINGS: dict[str, Setting] = _table(
     # ------------------------------------------------------------ report, review page
     Setting("eta_window_minutes", "number", 60.0, "the ETA's rate is measured over the last M "
             "minutes of each stage's log (default {default})", unit="min", metavar="M"),
+    Setting("grid_intensity", "number", None, "your grid's carbon intensity, grams of CO2e "
+            "per kWh: adds CO2e to the energy figures (no default: no figure fits every "
+            "grid)", unit="gCO2e/kWh", profile=True, metavar="G"),
+    Setting("refresh_seconds", "seconds", 5.0, "with --watch, draw the screen again every S "
+            "seconds (default {default})", unit="s", metavar="S"),
     Setting("host", "text", "127.0.0.1", "address to listen on (default {default}: this Mac "
             "only)", metavar="ADDRESS"),
     Setting("port", "integer", 8765, "port (default {default}; 0 picks a free one)",
@@ -175,8 +218,13 @@ SETTINGS: dict[str, Setting] = _table(
 SHARE = ("root", "profile", "config")
 RUN = ("lease_seconds", "poll_seconds", "dry_run", "no_progress")
 SERVER = ("servers", "connect_timeout_seconds", "read_timeout_seconds", "retries",
-          "backoff_seconds", "server_process_name")
+          "backoff_seconds", "server_process_name", "shared_secret_env", "certificate",
+          "tls_server_name")
 WATCH = ("watch", "watch_retry_seconds")
+# Every stage: its status file and messages; the server stages: their servers' quarantine.
+GLANCE = ("notify_urls", "notify_format", "notify_desktop", "status_seconds")
+QUARANTINE = ("max_consecutive_failures", "max_failing_seconds", "probe_seconds",
+              "retire_after_seconds")
 GENERATOR = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
              "whole_pred_iou_thresh", "whole_stability_score_thresh", "stability_score_offset",
              "box_nms_thresh", "crop_n_layers", "min_mask_region_area")

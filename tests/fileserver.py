@@ -1,23 +1,18 @@
-"""A file server on loopback for download tests: Range requests, broken connections."""
+"""HTTP servers on loopback for tests: a file server for downloads (Range requests, broken
+connections) and a receiver of POSTs (the messages of --notify)."""
 
 import hashlib
 import http.server
+import json
 import socket
 import threading
 
 
-class FileServer(http.server.ThreadingHTTPServer):
-    """Serves ``payload`` at any path on loopback, honouring Range; the first ``breaks``
-    answers stop after ``break_after`` bytes; ``ignore_range`` answers 200 always.
-    ``url``: the address of ``file_name`` on it; ``ranges``: each request's Range header."""
+class LoopbackServer(http.server.ThreadingHTTPServer):
+    """A server on a free loopback port, serving from a daemon thread inside ``with``."""
 
-    def __init__(self, payload: bytes, breaks: int = 0, break_after: int = 0,
-                 ignore_range: bool = False, file_name: str = "sam_vit_b_01ec64.pth"):
-        super().__init__(("127.0.0.1", 0), FileHandler)
-        self.payload, self.breaks, self.break_after = payload, breaks, break_after
-        self.ignore_range = ignore_range
-        self.ranges = []  # the Range header of each request (None: none)
-        self.url = f"http://127.0.0.1:{self.server_address[1]}/{file_name}"
+    def __init__(self, handler):
+        super().__init__(("127.0.0.1", 0), handler)
 
     def __enter__(self):
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -26,6 +21,50 @@ class FileServer(http.server.ThreadingHTTPServer):
     def __exit__(self, *exc_info):
         self.shutdown()
         self.server_close()
+
+
+class FileServer(LoopbackServer):
+    """Serves ``payload`` at any path on loopback, honouring Range; the first ``breaks``
+    answers stop after ``break_after`` bytes; ``ignore_range`` answers 200 always.
+    ``url``: the address of ``file_name`` on it; ``ranges``: each request's Range header."""
+
+    def __init__(self, payload: bytes, breaks: int = 0, break_after: int = 0,
+                 ignore_range: bool = False, file_name: str = "sam_vit_b_01ec64.pth"):
+        super().__init__(FileHandler)
+        self.payload, self.breaks, self.break_after = payload, breaks, break_after
+        self.ignore_range = ignore_range
+        self.ranges = []  # the Range header of each request (None: none)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/{file_name}"
+
+
+class Receiver(LoopbackServer):
+    """Records every POST as (path, headers, body) and answers ``status`` (200 by default);
+    ``url``: where to send them."""
+
+    def __init__(self, status: int = 200):
+        super().__init__(ReceiverHandler)
+        self.status = status
+        self.received: list[tuple[str, dict, bytes]] = []
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/drawpipe"
+
+    def messages(self) -> list[dict]:
+        return [json.loads(body) for _, _, body in self.received]
+
+    def events(self) -> list[str]:
+        return [message["event"] for message in self.messages()]
+
+
+class ReceiverHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.server.received.append((self.path, dict(self.headers), body))
+        self.send_response(self.server.status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
 
 
 class FileHandler(http.server.BaseHTTPRequestHandler):

@@ -84,7 +84,8 @@ def test_the_layers_are_the_packages_own():
     assert LAYERS[0][1] == ("drawpipe.errors", "drawpipe.files", "drawpipe.png", "drawpipe.layout",
                             "drawpipe.settings", "drawpipe.pages", "drawpipe.bundled")
     assert LAYERS[-1][1] == ("drawpipe.__main__", "drawpipe.review", "drawpipe.export",
-                             "drawpipe.report.__main__", "drawpipe.demo", "drawpipe.simulator")
+                             "drawpipe.report.__main__", "drawpipe.demo", "drawpipe.simulator",
+                             "drawpipe.status")
     described = ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text()))
     for _, prefixes in LAYERS:  # each has its line under "What each holds"
         for prefix in prefixes:

@@ -110,11 +110,12 @@ def test_the_drawpipe_command_lists_its_commands_and_refuses_others():
     listing = drawpipe("--help")
     assert listing.returncode == 0
     names = [line.split()[0] for line in listing.stdout.splitlines() if line.startswith("  ")]
-    assert names == ["generate", "upscale", "segment", "report", "review", "export", "simulator"]
+    assert names == ["generate", "upscale", "segment", "report", "review", "export", "simulator",
+                     "status"]
     typo = drawpipe("repot")
     assert typo.returncode == 2
     assert typo.stderr == ("error: unknown command 'repot' (did you mean 'report'?); commands: "
-                           "generate, upscale, segment, report, review, export, simulator\n")
+                           "generate, upscale, segment, report, review, export, simulator, status\n")
     bare = drawpipe()
     assert bare.returncode == 2 and bare.stderr.startswith("usage: drawpipe COMMAND")
 

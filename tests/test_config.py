@@ -23,6 +23,8 @@ servers = ["http://127.0.0.1:7860"]
 read_timeout_seconds = 3600
 [profiles.book]
 servers = ["http://10.0.0.2:7860", "http://127.0.0.1:7860"]
+notify_urls = ["https://ntfy.sh/our-farm"]
+notify_format = "ntfy"
 ''')
     profiles, default = load_profiles(path)
     assert default == "mini"
@@ -40,6 +42,9 @@ servers = ["http://10.0.0.2:7860", "http://127.0.0.1:7860"]
     ("[profile.a]\n", "unknown entry 'profile'"),
     ("default_profile = \"x\"\n[profiles.a]\n", "default_profile 'x' is not a [profiles.x] table"),
     ("[profiles.a\n", "invalid TOML"),
+    ("[profiles.a]\nnotify_format = \"telegram\"\n",
+     "profile 'a': 'notify_format' must be one of json, ntfy, slack, discord"),
+    ("[profiles.a]\nnotify_urls = [3]\n", "profile 'a': 'notify_urls' must be a list of URLs"),
 ])
 def test_bad_config_names_file_and_problem(tmp_path, text, message):
     path = write(tmp_path, text)

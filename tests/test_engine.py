@@ -251,6 +251,45 @@ def test_a_job_no_longer_ours_stops_at_its_next_checkpoint(share, capsys):
     assert leftovers(share) == []
 
 
+def test_a_claim_the_heartbeat_finds_lost_cancels_the_backends_request_in_flight(share, capsys):
+    """A backend that can cancel leaves its cancel with the engine (WorkerContext.on_cancel);
+    the heartbeat, finding the claim taken over while the request runs, fires it at once
+    (not at the next checkpoint), and the job is the other worker's."""
+    cancelled = threading.Event()
+    reasons = []
+
+    def cancel(reason):
+        reasons.append(reason)
+        cancelled.set()
+        return True
+
+    def behaviour(job, call_number, server):
+        context = stage.contexts[server]
+        context.on_cancel(cancel)
+        context.checkpoint()  # the request is sent
+        context.activity("sampling 3/8")
+        # Meanwhile our lease lapsed and another worker took the job over and made it.
+        claim = share / ".claims" / "listing" / (job.key + ".claim")
+        claim.write_bytes(b'{"worker": "another"}')
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        job.output.write_bytes(b"theirs")
+        assert cancelled.wait(10)  # the request in flight, cancelled by the heartbeat
+        claim.unlink()  # the other worker finished and released it
+        raise JobFailed("cancelled: the server stopped drawing it", 1, retry_after_seconds=0)
+
+    stage = ListStage(share, ["a"], behaviour)
+    summary = run(stage, share, lease_seconds=1.2)
+    assert reasons == ["its lease was lost: another worker has the job"]
+    assert (share / "OUT/a").read_bytes() == b"theirs"
+    assert (summary.made, summary.by_others, len(summary.failed), summary.exit_code) == (0, 1, 0, 0)
+    err = capsys.readouterr().err
+    assert "its request was cancelled, so the server stops drawing it" in err
+    assert ("duplicate: OUT/a: another worker had it (our lease lapsed or it finished first); "
+            "theirs is kept; nothing more was sent for it") in err
+    assert [(row["status"], row["attempt"]) for row in rows(share)] == [("duplicate", "1")]
+    assert leftovers(share) == []
+
+
 @pytest.mark.parametrize("names, left", [(["a"], 0), (["a", "b"], 1)])
 def test_interrupted_is_said_only_when_something_was_left_undone(share, names, left):
     """A stop signal that comes as the last image is being made changes nothing."""

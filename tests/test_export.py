@@ -21,6 +21,7 @@ from drawpipe.curate.takes import seed_for
 from drawpipe.curate.verdicts import append_verdict
 from drawpipe.drawthings.provenance import provenance_chunks
 from drawpipe.drawthings.simulator import encode_png, render_scene
+from drawpipe.engine.energy import ENERGY_COLUMNS, EnergyReading
 from drawpipe.engine.metrics import MetricsLog
 from drawpipe.png import add_text_chunks
 
@@ -65,11 +66,18 @@ def reviewed(share) -> Path:
         Image.new("RGBA", (box[2], box[3]), (200, 40 * k, 30, 255)).save(folder / name)
         cutouts.append({"file": name, "bbox": box, "area": box[2] * box[3]})
     (folder / "cutouts.json").write_text(json.dumps({"source": "x", "cutouts": cutouts}))
-    for stage, output, seconds in (("generate", GEN(KEYS[0]), 12.5),
-                                   ("upscale", "UPSCALED_IMAGES/France/family/France_family_1_upscaled.png", 40.0),
-                                   ("segment", "CUTOUTS/France/family/France_family_1_upscaled", 6.25)):
-        MetricsLog(share / "logs", stage, "mac-a").append(
-            {"output": output, "status": "done", "seconds": seconds})
+    # Energy: generate measured here (1800 J = 0.5 Wh), upscale on the client side of a
+    # remote server only, segment logged before energy was.
+    for stage, output, seconds, energy in (
+            ("generate", GEN(KEYS[0]), 12.5, EnergyReading("apple-soc", "local", 1800.0,
+                                                           {"gpu": 1800.0}, 5.0, 12.5)),
+            ("upscale", "UPSCALED_IMAGES/France/family/France_family_1_upscaled.png", 40.0,
+             EnergyReading("apple-soc", "client-side", 400.0, {"gpu": 400.0}, 5.0, 40.0)),
+            ("segment", "CUTOUTS/France/family/France_family_1_upscaled", 6.25, None)):
+        MetricsLog(share / "logs", stage, "mac-a",
+                   extra_columns=ENERGY_COLUMNS if energy else ()).append(
+            {"output": output, "status": "done", "seconds": seconds,
+             **(energy.row() if energy else {})})
     append_verdict(share, "mac-a", GEN(KEYS[0]), takes[KEYS[0]], "accept")
     append_verdict(share, "mac-a", GEN(KEYS[1]), takes[KEYS[1]], "reject", "two heads")
     append_verdict(share, "mac-a", GEN(KEYS[3]), takes[KEYS[3]], "accept")
@@ -112,6 +120,9 @@ def test_accepted_images_load_with_datasets_and_pandas(reviewed, tmp_path):
     assert (first["verdict"], first["verdict_host"]) == ("accept", "mac-a")
     assert (first["generate_seconds"], first["upscale_seconds"], first["segment_seconds"]) == (
         12.5, 40.0, 6.25)
+    assert first["generate_energy_wh"] == 0.5  # client side and not logged: not the image's
+    assert pandas.isna(first["upscale_energy_wh"]) and pandas.isna(first["segment_energy_wh"])
+    assert frame["generate_energy_wh"].isna().tolist() == [False, True]
     assert first["cutout_boxes"] == [[10, 20, 60, 40], [100, 120, 30, 30]]
     assert frame.iloc[1]["verdict_reason"] == "good" and pandas.isna(frame.iloc[1]["upscaled_file_name"])
 

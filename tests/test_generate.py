@@ -387,10 +387,11 @@ def test_a_server_without_a_scheme_is_taken_as_http(share, simulator):
     result = generate(share, "--server", address, "--add", "Peru:family:1")
     assert result.returncode == 0, result.stderr
     assert generated(share) == ["GENERATIONS/Peru/family/Peru_family_1.png"]
-    result = generate(share, "--server", "grpc://127.0.0.1:7859", "--add", "Peru:family:1")
+    result = generate(share, "--server", "ftp://127.0.0.1:7859", "--add", "Peru:family:1")
     assert result.returncode == 2
-    assert result.stderr == ("error: --server grpc://127.0.0.1:7859: expected a URL like "
-                             "http://127.0.0.1:7860\n")
+    assert result.stderr == ("error: --server ftp://127.0.0.1:7859: expected a URL like "
+                             "http://127.0.0.1:7860 (Draw Things' HTTP API), grpc://HOST:7859 "
+                             "(its gRPC API) or grpcs://HOST:7859 (gRPC over TLS)\n")
 
 
 def test_the_same_nation_and_category_twice_says_what_was_kept(share):

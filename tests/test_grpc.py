@@ -19,10 +19,11 @@ from drawpipe.drawthings import grpc_request, tensors
 from drawpipe.drawthings.client import ClientSettings, SdapiClient
 from drawpipe.drawthings.grpc_client import (Cancelled, GrpcClient, GrpcRequestRefused,
                                              GrpcSettings, check_files_exist, missing_files,
-                                             probe_protocol, shared_secret_from_environment)
+                                             shared_secret_from_environment)
 from drawpipe.drawthings.grpc_simulator import GrpcSimulator, start_process
 from drawpipe.drawthings.payloads import without_notes
 from drawpipe.drawthings.simulator import Simulator, stop_process
+from drawpipe.drawthings.transport import probe_protocol
 from drawpipe.errors import ServerUnreachable, TransientError, UsageError, WrongSize
 from drawpipe.stages.upscale import load_recipe, plan_chain
 
@@ -265,6 +266,30 @@ def test_cancel_stops_the_server_drawing_and_returns_nothing():
         client.close()
 
 
+def test_a_cancel_during_a_re_send_wait_sends_nothing_more(grpc_simulator):
+    grpc_simulator.queue_faults(["empty"])
+    waiting = threading.Event()
+
+    def sleep(seconds):
+        waiting.set()
+        time.sleep(0.5)
+        return False
+
+    client = GrpcClient(grpc_simulator.url, GrpcSettings(retries=2, backoff_seconds=0.5),
+                        sleep=sleep)
+    canceller = threading.Thread(target=lambda: waiting.wait(10) and client.cancel("lease lost"))
+    canceller.start()
+    with pytest.raises(Cancelled) as caught:
+        client.generate("txt2img", PAYLOAD, (512, 512))
+    canceller.join()
+    assert str(caught.value) == f"{grpc_simulator.url}: cancelled (lease lost) before it was sent"
+    assert caught.value.attempts == 1  # the first call; the second was never made
+    assert len([r for r in grpc_simulator.requests if r["method"] == "GenerateImage"]) == 1
+    assert client.cancel("after") is False  # outside generate(): nothing to stop
+    assert client.generate("txt2img", PAYLOAD, (512, 512)).attempts == 1  # a cancel does not linger
+    client.close()
+
+
 def test_silence_past_the_timeout_cancels_the_call():
     with GrpcSimulator(latency_seconds=60) as simulator:
         client = GrpcClient(simulator.url, GrpcSettings(retries=0, start_timeout_seconds=0.5))
@@ -274,7 +299,8 @@ def test_silence_past_the_timeout_cancels_the_call():
         assert time.monotonic() - started < 5
         assert str(caught.value) == (
             f"{simulator.url}: no message within 0.5 s; the call was cancelled, so the server "
-            "stopped drawing it (raise the start timeout if it queues behind other clients' images)")
+            "stopped drawing it (raise --read-timeout-seconds if it queues behind other clients' "
+            "images or loads a model)")
         entry = wait_for(lambda: [r for r in simulator.requests if r["method"] == "GenerateImage"])[0]
         assert entry["status"] == "cancelled" and entry["signposts"] == []
         client.close()
@@ -343,9 +369,10 @@ def test_the_shared_secret_is_required_and_checked():
         wrong = GrpcClient(simulator.url, GrpcSettings(
             retries=0, shared_secret="nope", shared_secret_source="the environment variable DT_KEY"))
         right = GrpcClient(simulator.url, GrpcSettings(retries=0, shared_secret="s3cret"))
-        needs = (f"{simulator.url} needs a shared secret: give the one it was started with "
+        needs = (f"{simulator.url} needs a shared secret: put the one it was started with "
                  "(gRPCServerCLI --shared-secret, or the app's API Server settings) in an "
-                 "environment variable")
+                 "environment variable and name it with --shared-secret-env NAME (or "
+                 "shared_secret_env in the profile)")
         refused = (f"{simulator.url} refused the shared secret from the environment variable "
                    "DT_KEY: set it to the one the server was started with")
         for client, message in ((missing, needs), (wrong, refused)):

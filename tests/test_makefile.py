@@ -97,7 +97,7 @@ def test_a_newer_python_on_path_is_chosen_over_an_old_python3(checkout, tmp_path
         "python3.12 --version",
         "python3.12 -m venv .venv",
         # make demo's environment: what the demo and the scripts need, not the tests'
-        "venv-python -m pip install --quiet -e .[segment,report,curate]",
+        "venv-python -m pip install --quiet -e .[segment,report,curate,energy,grpc]",
     ]
 
 

@@ -390,7 +390,7 @@ def test_html_page_thumbnails_charts_and_relative_links(dataset):
         assert thumb.mode == "RGBA"
     for stage in ("generate", "upscale", "segment"):
         with Image.open(report / "charts" / f"{stage}.png") as chart:
-            assert chart.size == (1000, 720)
+            assert chart.size == (1000, 940)  # four panels: seconds, CPU, RAM, W
     # One sheet per nation and category: 3 and 2 tiles in one row.
     with Image.open(report / "contact_sheets" / "France_family.png") as sheet:
         assert sheet.size == (16 + 3 * 256, 44 + 296)

@@ -15,8 +15,9 @@ from drawpipe.engine.loop import EngineSettings
 from drawpipe.sam.labels import DEFAULT_LABEL_MODEL, LABEL_MODELS, TRUST_THRESHOLD, LabelSettings
 from drawpipe.sam.objects import ObjectRules
 from drawpipe.sam.settings import GRANULARITIES, CutoutSettings, GeneratorSettings
-from drawpipe.settings import (CUTOUTS, DEFAULT_SERVER, GENERATOR, LABELS, OBJECTS,
-                               PROFILE_SETTINGS, RUN, SERVER, SETTINGS, SHARE, WATCH, default,
+from drawpipe.settings import (CUTOUTS, DEFAULT_SERVER, GENERATOR, GLANCE, LABELS, OBJECTS,
+                               PROFILE_SETTINGS, QUARANTINE, RUN, SERVER, SETTINGS, SHARE, WATCH,
+                               default,
                                format_value)
 
 README = (PROJECT_DIR / "README.md").read_text(encoding="utf-8")
@@ -61,7 +62,11 @@ def test_profiles_accept_exactly_the_settings_the_table_allows():
     assert tuple(PROFILE_CHECKS) == PROFILE_SETTINGS
     assert PROFILE_SETTINGS == ("root", "lease_seconds", "poll_seconds", "servers",
                                 "connect_timeout_seconds", "read_timeout_seconds", "retries",
-                                "backoff_seconds", "server_process_name", "seed_offset")
+                                "backoff_seconds", "server_process_name", "shared_secret_env",
+                                "certificate", "tls_server_name", "notify_urls",
+                                "notify_format", "status_seconds", "max_consecutive_failures",
+                                "max_failing_seconds", "probe_seconds", "retire_after_seconds",
+                                "seed_offset", "grid_intensity")
 
 
 def test_readme_lists_every_option_every_script_takes_with_its_default():
@@ -89,6 +94,25 @@ def test_readme_names_the_profile_settings_in_the_tables_order():
     assert tuple(re.findall(r"`(\w+)`", match.group(1))) == PROFILE_SETTINGS
 
 
+def test_readme_lists_the_night_at_a_glance_options_with_their_defaults():
+    rows = [line for line in section("The night at a glance: status, messages, pause and drain")
+            .splitlines() if line.startswith("| `--")]
+    listed = {re.findall(r"--[a-z-]+", row.split("|")[1])[0]: row for row in rows}
+    assert set(listed) == {SETTINGS[name].option for name in GLANCE + QUARANTINE}
+    for name in GLANCE + QUARANTINE:
+        setting = SETTINGS[name]
+        if setting.default not in (None, ()) and setting.kind != "switch":
+            row = listed[setting.option]
+            assert re.search(rf"default\W+{re.escape(format_value(setting.default))}\b", row), row
+
+
+def test_the_engine_takes_its_quarantine_defaults_from_the_table():
+    quarantine = EngineSettings(root=PROJECT_DIR).quarantine
+    assert (quarantine.after_failures, quarantine.after_seconds, quarantine.probe_seconds,
+            quarantine.retire_after_seconds) == tuple(default(name) for name in QUARANTINE)
+    assert EngineSettings(root=PROJECT_DIR).status_seconds == default("status_seconds")
+
+
 def test_readme_gives_segment_options_with_their_defaults():
     text = " ".join(section("segment.py: Segment Anything cut-outs").split())
     for name in GENERATOR + OBJECTS + LABELS + CUTOUTS:
@@ -99,10 +123,11 @@ def test_readme_gives_segment_options_with_their_defaults():
 
 
 @pytest.mark.parametrize("script, names", [
-    ("generate.py", ("seed_offset",) + SHARE + RUN + SERVER),
-    ("upscale.py", WATCH + ("seed_offset", "settle_seconds") + SHARE + RUN + SERVER),
+    ("generate.py", ("seed_offset",) + SHARE + RUN + SERVER + QUARANTINE + GLANCE),
+    ("upscale.py", WATCH + ("seed_offset", "settle_seconds") + SHARE + RUN + SERVER + QUARANTINE
+     + GLANCE),
     ("segment.py", ("device", "precision") + GENERATOR + OBJECTS + LABELS + CUTOUTS + WATCH + SHARE
-     + RUN),
+     + RUN + GLANCE),
 ])
 def test_each_script_offers_its_settings_with_the_tables_help(script, names):
     result = subprocess.run([sys.executable, str(PROJECT_DIR / script), "--help"],

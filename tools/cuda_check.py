@@ -2,7 +2,8 @@
 size from the GPU's free memory, lean vs stock masks on CUDA, CUDA vs CPU masks,
 segment.py end to end in float32, bfloat16 and float16 (and a re-run that does
 nothing), and the GPU's energy per image from NVML (engine/energy.py): idle power, then
-segment.py on 8 images and the model alone in this process, gross and net of idle.
+segment.py on 8 images and the model alone in this process, gross and net of idle, and
+what segment.py logged itself (its meter on its GPU, one window per image).
 Random-weight vit_tiny, as in the tests (its joules are a toy model's, not vit_h's).
 Prints one JSON line per check; exits 1 when a check fails. The energy check needs
 nvidia-ml-py (the energy extra).
@@ -34,6 +35,7 @@ from segment_anything.utils.amg import rle_to_mask  # noqa: E402
 
 from drawpipe.drawthings.simulator import render_scene  # noqa: E402
 from drawpipe.engine.energy import CounterUnavailable, EnergyMeter, NvmlCounter  # noqa: E402
+from drawpipe.engine.metrics import read_logs  # noqa: E402
 from drawpipe.sam.mask_generator import LeanMaskGenerator, choose_points_per_batch  # noqa: E402
 from drawpipe.sam.models import (Segmenter, choose_device, free_memory_bytes,  # noqa: E402
                                  load_sam, save_random_checkpoint)
@@ -129,12 +131,24 @@ def energy_check(work: Path, checkpoint: Path) -> None:
                 "error": reading.error}
 
     run_figures, model_figures = per_image(run_window.reading), per_image(model_window.reading)
+    # What segment.py itself logged: its own meter on its own GPU, a window per image.
+    logged = read_logs(root / "logs", "segment")[0]
+    logged_j = [float(row["energy_j"]) for row in logged if row.get("energy_j")]
+    logged_figures = {"meters": sorted({row.get("energy_meter", "") for row in logged}),
+                      "rows": len(logged),
+                      "j_per_image_gross": round(sum(logged_j) / len(logged_j), 2)
+                      if logged_j else None,
+                      "meter_line": [line for line in run.stderr.splitlines()
+                                     if line.startswith("energy: ")][:1]}
+    logged_ok = GPU != "cuda" or (len(logged_j) == ENERGY_IMAGES and all(
+        "nvml" in row["energy_meter"] and row["energy_scope"] == "local" for row in logged))
     report("energy (nvml)",
            ok=run.returncode == 0 and run_window.reading.energy_j is not None
-           and model_window.reading.energy_j is not None,
+           and model_window.reading.energy_j is not None and logged_ok,
            gpu=meter.counter.scope, idle_w=None if idle_w is None else round(idle_w, 1),
-           images=ENERGY_IMAGES, segment_py=run_figures, model_only=model_figures,
-           segment_exit=run.returncode, stderr_tail=run.stderr.strip().splitlines()[-2:])
+           images=ENERGY_IMAGES, segment_py=run_figures, segment_py_log=logged_figures,
+           model_only=model_figures, segment_exit=run.returncode,
+           stderr_tail=run.stderr.strip().splitlines()[-2:])
 
 
 def main():

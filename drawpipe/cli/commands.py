@@ -7,6 +7,7 @@
     drawpipe review                               python -m drawpipe.review ...
     drawpipe export --out DIR                     python -m drawpipe.export ...
     drawpipe simulator --port 7860                python -m drawpipe.simulator ...
+    drawpipe status --watch                       python -m drawpipe.status ...
 
 Installed with pip it is the ``drawpipe`` console command; ``python -m drawpipe`` runs
 it from a checkout. Each command takes the options of its own form (``drawpipe generate
@@ -32,7 +33,7 @@ COMMANDS = {
     "review": ("drawpipe.cli.review", "the review page: accept or reject each image"),
     "export": ("drawpipe.cli.export", "the accepted images as a Hugging Face imagefolder"),
     "simulator": ("drawpipe.cli.simulator", "a stand-in for Draw Things' API, for trying things"),
-    # "status": issue 20's live status of the workers on a share comes here.
+    "status": ("drawpipe.cli.status", "every worker's live state on a share; pause, resume, drain"),
 }
 
 

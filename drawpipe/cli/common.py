@@ -18,16 +18,20 @@ from tqdm import tqdm
 
 from drawpipe.cli.options import resolve, resolve_share
 from drawpipe.curate.takes import Freshness, Takes
+from drawpipe.drawthings.backends import ServerSettings, check_server_url, transport_of
 from drawpipe.drawthings.client import ClientSettings
+from drawpipe.drawthings.grpc_client import shared_secret_from_environment
 from drawpipe.engine.claims import ClaimStore
 from drawpipe.engine.interrupts import STOP_SIGNALS_STATE
 from drawpipe.engine.jobs import Job, job_done
 from drawpipe.engine.loop import run_stage
+from drawpipe.engine.notify import NotifySettings
 from drawpipe.engine.progress import Summary
+from drawpipe.engine.quarantine import QuarantineSettings
 from drawpipe.engine.run import EngineSettings
 from drawpipe.errors import DrawpipeError, Interrupted, ShareLost, UsageError
 from drawpipe.files import default_cache_dir, output_exists
-from drawpipe.settings import DEFAULT_SERVER, SETTINGS
+from drawpipe.settings import SETTINGS
 
 # The settings ClientSettings takes from the table (its backoff cap is not a setting).
 CLIENT_SETTINGS = ("connect_timeout_seconds", "read_timeout_seconds", "retries",
@@ -39,7 +43,7 @@ class CommonSettings:
 
     root: Path
     servers: tuple[str | None, ...]  # (None,): one worker, no server (segment.py)
-    client: ClientSettings
+    server_settings: ServerSettings  # how the clients talk to the servers, either transport
     lease_seconds: float
     poll_seconds: float
     seed_offset: int
@@ -62,11 +66,13 @@ def resolve_settings(args: argparse.Namespace, project_dir: Path, names, stdin=N
     values.update(resolve(args, names, share.profile))
     with_servers = "servers" in names
     servers = tuple(map(server_url, values["servers"])) if with_servers else (None,)
+    if values["max_consecutive_failures"] < 1:
+        raise UsageError("--max-consecutive-failures must be 1 or more")
     client = ClientSettings(**{name: values[name] for name in CLIENT_SETTINGS})
     return CommonSettings(
         root=share.root,
         servers=servers,
-        client=client,
+        server_settings=server_settings(client, values, servers),
         lease_seconds=values["lease_seconds"],
         poll_seconds=values["poll_seconds"],
         seed_offset=values["seed_offset"],
@@ -80,17 +86,38 @@ def resolve_settings(args: argparse.Namespace, project_dir: Path, names, stdin=N
 
 
 def server_url(text: str) -> str:
-    """A --server as a URL: "127.0.0.1:7860" or "mac-mini.local:7860" (no scheme) is taken
-    as http://, as Draw Things serves it; UsageError for anything else but http(s)://HOST."""
+    """A --server as a run names it: "127.0.0.1:7860" or "mac-mini.local:7860" (no scheme)
+    is taken as http://, as Draw Things serves its HTTP API; then backends.check_server_url
+    (http(s)://HOST, grpc(s)://HOST[:PORT]); UsageError for anything else."""
     url = text if "://" in text else "http://" + text
-    parsed = urlsplit(url)
     try:
-        port_is_a_number = parsed.port is not None or True  # ValueError when it is not
+        urlsplit(url).port  # ValueError when the port is not a number
     except ValueError:
-        port_is_a_number = False
-    if not (port_is_a_number and parsed.scheme in ("http", "https") and parsed.hostname):
-        raise UsageError(f"--server {text}: expected a URL like {DEFAULT_SERVER}")
-    return url
+        raise UsageError(f"--server {text}: the port is not a number") from None
+    return check_server_url(url)
+
+
+def server_settings(client: ClientSettings, values: dict, servers, environ=os.environ
+                    ) -> ServerSettings:
+    """The clients' settings; with a gRPC server among ``servers``, its shared secret read
+    from the environment variable ``shared_secret_env`` names, and the certificate to
+    trust checked (UsageError when either is missing)."""
+    if not any(server and transport_of(server) == "grpc" for server in servers):
+        return ServerSettings(client)
+    secret, source = None, "the shared secret setting"
+    name = values["shared_secret_env"]
+    if name:
+        secret = shared_secret_from_environment(name, environ)
+        source = f"the environment variable {name}"
+    certificate = values["certificate"]
+    if certificate:
+        certificate = Path(certificate).expanduser()
+        if not certificate.is_file():
+            raise UsageError(f"--certificate {certificate}: no such file (the certificate, PEM, "
+                             "that grpcs:// servers are to be trusted by)")
+    return ServerSettings(client, shared_secret=secret, shared_secret_source=source,
+                          certificate_path=certificate or None,
+                          tls_server_name=values["tls_server_name"])
 
 
 def script_main(run, parse_arguments, argv, project_dir: Path | None) -> int:
@@ -154,6 +181,7 @@ def print_watching(folder: Path, settings: CommonSettings, out) -> None:
 
 
 def engine_settings(settings: CommonSettings) -> EngineSettings:
+    values = settings.values
     return EngineSettings(
         root=settings.root,
         servers=settings.servers,
@@ -162,7 +190,26 @@ def engine_settings(settings: CommonSettings) -> EngineSettings:
         watch=settings.watch,
         watch_retry_seconds=settings.watch_retry_seconds,
         show_progress=settings.show_progress,
+        status_seconds=values["status_seconds"],
+        quarantine=QuarantineSettings(
+            after_failures=values["max_consecutive_failures"],
+            after_seconds=values["max_failing_seconds"],
+            probe_seconds=values["probe_seconds"],
+            retire_after_seconds=values["retire_after_seconds"]),
+        notify=notify_settings(values),
     )
+
+
+def notify_settings(values: dict) -> NotifySettings:
+    """--notify URL (http or https), --notify-format, --notify-desktop; UsageError for a
+    URL that cannot be one."""
+    urls = tuple(values["notify_urls"])
+    for url in urls:
+        if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
+            raise UsageError(f"--notify {url}: expected an http:// or https:// URL (an ntfy "
+                             "topic, a Slack or Discord incoming webhook, any JSON receiver)")
+    return NotifySettings(urls=urls, format=values["notify_format"],
+                          desktop=values["notify_desktop"])
 
 
 @contextmanager

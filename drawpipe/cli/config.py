@@ -9,6 +9,7 @@ Replaces the first version's hard-coded "MacBook/MacMini" folder paths::
     servers = ["http://127.0.0.1:7860"]  # one worker per server
     read_timeout_seconds = 1800
     server_process_name = "Draw Things"
+    shared_secret_env = "DRAW_THINGS_SECRET"  # gRPC servers: the variable holding the secret
 
 Found at ``--config FILE``, else ``$DRAWPIPE_CONFIG``, else ``drawpipe.toml`` in the
 project folder (the checkout for its own scripts, the current folder for every other
@@ -29,11 +30,22 @@ CONFIG_FILE_NAME = "drawpipe.toml"
 # A profile value's kind (drawpipe/settings.py) -> (accepted Python types, what to tell the user)
 _PROFILE_KINDS = {
     "folder": ((str,), "a folder path"),
+    "file": ((str,), "a file path"),
+    "text": ((str,), "text"),
     "urls": ((list,), "a list of URLs"),
     "seconds": ((int, float), "a number of seconds"),
     "count": ((int,), "a whole number"),
     "integer": ((int,), "a whole number"),
+    "number": ((int, float), "a number"),
     "process": ((str,), "a process name"),
+    "choice": ((str,), "one of"),  # the setting's choices follow
+}
+# Keys a profile must not hold, and why (the file is often readable by everyone, copied
+# from Mac to Mac, kept in git).
+REFUSED_KEYS = {
+    "shared_secret": "cannot be kept in the config file, which others can often read: export "
+                     "the secret in an environment variable and name that variable with "
+                     "shared_secret_env",
 }
 # setting -> (accepted Python types, what to tell the user), for every setting a profile may set
 PROFILE_SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -87,12 +99,20 @@ def _check_profile(path: Path, name: str, settings) -> None:
     if not isinstance(settings, dict):
         raise InputFileError(f"{where} must be a table")
     for key, value in settings.items():
+        if key in REFUSED_KEYS:
+            raise InputFileError(f"{where}: '{key}' {REFUSED_KEYS[key]}")
         if key not in PROFILE_SETTINGS:
             close = difflib.get_close_matches(key, PROFILE_SETTINGS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise InputFileError(f"{where}: unknown setting '{key}'{hint}")
         types, description = PROFILE_SETTINGS[key]
-        if not isinstance(value, types) or isinstance(value, bool):
+        choices = SETTINGS[key].choices
+        if choices:
+            description = f"{description} {', '.join(choices)}"
+        if (not isinstance(value, types) or isinstance(value, bool)
+                or (choices and value not in choices)):
+            raise InputFileError(f"{where}: '{key}' must be {description}")
+        if SETTINGS[key].kind == "urls" and not all(isinstance(item, str) for item in value):
             raise InputFileError(f"{where}: '{key}' must be {description}")
     servers = settings.get("servers", [])
     if ("servers" in settings and not servers) or not all(isinstance(s, str) for s in servers):

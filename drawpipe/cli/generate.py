@@ -7,6 +7,7 @@ Examples:
   python generate.py --queue prompts/example_queue.json --dry-run
   python generate.py --queue q.json --server http://10.0.0.5:7860 --server http://127.0.0.1:7860
   python generate.py --add Japan:family:2 --set steps=40 --set sampler="DPM++ SDE Karras"
+  python generate.py --queue q.json --server grpcs://gpu-box:7859 --shared-secret-env DT_SECRET
 """
 
 import argparse
@@ -20,12 +21,13 @@ from drawpipe.cli.common import (CommonSettings, PlanWords, job_states, local_ta
 from drawpipe.cli.options import add_setting_arguments
 from drawpipe.drawthings.payloads import parse_override
 from drawpipe.layout import GENERATIONS_FOLDER
-from drawpipe.settings import RUN, SERVER, SHARE
+from drawpipe.settings import GLANCE, QUARANTINE, RUN, SERVER, SHARE
 from drawpipe.stages.generate import GenerateStage, load_template, with_overrides
 from drawpipe.stages.prompts import (ask_queue, format_queue, load_prompt_sets, load_queue,
                                      merge_queue, parse_add, queue_repeats)
 
-SETTINGS = ("seed_offset",) + SHARE + RUN + SERVER  # drawpipe/settings.py: the flags it takes
+# drawpipe/settings.py: the flags it takes
+SETTINGS = ("seed_offset",) + SHARE + RUN + SERVER + QUARANTINE + GLANCE
 
 
 def parse_arguments(argv):
@@ -45,7 +47,7 @@ def parse_arguments(argv):
     parser.add_argument("--prompts", metavar="FILE", help="prompt sets "
                         "(default prompts/variable_sets.json)")
     parser.add_argument("--list-nations", action="store_true", help="print the nations and exit")
-    add_setting_arguments(parser, SHARE + RUN + SERVER)
+    add_setting_arguments(parser, SHARE + RUN + SERVER + QUARANTINE + GLANCE)
     return parser.parse_args(argv)
 
 
@@ -78,8 +80,9 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     print(format_queue(queue), file=stdout)
 
     takes = local_takes(settings.root)
-    stage = GenerateStage(settings.root, queue, prompt_sets, template, settings.client,
-                          settings.seed_offset, warn, takes, notice_printer())
+    stage = GenerateStage(settings.root, queue, prompt_sets, template,
+                          settings.server_settings, settings.seed_offset, warn, takes,
+                          notice_printer())
     if template.overrides:
         print("overrides: " + ", ".join(f"--set {o.text}" for o in template.overrides),
               file=stdout)

@@ -39,6 +39,7 @@ def _non_negative_int(text: str) -> int:
 # kind -> the add_argument keywords that read it (besides help and metavar)
 _KIND_ARGUMENTS = {
     "folder": {},
+    "file": {},
     "text": {},
     "process": {},
     "urls": {"action": "append"},

@@ -5,6 +5,7 @@
     python -m drawpipe.report --root SHARE --contact-sheets + SHARE/report/contact_sheets/*.png
     python -m drawpipe.report --root SHARE --csv [FILE]     + the per-image table (report/images.csv)
     python -m drawpipe.report --root SHARE --queue q.json   + what generate.py still has to make
+    python -m drawpipe.report --root SHARE --grid-intensity 300   + CO2e at 300 g per kWh
 """
 
 import argparse
@@ -18,6 +19,7 @@ from drawpipe.errors import UsageError
 from drawpipe.files import default_cache_dir
 from drawpipe.layout import IMAGE_FOLDERS, LOGS_FOLDER, report_folder
 from drawpipe.report.build import CSV_NAME, ReportSettings, run_report
+from drawpipe.report.energy import check_grid_intensity
 from drawpipe.settings import SHARE
 from drawpipe.stages.prompts import load_prompt_sets, load_queue, merge_queue, parse_add
 
@@ -40,7 +42,7 @@ def parse_arguments(argv) -> argparse.Namespace:
                         help="a queue entry, as generate.py takes it; repeatable")
     parser.add_argument("--prompts", metavar="FILE",
                         help="prompt sets naming the nations (default prompts/variable_sets.json)")
-    add_setting_arguments(parser, ("eta_window_minutes",))
+    add_setting_arguments(parser, ("eta_window_minutes", "grid_intensity"))
     parser.add_argument("--processes", type=int, metavar="N",
                         help="processes making thumbnails (default: one per CPU core)")
     return parser.parse_args(argv)
@@ -55,9 +57,18 @@ def settings_from_arguments(args: argparse.Namespace, project_dir: Path) -> Repo
         items = [item for path in args.queue or [] for item in load_queue(Path(path), sets)]
         items += [parse_add(spec, sets) for spec in args.add or []]
         queue = tuple(merge_queue(items))
-    window_minutes = resolve(args, ("eta_window_minutes",), share.profile)["eta_window_minutes"]
+    values = resolve(args, ("eta_window_minutes", "grid_intensity"), share.profile)
+    window_minutes = values["eta_window_minutes"]
     if window_minutes <= 0:
         raise UsageError(f"--eta-window-minutes must be more than 0, got {window_minutes:g}")
+    grid_g_per_kwh = None
+    if values["grid_intensity"] is not None:
+        try:
+            grid_g_per_kwh = check_grid_intensity(values["grid_intensity"])
+        except ValueError as exc:
+            given = ("--grid-intensity" if args.grid_intensity is not None
+                     else f"grid_intensity of the profile '{share.profile_name}'")
+            raise UsageError(f"{given} {exc}") from None
     if args.processes is not None and args.processes < 1:
         raise UsageError(f"--processes must be 1 or more, got {args.processes}")
     csv_path = None
@@ -71,7 +82,7 @@ def settings_from_arguments(args: argparse.Namespace, project_dir: Path) -> Repo
         root=share.root, html=args.html, contact_sheets=args.contact_sheets, csv_path=csv_path,
         queue=queue, eta_window_seconds=window_minutes * 60,
         processes=args.processes or min(os.cpu_count() or 1, 8),
-        cache_dir=default_cache_dir(os.environ))
+        cache_dir=default_cache_dir(os.environ), grid_g_per_kwh=grid_g_per_kwh)
 
 
 def run(args: argparse.Namespace, project_dir: Path) -> int:

@@ -43,11 +43,12 @@ from drawpipe.errors import CheckpointError, UsageError
 from drawpipe.files import default_cache_dir
 from drawpipe.layout import CUTOUTS_FOLDER, UPSCALED_FOLDER
 from drawpipe.sam.checkpoints import OFFICIAL_CHECKPOINTS
-from drawpipe.settings import CUTOUTS, GENERATOR, LABELS, OBJECTS, RUN, SHARE, WATCH
+from drawpipe.settings import CUTOUTS, GENERATOR, GLANCE, LABELS, OBJECTS, RUN, SHARE, WATCH
 from drawpipe.settings import SETTINGS as TABLE
 
 # drawpipe/settings.py: the flags it takes (no server: SAM runs on this Mac)
-SETTINGS = ("device", "precision") + GENERATOR + OBJECTS + LABELS + CUTOUTS + WATCH + SHARE + RUN
+SETTINGS = (("device", "precision") + GENERATOR + OBJECTS + LABELS + CUTOUTS + WATCH + SHARE + RUN
+            + GLANCE)
 
 
 def parse_arguments(argv):
@@ -74,7 +75,7 @@ def parse_arguments(argv):
                         "(default: the official file of --label-model in the cache folder)")
     add_setting_arguments(parser, CUTOUTS + WATCH, folder=UPSCALED_FOLDER + "/")
     parser.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)  # make demo
-    add_setting_arguments(parser, SHARE + RUN)
+    add_setting_arguments(parser, SHARE + RUN + GLANCE)
     return parser.parse_args(argv)
 
 

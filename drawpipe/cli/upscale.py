@@ -8,6 +8,7 @@ Examples:
   python upscale.py --set "refine 2048:steps=12"          # one step, by name or number
   python upscale.py --dry-run                             # to do, done, claimed by whom
   python upscale.py --server http://10.0.0.5:7860 --server http://127.0.0.1:7860
+  python upscale.py --server grpcs://gpu-box:7859 --shared-secret-env DT_SECRET   # gRPC, TLS
 """
 
 import argparse
@@ -26,11 +27,11 @@ from drawpipe.cli.options import add_setting_arguments
 from drawpipe.drawthings.payloads import parse_override
 from drawpipe.errors import UsageError
 from drawpipe.layout import GENERATIONS_FOLDER, natural_key
-from drawpipe.settings import RUN, SERVER, SHARE, WATCH
+from drawpipe.settings import GLANCE, QUARANTINE, RUN, SERVER, SHARE, WATCH
 from drawpipe.stages.upscale import UpscaleStage, apply_overrides, load_recipe
 
 # drawpipe/settings.py: the flags it takes
-SETTINGS = WATCH + ("seed_offset", "settle_seconds") + SHARE + RUN + SERVER
+SETTINGS = WATCH + ("seed_offset", "settle_seconds") + SHARE + RUN + SERVER + QUARANTINE + GLANCE
 
 
 def parse_arguments(argv):
@@ -66,7 +67,7 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
         tqdm.write(f"skipped: {label}: {reason} (never sent)", file=sys.stderr)
 
     takes = local_takes(settings.root)
-    stage = UpscaleStage(settings.root, recipe, settings.client, settings.seed_offset,
+    stage = UpscaleStage(settings.root, recipe, settings.server_settings, settings.seed_offset,
                          settle_seconds, on_skipped=None if settings.dry_run else report_skipped,
                          on_warning=warn, takes=takes)
     print(f"recipe {recipe.path}: {len(recipe.steps)} step(s) "

@@ -29,6 +29,10 @@ and a dataset card, ``README.md`` in DIR, whose YAML declares every column's typ
                            the cut-outs were made without --label
     verdict, verdict_reason, verdict_host, verdict_time      null when not reviewed
     generate_seconds, upscale_seconds, segment_seconds       from logs/<stage>-<host>.csv
+    generate_energy_wh, upscale_energy_wh, segment_energy_wh
+                           the Wh that made the image's output of each stage there now
+                           (gross, its job's window), null where not measured or measured
+                           only on the client side (energy_wh below)
 
 ``datasets.load_dataset(DIR)`` loads it with the declared types whatever the data
 holds: ``file_name`` becomes the ``image`` column, ``upscaled_file_name`` an
@@ -104,7 +108,8 @@ COLUMNS = (
     ("cutout_label_scores", list_of(FLOAT)), ("cutout_runners_up", list_of(STRING)),
     ("cutout_runner_up_scores", list_of(FLOAT)), ("verdict", STRING), ("verdict_reason", STRING),
     ("verdict_host", STRING), ("verdict_time", STRING), ("generate_seconds", FLOAT),
-    ("upscale_seconds", FLOAT), ("segment_seconds", FLOAT),
+    ("upscale_seconds", FLOAT), ("segment_seconds", FLOAT), ("generate_energy_wh", FLOAT),
+    ("upscale_energy_wh", FLOAT), ("segment_energy_wh", FLOAT),
 )
 REQUEST_FIELDS = ("prompt", "negative_prompt", "seed", "model", "sampler", "steps", "size")
 
@@ -298,6 +303,19 @@ def label_folder(label: dict | None) -> str:
     return name if label.get("trusted") else f"{name} (unsure)"
 
 
+def energy_wh(done: dict, key: str) -> dict:
+    """The energy columns of image ``key``: ``<stage>_energy_wh``, the gross Wh of the
+    stage's latest "done" row (the job that made the output there now) when it was
+    measured on the machine that made it (inventory.LogRow.image_wh), else None.
+    ``done``: stage -> inventory.latest_done of its rows."""
+    columns = {}
+    for stage in STAGES:
+        logged = done[stage].get(key)
+        wh = logged.image_wh if logged is not None else None
+        columns[f"{stage}_energy_wh"] = None if wh is None else round(wh, 6)
+    return columns
+
+
 class _Placer:
     """Hard-links files from the share into the export, or copies them once a link fails."""
 
@@ -394,6 +412,7 @@ def run_export(settings: ExportSettings, out=None) -> int:
         for stage in STAGES:
             logged = done[stage].get(entry.key)
             row[f"{stage}_seconds"] = logged.seconds if logged else None
+        row.update(energy_wh(done, entry.key))
         lines.append(json.dumps({key: row[key] for key, _ in COLUMNS}, ensure_ascii=False) + "\n")
         result.exported += 1
         result.accepted += verdict is not None

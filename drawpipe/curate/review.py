@@ -7,7 +7,8 @@
 its upscaled version and its cut-outs, the prompt and settings, the quality signals
 that make it suspect (curate/quality.py) and its verdict. Keys: ``j``/``k`` (or the arrows)
 next/previous, ``a`` accept, ``r`` reject (type a reason, then Enter; Esc cancels);
-the buttons do the same by mouse. ``?filter=unreviewed`` shows only the images whose
+the buttons do the same by mouse. A panel at the top shows every worker's live state
+(inventory.status_view: the status files and the control files in ``.drawpipe/``). ``?filter=unreviewed`` shows only the images whose
 current take has no verdict yet; ``?order=suspect`` puts the suspects first.
 
 Verdicts are written by curate/verdicts.py append_verdict under this Mac's host name
@@ -54,7 +55,8 @@ from drawpipe.curate.verdicts import (ReviewState, Verdict, append_verdict, chec
                                      load_verdicts)
 from drawpipe.errors import BadVerdict, TakeChanged, UsageError
 from drawpipe.files import HashCache, file_sha256
-from drawpipe.inventory import ReportCache, read_cutout_labels, read_metadata, scan_inventory
+from drawpipe.inventory import (ReportCache, read_cutout_labels, read_metadata, scan_inventory,
+                                status_view)
 from drawpipe.layout import (CUTOUTS_FOLDER, GENERATIONS_FOLDER, IMAGE_FOLDERS, REPORT_CACHE,
                              natural_key, report_folder)
 from drawpipe.pages import anchor, counted, cutout_names, cutouts_caption, meta_view
@@ -233,7 +235,7 @@ class Review:
             "review.html", root_name=self.root.name, root=str(self.root), groups=groups,
             counts=counts, notes=snapshot.notes, host=self.settings.host_name,
             filter=filter_name, filters=FILTERS, order=order, orders=ORDERS,
-            refresh_ms=REFRESH_SECONDS * 1000)
+            refresh_ms=REFRESH_SECONDS * 1000, status=status_view(self.root))
 
     def _item(self, entry, signals, sha256, review, reasons, with_group=False) -> dict:
         verdict = review.verdict

@@ -1,14 +1,20 @@
 """HTTP client for Draw Things' A1111-style ``sdapi`` endpoints.
 
 One ``requests.Session`` per client (one per server), an explicit timeout on
-every call, and one small retry loop. What a call returns is the server's PNG
-*bytes*, checked (signature, chunk CRCs via ``Image.verify()``, pixel size) but
-never decoded into pixels and re-encoded. Every JobFailed raised carries
-``attempts``, the requests sent. ``sampled_process(url, settings)``: the app's process
-name when the server is this machine, for the engine's CPU and RAM readings.
+every call, and the re-send loop both transports share (transport.send_with_resends).
+What a call returns is the server's PNG *bytes*, checked (signature, chunk CRCs via
+``Image.verify()``, pixel size) but never decoded into pixels and re-encoded. Every
+JobFailed raised carries ``attempts``, the requests sent. ``sampled_process(url,
+settings)``: the app's process name when the server is this machine, for the engine's
+CPU and RAM readings. The interface is the gRPC client's too (grpc_client.py), so a
+stage takes either (drawthings/backends.py chooses): ``check_server()``,
+``generate(mode, payload, expected_size, on_progress=None)``, ``cancel(reason)`` (the
+HTTP API cannot cancel: nothing happens), ``close()``.
 
 Failure kinds, as the caller sees them (see errors.py):
-  ServerUnreachable  preflight ``GET /`` failed: URL wrong, app closed, API server off
+  ServerUnreachable  preflight ``GET /`` failed: URL wrong, app closed, API server off,
+                     or the port speaks gRPC (transport.probe_protocol says so);
+                     ServerNotAnswering when nothing answered at all (see probe_server)
   ServerRejected     HTTP 422: a configuration error; never retried
   TransientError     the app is not drawing this request (any more): connection
                      refused or not made in time, 5xx, an empty ``images`` list, a
@@ -28,13 +34,15 @@ import binascii
 import json
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import pybase64
 import requests
 import urllib3
 
-from drawpipe.errors import (MaybeStillDrawing, ServerRejected, ServerUnreachable, TransientError,
-                             WrongSize, network_reason)
+from drawpipe.errors import (MaybeStillDrawing, ServerNotAnswering, ServerRejected,
+                             ServerUnreachable, TransientError, WrongSize, network_reason)
+from drawpipe.drawthings.transport import ImageAnswer, probe_protocol, send_with_resends
 from drawpipe.png import verified_size
 from drawpipe.settings import default
 
@@ -57,13 +65,6 @@ class ClientSettings:
     backoff_cap_seconds: float = 60.0
     # Whose CPU and RAM are logged while a request runs, when the server is this machine.
     server_process_name: str | None = default("server_process_name")
-
-
-@dataclass(frozen=True)
-class ImageAnswer:
-    png: bytes  # the first image, exactly as the server encoded it
-    attempts: int  # HTTP attempts it took (1 = no retry)
-    seconds: float  # wall time of all attempts, waits included
 
 
 class SdapiClient:
@@ -89,14 +90,23 @@ class SdapiClient:
         self.session.close()
 
     def check_server(self) -> dict:
-        """``GET /``: the app's current configuration (flat JSON), or ServerUnreachable."""
+        """``GET /``: the app's current configuration (flat JSON); ServerNotAnswering
+        when no answer comes (refused, timed out, a 5xx), ServerUnreachable when what
+        answers is not Draw Things' API."""
         url = self.base_url + "/"
         try:
             response = self.session.get(url, timeout=(self.settings.connect_timeout_seconds, 30))
         except requests.RequestException as exc:
-            raise ServerUnreachable(
+            other = self._other_protocol()
+            if other is not None:
+                raise ServerUnreachable(other) from None  # a gRPC or TLS port: configuration
+            raise ServerNotAnswering(
                 f"cannot reach {self.base_url} ({network_reason(exc)}): {ENABLE_API_HINT}"
             ) from None
+        if response.status_code >= 500:
+            raise ServerNotAnswering(
+                f"{url} answered HTTP {response.status_code}: the server is failing; "
+                + ENABLE_API_HINT)
         if response.status_code != 200:
             raise ServerUnreachable(
                 f"{url} answered HTTP {response.status_code}, not Draw Things' API: "
@@ -112,36 +122,44 @@ class SdapiClient:
             )
         return configuration
 
-    def generate(self, mode: str, payload: dict, expected_size: tuple[int, int] | None) -> ImageAnswer:
+    def _other_protocol(self) -> str | None:
+        """When ``GET /`` failed: a line saying the port speaks gRPC (or TLS), else None."""
+        parts = urlsplit(self.base_url)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            return None
+        host = parts.hostname or ""
+        speaks = probe_protocol(host, port, self.settings.connect_timeout_seconds)
+        if speaks == "grpc":
+            return (f"{self.base_url} speaks gRPC, not Draw Things' HTTP API: use --server "
+                    f"grpc://{parts.netloc}, or set the app's API Server to HTTP")
+        if speaks == "tls" and parts.scheme == "http":
+            return (f"{self.base_url} serves TLS, not plain HTTP: a gRPC server over TLS "
+                    f"(gRPCServerCLI's default) is --server grpcs://{parts.netloc}")
+        return None
+
+    def cancel(self, reason: str = "cancelled") -> bool:
+        """Nothing: Draw Things' HTTP API cannot interrupt a request (it runs on). False."""
+        return False
+
+    def generate(self, mode: str, payload: dict, expected_size: tuple[int, int] | None,
+                 on_progress=None) -> ImageAnswer:
         """POST ``payload`` to txt2img/img2img; retry transient failures.
 
         ``expected_size``: (width, height) in px the answer must have, or None to
-        accept any size. Raises ServerRejected at once on 422; MaybeStillDrawing or
-        WrongSize at once; TransientError when the retries are used up or the run is
-        stopping (each JobFailed says in ``attempts`` how many requests were sent).
+        accept any size. ``on_progress``: never called (HTTP streams no progress).
+        Raises ServerRejected at once on 422; MaybeStillDrawing or WrongSize at once;
+        TransientError when the retries are used up or the run is stopping (each
+        JobFailed says in ``attempts`` how many requests were sent).
         """
         url = self.base_url + ROUTES[mode]
         body = json.dumps(payload).encode()
         started = time.monotonic()
-        attempt = 0
-        while True:
-            attempt += 1
-            if self._before_send is not None:
-                self._before_send()
-            try:
-                png = self._post_once(url, body, expected_size, attempt)
-                return ImageAnswer(png, attempt, time.monotonic() - started)
-            except TransientError as exc:
-                if attempt > self.settings.retries:
-                    raise
-                wait = min(self.settings.backoff_seconds * 2 ** (attempt - 1),
-                           self.settings.backoff_cap_seconds)
-                if self._sleep(wait):
-                    raise TransientError(f"{exc}; not re-sent: the run is stopping",
-                                         attempt) from None
-                if self._on_resend is not None:
-                    self._on_resend(f"re-sending (attempt {attempt + 1} of "
-                                    f"{self.settings.retries + 1}, after {wait:g} s) because: {exc}")
+        png, attempts = send_with_resends(
+            lambda attempt: self._post_once(url, body, expected_size, attempt), self.settings,
+            self._sleep, self._on_resend, self._before_send)
+        return ImageAnswer(png, attempts, time.monotonic() - started)
 
     def _post_once(self, url: str, body: bytes, expected_size, attempt: int) -> bytes:
         """One request; what it raises carries ``attempt``, its number (1 = the first)."""
@@ -202,6 +220,17 @@ class SdapiClient:
             f"it again (a later run will).{hint}", attempt,
             # Well beyond the read timeout: the app cannot be asked whether it is done.
             retry_after_seconds=2 * read_timeout_seconds)
+
+
+def probe_server(base_url: str, settings: ClientSettings) -> None:
+    """``GET /`` of ``base_url`` once, no retry (the engine's quarantine probe, at a growing
+    interval): ServerNotAnswering or ServerUnreachable when it does not answer as Draw
+    Things does."""
+    client = SdapiClient(base_url, settings)
+    try:
+        client.check_server()
+    finally:
+        client.close()
 
 
 _LOOPBACK_HOSTS = ("localhost", "127.", "[::1]", "0.0.0.0")

@@ -8,12 +8,13 @@ with each call is ImageGenerationServiceImpl.swift (cited below by line).
 Interface: the same as SdapiClient offers the stages, so that a stage can take either::
 
     client = GrpcClient("grpcs://gpu-box:7859", GrpcSettings(shared_secret=...),
-                        sleep=context.sleep, on_resend=context.resent,
-                        on_progress=print)            # Progress(stage, step, steps, seconds)
+                        sleep=stop.wait, on_resend=print,
+                        on_progress=print,            # Progress(stage, step, steps, seconds)
+                        before_send=check_still_ours)
     configuration = client.check_server()   # Echo: reachable, TLS, secret; {key: value}
     missing = client.files_exist(["sd_xl_base_1.0_f16.ckpt", ...])   # FilesExist: {file: bool}
     answer = client.generate("img2img", payload, expected_size=(2048, 2048))
-    answer.png, answer.attempts, answer.seconds, answer.stage_seconds
+    # its png, attempts, seconds, stage_seconds (transport.ImageAnswer)
     client.cancel("lease lost")     # from any thread: the call in flight is closed
     client.close()
 
@@ -32,17 +33,20 @@ Interface: the same as SdapiClient offers the stages, so that a stage can take e
   the image tensor that comes back (drawthings/tensors.py; in 4 MiB chunks when large,
   :521-549) becomes RGB and then PNG bytes (zlib level ``png_compress_level``), checked
   for its size, so the rest of the pipeline (atomic write, verification, provenance) is
-  unchanged. Returns GrpcAnswer: ImageAnswer's ``png``, ``attempts``, ``seconds``, plus
-  ``stage_seconds`` ({stage: seconds}: the time up to each signpost, summed per stage).
+  unchanged. Returns transport.ImageAnswer: ``png``, ``attempts``, ``seconds`` and
+  ``stage_seconds`` ({stage: seconds}: the time up to each signpost, summed per stage;
+  signposts.py names the metrics log's column of each). Re-sends as the HTTP client does
+  (transport.send_with_resends: ``before_send()`` before every call).
 - ``on_progress(Progress)``: each signpost the server streams (:370-402): ``stage`` (one
   of STAGES' values), ``step`` and ``steps`` while sampling (``steps`` from the
   ``.sampling(N)`` the server lists among the expected signposts of every message:
   LocalImageGenerator.swift:3908-3922, 4181-4190, 5521-5533; the sampler reports the
   step it starts, 0-based, then N: DPMPP2MSampler.swift:392, LocalImageGenerator.swift:4552).
 - ``cancel(reason)``: closes the call in flight; the server then stops drawing
-  (``context.closeFuture`` -> the generator's cancellation, :298-300), and ``generate``
+  (the call context's ``closeFuture`` -> the generator's cancellation, :298-300), and ``generate``
   raises Cancelled. Nothing is drawn on after a cancel, so the job may be sent again
-  at once (``Cancelled.retry_after_seconds`` 0), unlike HTTP's MaybeStillDrawing.
+  at once (``Cancelled.retry_after_seconds`` 0), unlike HTTP's MaybeStillDrawing. The
+  same holds for the watchdog's cancel after ``read_timeout_seconds`` of silence.
 
 Errors (errors.py's classes; transient vs configuration as SdapiClient tells them):
   ServerUnreachable  preflight: not reachable, protocol or TLS mismatch, secret refused
@@ -55,7 +59,7 @@ Errors (errors.py's classes; transient vs configuration as SdapiClient tells the
                      other gRPC status, e.g. INTERNAL ("unknown error processing request":
                      grpc-swift's answer to any error the generator throws). Re-sent with
                      backoff, like HTTP's, then raised.
-    Cancelled        ``cancel()`` was called: not re-sent
+  Cancelled          ``cancel()`` was called (the job is no longer wanted): not re-sent
   WrongSize          the image has another size than the request asked for: not re-sent
 
 A shared secret travels in each request message (``sharedSecret``), never in metadata;
@@ -77,8 +81,6 @@ who answers: use the shared secret, and a network you trust.
 from __future__ import annotations
 
 import os
-import socket
-import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -87,9 +89,11 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from drawpipe.drawthings import grpc_request
-from drawpipe.drawthings.client import ImageAnswer
-from drawpipe.errors import (DrawpipeError, RequestRejected, ServerIncompatible, ServerRejected,
-                             ServerUnreachable, TransientError, UsageError, WrongSize)
+from drawpipe.drawthings.signposts import STAGE_DONE, STAGES, TRANSFER_STAGE
+from drawpipe.drawthings.transport import ImageAnswer, probe_protocol, send_with_resends
+from drawpipe.errors import (DrawpipeError, JobFailed, RequestRejected, ServerIncompatible,
+                             ServerNotAnswering, ServerRejected, ServerUnreachable,
+                             StepRejected, TransientError, UsageError, WrongSize)
 
 DEFAULT_PORT = 7859  # gRPCServerCLI.swift:288-289
 SCHEMES = {"grpc": False, "grpcs": True}  # scheme -> TLS
@@ -98,19 +102,6 @@ MAX_MESSAGE_BYTES = 1024 * 1024 * 1024  # the app's client and gRPCServerCLI bot
 ENABLE_GRPC_HINT = ("start Draw Things with its API server set to gRPC (Settings > API Server), "
                     "or gRPCServerCLI, or pass the right --server URL")
 
-# Signpost (imageService.proto ImageGenerationSignpostProto) -> the stage it ends.
-STAGES = {
-    "textEncoded": "text encoding",
-    "imageEncoded": "image encoding",
-    "sampling": "sampling",
-    "imageDecoded": "image decoding",
-    "secondPassImageEncoded": "second pass image encoding",
-    "secondPassSampling": "second pass sampling",
-    "secondPassImageDecoded": "second pass image decoding",
-    "faceRestored": "face restoration",
-    "imageUpscaled": "upscaling",
-}
-TRANSFER_STAGE = "transfer"  # from the last signpost to the image's last byte
 
 
 @dataclass(frozen=True)
@@ -143,15 +134,19 @@ class Progress:
     steps: int | None
     seconds: float
 
+    @property
+    def text(self) -> str:
+        """"sampling 12/30" (12 of 30 steps done), "second pass sampling 3/10", "image
+        decoded": what the server has just done, in a few words."""
+        done = STAGE_DONE.get(self.stage, self.stage)
+        if self.step is None:
+            return done
+        return f"{done} {self.step}/{self.steps}" if self.steps else f"{done} {self.step}"
 
-@dataclass(frozen=True)
-class GrpcAnswer(ImageAnswer):
-    stage_seconds: dict = field(default_factory=dict)  # {stage: seconds}, in order
 
-
-class Cancelled(TransientError):
+class Cancelled(JobFailed):
     """``GrpcClient.cancel()`` closed the call: the server stopped drawing, so the job
-    may be sent again at once."""
+    may be sent again at once (by whoever still wants it: never re-sent here)."""
 
     def __init__(self, message: str, attempts: int = 1):
         super().__init__(message, attempts, retry_after_seconds=0.0)
@@ -163,8 +158,14 @@ class GrpcRequestRefused(ServerRejected):
     def __init__(self, url: str, detail: str, reason: str):
         self.url = url
         self.detail = detail
+        self.reason = reason
         Exception.__init__(self, f"{url}: Draw Things would refuse the request ({reason}) — fix "
                                  "the payload template or recipe and run again; nothing was sent")
+
+    def in_step(self, where: str) -> StepRejected:
+        return StepRejected(self.url, self.detail,
+                            f"{self.url}: Draw Things would refuse {where} ({self.reason}) — "
+                            "fix the recipe and run again; nothing was sent")
 
 
 def parse_server(url: str) -> tuple[bool, str, int]:
@@ -180,6 +181,27 @@ def parse_server(url: str) -> tuple[bool, str, int]:
     return SCHEMES[parts.scheme], parts.hostname, port
 
 
+# The modules the transport needs beyond drawpipe's own (pyproject.toml's grpc extra).
+RUNTIME_MODULES = ("grpc", "google.protobuf", "flatbuffers", "fpzip", "numpy")
+
+
+def require_runtime() -> None:
+    """UsageError when the gRPC extra is not installed (saying how to install it)."""
+    import importlib.util
+
+    missing = []
+    for name in RUNTIME_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # its parent package is missing
+            found = False
+        if not found:
+            missing.append(name)
+    if missing:
+        raise UsageError(f"gRPC servers need {', '.join(missing)}, which are not installed: "
+                         "pip install 'drawpipe[grpc]' (make test installs them)")
+
+
 def shared_secret_from_environment(name: str, environ=os.environ) -> str:
     """The secret in environment variable ``name`` (the command line never holds it)."""
     value = environ.get(name, "")
@@ -188,40 +210,6 @@ def shared_secret_from_environment(name: str, environ=os.environ) -> str:
                          "(the secret the server was started with: gRPCServerCLI --shared-secret, "
                          "or the app's API Server settings)")
     return value
-
-
-# --------------------------------------------------------------------------- what a port speaks
-
-
-def probe_protocol(host: str, port: int, timeout_seconds: float = 3.0) -> str:
-    """What answers at host:port: "unreachable", "tls" (a TLS handshake succeeds),
-    "http1" (an HTTP/1.x server, such as Draw Things' HTTP API), "grpc" (plaintext
-    HTTP/2, as gRPC without TLS) or "unknown". For messages only: a few packets."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout_seconds) as raw:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            context.set_alpn_protocols(["h2", "http/1.1"])
-            with context.wrap_socket(raw, server_hostname=host):
-                return "tls"
-    except ssl.SSLError:
-        pass
-    except OSError:
-        return "unreachable"
-    def first_bytes(greeting: bytes) -> bytes:
-        try:
-            with socket.create_connection((host, port), timeout=timeout_seconds) as plain:
-                plain.sendall(greeting)
-                return plain.recv(16)
-        except OSError:
-            return b""
-
-    if first_bytes(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()).startswith(b"HTTP/"):
-        return "http1"
-    # The HTTP/2 connection preface and an empty SETTINGS frame: a SETTINGS frame comes back.
-    answer = first_bytes(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
-    return "grpc" if len(answer) >= 4 and answer[3] == 4 else "unknown"
 
 
 # --------------------------------------------------------------------------- the client
@@ -233,7 +221,8 @@ class GrpcClient:
     re-send; ``on_progress(Progress)``: every signpost (generate's argument overrides it)."""
 
     def __init__(self, url: str, settings: GrpcSettings = GrpcSettings(), sleep=time.sleep,
-                 on_resend=None, on_progress: Callable[[Progress], None] | None = None):
+                 on_resend=None, on_progress: Callable[[Progress], None] | None = None,
+                 before_send=None):
         # grpcio's C core logs connection events to stderr; the user sees our one line.
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         import grpc
@@ -248,6 +237,7 @@ class GrpcClient:
         self._sleep = sleep
         self._on_resend = on_resend
         self._on_progress = on_progress
+        self._before_send = before_send
         target = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
@@ -266,7 +256,9 @@ class GrpcClient:
         self._stub = service_grpc.ImageGenerationServiceStub(self._channel)
         self._lock = threading.Lock()
         self._call = None  # the GenerateImage call in flight
-        self._cancel_reason: str | None = None
+        self._generating = False  # inside generate(): a cancel() holds until it returns
+        self._cancel_reason: str | None = None  # cancel()'s, for the rest of generate()
+        self._timed_out = False  # the watchdog closed the call in flight (that call only)
         # Wakes the watchdog: cancel(), the first message (the timeout changes), the end.
         self._wake = threading.Condition(self._lock)
         self._call_ended = False
@@ -317,9 +309,10 @@ class GrpcClient:
     def _secret_refused(self) -> ServerUnreachable:
         if not self.settings.shared_secret:
             return ServerUnreachable(
-                f"{self.base_url} needs a shared secret: give the one it was started with "
+                f"{self.base_url} needs a shared secret: put the one it was started with "
                 "(gRPCServerCLI --shared-secret, or the app's API Server settings) in an "
-                "environment variable")
+                "environment variable and name it with --shared-secret-env NAME (or "
+                "shared_secret_env in the profile)")
         return ServerUnreachable(
             f"{self.base_url} refused the shared secret from {self.settings.shared_secret_source}: "
             "set it to the one the server was started with")
@@ -335,9 +328,9 @@ class GrpcClient:
             return ServerUnreachable(f"{self.base_url} answered {code.name}: {details}")
         speaks = probe_protocol(self.host, self.port, self.settings.connect_timeout_seconds)
         plain_url = f"grpc://{self.host}:{self.port}"
-        if speaks == "unreachable":
-            return ServerUnreachable(f"cannot reach {self.base_url} (no connection): "
-                                     f"{ENABLE_GRPC_HINT}")
+        if speaks == "unreachable":  # a Mac asleep, the app closed: tried again later
+            return ServerNotAnswering(f"cannot reach {self.base_url} (no connection): "
+                                      f"{ENABLE_GRPC_HINT}")
         if speaks == "http1":
             return ServerUnreachable(
                 f"{self.base_url} speaks HTTP/1.1, not gRPC: it is Draw Things' HTTP API server; "
@@ -359,58 +352,56 @@ class GrpcClient:
 
     # -- generating
 
-    def cancel(self, reason: str = "cancelled") -> None:
+    def cancel(self, reason: str = "cancelled") -> bool:
         """Close the GenerateImage call in flight (from any thread); generate() raises
-        Cancelled(reason). Nothing happens when no call is in flight."""
+        Cancelled(reason). Called while generate() runs but between its calls (a re-send
+        wait), the next call is not made. Outside generate() nothing happens. True when
+        a call in flight was closed."""
         with self._lock:
-            if self._call is None:
-                return
+            if not self._generating:
+                return False
             self._cancel_reason = reason
             self._wake.notify_all()
+            if self._call is None:
+                return False
             self._call.cancel()
+            return True
 
     def generate(self, mode: str, payload: dict, expected_size: tuple[int, int] | None,
-                 on_progress: Callable[[Progress], None] | None = None) -> GrpcAnswer:
+                 on_progress: Callable[[Progress], None] | None = None) -> ImageAnswer:
         """``payload``: the HTTP API's body (img2img: one base64 PNG in ``init_images``).
         ``expected_size``: (width, height) px the answer must have, or None. Retries
-        transient failures; raises GrpcRequestRefused at once (nothing sent), WrongSize
-        and Cancelled at once, TransientError when the retries are used up or the run is
-        stopping (every exception's ``attempts`` says how many calls were made)."""
+        transient failures (transport.send_with_resends); raises GrpcRequestRefused at once
+        (nothing sent), WrongSize and Cancelled at once, TransientError when the retries
+        are used up or the run is stopping (every exception's ``attempts`` says how many
+        calls were made)."""
         try:
             built = grpc_request.build_request(mode, payload, self.settings.shared_secret,
                                                self.settings.upload_codec)
         except RequestRejected as exc:
             raise GrpcRequestRefused(self.base_url, exc.detail, exc.reason) from None
         started = time.monotonic()
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                png, stage_seconds = self._generate_once(built.message, expected_size,
-                                                         on_progress or self._on_progress)
-                return GrpcAnswer(png, attempts, time.monotonic() - started, stage_seconds)
-            except (WrongSize, Cancelled) as exc:
-                exc.attempts = attempts
-                raise
-            except TransientError as exc:
-                exc.attempts = attempts
-                if attempts > self.settings.retries:
-                    raise
-                wait = min(self.settings.backoff_seconds * 2 ** (attempts - 1),
-                           self.settings.backoff_cap_seconds)
-                if self._sleep(wait):
-                    stopped = TransientError(f"{exc}; not re-sent: the run is stopping")
-                    stopped.attempts = attempts
-                    raise stopped from None
-                if self._on_resend is not None:
-                    self._on_resend(f"re-sending (attempt {attempts + 1} of "
-                                    f"{self.settings.retries + 1}, after {wait:g} s) because: {exc}")
-
-    def _generate_once(self, request, expected_size, on_progress) -> tuple[bytes, dict]:
-        settings = self.settings
         with self._lock:
+            self._generating = True
             self._cancel_reason = None
+        try:
+            (png, stage_seconds), attempts = send_with_resends(
+                lambda attempt: self._generate_once(built.message, expected_size,
+                                                    on_progress or self._on_progress, attempt),
+                self.settings, self._sleep, self._on_resend, self._before_send)
+        finally:
+            with self._lock:
+                self._generating = False
+        return ImageAnswer(png, attempts, time.monotonic() - started, stage_seconds)
+
+    def _generate_once(self, request, expected_size, on_progress, attempt: int) -> tuple[bytes, dict]:
+        """One GenerateImage call; what it raises carries ``attempt`` (1 = the first)."""
+        with self._lock:
+            if self._cancel_reason is not None:  # cancelled between two calls: none made
+                raise Cancelled(f"{self.base_url}: cancelled ({self._cancel_reason}) before "
+                                "it was sent", attempt - 1)
             self._call_ended = False
+            self._timed_out = False
             call = self._stub.GenerateImage(request, wait_for_ready=False)
             self._call = call
         received = {"last": time.monotonic(), "any": False}
@@ -451,21 +442,21 @@ class GrpcClient:
                         images.append(pending + data)
                         pending = b""
         except self._grpc.RpcError as exc:
-            raise self._call_failed(exc, received["any"]) from None
+            raise self._call_failed(exc, received["any"], attempt) from None
         finally:
             with self._lock:
                 self._call = None
                 self._call_ended = True
                 self._wake.notify_all()
             watchdog.join()
-        if self._cancel_reason is not None:  # cancelled as the stream ended
-            raise self._stopped_error(received["any"])
+        if self._cancel_reason is not None or self._timed_out:  # closed as the stream ended
+            raise self._stopped_error(received["any"], attempt)
         stage_seconds[TRANSFER_STAGE] = time.monotonic() - last_signpost
         if not images:
             raise TransientError(f"{self.base_url}: the server ended the call without an image "
                                  "(the generation failed or was cancelled on the server; its log "
-                                 "says why)")
-        return self._png(images[0], expected_size), stage_seconds
+                                 "says why)", attempt)
+        return self._png(images[0], expected_size, attempt), stage_seconds
 
     def _watch(self, call, received: dict) -> None:
         """Cancel the call after too long a silence (``start_timeout_seconds`` before the
@@ -477,45 +468,51 @@ class GrpcClient:
                     settings.start_timeout_seconds
                 remaining = received["last"] + timeout - time.monotonic()
                 if remaining <= 0:
-                    self._cancel_reason = "read timeout"
+                    self._timed_out = True
                     call.cancel()
                     return
                 self._wake.wait(remaining)
 
-    def _stopped_error(self, streamed: bool) -> TransientError:
+    def _stopped_error(self, streamed: bool, attempt: int) -> TransientError:
+        """The call was closed by this client: a read timeout (re-sent: the server stopped
+        drawing it, so a new call is no second image) or a cancel() (not re-sent)."""
         reason = self._cancel_reason
-        if reason == "read timeout":
+        if reason is None:  # the watchdog's
             what = ("no message" if not streamed else "no further message")
             timeout = (self.settings.read_timeout_seconds if streamed
                        else self.settings.start_timeout_seconds)
             return TransientError(
                 f"{self.base_url}: {what} within {timeout:g} s; the call was cancelled, so the "
                 "server stopped drawing it" + ("" if streamed else
-                                               " (raise the start timeout if it queues behind "
-                                               "other clients' images)"))
-        return Cancelled(f"{self.base_url}: cancelled ({reason}); the server stopped drawing it")
+                                               " (raise --read-timeout-seconds if it queues "
+                                               "behind other clients' images or loads a model)"),
+                attempt, retry_after_seconds=0.0)
+        return Cancelled(f"{self.base_url}: cancelled ({reason}); the server stopped drawing it",
+                         attempt)
 
-    def _call_failed(self, exc, streamed: bool) -> DrawpipeError:
+    def _call_failed(self, exc, streamed: bool, attempt: int) -> DrawpipeError:
         grpc = self._grpc
         code, details = exc.code(), exc.details() or ""
-        if code == grpc.StatusCode.CANCELLED and self._cancel_reason is not None:
-            return self._stopped_error(streamed)
+        if code == grpc.StatusCode.CANCELLED and (self._cancel_reason is not None
+                                                  or self._timed_out):
+            return self._stopped_error(streamed, attempt)
         if code == grpc.StatusCode.INTERNAL and self._secret_is_refused():
             return self._secret_refused()
         if code == grpc.StatusCode.UNAVAILABLE and not streamed:
             if "http1" in details.lower() or "handshake" in details.lower():
                 return self._unusable(exc)
             return TransientError(f"cannot connect to {self.base_url} ({_short(details)}): is the "
-                                  "server on?")
+                                  "server on?", attempt)
         if code == grpc.StatusCode.UNAVAILABLE:
             return TransientError(f"{self.base_url}: the connection broke off ({_short(details)}); "
-                                  "the server stops drawing a call whose connection closes")
+                                  "the server stops drawing a call whose connection closes",
+                                  attempt)
         if code == grpc.StatusCode.UNIMPLEMENTED:
             return self._unusable(exc)
         return TransientError(f"{self.base_url}: the server failed the call ({code.name}: "
-                              f"{_short(details)}); its log says why")
+                              f"{_short(details)}); its log says why", attempt)
 
-    def _png(self, data: bytes, expected_size) -> bytes:
+    def _png(self, data: bytes, expected_size, attempt: int) -> bytes:
         """Image tensor bytes -> PNG bytes, checked for the expected (width, height)."""
         import io
 
@@ -528,13 +525,13 @@ class GrpcClient:
             rgb = tensors.rgb_from_image_tensor(tensor)
         except ValueError as exc:
             raise TransientError(f"{self.base_url}: the image is not a tensor this client can "
-                                 f"read ({exc})") from None
+                                 f"read ({exc})", attempt) from None
         size = (rgb.shape[1], rgb.shape[0])
         if expected_size is not None and size != tuple(expected_size):
             raise WrongSize(
                 f"{self.base_url}: the image is {size[0]}x{size[1]} px, expected "
                 f"{expected_size[0]}x{expected_size[1]}: the server's settings and the request "
-                "disagree (not re-sent)")
+                "disagree (not re-sent)", attempt)
         buffer = io.BytesIO()
         Image.fromarray(rgb, "RGB").save(buffer, "PNG",
                                          compress_level=self.settings.png_compress_level)

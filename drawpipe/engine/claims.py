@@ -51,7 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from drawpipe.files import host_name, is_busy, make_folders_below, unlink_when_free
+from drawpipe.files import (host_name, is_busy, make_folders_below, server_clock_offset,
+                            unlink_when_free)
 from drawpipe.layout import CLAIMS_FOLDER
 
 
@@ -147,13 +148,8 @@ class ClaimStore:
                 local_now - self._clock_measured_at > self.CLOCK_REFRESH_SECONDS
             ):
                 # O_CREAT only inside the stage folder: never on a vanished share.
-                fd = os.open(self._clock_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                try:
-                    os.write(fd, b"%d\n" % os.getpid())
-                finally:
-                    os.close(fd)
+                self._clock_offset_seconds = server_clock_offset(self._clock_path)
                 local_now = time.time()
-                self._clock_offset_seconds = os.stat(self._clock_path).st_mtime - local_now
                 self._clock_measured_at = local_now
             return local_now + self._clock_offset_seconds
 

@@ -52,7 +52,8 @@ What is measured, and what it means:
 - Energy belongs to an image only when the app that drew it ran on the measuring machine:
   ``open_window(local=False)`` (a remote server) marks the reading "client-side", this
   machine's side of the job only, which the report keeps apart from images' energy.
-  Local means what engine/loop.py's ``_is_local(server)`` says (no server, or loopback).
+  Local means what engine/worker.py's ``Worker.runs_here`` says: no server, or one whose
+  app runs here (the stage names a process to sample: a server on loopback).
 
 CSV columns (ENERGY_COLUMNS, appended to the per-host logs beside CPU % and RAM):
 
@@ -68,29 +69,32 @@ CSV columns (ENERGY_COLUMNS, appended to the per-host logs beside CPU % and RAM)
 Every energy column is empty when no meter exists, when a read failed in that window
 (``reading.error`` says why: log it once), and in logs written before these columns.
 
-How the engine uses it (the wiring; one meter per process, shared by its workers):
+How the engine uses it (engine/loop.py, run.py, worker.py; one meter per process, shared
+by its workers):
 
-      meter = choose_meter(gpus=...)            # run start; gpus: the CUDA devices in use
-                                                # (segment on cuda: its device's UUID)
-      log(meter.describe())                     # "energy: rapl (RAPL: package-0, dram) on
-                                                # host" or "energy: not measured on host: ..."
-      meter.measure_idle(IDLE_START_SECONDS, wait=stop.wait)   # before the workers start
+      meter = choose_meter(gpus=cuda_devices())     # when the run has work to do;
+                                                  # gpus: the stage's CUDA devices
+                                                  # (segment on cuda: its device's UUID)
+      log(meter.describe())                       # "energy: rapl (RAPL: package-0, dram)
+                                                  # on host" or "energy: not measured on
+                                                  # host: ..."
+      meter.measure_idle(idle_seconds, wait=...)  # before the workers start; a stop
+                                                  # signal ends the wait (and the run)
       ...
-      window = meter.open_window(local=_is_local(server))      # where the job's stopwatch
-      result = run_job(job, scratch)                           # starts (beside the sampler)
-      reading = window.close()                                 # where it stops; never raises
-      row.update(reading.row())                                # the ENERGY_COLUMNS values
+      window = meter.open_window(local=runs_here)  # with the job's stopwatch
+      result = run_job(job, scratch)              # and the result delivered
+      reading = window.close()                    # where the stopwatch stops; never raises
+      row.update(reading.row())                   # the ENERGY_COLUMNS of the stage's log
       ...
-      meter.close()                                            # run end
+      meter.close()                               # run end
 
 ``open_window`` and ``close`` each take one counter read under the lock (tens of
 microseconds for RAPL; bench/energy.py); without a meter they read nothing. A window is
 also a context manager (``with meter.open_window() as window: ...``; then
 ``window.reading``). Between jobs nothing needs calling: a worker that waits with no
-window open is idle time. ``meter.idle_age_seconds()`` says how old the idle figure is,
-for a worker that wants a fresh one before a long run of back-to-back jobs. The segment
-stage needs nothing of its own: its jobs have no server, so the engine's window around
-them is local (on CUDA, choose_meter gets the stage's GPU).
+window open is idle time. ``meter.idle_age_seconds()`` says how old the idle figure is:
+a run whose jobs come back to back measures idle again before a job once it is an hour
+old (run.py Run.refresh_idle_power). A dry run chooses no meter.
 """
 
 import os

@@ -7,6 +7,8 @@ worker take the job over and then wake the sleeper (SIGCONT).
 
     claimed     the claim won and the output checked, just before the job runs
     request-N   before the N-th request of a job (its claim check included)
+    activity    the first time a job says what it is doing (WorkerContext.activity: over
+                gRPC, a progress message of the request in flight)
     written     the output's scratch file written and flushed, before the last claim check
     publish     after the last claim check, just before the output is moved into place
 

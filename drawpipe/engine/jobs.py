@@ -5,10 +5,12 @@
                     requests it took, the stage's extra metric values
     RunJob          run_job(job, scratch) -> JobResult: one worker's job runner
     WorkerContext   what the engine lends a worker: a wait that ends when the run stops,
-                    re-send reports, the file server's clock, the checkpoint before a request
+                    re-send reports, the file server's clock, the checkpoint before a request,
+                    where to say what the job in flight is doing, where to leave a cancel
     JobLost         raised by the checkpoint: the job is no longer this worker's
     Stage           plan(), make_worker(server, context), process_to_sample(server);
-                    optionally is_current(job), set_aside(job) and claimed(job)
+                    optionally is_current(job), set_aside(job), claimed(job),
+                    cuda_devices() and probe(server)
     job_done        done means the output exists (and, for a stage that can tell, is current)
     Outcome         how one claim-and-do ended, as the worker loop acts on it
 
@@ -63,12 +65,22 @@ class WorkerContext:
     longer this worker's (its lease lapsed and another worker took the job over, or the
     output appeared), so nothing is sent for a job that is not ours; a backend that can
     cancel a call in flight cancels it when the checkpoint raises.
+
+    ``activity(text)``: what the current job is doing now, in a few words ("step 2 of 2
+    (refine): sampling 12/30"), shown beside the job on the progress bar; None clears it.
+    ``on_cancel(cancel)``: a backend that can stop a call in flight gives its
+    ``cancel(reason) -> bool`` (True: a request was stopped) here, once; the engine calls
+    it, from another thread, when the job in flight is no longer wanted (its lease was
+    found lost, a second stop signal, a lost share), and the call then raises a
+    JobFailed the engine knows what to make of.
     """
 
     sleep: Callable[[float], bool]
     resent: Callable[[str], None]
     server_now: Callable[[], float]
     checkpoint: Callable[[], None]
+    activity: Callable[[str | None], None] = lambda text: None
+    on_cancel: Callable[[Callable[[str], bool]], None] = lambda cancel: None
 
 
 class JobLost(Exception):
@@ -90,7 +102,9 @@ class Stage(Protocol):
 
     def process_to_sample(self, server: str | None) -> str | None:
         """The name of a process on this machine that does ``server``'s work (a local
-        app), whose CPU and RAM are logged while a job runs; None for none."""
+        app), whose CPU and RAM are logged while a job runs; None for none. A server
+        with such a process (or no server) does its work here: the energy measured
+        here is then the job's own (worker.py Worker.runs_here)."""
 
     # Optional, for stages whose outputs can go stale (curate/takes.py):
     # is_current(job) -> bool: the output that exists is still the right one (its input
@@ -99,6 +113,15 @@ class Stage(Protocol):
     #     the job's claim held, just before the job runs.
     # claimed(job) -> Job: the job as it runs, what it sends fixed now (its seed), with
     #     its claim held and any stale output set aside; the log records that job.
+    # Optional, for a stage that runs its work on an NVIDIA GPU of this machine:
+    # cuda_devices() -> tuple: the GPUs its jobs use in this process (UUIDs "GPU-...", or
+    #     CUDA indices), () for none; the energy meter measures those (engine/energy.py
+    #     choose_meter). Without it, every GPU this process can see.
+    # Optional, for stages whose workers talk to a server that may go away:
+    # probe(server) -> None: one cheap look (HTTP: GET /), raising errors.ServerUnreachable
+    #     while the server does not answer. With it a server that keeps failing, or does
+    #     not answer at start beside others that do, is quarantined and probed at a
+    #     growing interval instead of retired (engine/quarantine.py).
 
 
 def job_done(stage: Stage, job: Job) -> bool:
@@ -120,6 +143,7 @@ class Outcome(enum.Enum):
     BUSY = "busy"  # the share refused a file (someone has it open): a later pass
     CLAIMED_BY_OTHERS = "claimed by others"  # another live worker has it
     RETIRE = "retire"  # this worker's server keeps failing: stop using it
+    QUARANTINE = "quarantine"  # ... and can be probed: stop claiming until it answers again
 
     @property
     def waits_for_a_later_pass(self) -> bool:

@@ -47,9 +47,22 @@ this module does the rest, the same way for all three:
 - Signals (interrupts.py): the first SIGINT, SIGTERM or SIGHUP stops new jobs, cuts
   re-send waits short, lets the images in flight finish, releases the claims and
   prints the summary; the second abandons the images in flight (nothing partial is
-  left: outputs appear only when published). The signal handler only counts; the
+  left: outputs appear only when published) and cancels their requests where the
+  backend can (gRPC: the server stops drawing). The signal handler only counts; the
   main thread watches the count. "interrupted" is said only when something was left
   undone (Summary.stopped_early).
+
+- Energy (energy.py): when there is work, the run chooses this machine's meter, names it
+  in its first lines ("energy: rapl (...) on host", or "energy: not measured on host:
+  ..."), measures idle power for ``idle_seconds`` (a stop signal cuts it short) and
+  logs each job's window, opened and closed with the job's stopwatch, in the energy
+  columns of the stage's log; the window is the job's own ("local") only when its work
+  runs on this machine (Worker.runs_here).
+- *The night at a glance* (supervision.py): each process keeps a live status file on the
+  share (status.py), obeys pause, drain and priority files (control.py), quarantines a
+  server that keeps failing or does not answer at start beside others that do
+  (quarantine.py), and sends messages when it ends, a worker retires, a server or the
+  share is lost (notify.py).
 
 Where things are: jobs.py (the job model, the stage protocol, outcomes), run.py (the
 settings and what the workers of one process share), worker.py (one worker's passes
@@ -60,15 +73,19 @@ sample and raises errors.JobFailed (``attempts``, ``retry_after_seconds``).
 
 import os
 import threading
+import time
 
+from drawpipe.engine import status as states
+from drawpipe.engine import supervision
 from drawpipe.engine.claims import ClaimStore
+from drawpipe.engine.energy import ENERGY_COLUMNS, EnergyMeter, choose_meter
 from drawpipe.engine.interrupts import STOP_SIGNALS_STATE, StopSignals
 from drawpipe.engine.jobs import Job, JobResult, Stage, WorkerContext, job_done
 from drawpipe.engine.metrics import MetricsLog
 from drawpipe.engine.progress import Progress, Summary
 from drawpipe.engine.run import EngineSettings, Run
 from drawpipe.engine.worker import Worker, worker_main
-from drawpipe.errors import ShareLost, UsageError
+from drawpipe.errors import ServerNotAnswering, ShareLost, UsageError
 from drawpipe.files import host_name, remove_quietly
 from drawpipe.layout import logs_folder
 
@@ -78,8 +95,13 @@ __all__ = ["EngineSettings", "Job", "JobResult", "Stage", "Summary", "WorkerCont
 
 
 def run_stage(stage: Stage, settings: EngineSettings,
-              signals: StopSignals = STOP_SIGNALS_STATE) -> Summary:
+              signals: StopSignals = STOP_SIGNALS_STATE,
+              meter: EnergyMeter | None = None) -> Summary:
     """Run ``stage`` to completion (or until interrupted); the Summary says how it went.
+
+    ``meter``: the energy meter to use (its caller closes it); None: this machine's,
+    chosen when there is work to do (engine/energy.py choose_meter, on the GPUs the
+    stage names) and closed at the end.
 
     Raises UsageError for configuration problems (unwritable root, HTTP 422 ...) and
     ShareLost when the shared folder disappears under the run.
@@ -95,18 +117,30 @@ def run_stage(stage: Stage, settings: EngineSettings,
     # Preflight first (e.g. GET / of every server): a configuration error must
     # stop the run before anything is written to the share. Nothing is held yet, so a
     # stop signal here ends the script at once (KeyboardInterrupt, see interrupts.py).
+    # A server that gives no answer at all, beside others that do, starts quarantined
+    # (engine/quarantine.py): it is tried again while the others work.
+    asleep = []
     for worker in workers:
-        worker.run_job = stage.make_worker(worker.server, worker.context())
+        try:
+            worker.run_job = stage.make_worker(worker.server, worker.context())
+        except ServerNotAnswering as exc:
+            if not supervision.can_quarantine(worker):
+                raise
+            asleep.append((worker, exc))
         worker.process_to_sample = stage.process_to_sample(worker.server)
+    if asleep and len(asleep) == len(workers):
+        raise _none_answers([exc for _, exc in asleep])
 
+    own_meter = False
     with signals.deferred():
         baseline = signals.count
         try:
             run.guard.establish()
             for worker in workers:
                 worker.store.prepare()
+            run.clock = workers[0].store.server_now
             run.metrics = MetricsLog(logs_folder(settings.root), stage.name, host,
-                                     extra_columns=stage.extra_columns)
+                                     extra_columns=stage.extra_columns + ENERGY_COLUMNS)
         except OSError as exc:
             run.guard.close()
             raise UsageError(
@@ -121,7 +155,15 @@ def run_stage(stage: Stage, settings: EngineSettings,
                 raise ShareLost(settings.root, exc.strerror or str(exc)) from None
             run.summary.total = len(jobs)
             run.summary.already_done = len(already_done)
+            if settings.watch or len(already_done) < len(jobs):
+                own_meter = meter is None
+                _start_meter(run, meter, signals, baseline)
             run.progress = Progress(run.summary, already_done, settings.show_progress)
+            for worker in workers:
+                worker.status.set(states.LOOKING)
+            for worker, exc in asleep:
+                supervision.asleep_at_start(worker, exc)
+            run.board.start()
             threads = [threading.Thread(target=worker_main, args=(worker,),
                                         name=f"worker-{worker.index}", daemon=True)
                        for worker in workers]
@@ -133,9 +175,46 @@ def run_stage(stage: Stage, settings: EngineSettings,
                 run.summary.interrupted = True  # also a signal that came as the run ended
         finally:
             _finish(run, workers)
+            supervision.run_ended(run)
+            run.notifier.close()
+            if own_meter:
+                run.meter.close()
     if run.fatal is not None:
         raise run.fatal
     return run.summary
+
+
+def _start_meter(run: Run, meter: EnergyMeter | None, signals: StopSignals,
+                 baseline: int) -> None:
+    """Choose this process's energy meter (or take the caller's), name it in the log,
+    and measure idle power before the first job. A stop signal cuts the wait short
+    (then no job starts)."""
+    if meter is None:
+        gpus = getattr(run.stage, "cuda_devices", None)
+        meter = choose_meter(gpus() if gpus is not None else None, host=run.host)
+    run.meter = meter
+    run.board.energy_meter = meter.name  # the status file's (None: not measured)
+    run.log(meter.describe(run.host))
+    if not meter.measuring or run.settings.idle_seconds <= 0:
+        return
+
+    def wait(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        with run.doorbell.rung_by_signals():
+            while signals.count == baseline and (left := deadline - time.monotonic()) > 0:
+                run.doorbell.wait(left)
+
+    idle_w = meter.measure_idle(run.settings.idle_seconds, wait=wait)
+    if signals.count != baseline:
+        run.stop.set()  # _wait_for_workers says why
+    elif idle_w is not None:
+        run.log(f"energy: idle {idle_w:.1f} W (over {run.settings.idle_seconds:g} s, before "
+                "the first job)")
+def _none_answers(errors: list[ServerNotAnswering]) -> ServerNotAnswering:
+    """No server answered the preflight: the run cannot start (exit 2)."""
+    if len(errors) == 1:
+        return errors[0]
+    return ServerNotAnswering(f"{errors[0]} (none of the {len(errors)} servers answers)")
 
 
 def _finish(run: Run, workers: list[Worker]) -> None:
@@ -144,8 +223,11 @@ def _finish(run: Run, workers: list[Worker]) -> None:
     run.heartbeat.release_all()
     for scratch in run.in_flight.abandoned_scratch():
         remove_quietly(scratch)
+    run.board.close()  # a clean end: the status file goes (after a crash it goes silent)
     for worker in workers:
         worker.store.close()
+        if worker.quarantine.active:
+            run.summary.quarantined[worker.server] = worker.quarantine.reason
     share_reason = run.guard.lost_reason()
     run.guard.close()
     run.doorbell.close()
@@ -180,7 +262,7 @@ def _wait_for_workers(run: Run, signals: StopSignals, baseline: int) -> None:
         while not run.workers_done.is_set():
             if isinstance(run.fatal, ShareLost):
                 # Nothing in flight can be delivered any more: do not wait for its answer.
-                run.in_flight.abandon()
+                run.abandon_in_flight("the shared folder was lost")
                 return
             received = signals.count - baseline
             if received != seen:
@@ -206,7 +288,9 @@ def _react_to_stop_signal(run: Run, signals: StopSignals, received: int) -> bool
     # Stop waiting for the jobs in flight. Nothing partial can be left (outputs appear
     # only by rename) once the writes under way (milliseconds) are over; releasing the
     # claims then lets any other worker redo those jobs now.
-    run.in_flight.abandon()
+    cancelled = run.abandon_in_flight("a second stop signal abandoned it")
     if busy:
-        run.log("abandoning the images in flight")
+        run.log("abandoning the images in flight" + (
+            f"; {cancelled} request(s) cancelled, so their servers stop drawing them"
+            if cancelled else ""))
     return True

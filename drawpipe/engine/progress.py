@@ -2,7 +2,8 @@
 
     Summary    the counts a run ends with, its summary lines and its exit code
     Progress   the bar (or one log line per job when not on a terminal), the counts
-               behind it, and the one place worker threads print from
+               behind it, what each job in flight is doing now (on the bar only), and
+               the one place worker threads print from
 
 A job counts once: made by this process, or made by another worker (found done by a
 scan, or kept when ours turned out a duplicate); what was done when the run started
@@ -10,6 +11,7 @@ is neither.
 """
 
 import math
+import posixpath
 import sys
 import threading
 import time
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from drawpipe.errors import Interrupted, JobFailed
+from drawpipe.layout import CONTROL_FOLDER, DRAIN_FOLDER
 
 
 @dataclass
@@ -36,6 +39,12 @@ class Summary:
     remaining: int = 0  # jobs without output at the end
     resent: int = 0  # requests sent again after a transient failure (the stage's client)
     retried: int = 0  # jobs tried again after they had failed in this run (--watch)
+    # The night at a glance (engine/supervision.py): the drain file this run obeyed (it
+    # then leaves what is left to the others and exits 0), the workers that stopped for
+    # good, and the servers still quarantined when the run ended: {server: why}.
+    drained: str | None = None
+    retired: dict = field(default_factory=dict)
+    quarantined: dict = field(default_factory=dict)
 
     @property
     def stopped_early(self) -> bool:
@@ -47,7 +56,8 @@ class Summary:
     def exit_code(self) -> int:
         if self.stopped_early:
             return Interrupted.exit_code
-        return JobFailed.exit_code if self.failed or self.remaining else 0
+        left_undone = self.remaining and not self.drained  # drained: left to the others
+        return JobFailed.exit_code if self.failed or left_undone else 0
 
     def lines(self) -> list[str]:
         lines = [
@@ -65,6 +75,16 @@ class Summary:
         if self.blocked:
             lines.append(f"{len(self.blocked)} blocked by a stale claim someone keeps open; run "
                          "the same command again once it is free")
+        for server, reason in self.retired.items():
+            lines.append(f"stopped using {server}: {reason}")
+        for server, reason in self.quarantined.items():
+            lines.append(f"quarantined at the end: {server} ({reason}); its jobs were left to "
+                         "the other workers")
+        if self.drained:
+            lines.append(f"drained by {CONTROL_FOLDER}/{DRAIN_FOLDER}/{self.drained}: "
+                         f"{self.remaining} left to "
+                         "the other Macs; remove it before this Mac's next run (python -m "
+                         f"drawpipe.status --undrain {self.drained})")
         if self.stopped_early:
             lines.append("interrupted; run the same command again to continue")
         return lines
@@ -84,6 +104,7 @@ class Progress:
                         dynamic_ncols=True, smoothing=0.1)
         self.log_successes = self.bar.disable
         self._said: dict[tuple[str, str], float] = {}  # (job key, kind) -> when last said
+        self._doing: dict[str, str] = {}  # job key -> what it is doing now (activity)
 
     def log(self, line: str) -> None:
         try:
@@ -150,6 +171,21 @@ class Progress:
             self._refresh()
         self.log(f"failed: {key}: {error}")
 
+    def activity(self, key: str, text: str | None) -> None:
+        """What job ``key`` is doing now ("sampling 12/30"), shown after the counts on the
+        bar; None: nothing any more. Without a bar, nothing is said (a line per step
+        would bury the log)."""
+        with self.lock:
+            if text is None:
+                if self._doing.pop(key, None) is None:
+                    return
+            elif self._doing.get(key) == text:
+                return
+            else:
+                self._doing[key] = text
+            if not self.bar.disable:
+                self._refresh()
+
     def count(self, resent: int = 0, retried: int = 0) -> None:
         with self.lock:
             self.summary.resent += resent
@@ -157,9 +193,11 @@ class Progress:
 
     def _refresh(self):
         self.bar.n = len(self.done_keys)
+        doing = "".join(f" | {posixpath.basename(key)}: {text}"
+                        for key, text in self._doing.items())
         self.bar.set_postfix_str(
             f"new={self.summary.made} others={self.summary.by_others} "
-            f"failed={len(self.summary.failed)}", refresh=False)
+            f"failed={len(self.summary.failed)}{doing}", refresh=False)
         try:
             self.bar.refresh()
         except OSError:

@@ -6,9 +6,13 @@
                      second stop signal abandons them
     Run              what the workers share: the plan, the stop flag and the first fatal
                      error, the share guard, the heartbeat, the metrics log, the progress,
-                     and jobs held back until a backend's retry_after_seconds
+                     the energy meter, jobs held back until a backend's
+                     retry_after_seconds, each worker's way to cancel its request in
+                     flight; the control files, the status file and the messages
+                     (engine/supervision.py)
 """
 
+import math
 import os
 import sys
 import threading
@@ -16,13 +20,19 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from drawpipe.engine.claims import Claim, ClaimStore, Heartbeat
+from drawpipe.engine.energy import IDLE_START_SECONDS, EnergyMeter
+from drawpipe.engine.control import ControlFiles
 from drawpipe.engine.interrupts import Doorbell
 from drawpipe.engine.jobs import Job, Stage, job_done
 from drawpipe.engine.metrics import MetricsLog
+from drawpipe.engine.notify import Message, Notifier, NotifySettings
 from drawpipe.engine.progress import Progress, Summary
+from drawpipe.engine.quarantine import QuarantineSettings
 from drawpipe.engine.share import ShareGuard
+from drawpipe.engine.status import StatusBoard
 from drawpipe.errors import DrawpipeError, ShareLost
 from drawpipe.settings import default
 
@@ -41,8 +51,17 @@ class EngineSettings:
     # a thread, which on a VM costs milliseconds of CPU: sparse readings keep the client's
     # CPU per image low (bench/upscale.py).
     sample_interval_seconds: float = 2.0
-    max_consecutive_failures: int = 3  # a worker whose server keeps failing retires
+    # Idle power is measured this long before the first job (engine/energy.py), so the
+    # report can tell an image's net energy from the machine's baseline.
+    idle_seconds: float = IDLE_START_SECONDS
     show_progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
+    # The night at a glance: each process's status file is rewritten this often
+    # (engine/status.py); a server that keeps failing is quarantined (engine/quarantine.py:
+    # after_failures also retires the worker of a stage with nothing to probe); messages
+    # go to --notify URLs (engine/notify.py).
+    status_seconds: float = default("status_seconds")
+    quarantine: QuarantineSettings = QuarantineSettings()
+    notify: NotifySettings = NotifySettings()
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -61,6 +80,13 @@ class EngineSettings:
         # the holder wakes up or the server drops its session. Several leases of trying
         # (a pause that grows, a line a minute) before the job is reported blocked.
         return 5 * self.lease_seconds
+
+
+# Back-to-back jobs leave no gap to measure idle power in: after this long, a worker
+# pauses before its next job to measure it again (a few seconds an hour). A try that
+# finds a job running, or is cut short, is not repeated for IDLE_RETRY_SECONDS.
+IDLE_REFRESH_SECONDS = 3600.0
+IDLE_RETRY_SECONDS = 600.0
 
 
 class InFlight:
@@ -143,11 +169,28 @@ class Run:
         # Jobs a backend said not to send again yet (JobFailed.retry_after_seconds): no
         # worker of this process sends them before this monotonic time.
         self.held_back: dict[str, float] = {}
+        # claim store's worker name -> cancel(reason, claim or None) -> bool: that worker's
+        # request in flight (of the job holding that claim) is no longer wanted (worker.py).
+        self.cancellers: dict[str, Callable[[str, Claim | None], bool]] = {}
         self.guard = ShareGuard(settings.root, f"{host}-{os.getpid()}")
         self.metrics: MetricsLog | None = None
         self.summary = Summary(stage.name, watch=settings.watch)
         self.heartbeat = Heartbeat(settings.heartbeat_seconds, self.claim_lost)
         self.progress: Progress | None = None
+        # The process's energy meter (engine/energy.py), chosen by run_stage when there is
+        # work to do; until then one that measures nothing.
+        self.meter = EnergyMeter(None, "not measured: no job has run")
+        self._idle_tried_at = -math.inf
+        # The night at a glance (engine/supervision.py): the control files every worker
+        # obeys, this process's status file, the messages; the file server's clock once
+        # the claims are ready (a ClaimStore's server_now).
+        self.clock: Callable[[], float] | None = None
+        self.control = ControlFiles(settings.root, host, os.getpid(), self.log)
+        self.board = StatusBoard(settings.root, host, os.getpid(), stage.name,
+                                 settings.lease_seconds, settings.status_seconds,
+                                 self.server_now, self.status_fields, self.log)
+        self.notifier = Notifier(settings.notify, self.log)
+        self.announced: dict[str, bool] = {}  # waits said once (supervision._announce)
 
     def log(self, line: str) -> None:
         if self.progress is not None:
@@ -157,6 +200,25 @@ class Run:
                 print(line, file=sys.stderr)
             except OSError:
                 pass
+
+    def server_now(self) -> float:
+        """The file server's clock (epoch seconds); this Mac's before the claims are ready."""
+        return self.clock() if self.clock is not None else time.time()
+
+    def status_fields(self) -> dict:
+        """The process-wide part of the status file (engine/status.py)."""
+        summary = self.summary
+        with self.progress.lock if self.progress is not None else self.lock:
+            counts = {"total": summary.total, "already_done": summary.already_done,
+                      "made": summary.made, "by_others": summary.by_others,
+                      "failed": len(summary.failed)}
+            blocked = dict(summary.blocked)
+        return {"stopping": self.stop.is_set() and self.fatal is None, "counts": counts,
+                "blocked": blocked}
+
+    def notify(self, message: Message) -> None:
+        """Send a message (--notify, --notify-desktop): queued, never waits, never raises."""
+        self.notifier.send(message)
 
     def progress_count(self, resent: int = 0, retried: int = 0) -> None:
         if self.progress is not None:
@@ -196,9 +258,40 @@ class Run:
         if reason is not None:
             self.set_fatal(ShareLost(self.settings.root, reason))
             return
+        # Found by the heartbeat while a request runs: a backend that can stop it does
+        # now, rather than draw an image nobody will keep.
+        cancel = self.cancellers.get(store.worker)
+        cancelled = cancel is not None and cancel("its lease was lost: another worker has "
+                                                  "the job", claim)
         self.log(f"warning: the claim {claim.path.name} is no longer ours (its lease expired "
                  "and another worker took it over, or it was deleted); our result will not "
-                 "overwrite theirs")
+                 "overwrite theirs" + ("; its request was cancelled, so the server stops "
+                                       "drawing it" if cancelled else ""))
+
+    def abandon_in_flight(self, reason: str) -> int:
+        """Write nothing more (InFlight.abandon), and cancel every request in flight whose
+        backend can stop: nobody will keep its image. The requests cancelled."""
+        self.in_flight.abandon()
+        return sum(bool(cancel(reason, None)) for cancel in list(self.cancellers.values()))
+
+    def refresh_idle_power(self) -> None:
+        """Between jobs: measure idle power again (``idle_seconds``, this worker waiting)
+        when the meter's figure is older than IDLE_REFRESH_SECONDS, or missing, and no
+        job of this process is running; tried at most once per IDLE_RETRY_SECONDS. With
+        other workers busy it costs one counter read. (Any gap between jobs of two
+        seconds or more refreshes it anyway: engine/energy.py.)"""
+        meter = self.meter
+        if not meter.measuring or self.settings.idle_seconds <= 0:
+            return
+        age = meter.idle_age_seconds()
+        if age is not None and age < IDLE_REFRESH_SECONDS:
+            return
+        with self.lock:
+            now = time.monotonic()
+            if now - self._idle_tried_at < IDLE_RETRY_SECONDS:
+                return
+            self._idle_tried_at = now
+        meter.measure_idle(self.settings.idle_seconds, wait=self.stop.wait)
 
     def replan(self) -> list[Job]:
         jobs = self.stage.plan()

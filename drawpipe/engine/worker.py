@@ -6,29 +6,37 @@
 
 A pass scans the plan (exact-path ``stat`` of each output), then tries each job that
 is not done: ``claim_and_do`` claims it (claims.py), checks again that it is not done,
-runs the stage's job with its CPU and RAM sampled, writes the result under a scratch
-name and moves it into place if the claim is still ours, logs one metrics row, and
-releases the claim. What happened is an ``Outcome`` (jobs.py); the pass acts on it:
-jobs claimed by others or refused by the share (SMB's "busy") wait for a later pass, a
-server that fails job after job is retired.
+runs the stage's job with its CPU and RAM sampled and its energy metered, writes the
+result under a scratch name and moves it into place if the claim is still ours, logs
+one metrics row, and releases the claim. What happened is an ``Outcome`` (jobs.py);
+the pass acts on it: jobs claimed by others or refused by the share (SMB's "busy")
+wait for a later pass, a server that fails job after job is quarantined (or retired,
+when the stage cannot probe it). Before every claim, and at the top of every pass,
+engine/supervision.py decides whether the worker may go on (pause, drain and priority
+files, its server's quarantine) and keeps its line of the status file true.
 """
 
 import errno
 import math
 import os
+import threading
 import time
 from pathlib import Path
 
+from drawpipe.engine import status as states
+from drawpipe.engine import supervision
 from drawpipe.engine.claims import Claim, ClaimStore, HeldOpen, dead_here
+from drawpipe.engine.energy import EnergyWindow
 from drawpipe.engine.faults import stop_here
 from drawpipe.engine.jobs import (Job, JobLost, JobResult, Outcome, RunJob, WorkerContext,
                                   job_done)
 from drawpipe.engine.metrics import ResourceSampler
+from drawpipe.engine.quarantine import Quarantine
 from drawpipe.engine.run import Abandoned, Run
 from drawpipe.errors import BadInput, JobDeferred, JobFailed, ShareLost, UsageError
 from drawpipe.files import (describe_os_error, is_busy, make_folders_below, output_exists,
-                            publish, remove_abandoned_scratch, remove_quietly, scratch_path,
-                            write_synced)
+                            output_exists_quietly, publish, remove_abandoned_scratch,
+                            remove_quietly, scratch_path, write_synced)
 
 
 class Worker:
@@ -40,7 +48,7 @@ class Worker:
         self.server = server
         self.store = store
         self.run_job: RunJob | None = None
-        self.process_to_sample: str | None = None
+        self.process_to_sample: str | None = None  # Stage.process_to_sample(server)
         # The job running now and its claim; requests checked (sent) for it so far.
         self.job: Job | None = None
         self.claim: Claim | None = None
@@ -51,11 +59,54 @@ class Worker:
         self.busy_since: dict[str, float] = {}  # job key -> first share-side refusal
         # job key -> (first refusal, last pause): a stale claim someone keeps open
         self.held_open: dict[str, tuple[float, float]] = {}
-        self.consecutive_failures = 0
+        # The backend's cancel(reason) (WorkerContext.on_cancel), and the lock that keeps
+        # a cancel from another thread to the job it was meant for.
+        self.cancel_call = None
+        self.job_lock = threading.Lock()
+        run.cancellers[store.worker] = self.cancel
+        # The night at a glance (engine/supervision.py): what the status file says of this
+        # worker, its server's failures in a row and quarantine, the priority file its
+        # pass was sorted by.
+        self.status = run.board.worker(index, server)
+        self.quarantine = Quarantine(run.settings.quarantine)
+        self.pass_priority: tuple[int, int] | None = None
+
+    @property
+    def runs_here(self) -> bool:
+        """Whether this worker's jobs do their work on this machine: no server, or one
+        whose app is here (the stage names a process to sample). Only then is the energy
+        measured here the jobs' own (engine/energy.py: "local", else "client-side")."""
+        return self.server is None or self.process_to_sample is not None
 
     def context(self) -> WorkerContext:
         return WorkerContext(sleep=self.run.stop.wait, resent=self.resent,
-                             server_now=self.store.server_now, checkpoint=self.checkpoint)
+                             server_now=self.store.server_now, checkpoint=self.checkpoint,
+                             activity=self.activity, on_cancel=self.set_canceller)
+
+    def set_canceller(self, cancel) -> None:
+        self.cancel_call = cancel
+
+    def cancel(self, reason: str, claim: Claim | None = None) -> bool:
+        """Cancel the request in flight (from any thread), if the backend can: that of
+        the job holding ``claim``, or of whatever job runs now when None. True when a
+        request was stopped."""
+        with self.job_lock:
+            if self.job is None or self.cancel_call is None:
+                return False
+            if claim is not None and claim is not self.claim:
+                return False
+            return bool(self.cancel_call(reason))
+
+    def activity(self, text: str | None) -> None:
+        """What the current job is doing now (WorkerContext.activity), to the progress bar
+        and this worker's line of the status file."""
+        job = self.job
+        if job is None or self.run.progress is None:
+            return
+        stop_here("activity")
+        self.run.progress.activity(job.key, text)
+        if text:
+            self.status.note_activity(text)
 
     def resent(self, line: str) -> None:
         self.run.progress_count(resent=1)
@@ -97,6 +148,8 @@ def worker_main(worker: Worker) -> None:
     run = worker.run
     try:
         _worker_loop(worker)
+        if worker.status.state not in (states.RETIRED, states.DRAINING):
+            worker.status.set(states.FINISHED)
     except ShareLost as exc:
         run.set_fatal(exc)
     except OSError as exc:
@@ -119,6 +172,8 @@ def _worker_loop(worker: Worker) -> None:
     while not run.stop.is_set():
         run.guard.check()
         store.retry_releases()
+        if not supervision.before_pass(worker):
+            return  # drained, or retired after a long quarantine
         try:
             if replan:
                 run.replan()
@@ -149,23 +204,30 @@ def _worker_loop(worker: Worker) -> None:
         if not pending:
             if not settings.watch and not unsettled and not later:
                 return  # everything is done, or failed here (a re-run retries those)
+            supervision.waiting(worker, states.WAITING)
             run.stop.wait(settings.poll_seconds)
             replan = settings.watch
             continue
         worked = False
         waiting = bool(unknown)
-        for job in pending:
+        for job in supervision.ordered(worker, pending):
+            run.refresh_idle_power()  # a wait a stop signal cuts short: checked next
             if run.stop.is_set():
                 return
+            if not supervision.may_claim(worker):
+                break  # paused, draining, quarantined, or a new priority: a later pass
             outcome = _claim_and_do(worker, job)
             if outcome is Outcome.RETIRE:
                 return
+            if outcome is Outcome.QUARANTINE:
+                break
             waiting = waiting or outcome.waits_for_a_later_pass
             # A job claimed by others or refused by the share was not worked on.
             worked = worked or outcome not in (Outcome.CLAIMED_BY_OTHERS, Outcome.BUSY)
         if not worked or waiting:
             # Everything left is claimed by others (or busy): wait for them to finish, or
             # for their claims to go stale so the next pass takes them over.
+            supervision.waiting(worker, states.WAITING if worked else states.WAITING_FOR_OTHERS)
             run.stop.wait(settings.poll_seconds)
             replan = settings.watch
 
@@ -288,11 +350,19 @@ def _claim_and_do(worker: Worker, job: Job) -> Outcome:
             return Outcome.BUSY
         retrying = job.key in worker.failures
         stop_here("claimed")
-        worker.job, worker.claim, worker.requests = job, claim, 0
+        with worker.job_lock:
+            worker.job, worker.claim, worker.requests = job, claim, 0
+        worker.status.working(job.key)
+        # The job's energy window, with its stopwatch (closed there; here if it ends early).
+        window = run.meter.open_window(local=worker.runs_here)
         try:
-            outcome = _do_job(worker, job, claim)
+            outcome = _do_job(worker, job, claim, window)
         finally:
-            worker.job = worker.claim = None
+            window.close()
+            with worker.job_lock:
+                worker.job = worker.claim = None
+            worker.status.job_ended()
+            run.progress.activity(job.key, None)
         if retrying and outcome is not Outcome.DEFERRED:
             run.progress_count(retried=1)
     finally:
@@ -304,18 +374,12 @@ def _claim_and_do(worker: Worker, job: Job) -> Outcome:
                 run.guard.check()  # a busy claim is retried by retry_releases
         run.in_flight.end(job.key)
     if outcome is Outcome.DONE:
-        worker.consecutive_failures = 0
+        worker.quarantine.succeeded()
         worker.failed_here.pop(job.key, None)
         worker.failures.pop(job.key, None)
     elif outcome is Outcome.FAILED:
-        worker.consecutive_failures += 1
-        if worker.consecutive_failures >= run.settings.max_consecutive_failures:
-            # A server that fails job after job is down or broken: stop sending it
-            # work rather than burn the night failing every image in turn.
-            run.log(f"stopped sending to {worker.server or 'this worker'} after "
-                    f"{worker.consecutive_failures} failed jobs in a row"
-                    + ("; the other workers go on" if len(run.settings.servers) > 1 else ""))
-            return Outcome.RETIRE
+        # A server that keeps failing is quarantined (or, with nothing to probe, retired).
+        return supervision.after_failure(worker) or outcome
     return outcome
 
 
@@ -334,10 +398,10 @@ def _remove_what_the_dead_left(worker: Worker, job: Job, claim: Claim) -> None:
         run.guard.remove_abandoned_markers()
 
 
-def _do_job(worker: Worker, job: Job, claim: Claim) -> Outcome:
+def _do_job(worker: Worker, job: Job, claim: Claim, window: EnergyWindow) -> Outcome:
     """Run one claimed job and record it: DONE (output written, or a duplicate of
     another worker's), FAILED, BAD_INPUT, BUSY (the share refused a file) or DEFERRED.
-    Raises ShareLost."""
+    ``window``: the job's energy window, just opened. Raises ShareLost."""
     run, settings = worker.run, worker.run.settings
     store, run_job = worker.store, worker.run_job
     scratch = scratch_path(job.output, store.worker)
@@ -382,10 +446,15 @@ def _do_job(worker: Worker, job: Job, claim: Claim) -> Outcome:
     except JobFailed as exc:
         remove_quietly(scratch)
         row["attempt"] = exc.attempts
-        status, error, failure = "failed", str(exc), exc
-        outcome = Outcome.BAD_INPUT if isinstance(exc, BadInput) else Outcome.FAILED
-        if exc.retry_after_seconds is not None:
-            run.hold_back(job.key, exc.retry_after_seconds)
+        if claim.lost:
+            # Its lease was found lost while the request ran, and the backend's call was
+            # cancelled for it (Run.claim_lost): the job is another worker's now.
+            status, lost = "duplicate", JobLost(str(exc))
+        else:
+            status, error, failure = "failed", str(exc), exc
+            outcome = Outcome.BAD_INPUT if isinstance(exc, BadInput) else Outcome.FAILED
+            if exc.retry_after_seconds is not None:
+                run.hold_back(job.key, exc.retry_after_seconds)
     except OSError as exc:
         remove_quietly(scratch)
         run.guard.check()  # a lost share stops the run; otherwise a busy file
@@ -405,12 +474,17 @@ def _do_job(worker: Worker, job: Job, claim: Claim) -> Outcome:
                                    "nothing was sent for it")
             return outcome
     seconds = time.monotonic() - started
-    row.update(status=status, seconds=seconds, error=error)
+    energy = window.close()
+    if energy.error is not None:
+        run.progress.log_once("", "energy", f"warning: {energy.error} (a job's energy is "
+                              "left empty when its meter cannot be read; said once)")
+    row.update(status=status, seconds=seconds, error=error, **energy.row())
     _append_row(run, row, sampler, result)
     if status == "failed":
         if not fatal:
             _record_failure(worker, job.key, failure)
             run.progress.failed(job.key, error)
+            worker.status.failed_job(error)
         return outcome
     if status == "duplicate":
         run.progress.duplicate(job.key, output_exists_quietly(job.output),
@@ -419,6 +493,7 @@ def _do_job(worker: Worker, job: Job, claim: Claim) -> Outcome:
                                + ("; nothing more was sent for it" if lost else ""))
         return Outcome.DONE
     run.progress.made(job.key, f"{status}: {job.key} ({seconds:.1f} s)")
+    worker.status.made()
     return Outcome.DONE
 
 
@@ -439,13 +514,6 @@ def _append_row(run: Run, row: dict, sampler: ResourceSampler, result: JobResult
         run.metrics.append(row)
     except OSError as exc:
         run.log(f"warning: cannot append to {run.metrics.path}: {exc.strerror}")
-
-
-def output_exists_quietly(path: Path) -> bool:
-    try:
-        return output_exists(path)
-    except OSError:
-        return False
 
 
 def _deliver(worker: Worker, job: Job, claim: Claim, result: JobResult, scratch: Path) -> str:

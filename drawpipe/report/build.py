@@ -35,7 +35,8 @@ done right now still counts as left):
 
 The ETA of each stage is that count at the combined recent rate of all hosts
 (report/stats.py: "done" rows of the last ``--eta-window-minutes``, default 60, of
-that stage's log).
+that stage's log); its energy (report/energy.py) is projected for the same count, and
+``--grid-intensity G`` (gCO2e per kWh) adds CO2e.
 
 *Review* (curate/verdicts.py): per stage, how many outputs belong to an accepted, a
 rejected and a not yet reviewed take, and what REJECTED/ holds; the table's ``take``,
@@ -139,6 +140,7 @@ class ReportSettings:
     eta_window_seconds: float = DEFAULT_ETA_WINDOW_SECONDS
     processes: int = 1  # for thumbnails and contact sheets
     cache_dir: Path | None = None  # this Mac's SHA-256 cache (files.HashCache), for verdicts
+    grid_g_per_kwh: float | None = None  # --grid-intensity: adds CO2e to the energy
 
     @property
     def report_dir(self) -> Path:
@@ -169,7 +171,7 @@ def run_report(settings: ReportSettings, out=None, now: float | None = None) -> 
                          f"{GENERATIONS_FOLDER}/, {UPSCALED_FOLDER}/ or {CUTOUTS_FOLDER}/ "
                          "(is --root the shared folder?)")
     reports = build_stage_reports(logs, work_left(root, inventory, settings.queue),
-                                  settings.eta_window_seconds)
+                                  settings.eta_window_seconds, settings.grid_g_per_kwh)
     failures = failures_by_image(root, reports)
     out.write(format_summary(root, logs, reports, settings.eta_window_seconds, now))
     out.write(f"\nin the folder: {inventory.count('generated'):,} generated, "

@@ -1,16 +1,17 @@
 """Energy in the report: what each stage cost per image and in all, from the logs' energy
-columns (engine/energy.py writes them). Pure functions, no files read:
+columns (engine/energy.py writes them; inventory.py's LogRow reads them). Pure functions,
+no files read:
 
-    energy_rows(raw_rows)             metrics.read_logs rows (dicts of strings) -> EnergyRow
     stage_energy(stage, rows, left)   StageEnergy: EnergyFigures per host and scope, all
                                       hosts, the hosts not measured, kWh so far, projection
+    energy_table(energy)              its figures as rows of cells (the text and HTML tables)
+    energy_notes(energy)              the sentences under the table: not measured, so far,
+                                      projected, CO2e
     co2e_grams(kwh, grid_g_per_kwh)   CO2e of an energy at a grid intensity the user gives
     check_grid_intensity(value)       the --grid-intensity value, or ValueError (one line)
-    power_over_time(rows)             host -> [(end epoch, W)]: the chart of W over time
-    energy_wh_by_output(rows)         output key -> Wh of its latest done row (the export)
-    format_energy(stage_energy)       the plain-text report's lines
+    power_over_time(rows)             host -> PowerSeries: the chart of W over time
 
-Definitions (for README's Report section when the report shows them):
+Definitions (README's "Energy per image" says the same):
 
 - *gross* energy of a job: its window's ``energy_j``, the meter's whole counter (whole
   chip, GPU or CPU package) while the job ran. *net*: ``energy_j - idle_w x seconds``,
@@ -30,89 +31,21 @@ Definitions (for README's Report section when the report shows them):
   same way. Nothing is estimated in their place.
 - *CO2e*: kWh x the grid intensity (gCO2e per kWh) the user gives; no default, since no
   figure fits every grid.
+- *W over time*: per host, the machine's mean power while its jobs ran (the energy of
+  the jobs overlapping each stretch of time over the time they covered: windows open at
+  once share the machine's energy, so their sum is the machine's), and the idle power
+  each row logged.
 """
 
 import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
 
 from drawpipe.engine.energy import CLIENT_SIDE, COMPONENTS, LOCAL
+from drawpipe.inventory import J_PER_WH, LogRow
 
 ALL_HOSTS = "all hosts"
-J_PER_WH = 3600.0
-
-
-@dataclass(frozen=True)
-class EnergyRow:
-    """One logged job's energy. ``energy_j`` None: not measured; ``logged`` False: a log
-    written before the energy columns existed."""
-
-    host: str
-    status: str
-    output: str
-    end: float | None  # epoch seconds (time_utc: when the job ended)
-    seconds: float | None
-    meter: str | None
-    scope: str | None
-    energy_j: float | None
-    components_j: dict[str, float]
-    idle_w: float | None
-    logged: bool
-
-    @property
-    def gross_wh(self) -> float | None:
-        return None if self.energy_j is None else self.energy_j / J_PER_WH
-
-    @property
-    def net_wh(self) -> float | None:
-        if self.energy_j is None or self.idle_w is None or self.seconds is None:
-            return None
-        return max(0.0, self.energy_j - self.idle_w * self.seconds) / J_PER_WH
-
-
-def _number(text) -> float | None:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _epoch(text) -> float | None:
-    try:
-        return datetime.fromisoformat(text).timestamp()  # "...Z": UTC
-    except (TypeError, ValueError):
-        return None
-
-
-def energy_rows(raw_rows) -> list[EnergyRow]:
-    """Parse one stage's rows as metrics.read_logs gives them (every value a string, a
-    column missing from an older layout missing from the dict)."""
-    rows = []
-    for raw in raw_rows:
-        energy_j = _number(raw.get("energy_j"))
-        measured = energy_j is not None and energy_j >= 0
-        components = {}
-        for component in COMPONENTS:
-            value = _number(raw.get(f"energy_{component}_j"))
-            if measured and value is not None:
-                components[component] = value
-        rows.append(EnergyRow(
-            host=raw.get("host") or "?",
-            status=raw.get("status", ""),
-            output=raw.get("output", ""),
-            end=_epoch(raw.get("time_utc")),
-            seconds=_number(raw.get("seconds")),
-            meter=(raw.get("energy_meter") or None) if measured else None,
-            scope=(raw.get("energy_scope") or LOCAL) if measured else None,
-            energy_j=energy_j if measured else None,
-            components_j=components,
-            idle_w=_number(raw.get("idle_w")) if measured else None,
-            logged="energy_j" in raw,
-        ))
-    return rows
 
 
 def _quantile(values: list[float], fraction: float) -> float | None:
@@ -150,20 +83,20 @@ class EnergyFigures:
     net_kwh: float | None
 
 
-def _figures(host: str, scope: str, rows: list[EnergyRow]) -> EnergyFigures:
+def _figures(host: str, scope: str, rows: list[LogRow]) -> EnergyFigures:
     done = [row for row in rows if row.status == "done"]
     gross = [row.gross_wh for row in done]
     net = [row.net_wh for row in done if row.net_wh is not None]
     components = {}
     for component in COMPONENTS:
-        values = [row.components_j[component] / J_PER_WH for row in done
-                  if component in row.components_j]
+        values = [row.energy_components_j[component] / J_PER_WH for row in done
+                  if component in row.energy_components_j]
         if values:
             components[component] = _mean(values)
     nets = [row.net_wh for row in rows if row.net_wh is not None]
     return EnergyFigures(
         host=host, scope=scope,
-        meters=tuple(sorted({row.meter for row in rows if row.meter})),
+        meters=tuple(sorted({row.energy_meter for row in rows if row.energy_meter})),
         images=len(done),
         gross_wh_mean=_mean(gross), gross_wh_p50=_quantile(gross, 0.50),
         gross_wh_p95=_quantile(gross, 0.95),
@@ -177,11 +110,12 @@ def _figures(host: str, scope: str, rows: list[EnergyRow]) -> EnergyFigures:
 
 @dataclass
 class StageEnergy:
-    """One stage's energy. ``figures``: per (host, scope) sorted by host, then an "all
-    hosts" line per scope measured on more than one host. ``not_measured``: host -> why
-    ("" for no meter, or "older log"). ``unmeasured_rows``: rows without energy on hosts
-    that do measure (a failed read). ``projected_*_kwh``: for ``left`` jobs at the local
-    rate per done image; None without left, local images or (net) idle figures."""
+    """One stage's energy. ``figures``: per (host, scope), local first, sorted by host,
+    then an "all hosts" line per scope measured on more than one host. ``not_measured``:
+    host -> why ("" for no meter, or "older log"). ``unmeasured_rows``: rows without
+    energy on hosts that do measure (a failed read). ``projected_*_kwh``: for ``left``
+    jobs at the local rate per done image; None without jobs left (or their count), local
+    images or (net) idle figures."""
 
     stage: str
     figures: list[EnergyFigures]
@@ -200,34 +134,35 @@ class StageEnergy:
         return bool(self.figures)
 
 
-def stage_energy(stage: str, rows: list[EnergyRow], left: int | None,
+def stage_energy(stage: str, rows: list[LogRow], left: int | None,
                  grid_g_per_kwh: float | None = None) -> StageEnergy:
-    """The figures of one stage's rows (energy_rows) with ``left`` jobs still to do."""
-    by_group: dict[tuple[str, str], list[EnergyRow]] = defaultdict(list)
+    """The figures of one stage's rows (inventory.load_logs) with ``left`` jobs still to
+    do (None: unknown)."""
+    by_group: dict[tuple[str, str], list[LogRow]] = defaultdict(list)
     hosts_measured = set()
     for row in rows:
         if row.energy_j is not None:
-            by_group[(row.host, row.scope)].append(row)
+            by_group[(row.host, row.energy_scope)].append(row)
             hosts_measured.add(row.host)
     figures = [_figures(host, scope, by_group[(host, scope)])
                for host, scope in sorted(by_group, key=lambda key: (key[1] != LOCAL, key))]
     for scope in (LOCAL, CLIENT_SIDE):
         group = [row for (host, s), rows_ in by_group.items() if s == scope for row in rows_]
         if len({row.host for row in group}) > 1:
-            figures.append(_figures(ALL_HOSTS, scope, sorted(group, key=lambda r: r.end or 0)))
+            figures.append(_figures(ALL_HOSTS, scope, sorted(group, key=lambda r: r.end)))
     not_measured = {}
     for row in rows:
         if row.host not in hosts_measured:
             # a host with new rows and older-layout rows is "no meter": that is now
             if not_measured.get(row.host) != "":
-                not_measured[row.host] = "" if row.logged else "older log"
+                not_measured[row.host] = "" if row.energy_logged else "older log"
     measured_rows = [row for row in rows if row.energy_j is not None]
     nets = [row.net_wh for row in measured_rows if row.net_wh is not None]
-    local = [row for row in measured_rows if row.scope == LOCAL]
+    local = [row for row in measured_rows if row.energy_scope == LOCAL]
     local_done = sum(row.status == "done" for row in local)
     local_nets = [row.net_wh for row in local if row.net_wh is not None]
     projected_gross = projected_net = None
-    if left is not None and local_done:
+    if left and local_done:  # nothing left: nothing to project
         projected_gross = left * sum(row.gross_wh for row in local) / local_done / 1000
         if len(local_nets) == len(local):  # every local row has its idle figure
             projected_net = left * sum(local_nets) / local_done / 1000
@@ -239,7 +174,7 @@ def stage_energy(stage: str, rows: list[EnergyRow], left: int | None,
         gross_kwh=sum(row.gross_wh for row in measured_rows) / 1000,
         net_kwh=sum(nets) / 1000 if nets else None,
         client_side_kwh=sum(row.gross_wh for row in measured_rows
-                            if row.scope == CLIENT_SIDE) / 1000,
+                            if row.energy_scope == CLIENT_SIDE) / 1000,
         projected_gross_kwh=projected_gross, projected_net_kwh=projected_net,
         grid_g_per_kwh=grid_g_per_kwh,
     )
@@ -253,33 +188,94 @@ def co2e_grams(kwh: float | None, grid_g_per_kwh: float | None) -> float | None:
 
 
 def check_grid_intensity(value) -> float:
-    """The grid intensity in gCO2e per kWh as a float; ValueError (a message for the
-    user) unless it is a number above 0 and below 2,000 (coal is about 1,000)."""
-    number = _number(value)
-    if number is None or not 0 < number < 2000:
-        raise ValueError(f"the grid intensity must be grams of CO2e per kWh, a number above 0 "
+    """The grid intensity in gCO2e per kWh as a float; ValueError ("must be ...", for
+    the user after the setting's name) unless it is a number above 0 and below 2,000
+    (coal is about 1,000)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not 0 < number < 2000:  # nan fails too
+        raise ValueError(f"must be grams of CO2e per kWh, a number above 0 and below 2,000 "
                          f"(coal is about 1,000); got {value!r}")
     return number
 
 
-def power_over_time(rows: list[EnergyRow]) -> dict[str, list[tuple[float, float]]]:
-    """host -> [(end epoch seconds, mean W of that job)], oldest first, every measured
-    row with a time and a length."""
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+# --------------------------------------------------------------------------- W over time
+
+# The chart's time axis is cut into at most this many stretches, none shorter than
+# MIN_STRETCH_SECONDS: a night of thousands of jobs stays a readable line.
+MAX_POINTS = 400
+MIN_STRETCH_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class PowerSeries:
+    """One host's power over time. ``busy``: (epoch seconds, mean W of the machine while
+    its jobs ran) per stretch of time with jobs; ``idle``: (epoch seconds a job ended,
+    the idle W it logged); ``client_side``: every measured row is client-side (a Mac
+    driving a remote server: its own side only)."""
+
+    busy: list[tuple[float, float]]
+    idle: list[tuple[float, float]]
+    client_side: bool
+
+
+def _spread(start: float, end: float, first: float, width: float, add) -> None:
+    """Call ``add(stretch index, seconds of [start, end] inside it)`` for each stretch of
+    ``width`` seconds (from ``first``) that [start, end] overlaps."""
+    index = int((start - first) // width)
+    while start < end:
+        stretch_end = first + (index + 1) * width
+        overlap = min(end, stretch_end) - start
+        if overlap > 0:
+            add(index, overlap)
+        start = stretch_end
+        index += 1
+
+
+def _busy_power(rows: list[LogRow]) -> list[tuple[float, float]]:
+    jobs = [(row.start, row.end, row.energy_j) for row in rows if row.seconds]
+    if not jobs:
+        return []
+    first, last = min(job[0] for job in jobs), max(job[1] for job in jobs)
+    width = max((last - first) / MAX_POINTS, MIN_STRETCH_SECONDS)
+    count = int((last - first) // width) + 1
+    joules, covered = [0.0] * count, [0.0] * count
+    for start, end, energy_j in jobs:
+        watts = energy_j / (end - start)
+
+        def add_energy(index, seconds, watts=watts):
+            joules[index] += watts * seconds
+
+        _spread(start, end, first, width, add_energy)
+    merged: list[list[float]] = []  # the union of the jobs' intervals: time covered
+    for start, end, _ in sorted(jobs):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+
+    def add_time(index, seconds):
+        covered[index] += seconds
+
+    for start, end in merged:
+        _spread(start, end, first, width, add_time)
+    return [(first + (index + 0.5) * width, joules[index] / covered[index])
+            for index in range(count) if covered[index] > 0]
+
+
+def power_over_time(rows: list[LogRow]) -> dict[str, PowerSeries]:
+    """host -> PowerSeries of its measured rows (oldest first), hosts sorted."""
+    by_host: dict[str, list[LogRow]] = defaultdict(list)
     for row in rows:
-        if row.energy_j is not None and row.end is not None and row.seconds:
-            series[row.host].append((row.end, row.energy_j / row.seconds))
-    return {host: sorted(points) for host, points in sorted(series.items())}
-
-
-def energy_wh_by_output(rows: list[EnergyRow]) -> dict[str, float]:
-    """output key -> gross Wh of its latest local "done" row (the image's own energy;
-    client-side rows are not an image's)."""
-    found = {}
-    for row in sorted(rows, key=lambda r: r.end or 0):
-        if row.status == "done" and row.energy_j is not None and row.scope == LOCAL:
-            found[row.output] = row.gross_wh
-    return found
+        if row.energy_j is not None:
+            by_host[row.host].append(row)
+    return {host: PowerSeries(
+        busy=_busy_power(mine),
+        idle=sorted((row.end, row.idle_w) for row in mine if row.idle_w is not None),
+        client_side=all(row.energy_scope == CLIENT_SIDE for row in mine))
+        for host, mine in sorted(by_host.items())}
 
 
 # --------------------------------------------------------------------------- text
@@ -309,47 +305,64 @@ def format_grams(grams: float) -> str:
     return f"{_three_digits(grams / 1000)} kg" if grams >= 1000 else f"{_three_digits(grams)} g"
 
 
-def format_energy(energy: StageEnergy) -> list[str]:
-    """The plain-text report's energy lines for one stage (no heading)."""
-    lines = []
-    if energy.figures:
-        lines.append("Wh per image, gross | net of idle: mean  p50  p95")
-        for f in energy.figures:
-            label = f"{f.host} ({', '.join(f.meters) or 'meter?'}"
-            label += ", client side only)" if f.scope == CLIENT_SIDE else ")"
-            lines.append(
-                f"  {label}: {f.images} images, gross {_cell(f.gross_wh_mean)}  "
-                f"{_cell(f.gross_wh_p50)}  {_cell(f.gross_wh_p95)} | net "
-                f"{_cell(f.net_wh_mean)}  {_cell(f.net_wh_p50)}  {_cell(f.net_wh_p95)}; "
-                f"so far {format_wh(f.gross_kwh * 1000)}")
+# (heading, value from EnergyFigures); the text and HTML tables both show these
+TABLE_COLUMNS = (
+    ("host", lambda f: f.host),
+    ("meter", lambda f: ", ".join(f.meters) + (" (client side only)"
+                                               if f.scope == CLIENT_SIDE else "")),
+    ("images", lambda f: f"{f.images:,}"),
+    ("Wh/img gross mean", lambda f: _cell(f.gross_wh_mean)),
+    ("p50", lambda f: _cell(f.gross_wh_p50)),
+    ("p95", lambda f: _cell(f.gross_wh_p95)),
+    ("net mean", lambda f: _cell(f.net_wh_mean)),
+    ("p50", lambda f: _cell(f.net_wh_p50)),
+    ("p95", lambda f: _cell(f.net_wh_p95)),
+    ("of which (mean)", lambda f: " ".join(f"{component.upper()} {_three_digits(wh)}"
+                                           for component, wh in f.component_wh_mean.items())),
+    ("so far", lambda f: format_wh(f.gross_kwh * 1000)),
+)
+
+
+def energy_table(energy: StageEnergy) -> list[list[str]]:
+    """The figures as rows of cells, the heading row first; [] when nothing was measured."""
+    if not energy.figures:
+        return []
+    return [[heading for heading, _ in TABLE_COLUMNS]] + [
+        [value(figures) for _, value in TABLE_COLUMNS] for figures in energy.figures]
+
+
+def energy_notes(energy: StageEnergy) -> list[str]:
+    """The sentences that go with the table: hosts not measured, failed reads, so far,
+    projected, CO2e."""
+    notes = []
     for host, why in sorted(energy.not_measured.items()):
-        lines.append(f"  not measured on {host}" + (" (a log written before energy was logged)"
-                                                     if why else ""))
+        notes.append(f"not measured on {host}" + (" (a log written before energy was logged)"
+                                                  if why else " (no meter there; its runs' "
+                                                  "first lines say why)"))
     if energy.unmeasured_rows:
-        lines.append(f"  {energy.unmeasured_rows} job(s) on measuring hosts have no energy "
+        notes.append(f"{energy.unmeasured_rows:,} job(s) on measuring hosts have no energy "
                      "(a meter read failed)")
     if not energy.figures:
-        return lines
+        return notes
     so_far = f"so far {format_wh(energy.gross_kwh * 1000)}"
     if energy.net_kwh is not None:
         so_far += f" (net {format_wh(energy.net_kwh * 1000)})"
     if energy.client_side_kwh:
         so_far += (f", of which {format_wh(energy.client_side_kwh * 1000)} client side "
                    "(the remote servers' energy is not measured)")
-    lines.append("  " + so_far)
+    notes.append(so_far)
     if energy.projected_gross_kwh is not None:
-        projected = (f"projected for {energy.left} left: "
+        projected = (f"projected for the {energy.left:,} left: "
                      f"{format_wh(energy.projected_gross_kwh * 1000)}")
         if energy.projected_net_kwh is not None:
             projected += f" (net {format_wh(energy.projected_net_kwh * 1000)})"
         if energy.not_measured:
             projected += ", at the measured hosts' rate"
-        lines.append("  " + projected)
-    if energy.grid_g_per_kwh is not None:
-        co2e = (f"CO2e at {energy.grid_g_per_kwh:g} g/kWh: "
-                f"{format_grams(co2e_grams(energy.gross_kwh, energy.grid_g_per_kwh))} so far")
+        notes.append(projected)
+    grid = energy.grid_g_per_kwh
+    if grid is not None:
+        co2e = f"CO2e at {grid:g} g/kWh: {format_grams(co2e_grams(energy.gross_kwh, grid))} so far"
         if energy.projected_gross_kwh is not None:
-            co2e += (f", {format_grams(co2e_grams(energy.projected_gross_kwh, energy.grid_g_per_kwh))}"
-                     " projected")
-        lines.append("  " + co2e)
-    return lines
+            co2e += f", {format_grams(co2e_grams(energy.projected_gross_kwh, grid))} projected"
+        notes.append(co2e)
+    return notes

@@ -10,7 +10,8 @@ opens from the share on any Mac with no server and no internet::
                                           a page loads only its own thumbnails, so the
                                           report stays quick at thousands of images
     report/thumbs/<source path>.jpg|.png  thumbnails (JPEG for photos, PNG for cut-outs)
-    report/charts/<stage>.png             seconds per image, CPU %, RAM over time, by host
+    report/charts/<stage>.png             seconds per image, CPU %, RAM and power (W)
+                                          over time, by host
     report/contact_sheets/<Nation>_<category>.png
 
 Clicking a thumbnail opens the full-size original through a relative link
@@ -23,7 +24,9 @@ What is redone on a second run (inventory.ReportCache remembers the rest):
   (slow to import) is imported only then;
 - a contact sheet, when its tiles (sources, labels) changed;
 - a page, when its bytes would differ (it holds nothing that changes by itself:
-  no "generated at" clock time); the page of a nation that is gone is deleted.
+  no "generated at" clock time, except the index's snapshot of the workers' live state,
+  shown only while some run or a control file is there); the page of a nation that is
+  gone is deleted.
 
 Pillow is imported inside functions: importing this module costs nothing.
 """
@@ -42,10 +45,12 @@ from pathlib import Path
 from drawpipe import pages
 from drawpipe.files import save_atomically, write_if_changed
 from drawpipe.curate.verdicts import NOT_REVIEWED
-from drawpipe.inventory import STAGES, ImageEntry, Logs, latest_done
+from drawpipe.inventory import STAGES, ImageEntry, Logs, latest_done, status_view
 from drawpipe.layout import natural_key
 from drawpipe.pages import anchor, counted, cutout_names, cutouts_caption, meta_view
-from drawpipe.report.stats import REVIEW_WORDS, eta_sentence, format_time, summary_table
+from drawpipe.report.energy import energy_notes, energy_table, power_over_time
+from drawpipe.report.stats import (REVIEW_WORDS, StageReport, eta_sentence, format_time,
+                                   summary_table)
 
 PAGE_NAME = "index.html"
 NATIONS_FOLDER = "nations"  # a page per nation: report/nations/<Nation>.html
@@ -60,7 +65,7 @@ THUMB_SPECS = {
     "cutout": (160, "PNG", ".png"),
 }
 # Bump to redraw every chart / sheet after changing how they are drawn.
-CHART_VERSION = 2
+CHART_VERSION = 3
 SHEET_VERSION = 1
 SHEET_TILE_PX = 240
 SHEET_LABEL_PX = 40
@@ -233,13 +238,14 @@ def _utc(epoch_seconds: float) -> datetime:
 
 
 def draw_stage_chart(stage: str, rows: list, path: Path) -> None:
-    """Three panels sharing a time axis (UTC): seconds per image ("done" dots, failed
-    crosses), the machine's mean CPU % and its mean used RAM per job; one colour per host."""
+    """Four panels sharing a time axis (UTC): seconds per image ("done" dots, failed
+    crosses), the machine's mean CPU % and its mean used RAM per job, and its power while
+    jobs ran (report/energy.py power_over_time) with its idle power; one colour per host."""
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10, 7.2), dpi=100, layout="constrained")
-    seconds_axes, cpu_axes, ram_axes = figure.subplots(3, 1, sharex=True)
+    figure = Figure(figsize=(10, 9.4), dpi=100, layout="constrained")
+    seconds_axes, cpu_axes, ram_axes, power_axes = figure.subplots(4, 1, sharex=True)
     colours = [f"C{n}" for n in range(10)]
     hosts = sorted({row.host for row in rows})
     for index, host in enumerate(hosts):
@@ -262,20 +268,50 @@ def draw_stage_chart(stage: str, rows: list, path: Path) -> None:
             axes.text(0.5, 0.5, f"not logged ({name})", transform=axes.transAxes,
                       ha="center", va="center", color="0.45")
             axes.set_yticks([])
+    _draw_power(power_axes, rows, hosts, colours)
     seconds_axes.set_ylabel("seconds per image")
     cpu_axes.set_ylabel("CPU % (machine)")
     ram_axes.set_ylabel("RAM used (MB)")
-    ram_axes.set_xlabel("time (UTC)")
-    for axes in (seconds_axes, cpu_axes, ram_axes):
+    power_axes.set_xlabel("time (UTC)")
+    for axes in (seconds_axes, cpu_axes, ram_axes, power_axes):
         axes.grid(True, alpha=0.3)
     if any(row.cpu_percent_mean is not None for row in rows):
         cpu_axes.set_ylim(bottom=0)
     locator = AutoDateLocator()
-    ram_axes.xaxis.set_major_locator(locator)
-    ram_axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    power_axes.xaxis.set_major_locator(locator)
+    power_axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     seconds_axes.legend(loc="upper left", fontsize="small", ncols=min(4, 2 * len(hosts)))
     figure.suptitle(f"{stage}: every job, by host")
     _save_in_place(path, lambda temporary: figure.savefig(temporary, format="png"))
+
+
+def _draw_power(axes, rows: list, hosts: list[str], colours: list[str]) -> None:
+    """The power panel: per host its meter's W while jobs ran (dots) and the idle W its
+    rows logged (dashes), "client side" for a Mac driving a remote server; the hosts
+    without energy named, never drawn."""
+    series = power_over_time(rows)
+    for index, host in enumerate(hosts):
+        power = series.get(host)
+        if power is None:
+            continue
+        colour = colours[index % len(colours)]
+        label = f"{host} (client side)" if power.client_side else host
+        if power.busy:
+            axes.plot(*zip(*[(_utc(t), w) for t, w in power.busy]), ".", markersize=5,
+                      alpha=0.7, color=colour, label=label)
+        if power.idle:
+            axes.plot(*zip(*[(_utc(t), w) for t, w in power.idle]), "_", markersize=8,
+                      alpha=0.5, color=colour, label=f"{host} idle")
+    unmeasured = [host for host in hosts if host not in series]
+    if unmeasured:
+        axes.text(0.99, 0.95, "not measured on " + ", ".join(unmeasured),
+                  transform=axes.transAxes, ha="right", va="top", color="0.45")
+    if series:
+        axes.set_ylim(bottom=0)
+        axes.legend(loc="lower left", fontsize="small", ncols=min(4, 2 * len(series)))
+    else:
+        axes.set_yticks([])
+    axes.set_ylabel("power (W, energy meter)")
 
 
 # --------------------------------------------------------------------------- contact sheets
@@ -454,6 +490,14 @@ def _item(entry, cache, done: dict, failures: dict, review, up: str) -> dict:
     }
 
 
+def _energy_view(report: StageReport) -> dict | None:
+    """The page's energy of one stage: {"table": rows of cells or [], "notes": [...]};
+    None when no job was logged."""
+    if report.energy is None or not (report.energy.figures or report.energy.not_measured):
+        return None
+    return {"table": energy_table(report.energy), "notes": energy_notes(report.energy)}
+
+
 @dataclass(frozen=True)
 class PageData:
     """What the report's pages show, besides the cache's thumbnails."""
@@ -521,7 +565,8 @@ def render_pages(data: PageData, cache) -> dict[str, str]:
                                         for group in by_nation[nation]]})
     stages = [{"name": report.stage,
                "table": summary_table(report.figures) if report.figures else None,
-               "eta": eta_sentence(report, data.window_seconds)} for report in data.reports]
+               "eta": eta_sentence(report, data.window_seconds),
+               "energy": _energy_view(report)} for report in data.reports]
     failed_rows = [{"stage": row.stage,
                     "page": nation_page(nation_of(ImageEntry(row.key or row.output).group)),
                     "anchor": anchor("i-", row.key or row.output),
@@ -530,8 +575,15 @@ def render_pages(data: PageData, cache) -> dict[str, str]:
                    for report in data.reports for row in report.failures]
     pages_made[PAGE_NAME] = pages.render(
         "report.html", **common, stages=stages, charts=data.charts, failed_rows=failed_rows,
-        review=data.review_table, nations=nation_links)
+        review=data.review_table, nations=nation_links, status=_live_status(data.root))
     return pages_made
+
+
+def _live_status(root: Path) -> dict | None:
+    """A snapshot of the workers' live state (inventory.status_view) while any runs, or the
+    control files say something; None otherwise, so an idle share's page stays the same."""
+    status = status_view(root)
+    return status if status["rows"] or status["lines"] else None
 
 
 def write_pages(report_dir: Path, data: PageData, cache) -> Made:

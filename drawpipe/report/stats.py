@@ -6,8 +6,11 @@ times in epoch seconds; latest_done); the folders too (scan_inventory).
 Figures:
 
     stage_figures(rows)          [HostFigures per host ..., HostFigures of all hosts]
+    phase_table(rows)            where the time went on gRPC servers, per host: the
+                                 seconds per stage of the request (signposts.py)
     estimate_eta(rows, left, W)  Eta: work left at the combined recent throughput
     outstanding_failures(rows)   the jobs whose latest row is a failure
+    energy_lines(energy)         a stage's energy (report/energy.py) as text lines
     percentile(values, fraction) linear interpolation between closest ranks
     format_summary(...)          the plain-text report
 
@@ -32,12 +35,19 @@ Definitions (the README's "Report" section says the same):
   every status count: a failed job loaded the machine too. *DT CPU s*: the Draw
   Things process's CPU seconds per job (``server_cpu_seconds``), mean and total over
   the rows that logged it (only a server on the logging Mac is measured).
+- *where the time went*: over the "done" rows that logged seconds per stage of the
+  request (jobs of gRPC servers: text encoding, with the queue and model loading, image
+  encoding, sampling, decoding, face restoration, upscaling, transfer), the mean seconds
+  per image of each stage and its share of their sum; a recipe's steps are summed.
 - *ETA*: ``left / rate``, where rate is the combined rate of all hosts over a recent
   window: the "done" rows that ended within the last W seconds of the stage's log
   (default one hour, up to the latest row of the stage, not "now", so a report run
   after the Macs stopped still says how fast they were), divided by the window's
   length, which starts no earlier than the first job of the logs (a run started 20
   minutes ago is measured over those 20 minutes).
+
+*Energy* per stage and host (Wh per image gross and net, so far, projected, CO2e) is
+report/energy.py's, whose docstring gives its definitions.
 
 Skipped input: a line cut off by a crash or with the wrong number of fields
 (metrics.read_logs counts those), and a row without a usable time_utc, status or
@@ -52,8 +62,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from drawpipe.curate.verdicts import NOT_REVIEWED
-from drawpipe.inventory import STAGES, LogRow, Logs
+from drawpipe.drawthings.signposts import PHASE_COLUMNS
+from drawpipe.inventory import STAGES, LogRow, Logs, format_duration
 from drawpipe.pages import counted
+from drawpipe.report.energy import StageEnergy, energy_notes, energy_table, stage_energy
 from drawpipe.settings import default
 
 DEFAULT_ETA_WINDOW_SECONDS = default("eta_window_minutes") * 60
@@ -182,6 +194,32 @@ def stage_figures(rows: list[LogRow]) -> list[HostFigures]:
     return figures
 
 
+def phase_table(rows: list[LogRow]) -> list[list[str]]:
+    """Rows of cells (the heading row first): per host (sorted), then all hosts, the
+    images whose "done" row logged seconds per stage, and each stage's mean seconds per
+    image with its share of their sum ("41.2 (78 %)"); only stages some row logged.
+    [] when no row logged any (HTTP servers only)."""
+    timed = [row for row in rows if row.status == "done" and row.phase_seconds]
+    if not timed:
+        return []
+    columns = [column for column in PHASE_COLUMNS if any(column in row.phase_seconds
+                                                         for row in timed)]
+    by_host: dict[str, list[LogRow]] = defaultdict(list)
+    for row in timed:
+        by_host[row.host].append(row)
+    groups = [(host, by_host[host]) for host in sorted(by_host)] + [(ALL_HOSTS, timed)]
+    table = [["host", "images"] + [column.removesuffix("_seconds").replace("_", " ")
+                                   for column in columns]]
+    for host, group in groups:
+        means = {column: sum(row.phase_seconds.get(column, 0.0) for row in group) / len(group)
+                 for column in columns}
+        total = sum(means.values())
+        table.append([host, f"{len(group):,}"] + [
+            f"{means[column]:,.1f} ({means[column] / total * 100:.0f} %)" if total else "-"
+            for column in columns])
+    return table
+
+
 @dataclass
 class Eta:
     """``left`` jobs at ``images_per_hour`` (all hosts, measured over [window_start,
@@ -229,23 +267,6 @@ def outstanding_failures(rows: list[LogRow]) -> list[LogRow]:
 # --------------------------------------------------------------------------- text
 
 
-def format_duration(seconds: float | None) -> str:
-    """4500 -> "1 h 15 min"; 59 -> "59 s"; 200000 -> "2 d 7 h"."""
-    if seconds is None:
-        return "unknown"
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes = round(seconds / 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes:02d} min"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h"
-
-
 def format_time(epoch_seconds: float | None) -> str:
     if epoch_seconds is None:
         return "-"
@@ -289,21 +310,27 @@ class StageReport:
 
     stage: str
     figures: list[HostFigures]
+    phases: list[list[str]]  # phase_table: where the time went on gRPC servers
     left: int | None  # jobs whose input exists and output does not; None: unknown
     left_note: str  # how ``left`` was counted, e.g. "of 2,000 generated images"
     eta: Eta
     failures: list[LogRow]  # outstanding failures
+    energy: StageEnergy | None = None  # report/energy.py
 
 
 def build_stage_reports(logs: Logs, left: dict[str, tuple[int | None, str]],
-                        window_seconds: float = DEFAULT_ETA_WINDOW_SECONDS) -> list[StageReport]:
+                        window_seconds: float = DEFAULT_ETA_WINDOW_SECONDS,
+                        grid_g_per_kwh: float | None = None) -> list[StageReport]:
+    """One StageReport per stage; ``grid_g_per_kwh`` (the user's grid intensity, or
+    None) adds CO2e to the energy."""
     reports = []
     for stage in STAGES:
         rows = logs.rows.get(stage, [])
         count, note = left.get(stage, (None, ""))
-        reports.append(StageReport(stage, stage_figures(rows), count, note,
+        reports.append(StageReport(stage, stage_figures(rows), phase_table(rows), count, note,
                                    estimate_eta(rows, count, window_seconds),
-                                   outstanding_failures(rows)))
+                                   outstanding_failures(rows),
+                                   stage_energy(stage, rows, count, grid_g_per_kwh)))
     return reports
 
 
@@ -359,13 +386,29 @@ def format_summary(root: Path, logs: Logs, reports: list[StageReport], window_se
             if everyone.duplicate:
                 lines.append(f"  {counted(everyone.duplicate, 'job')} done twice (another "
                              "worker had finished it first)")
+            if report.phases:
+                lines.append("  where the time went on gRPC servers (mean s per image, share):")
+                lines.extend(_aligned(report.phases, "    "))
         else:
             lines.append("  no job logged")
         if report.failures:
             lines.append(f"  still failed: {len(report.failures):,} (their last try failed; "
                          "the same command retries them)")
         lines.append("  " + eta_sentence(report, window_seconds))
+        lines.extend(energy_lines(report.energy))
     return "\n".join(lines) + "\n"
+
+
+def energy_lines(energy: StageEnergy | None) -> list[str]:
+    """A stage's energy for the terminal: the table and its notes, or the notes alone
+    ("energy: not measured on ..."); nothing when no job was logged."""
+    if energy is None:
+        return []
+    table, notes = energy_table(energy), energy_notes(energy)
+    if not table:
+        return [f"  energy: {note}" for note in notes]
+    return (["  energy (Wh per image; gross: the meter's whole reading, net: less idle power):"]
+            + _aligned(table, "    ") + [f"    {note}" for note in notes])
 
 
 # --------------------------------------------------------------------------- review

@@ -8,6 +8,7 @@
     model_type_for(path) the model type a checkpoint's file name says, or None
     missing_checkpoint_message(model_type, path)
     choose_device(name)  "auto" -> "mps" on Apple Silicon, "cuda" where present, else "cpu"
+    cuda_device_uuid(device)  "GPU-<uuid>" of a CUDA device, as NVML names it
     load_sam(model_type, checkpoint, device)
     Segmenter            one loaded model + the lean mask generator (mask_generator.py)
 
@@ -119,6 +120,16 @@ def choose_device(requested: str = "auto") -> str:
     if requested not in DEVICES:
         raise UsageError(f"--device {requested}: expected one of {', '.join(DEVICES)}")
     return requested
+
+
+def cuda_device_uuid(device: str) -> str:
+    """NVML's name for the CUDA device ``device`` ("cuda": the current one, or "cuda:N"):
+    "GPU-" + its UUID, which CUDA_VISIBLE_DEVICES and device order cannot change."""
+    torch = import_torch()
+    index = torch.device(device).index
+    if index is None:
+        index = torch.cuda.current_device()
+    return "GPU-" + str(torch.cuda.get_device_properties(index).uuid)
 
 
 def choose_precision(requested: str, device: str) -> str:

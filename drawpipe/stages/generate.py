@@ -16,11 +16,12 @@ from typing import Callable
 
 from drawpipe.curate.takes import Takes, seed_for
 from drawpipe.drawthings import api as drawthings
-from drawpipe.drawthings.client import ClientSettings, SdapiClient, sampled_process
+from drawpipe.drawthings import backends
+from drawpipe.drawthings.backends import ServerSettings
 from drawpipe.drawthings.payloads import (Override, check_payload, effective_parameters,
-                                          fill_prompt, load_payload, override_payloads,
-                                          preflight)
+                                          fill_prompt, load_payload, override_payloads)
 from drawpipe.drawthings.provenance import provenance_chunks
+from drawpipe.drawthings.signposts import PHASE_COLUMNS, phase_columns
 from drawpipe.engine.jobs import Job, JobResult, WorkerContext
 from drawpipe.layout import GENERATIONS_FOLDER, cutouts_path, image_name, upscaled_path
 from drawpipe.png import add_text_chunks
@@ -74,10 +75,10 @@ class Planned:
 
 class GenerateStage:
     name = "generate"
-    extra_columns = ("server",)
+    extra_columns = ("server",) + PHASE_COLUMNS
 
     def __init__(self, root: Path, queue: list[QueueItem], prompt_sets: PromptSets,
-                 template: Template, client_settings: ClientSettings, seed_offset: int = 0,
+                 template: Template, server_settings: ServerSettings, seed_offset: int = 0,
                  on_warning: Callable[[str], None] | None = None,
                  takes: Takes | None = None,
                  on_notice: Callable[[str], None] | None = None):
@@ -92,7 +93,7 @@ class GenerateStage:
         self.queue = queue
         self.prompt_sets = prompt_sets
         self.template = template
-        self.client_settings = client_settings
+        self.server_settings = server_settings
         self.seed_offset = seed_offset
 
     def plan(self) -> list[Job]:
@@ -147,23 +148,32 @@ class GenerateStage:
 
     def process_to_sample(self, server: str) -> str | None:
         """Draw Things' process, when ``server`` is this machine."""
-        return sampled_process(server, self.client_settings)
+        return backends.sampled_process(server, self.server_settings)
+
+    def probe(self, server: str) -> None:
+        """One look at ``server`` (GET /, or gRPC's Echo): the engine's probe of a
+        quarantined server (engine/quarantine.py)."""
+        backends.probe_server(server, self.server_settings)
 
     def make_worker(self, server: str, context: WorkerContext):
-        """Preflight the server (``GET /``) and return this worker's job runner."""
-        client = SdapiClient(server, self.client_settings, sleep=context.sleep,
-                             on_resend=context.resent, before_send=context.checkpoint)
-        app_configuration = preflight(client, [(self.template.payload, self.template.source)],
-                                      self.on_warning)
+        """Preflight the server (``GET /``, or gRPC's Echo and FilesExist) and return this
+        worker's job runner; ``server``: an http(s):// or grpc(s):// URL."""
+        client = backends.open_client(server, self.server_settings, sleep=context.sleep,
+                                      on_resend=context.resent, before_send=context.checkpoint)
+        context.on_cancel(client.cancel)
+        app_configuration = backends.preflight(
+            client, [(self.template.payload, self.template.source)], self.on_warning)
         expected_size = drawthings.output_size(
             effective_parameters(self.template.payload, app_configuration))
 
         def run(job: Job, scratch: Path) -> JobResult:
             payload = self.payload_for(job)  # job: as claimed (its take and seed fixed)
-            answer = client.generate("txt2img", payload, expected_size)
+            answer = client.generate("txt2img", payload, expected_size,
+                                     on_progress=lambda progress: context.activity(progress.text))
             png = add_text_chunks(answer.png, provenance_chunks(
                 payload, overrides=[o.text for o in self.template.overrides],
                 take=job.context.take))
-            return JobResult(data=png, attempts=answer.attempts, extra={"server": server})
+            return JobResult(data=png, attempts=answer.attempts,
+                             extra={"server": server, **phase_columns([answer.stage_seconds])})
 
         return run

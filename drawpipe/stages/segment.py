@@ -44,9 +44,9 @@ from drawpipe.inventory import RecordedSource
 from drawpipe.layout import (CUTOUTS_RECORD, UPSCALED_FOLDER, cutout_name, cutout_parts_folder,
                              cutouts_path, part_name)
 from drawpipe.sam.cutouts import choose_cutouts
-from drawpipe.sam.models import Segmenter, first_line
 from drawpipe.sam.labels import (Labeller, LabelSettings, Vocabulary, label_picture,
                                  load_labeller, settings_record)
+from drawpipe.sam.models import Segmenter, choose_device, cuda_device_uuid, first_line
 from drawpipe.sam.objects import LEVEL_NAMES, ObjectRules, regroup
 from drawpipe.sam.settings import GRANULARITIES, CutoutSettings, GeneratorSettings, ModelSettings
 from drawpipe.settings import default
@@ -368,6 +368,13 @@ class SegmentStage:
                                                self.labelling.vocabulary,
                                                self.labelling.cache_root)
             return self._labeller
+
+    def cuda_devices(self) -> tuple[str, ...]:
+        """The GPU the model runs on, for the energy meter (engine/jobs.py): its UUID on
+        CUDA; none on mps or the cpu."""
+        device = (self._segmenter.device if self._segmenter is not None
+                  else choose_device(self.model.device))
+        return (cuda_device_uuid(device),) if device.startswith("cuda") else ()
 
     def process_to_sample(self, server: None) -> None:
         """None: the model runs in this process, which each job samples itself."""

@@ -63,14 +63,15 @@ import pybase64
 
 from drawpipe.curate.takes import Takes, recorded_take, seed_for
 from drawpipe.drawthings import api as drawthings
-from drawpipe.drawthings.client import ClientSettings, SdapiClient, sampled_process
+from drawpipe.drawthings import backends
+from drawpipe.drawthings.backends import ServerSettings
 from drawpipe.drawthings.payloads import (Override, check_payload, effective_parameters,
-                                          override_payloads, preflight, read_json_file,
-                                          without_notes)
+                                          override_payloads, read_json_file, without_notes)
 from drawpipe.drawthings.provenance import provenance_chunks
+from drawpipe.drawthings.signposts import PHASE_COLUMNS, phase_columns
 from drawpipe.engine.jobs import Job, JobResult, WorkerContext
 from drawpipe.errors import (BadInput, InputFileError, JobDeferred, JobFailed, ServerRejected,
-                             StepRejected, TransientError)
+                             TransientError)
 from drawpipe.files import output_exists, scan_inputs
 from drawpipe.layout import GENERATIONS_FOLDER, UPSCALED_FOLDER, upscaled_path
 from drawpipe.png import (IEND_CHUNK, PNG_SIGNATURE, PngCheck, add_text_chunks, inspect_png,
@@ -276,9 +277,10 @@ class UpscaleStage:
     """
 
     name = "upscale"
-    extra_columns = ("server", "recipe", "steps", "step_seconds", "step_attempts")
+    extra_columns = ("server", "recipe", "steps", "step_seconds",
+                     "step_attempts") + PHASE_COLUMNS
 
-    def __init__(self, root: Path, recipe: Recipe, client_settings: ClientSettings,
+    def __init__(self, root: Path, recipe: Recipe, server_settings: ServerSettings,
                  seed_offset: int = 0, settle_seconds: float = DEFAULT_SETTLE_SECONDS,
                  on_skipped: Callable[[str, str], None] | None = None,
                  on_warning: Callable[[str], None] | None = None,
@@ -288,7 +290,7 @@ class UpscaleStage:
         self.takes = takes or Takes(root)
         self.rejected: list[str] = []  # inputs rejected in review, as of the last plan
         self.recipe = recipe
-        self.client_settings = client_settings
+        self.server_settings = server_settings
         self.seed_offset = seed_offset
         self.settle_seconds = settle_seconds
         self.on_skipped = on_skipped
@@ -395,16 +397,23 @@ class UpscaleStage:
 
     def process_to_sample(self, server: str) -> str | None:
         """Draw Things' process, when ``server`` is this machine."""
-        return sampled_process(server, self.client_settings)
+        return backends.sampled_process(server, self.server_settings)
+
+    def probe(self, server: str) -> None:
+        """One look at ``server`` (GET /, or gRPC's Echo): the engine's probe of a
+        quarantined server (engine/quarantine.py)."""
+        backends.probe_server(server, self.server_settings)
 
     def make_worker(self, server: str, context: WorkerContext):
-        """Preflight the server (``GET /``) and return this worker's job runner."""
-        client = SdapiClient(server, self.client_settings, sleep=context.sleep,
-                             on_resend=context.resent, before_send=context.checkpoint)
+        """Preflight the server (``GET /``, or gRPC's Echo and FilesExist) and return this
+        worker's job runner; ``server``: an http(s):// or grpc(s):// URL."""
+        client = backends.open_client(server, self.server_settings, sleep=context.sleep,
+                                      on_resend=context.resent, before_send=context.checkpoint)
+        context.on_cancel(client.cancel)
         recipe = self.recipe
-        app_configuration = preflight(client, [(step.payload, recipe.where(number))
-                                               for number, step in enumerate(recipe.steps, 1)],
-                                      self.on_warning)
+        app_configuration = backends.preflight(
+            client, [(step.payload, recipe.where(number))
+                     for number, step in enumerate(recipe.steps, 1)], self.on_warning)
         self._now = context.server_now
 
         def run(job: Job, scratch: Path) -> JobResult:
@@ -419,16 +428,20 @@ class UpscaleStage:
             except ValueError as exc:
                 raise BadInput(f"{label} does not fit the recipe: {exc}; not sent") from None
             png = source.data
-            seconds, attempts = [], []
+            seconds, attempts, stage_seconds = [], [], []
             for step in chain:
                 where = f"step {step.number} ({step.name}) of {recipe.name}"
+                doing = f"step {step.number} of {len(chain)} ({step.name})"
+                context.activity(doing)
                 request = dict(step.payload)
                 # Plain base64, no data: prefix, no line breaks: what Draw Things expects.
                 request["init_images"] = [pybase64.b64encode(png).decode("ascii")]
                 try:
-                    answer = client.generate("img2img", request, step.expected_size)
+                    answer = client.generate(
+                        "img2img", request, step.expected_size,
+                        on_progress=lambda progress: context.activity(f"{doing}: {progress.text}"))
                 except ServerRejected as exc:
-                    raise StepRejected(exc.url, exc.detail, where) from None
+                    raise exc.in_step(where) from None
                 except JobFailed as exc:
                     # Same kind (a step that may still be drawing is not re-sent either).
                     failed = copy.copy(exc)
@@ -438,6 +451,7 @@ class UpscaleStage:
                 png = answer.png
                 seconds.append(answer.seconds)
                 attempts.append(answer.attempts)
+                stage_seconds.append(answer.stage_seconds)
             if png_size(png) != recipe.output_size:  # sdapi checked it; this guards the recipe
                 raise TransientError(f"{label}: the last step returned {png_size(png)}, "
                                      f"not {recipe.output_size}")
@@ -448,6 +462,7 @@ class UpscaleStage:
                 "steps": len(chain),
                 "step_seconds": ";".join(f"{value:.3f}" for value in seconds),
                 "step_attempts": ";".join(str(value) for value in attempts),
+                **phase_columns(stage_seconds),
             })
 
         return run
