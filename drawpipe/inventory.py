@@ -3,10 +3,13 @@ files and the logs. Read only; the one place that walks the share's folders.
 
     scan_inventory(root)          Inventory: each image's generated, upscaled and cut-out files
     read_metadata(root, inv, c)   prompt, seed, model ... from each PNG's text chunks, cached
+    read_cutout_labels(root, inv, c)   each cut-out's name (segment.py --label), cached
+    cutout_labels(record)         the same from one cutouts.json's content
     image_metadata(texts)         the same from one PNG's text chunks
     ReportCache                   report/cache.json: what was read or made of each file, by
                                   (size, mtime_ns) (the report writes it; the review page reads it)
     recorded_source(output)       RecordedSource: the input an output records it was made from
+                                  (and, cut-outs, the settings they were made with)
     verdict_files(root)           every host's reviews/<host>.jsonl (curate/verdicts.py reads them)
     load_logs(logs_dir)           Logs: every stage's rows (engine/metrics.py read_logs), parsed
                                   (their energy columns too: engine/energy.py ENERGY_COLUMNS)
@@ -64,7 +67,12 @@ class ImageEntry:
     upscaled: ImageFile | None = None
     cutouts_folder: str | None = None  # "CUTOUTS/France/family/France_family_1_upscaled"
     cutouts: list[ImageFile] = field(default_factory=list)
+    cutouts_record: ImageFile | None = None  # the folder's cutouts.json
     meta: dict = field(default_factory=dict)  # prompt, negative_prompt, seed, model, size ...
+    # read_cutout_labels: each named cut-out's label (cut-out path -> {"name", "score",
+    # "trusted", "runner_up", "runner_up_score"}), the names of those left out as background
+    cutout_labels: dict = field(default_factory=dict)
+    background: list = field(default_factory=list)
 
     @property
     def group(self) -> str:
@@ -157,11 +165,15 @@ def scan_inventory(root: Path) -> Inventory:
                     if image is not None:
                         setattr(entry_for(image_key(image.path)), attribute, image)
     for relative_dir, files in _walk(root, CUTOUTS_FOLDER):
-        pngs = [file for file in files if _is_png(file.name)]
-        if relative_dir == CUTOUTS_FOLDER or not (pngs or any(f.name == CUTOUTS_RECORD for f in files)):
+        # A cut-out folder is one with a cutouts.json: the sub-folders of the objects' parts
+        # (granularity "all") are not, and neither are the sub-folders of the images.
+        record = next((file for file in files if file.name == CUTOUTS_RECORD), None)
+        if record is None:
             continue
+        pngs = [file for file in files if _is_png(file.name)]
         entry = entry_for(image_key(relative_dir))
         entry.cutouts_folder = relative_dir
+        entry.cutouts_record = _image_file(relative_dir, record)
         cutouts = [image for file in pngs if (image := _image_file(relative_dir, file))]
         entry.cutouts = sorted(cutouts, key=lambda image: natural_key(image.path))
     ordered = sorted(entries, key=natural_key)
@@ -174,10 +186,12 @@ def scan_inventory(root: Path) -> Inventory:
 class ReportCache:
     """``report/cache.json``: {"version", section: {key: value}} for the sections
     "meta" (PNG path -> [size, mtime_ns, metadata]), "thumbs" (source path -> [size,
-    mtime_ns, width_px, height_px, error]), "charts" (stage -> log files signature) and
-    "sheets" (group -> tiles signature). A missing, damaged or older cache is empty."""
+    mtime_ns, width_px, height_px, error]), "charts" (stage -> log files signature),
+    "sheets" (group -> tiles signature) and "labels" (cutouts.json path -> [size,
+    mtime_ns, {"labels": {file: label}, "background": [names]}]). A missing, damaged or
+    older cache is empty."""
 
-    SECTIONS = ("meta", "thumbs", "charts", "sheets")
+    SECTIONS = ("meta", "thumbs", "charts", "sheets", "labels")
 
     def __init__(self, path: Path):
         self.path = path
@@ -304,6 +318,57 @@ def read_metadata(root: Path, inventory: Inventory, cache: ReportCache) -> int:
     return read
 
 
+# The fields of a cut-out's label (sam/labels.py Label.record) that pages and exports show.
+LABEL_FIELDS = ("name", "score", "trusted", "runner_up", "runner_up_score")
+
+
+def cutout_labels(record: dict) -> tuple[dict, list]:
+    """({cut-out file name: its label's LABEL_FIELDS}, [names of the objects left out as
+    background]) from a cutouts.json's content; ({}, []) for cut-outs made without
+    segment.py --label (or a record not ours)."""
+    labels, background = {}, []
+    entries = record.get("cutouts") if isinstance(record, dict) else None
+    for entry in entries if isinstance(entries, list) else []:
+        label = entry.get("label") if isinstance(entry, dict) else None
+        if isinstance(label, dict) and isinstance(entry.get("file"), str):
+            labels[entry["file"]] = {name: label.get(name) for name in LABEL_FIELDS}
+    dropped = record.get("background") if isinstance(record, dict) else None
+    for entry in dropped if isinstance(dropped, list) else []:
+        label = entry.get("label") if isinstance(entry, dict) else None
+        if isinstance(label, dict) and isinstance(label.get("name"), str):
+            background.append(label["name"])
+    return labels, background
+
+
+def read_cutout_labels(root: Path, inventory: Inventory, cache: ReportCache) -> int:
+    """Fill each entry's ``cutout_labels`` (by cut-out path) and ``background`` from its
+    cutouts.json, read only when not cached for the file's (size, mtime_ns); returns the
+    files read. An unreadable record names nothing."""
+    read = 0
+    used = set()
+    for entry in inventory.entries.values():
+        record = entry.cutouts_record
+        if record is None:
+            continue
+        used.add(record.path)
+        cached = cache.get("labels", record.path)
+        if cached and cached[0] == record.size and cached[1] == record.mtime_ns:
+            found = cached[2]
+        else:
+            try:
+                labels, background = cutout_labels(json.loads((root / record.path).read_bytes()))
+            except (OSError, ValueError):
+                labels, background = {}, []
+            found = {"labels": labels, "background": background}
+            read += 1
+            cache.put("labels", record.path, [record.size, record.mtime_ns, found])
+        folder = entry.cutouts_folder
+        entry.cutout_labels = {f"{folder}/{name}": label for name, label in found["labels"].items()}
+        entry.background = list(found["background"])
+    cache.keep_only("labels", used)
+    return read
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -313,14 +378,18 @@ class RecordedSource:
 
     sha256: str | None  # hex SHA-256 of the input's bytes
     take: int | None  # the input's take (an upscaled image records it; cut-outs do not)
+    # cut-outs: the settings that decide what they are (cutouts.json's "made_with":
+    # granularity, labels); None for an upscaled image, or cut-outs made before
+    # drawpipe recorded them (stages/segment.py says what those were made with)
+    made_with: dict | None = None
 
 
 def recorded_source(output: Path) -> RecordedSource | None:
     """The input an output records, or None (made before drawpipe recorded one, gone,
     or not readable as ours). ``output``: an upscaled PNG (its ``drawpipe-source``
     text: {"sha256", "take"}) or a cut-out folder, or its cutouts.json
-    ({"source_sha256"}). Other OSErrors than a missing file propagate: "cannot
-    tell" is not "records nothing"."""
+    ({"source_sha256", "made_with"}). Other OSErrors than a missing file propagate:
+    "cannot tell" is not "records nothing"."""
     output = Path(output)
     try:
         if output.name == CUTOUTS_RECORD or output.is_dir():
@@ -336,9 +405,11 @@ def recorded_source(output: Path) -> RecordedSource | None:
         return None
     sha256 = record.get(fields[0])
     take = record.get(fields[1]) if fields[1] else None
+    made_with = record.get("made_with") if fields[1] is None else None
     return RecordedSource(sha256 if isinstance(sha256, str) else None,
                           take if isinstance(take, int) and not isinstance(take, bool)
-                          and take >= 1 else None)
+                          and take >= 1 else None,
+                          made_with if isinstance(made_with, dict) else None)
 
 
 def verdict_files(root: Path) -> list[Path]:

@@ -5,6 +5,9 @@
       UPSCALED_IMAGES/<same folders>/<stem>_upscaled.png                     upscale.py
       CUTOUTS/<same folders>/<stem>_upscaled/<stem>_upscaled_cutout_<k>.png  segment.py
                                             /cutouts.json
+                                            /<stem>_upscaled_cutout_<k>_parts/
+                                               <stem>_upscaled_cutout_<k>_part_<j>.png
+                                               (granularity "all": each object's parts)
       REJECTED/<any of the above, "_take<k>" added to the name>   curate/takes.py
       logs/<stage>-<host>.csv      one CSV per stage and host (engine/metrics.py)
       reviews/<host>.jsonl         one verdict file per host (curate/verdicts.py)
@@ -75,6 +78,18 @@ def generated_for_upscaled(root: Path, upscaled: Path) -> Path | None:
 def cutout_name(stem: str, number: int) -> str:
     """``France_family_1_upscaled``, 2 -> ``France_family_1_upscaled_cutout_2.png``."""
     return f"{stem}_cutout_{number}.png"
+
+
+def cutout_parts_folder(stem: str, number: int) -> str:
+    """The sub-folder of cut-out ``number``'s parts in its cut-out folder (granularity
+    "all"): ``France_family_1_upscaled``, 2 -> ``France_family_1_upscaled_cutout_2_parts``."""
+    return f"{stem}_cutout_{number}_parts"
+
+
+def part_name(stem: str, number: int, part: int) -> str:
+    """Part ``part`` of cut-out ``number``: ``France_family_1_upscaled``, 2, 1 ->
+    ``France_family_1_upscaled_cutout_2_part_1.png``."""
+    return f"{stem}_cutout_{number}_part_{part}.png"
 
 
 STATUS_FOLDER = "status"  # in CONTROL_FOLDER

@@ -3,6 +3,8 @@
     render(template_name, **context)   the page as a string
     anchor(prefix, key)                an HTML id made of an image key
     meta_view(entry)                   what the gallery shows of an image's PNG metadata
+    cutout_names(entry, cutout, k)     a cut-out tile's name, hover text and alt text
+    cutouts_caption(entry, seconds)    "8 cut-outs · 12.5 s · 2 left out as background: sky, wall"
     counted(n, noun)                   "1 image", "3 images": a count as pages and lines say it
                                        (the templates' ``counted`` filter too)
 
@@ -49,6 +51,32 @@ def meta_view(entry) -> dict:
              meta.get("sampler"), f"CFG {meta['cfg_scale']}" if meta.get("cfg_scale") else None]
     return {"name": entry.name, "facts": [fact for fact in facts if fact],
             "prompt": meta.get("prompt", ""), "negative_prompt": meta.get("negative_prompt", "")}
+
+
+def cutout_names(entry, cutout, number: int) -> dict:
+    """{name, title, alt} of a cut-out tile (inventory.ImageEntry, its ImageFile, its
+    number): the label segment.py --label gave it ("chair", "chair?" when the model did
+    not trust it), the label in full on hover; only ``alt`` for a cut-out without one."""
+    label = entry.cutout_labels.get(cutout.path)
+    if not label or not label.get("name"):
+        return {"name": "", "title": "", "alt": f"cut-out {number}"}
+    name = label["name"] if label.get("trusted") else f"{label['name']}?"
+    title = name
+    if isinstance(label.get("score"), (int, float)):
+        title += f" {label['score']:.2f}"
+        if label.get("runner_up") and isinstance(label.get("runner_up_score"), (int, float)):
+            title += f" (runner-up: {label['runner_up']} {label['runner_up_score']:.2f})"
+    return {"name": name, "title": title, "alt": f"cut-out {number}: {name}"}
+
+
+def cutouts_caption(entry, seconds: str = "") -> str:
+    """Under an image's cut-outs: how many, the time it took, and the objects named as
+    background and left out (segment.py --label)."""
+    caption = counted(len(entry.cutouts), "cut-out") + (f" · {seconds}" if seconds else "")
+    if entry.background:
+        names = ", ".join(sorted(set(entry.background)))
+        caption += f" · {len(entry.background)} left out as background: {names}"
+    return caption
 
 
 @lru_cache(maxsize=1)

@@ -5,14 +5,16 @@ flag each, ``--`` and the name with ``-``, unless ``flag`` says otherwise), the 
 ``drawpipe.toml`` profile may set (``profile=True``; cli/config.py checks them by
 kind), the defaults of the settings dataclasses (cli/common.py CommonSettings,
 engine/loop.py EngineSettings, drawthings/client.py ClientSettings, sam/settings.py
-GeneratorSettings and CutoutSettings) and README's option lists
+GeneratorSettings and CutoutSettings, sam/objects.py ObjectRules, sam/labels.py
+LabelSettings) and README's option lists
 (tests/test_settings.py holds them equal to this table).
 
     SETTINGS[name]     the Setting
     default(name)      its default value
     help_text(name)    its help, the default filled in
     PROFILE_SETTINGS   the names a profile may set, in the table's order
-    SHARE, RUN, SERVER, WATCH, GLANCE, QUARANTINE, GENERATOR, CUTOUTS   the groups commands take
+    SHARE, RUN, SERVER, WATCH, GLANCE, QUARANTINE, GENERATOR, OBJECTS, LABELS, CUTOUTS   the
+                       groups commands take
 
 Kinds (how a value is read from a flag and checked in a profile):
 
@@ -152,6 +154,12 @@ SETTINGS: dict[str, Setting] = _table(
             "(default {default})", metavar="X"),
     Setting("stability_score_thresh", "number", 0.95, "keep masks at least this stable "
             "(default {default})", metavar="X"),
+    # the whole level (SAM's largest mask of a point) for objects: sam/settings.py
+    # GeneratorSettings says why its stability threshold is lower than SAM's
+    Setting("whole_pred_iou_thresh", "number", 0.88, "objects: keep a whole-level mask with "
+            "predicted IoU above this (default {default})", metavar="X"),
+    Setting("whole_stability_score_thresh", "number", 0.7, "objects: keep a whole-level mask "
+            "at least this stable (default {default})", metavar="X"),
     Setting("stability_score_offset", "number", 1.0, "logit offset of the stability score "
             "(default {default})", metavar="X"),
     Setting("box_nms_thresh", "number", 0.7, "box IoU above which duplicates are dropped "
@@ -160,6 +168,29 @@ SETTINGS: dict[str, Setting] = _table(
             "(default {default})", metavar="N"),
     Setting("min_mask_region_area", "integer", 0, "remove islands and holes smaller than this, "
             "px (default {default})", unit="px", metavar="N"),
+    # objects and their parts (sam/objects.py ObjectRules says how they were measured)
+    Setting("granularity", "choice", "objects", "objects: the things, each one's parts listed "
+            "in cutouts.json; parts: every mask SAM keeps, side by side; all: objects, and each "
+            "one's parts cut out into a sub-folder (default {default})",
+            choices=("objects", "parts", "all")),
+    Setting("part_inside_fraction", "number", 0.85, "a mask with this fraction of its area "
+            "inside a larger object is a part of it (default {default})", unit="fraction",
+            metavar="X"),
+    Setting("duplicate_iou", "number", 0.85, "a mask this close to an object or part (IoU) is "
+            "the same thing (default {default})", metavar="X"),
+    Setting("redo_cutouts", "switch", False, "remake cut-out folders made with other settings "
+            "(another --granularity or labelling); the old ones are set aside into REJECTED/"),
+    # names (sam/labels.py)
+    Setting("label", "switch", False, "name every cut-out with a zero-shot image-text model "
+            "(open_clip); background (wall, sky ...) leaves the objects"),
+    Setting("labels", "text", None, "the vocabulary: one name a line, \"stuff: NAME\" for "
+            "background (default: the bundled one)", metavar="FILE"),
+    Setting("label_model", "choice", None, "the label model (default: named in "
+            "--label-checkpoint's file name, else ViT-B-32)",
+            choices=("ViT-B-32", "MobileCLIP-S2")),
+    Setting("label_threshold", "number", 0.5, "a name at least this probable is trusted, and "
+            "stuff words together at least this probable make background (default {default})",
+            unit="fraction", metavar="X"),
     # the cut-outs made of the masks
     Setting("min_area_fraction", "number", 0.001, "drop masks smaller than this fraction of the "
             "image (default {default})", unit="fraction", metavar="X"),
@@ -195,7 +226,10 @@ GLANCE = ("notify_urls", "notify_format", "notify_desktop", "status_seconds")
 QUARANTINE = ("max_consecutive_failures", "max_failing_seconds", "probe_seconds",
               "retire_after_seconds")
 GENERATOR = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
-             "stability_score_offset", "box_nms_thresh", "crop_n_layers", "min_mask_region_area")
+             "whole_pred_iou_thresh", "whole_stability_score_thresh", "stability_score_offset",
+             "box_nms_thresh", "crop_n_layers", "min_mask_region_area")
+OBJECTS = ("granularity", "part_inside_fraction", "duplicate_iou", "redo_cutouts")
+LABELS = ("label", "labels", "label_model", "label_threshold")
 CUTOUTS = ("min_area_fraction", "max_cutouts", "keep_background", "margin")
 
 PROFILE_SETTINGS = tuple(name for name, setting in SETTINGS.items() if setting.profile)

@@ -58,6 +58,28 @@ def local_cache_folder(tmp_path_factory):
         os.environ["DRAWPIPE_CACHE_DIR"] = previous
 
 
+def write_labelled_cutouts(folder: Path, labels, background=()) -> None:
+    """A cutouts.json in ``folder`` naming its cut-outs 1, 2, ... as segment.py --label
+    does: ``labels`` [(name, score, trusted, runner-up, runner-up score)], ``background``
+    the names of objects left out as background."""
+    entries = [{"file": f"{folder.name}_cutout_{k}.png", "label": {
+        "name": name, "score": score, "trusted": trusted, "runner_up": runner_up,
+        "runner_up_score": runner_up_score, "background": False, "background_score": 0.01}}
+        for k, (name, score, trusted, runner_up, runner_up_score) in enumerate(labels, 1)]
+    (folder / "cutouts.json").write_text(json.dumps({
+        "cutouts": entries, "background": [{"label": {"name": name}} for name in background]}))
+
+
+@pytest.fixture(scope="session")
+def tiny_label_model(tmp_path_factory) -> Path:
+    """A random-weight ViT-tiny-test label model file (a state_dict, like the official
+    ones; sam/labels.py), named so that segment.py tells its model from the name."""
+    from drawpipe.sam.labels import save_random_label_model
+
+    return save_random_label_model("ViT-tiny-test", tmp_path_factory.mktemp("labels") /
+                                   "ViT-tiny-test.bin")
+
+
 @pytest.fixture(autouse=True)
 def no_process_left_behind():
     """Kill every process a test started and left running, pass or fail."""

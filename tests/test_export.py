@@ -214,3 +214,69 @@ def test_nothing_accepted_is_one_line(share, tmp_path):
                              "accepted (review them with python -m drawpipe.review, or add "
                              "--include-unreviewed); nothing was written\n")
     assert not (tmp_path / "dataset").exists()
+
+
+def label_cutouts(root: Path) -> None:
+    """Name France_family_1's cut-outs as segment.py --label does: a chair the model
+    trusts, a lamp it does not; a wall left out as background."""
+    record_path = root / "CUTOUTS/France/family/France_family_1_upscaled/cutouts.json"
+    record = json.loads(record_path.read_text())
+    for entry, (name, score, trusted) in zip(record["cutouts"], (("chair", 0.81, True),
+                                                                   ("desk lamp", 0.3, False))):
+        entry["label"] = {"name": name, "score": score, "trusted": trusted,
+                          "runner_up": "table", "runner_up_score": 0.07,
+                          "background": False, "background_score": 0.02}
+    record["background"] = [{"bbox": [0, 0, 5, 5], "label": {"name": "wall", "score": 0.9}}]
+    record_path.write_text(json.dumps(record))
+
+
+def test_the_cutouts_names_are_columns_and_folders_by_label(reviewed, tmp_path):
+    label_cutouts(reviewed)
+    out = tmp_path / "dataset"
+    result = export(reviewed, out, "--cutouts-by-label")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith(f"; the cut-outs also by label in 2 folders of "
+                                  f"{out / 'cutouts_by_label'}\n")
+    first, other = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert first["cutout_labels"] == ["chair", "desk lamp"]
+    assert first["cutout_label_scores"] == [0.81, 0.3]
+    assert first["cutout_runners_up"] == ["table", "table"]
+    assert first["cutout_runner_up_scores"] == [0.07, 0.07]
+    assert other["cutout_labels"] == [] and other["cutout_label_scores"] == []
+    grouped = {p.relative_to(out / "cutouts_by_label").as_posix()
+               for p in (out / "cutouts_by_label").rglob("*.png")}
+    assert grouped == {"chair/France_family_1_upscaled_cutout_1.png",
+                       "desk lamp (unsure)/France_family_1_upscaled_cutout_2.png"}
+    shared = reviewed / "CUTOUTS/France/family/France_family_1_upscaled"
+    assert (out / "cutouts_by_label/chair/France_family_1_upscaled_cutout_1.png").stat().st_ino \
+        == (shared / "France_family_1_upscaled_cutout_1.png").stat().st_ino  # a hard link
+
+    import datasets
+
+    loaded = load(out, tmp_path)  # the folders by label are not rows
+    assert loaded.num_rows == 2
+    assert loaded.features["cutout_labels"] == datasets.List(datasets.Value("string"))
+    assert loaded.features["cutout_label_scores"] == datasets.List(datasets.Value("float64"))
+    assert loaded[0]["cutout_labels"] == ["chair", "desk lamp"]
+    assert [cutout.size for cutout in loaded[0]["cutouts"]] == [(60, 40), (30, 30)]
+
+
+def test_cutouts_made_without_labels_have_no_names_and_one_folder(reviewed, tmp_path):
+    out = tmp_path / "dataset"
+    result = export(reviewed, out, "--cutouts-by-label")
+    assert result.returncode == 0, result.stderr
+    first = json.loads((out / "metadata.jsonl").read_text().splitlines()[0])
+    assert first["cutout_labels"] is None and first["cutout_runner_up_scores"] is None
+    assert sorted(p.name for p in (out / "cutouts_by_label" / "(no label)").iterdir()) == [
+        "France_family_1_upscaled_cutout_1.png", "France_family_1_upscaled_cutout_2.png"]
+    assert load(out, tmp_path)[0]["cutout_labels"] is None
+
+
+def test_label_folders_hold_no_character_a_folder_name_cannot():
+    from drawpipe.curate.export import label_folder
+
+    assert label_folder({"name": "chair", "trusted": True}) == "chair"
+    assert label_folder({"name": "chair", "trusted": False}) == "chair (unsure)"
+    assert label_folder({"name": "a/b: c?", "trusted": True}) == "a-b- c-"
+    assert label_folder({"name": "..", "trusted": True}) == "-"
+    assert label_folder(None) == label_folder({"name": ""}) == "(no label)"

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from colours import ColourEmbedder
 from conftest import PROJECT_DIR
 from fileserver import PAYLOAD, PAYLOAD_SHA256, FileServer, closed_port_url
 
@@ -23,7 +24,7 @@ from drawpipe.sam.labels import (LABEL_MODELS, PNG_TEXT_KEYWORD, PROMPT_TEMPLATE
                                  Labeller, LabelSettings, decide, default_vocabulary,
                                  download_label_model, label_model_for, label_model_path,
                                  load_label_model, load_labeller, model_input, read_vocabulary,
-                                 save_random_label_model, settings_record)
+                                 settings_record)
 from drawpipe.sam.models import save_random_checkpoint
 
 VIT_B_32 = LABEL_MODELS["ViT-B-32"].official
@@ -107,33 +108,6 @@ def test_a_missing_vocabulary_file_or_a_folder(tmp_path):
 
 
 # ---------------------------------------------------------------- the decision
-
-
-# A stand-in embedding whose answers are known: a name's vector is its colour word's RGB
-# direction, a cut-out's is the direction of its pixels' mean colour (opaque pixels only).
-COLOURS = {"red": (1, 0, 0), "green": (0, 1, 0), "blue": (0, 0, 1), "grey": (1, 1, 1),
-           "silver": (1, 1, 1), "purple": (1, 0, 1)}
-
-
-def unit(vector) -> np.ndarray:
-    vector = np.asarray(vector, dtype=np.float32)
-    return vector / np.linalg.norm(vector)
-
-
-class ColourEmbedder:
-    """``logit_scale`` low enough that close colours share their probability."""
-
-    def __init__(self, logit_scale: float = 20.0):
-        self.logit_scale = logit_scale
-        self.names_embedded = 0
-
-    def embed_names(self, names):
-        self.names_embedded += 1
-        return np.stack([unit(COLOURS[name.split()[0]]) for name in names])
-
-    def embed_cutouts(self, pictures):
-        return np.stack([unit(picture[picture[..., 3] > 0][:, :3].mean(axis=0))
-                         for picture in pictures])
 
 
 def picture(rgb, side: int = 64) -> np.ndarray:
@@ -265,13 +239,7 @@ def test_the_settings_record_changes_with_what_changes_the_labels(tmp_path):
 
 
 # ---------------------------------------------------------------- a real (random) model
-
-
-@pytest.fixture(scope="session")
-def tiny_label_model(tmp_path_factory) -> Path:
-    """A random-weight ViT-tiny-test file (a state_dict, like the official ones)."""
-    return save_random_label_model("ViT-tiny-test", tmp_path_factory.mktemp("labels") /
-                                   "ViT-tiny-test.bin")
+# (conftest.py's tiny_label_model: a random-weight ViT-tiny-test file)
 
 
 def test_the_whole_path_with_a_random_weight_model(tiny_label_model):

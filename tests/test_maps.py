@@ -29,8 +29,8 @@ UPSTREAM_FILES = {
     "models_json.py", "controlnets_json.py",  # draw-things-community-models utils/
     "constants.py",  # open_clip
 }
-# Folders of other projects' trees the code cites by path (open_clip's sources).
-UPSTREAM_FOLDERS = ("src/open_clip/",)
+# Folders of other projects' trees the code cites by path (open_clip's and MobileSAM's sources).
+UPSTREAM_FOLDERS = ("src/open_clip/", "mobile_sam/")
 # Words that stand before a dot in prose without being a module: variables, "e.g.".
 NOT_MODULES = {"e", "i", "sim", "sampler", "image_encoder", "profiles", "control", "args",
                "self", "exc", "os", "np", "torch", "reading", "row", "stop", "cutout", "label"}

@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 from browser import LOAD_ALL_IMAGES, PageWatch, browser, skip_reason
-from conftest import PROJECT_DIR
+from conftest import PROJECT_DIR, write_labelled_cutouts
 from PIL import Image
 
 from drawpipe.curate.takes import seed_for, set_aside
@@ -591,3 +591,27 @@ def test_csv_is_never_written_into_logs_or_image_folders(dataset):
     assert result.stderr == (f"error: --csv {target}: the report never writes into logs/; "
                              "choose a file elsewhere (default: report/images.csv)\n")
     assert not target.exists()
+
+
+def test_the_gallery_names_the_cutouts(dataset):
+    folder = dataset / CUT("France/family/France_family_1")
+    stem = folder.name
+    write_labelled_cutouts(folder, [("chair", 0.8123, True, "table", 0.0712),
+                                    ("table", 0.31, False, "desk", 0.2)], ["wall"])
+    result = run_report("--root", dataset, "--html", "--processes", "1")
+    assert result.returncode == 0, result.stderr
+    page = (dataset / "report/nations/France.html").read_text()
+    assert ' title="chair 0.81 (runner-up: table 0.07)"' in page
+    assert 'alt="cut-out 1: chair"' in page and '<span class="name">chair</span>' in page
+    assert '<span class="name">table?</span>' in page
+    assert "2 cut-outs · " in page and " · 1 left out as background: wall" in page
+    japan = (dataset / "report/nations/Japan.html").read_text()
+    assert 'class="name"' not in japan  # cut-outs made without --label: no names
+    # The labels are read once per version of cutouts.json (the report's cache).
+    cache = json.loads((dataset / "report/cache.json").read_text())
+    assert cache["labels"][f"{CUT('France/family/France_family_1')}/cutouts.json"][2] == {
+        "labels": {f"{stem}_cutout_1.png": {"name": "chair", "score": 0.8123, "trusted": True,
+                                            "runner_up": "table", "runner_up_score": 0.0712},
+                   f"{stem}_cutout_2.png": {"name": "table", "score": 0.31, "trusted": False,
+                                            "runner_up": "desk", "runner_up_score": 0.2}},
+        "background": ["wall"]}

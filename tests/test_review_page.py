@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from browser import LOAD_ALL_IMAGES, PageWatch, browser, skip_reason
-from conftest import PROJECT_DIR
+from conftest import PROJECT_DIR, write_labelled_cutouts
 from PIL import Image, ImageFilter
 
 from drawpipe.curate.review import LISTENING
@@ -292,6 +292,24 @@ def test_bad_verdicts_get_one_line_and_write_nothing(server, review_share):
     assert [line["reason"] for line in verdict_lines(review_share)] == ["melted face"]
 
 
+def served_page(root: Path, tmp_path: Path) -> str:
+    """The review page of ``root``, from a server started for it alone."""
+    running = ReviewServer(root, tmp_path / "cache")
+    try:
+        status, body = running.request("GET", "/")
+    finally:
+        running.stop()
+    assert status == 200
+    return body.decode()
+
+
+def served_article(root: Path, tmp_path: Path, key: str, page: str | None = None) -> str:
+    """The <article> of image ``key`` on the review page (of ``page``, else served now)."""
+    page = page or served_page(root, tmp_path)
+    article = page[page.index(f'data-image="{GEN(key)}"'):]
+    return article[:article.index("</article>")]
+
+
 def test_a_remade_image_shows_its_take_and_why_the_one_before_was_rejected(review_share, tmp_path):
     root = review_share
     append_verdict(root, "mac-b", GEN(KEYS[0]), sha256_of(root, KEYS[0]), "reject", "six fingers")
@@ -301,21 +319,13 @@ def test_a_remade_image_shows_its_take_and_why_the_one_before_was_rejected(revie
                "width": 1024, "height": 1024}
     (root / GEN(KEYS[0])).write_bytes(add_text_chunks(
         encode_png(render_scene(11, "take 2", 256, 256)), provenance_chunks(payload, take=2)))
-    running = ReviewServer(root, tmp_path / "cache")
-    try:
-        status, body = running.request("GET", "/")
-    finally:
-        running.stop()
-    assert status == 200
-    page = body.decode()
-    article = page[page.index(f'data-image="{GEN(KEYS[0])}"'):]
-    article = article[:article.index("</article>")]
+    page = served_page(root, tmp_path)
+    article = served_article(root, tmp_path, KEYS[0], page)
     assert "take 2 · seed " in article
     assert re.search(r'<p class="earlier">take 1 rejected by mac-b, \d{4}-\d\d-\d\d '
                      r'\d\d:\d\d:\d\d UTC: six fingers</p>', article), article
     assert "not reviewed" in article  # take 2 itself is not reviewed yet
-    other = page[page.index(f'data-image="{GEN(KEYS[1])}"'):]
-    assert "take 1 · seed " in other[:other.index("</article>")]
+    assert "take 1 · seed " in served_article(root, tmp_path, KEYS[1], page)
 
 
 def test_a_review_for_a_removed_image_is_one_note(review_share, tmp_path):
@@ -348,3 +358,16 @@ def test_a_port_in_use_is_one_line_and_exit_2(server, review_share, tmp_path):
     assert result.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port} (")
     assert result.stderr.endswith("): choose another --port, or --port 0 for a free one\n")
     assert result.stderr.count("\n") == 1
+
+
+def test_the_cutouts_show_their_names(review_share, tmp_path):
+    """segment.py --label's names under the cut-outs, the whole label on hover, and the
+    objects left out as background in the caption."""
+    write_labelled_cutouts(review_share / "CUTOUTS/France/family/France_family_1_upscaled",
+                           [("chair", 0.8123, True, "table", 0.0712),
+                            ("red <lamp>", 0.31, False, "vase", 0.2)], ["wall", "sky"])
+    article = served_article(review_share, tmp_path, KEYS[0])
+    assert ' title="chair 0.81 (runner-up: table 0.07)"' in article
+    assert 'alt="cut-out 1: chair"><span class="name">chair</span>' in article
+    assert '<span class="name">red &lt;lamp&gt;?</span>' in article  # not trusted, escaped
+    assert "2 cut-outs · 2 left out as background: sky, wall" in article

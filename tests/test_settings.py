@@ -12,9 +12,12 @@ from drawpipe.cli.config import PROFILE_SETTINGS as PROFILE_CHECKS
 from drawpipe.drawthings.api import DEFAULT_PORT
 from drawpipe.drawthings.client import ClientSettings
 from drawpipe.engine.loop import EngineSettings
-from drawpipe.sam.settings import CutoutSettings, GeneratorSettings
-from drawpipe.settings import (CUTOUTS, DEFAULT_SERVER, GENERATOR, GLANCE, PROFILE_SETTINGS,
-                               QUARANTINE, RUN, SERVER, SETTINGS, SHARE, WATCH, default,
+from drawpipe.sam.labels import DEFAULT_LABEL_MODEL, LABEL_MODELS, TRUST_THRESHOLD, LabelSettings
+from drawpipe.sam.objects import ObjectRules
+from drawpipe.sam.settings import GRANULARITIES, CutoutSettings, GeneratorSettings
+from drawpipe.settings import (CUTOUTS, DEFAULT_SERVER, GENERATOR, GLANCE, LABELS, OBJECTS,
+                               PROFILE_SETTINGS, QUARANTINE, RUN, SERVER, SETTINGS, SHARE, WATCH,
+                               default,
                                format_value)
 
 README = (PROJECT_DIR / "README.md").read_text(encoding="utf-8")
@@ -42,6 +45,16 @@ def test_the_dataclasses_take_their_defaults_from_the_table():
     assert cutouts.margin_fraction == default("margin")
     for name in ("min_area_fraction", "max_cutouts", "keep_background"):
         assert getattr(cutouts, name) == default(name), name
+    rules = ObjectRules()
+    for name in ("part_inside_fraction", "duplicate_iou", "min_area_fraction"):
+        assert getattr(rules, name) == default(name), name
+    assert GRANULARITIES == SETTINGS["granularity"].choices
+    assert LabelSettings().trust_threshold == TRUST_THRESHOLD == default("label_threshold")
+    # --label-model offers the label models with published weights (the test one is named
+    # by its file, like SAM's vit_tiny).
+    assert SETTINGS["label_model"].choices == tuple(
+        name for name, model in LABEL_MODELS.items() if model.official is not None)
+    assert DEFAULT_LABEL_MODEL in SETTINGS["label_model"].help
     assert DEFAULT_SERVER.endswith(f":{DEFAULT_PORT}")
 
 
@@ -102,7 +115,7 @@ def test_the_engine_takes_its_quarantine_defaults_from_the_table():
 
 def test_readme_gives_segment_options_with_their_defaults():
     text = " ".join(section("segment.py: Segment Anything cut-outs").split())
-    for name in GENERATOR + CUTOUTS:
+    for name in GENERATOR + OBJECTS + LABELS + CUTOUTS:
         setting = SETTINGS[name]
         assert f"`{setting.option}" in text, setting.option
         if setting.default is not None and setting.kind != "switch":
@@ -113,7 +126,8 @@ def test_readme_gives_segment_options_with_their_defaults():
     ("generate.py", ("seed_offset",) + SHARE + RUN + SERVER + QUARANTINE + GLANCE),
     ("upscale.py", WATCH + ("seed_offset", "settle_seconds") + SHARE + RUN + SERVER + QUARANTINE
      + GLANCE),
-    ("segment.py", ("device", "precision") + GENERATOR + CUTOUTS + WATCH + SHARE + RUN + GLANCE),
+    ("segment.py", ("device", "precision") + GENERATOR + OBJECTS + LABELS + CUTOUTS + WATCH + SHARE
+     + RUN + GLANCE),
 ])
 def test_each_script_offers_its_settings_with_the_tables_help(script, names):
     result = subprocess.run([sys.executable, str(PROJECT_DIR / script), "--help"],

@@ -6,16 +6,18 @@ written through curate/verdicts.py as the review page writes them.
 """
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 from conftest import FAST_RETRY_ARGS, PROJECT_DIR, run_script, start_script
 
-from drawpipe.curate.takes import seed_for, set_aside
+from drawpipe.curate.takes import RECORDED_SOURCES_CACHE, Freshness, Takes, seed_for, set_aside
 from drawpipe.curate.verdicts import append_verdict
 from drawpipe.drawthings.simulator import Simulator
 from drawpipe.files import file_sha256
+from drawpipe.inventory import RecordedSource
 from drawpipe.png import read_text_chunks
 from drawpipe.sam.models import save_random_checkpoint
 
@@ -256,3 +258,37 @@ def test_a_verdict_for_an_image_that_is_gone_is_one_line(share, simulator):
     assert result.returncode == 0
     gone = [line for line in result.stderr.splitlines() if "Peru_family_9" in line]
     assert len(gone) == 1 and gone[0].startswith("warning: ")
+
+
+def test_what_a_cutout_folder_records_is_read_once_per_version_of_its_record(tmp_path):
+    """Takes.recorded: the source and the settings (made_with) of a cut-out folder, from
+    this Mac's cache while cutouts.json is unchanged (size, mtime); a cache entry an older
+    drawpipe wrote (the hash alone, as text) is read again, as it may say less."""
+    root, cache = tmp_path / "share", tmp_path / "cache"
+    folder = root / "CUTOUTS/Peru/family/Peru_family_1_upscaled"
+    folder.mkdir(parents=True)
+    record_path = folder / "cutouts.json"
+    record_path.write_text(json.dumps({"source_sha256": "a" * 64,
+                                       "made_with": {"granularity": "objects"}}))
+    first = Takes(root, Freshness(cache))
+    assert first.recorded(folder) == RecordedSource("a" * 64, None, {"granularity": "objects"})
+    first.save()
+    # Same size and modification time, other content: the cache answers.
+    stat = record_path.stat()
+    record_path.write_text(json.dumps({"source_sha256": "b" * 64,
+                                       "made_with": {"granularity": "all"}}).ljust(stat.st_size))
+    assert record_path.stat().st_size == stat.st_size
+    os.utime(record_path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert Takes(root, Freshness(cache)).recorded(folder).made_with == {"granularity": "objects"}
+    # An older drawpipe's entry for the same version: the file is read.
+    cached = json.loads((cache / RECORDED_SOURCES_CACHE).read_text())
+    for entry in cached["files"].values():
+        entry[2] = "a" * 64
+    (cache / RECORDED_SOURCES_CACHE).write_text(json.dumps(cached))
+    again = Takes(root, Freshness(cache)).recorded(folder)
+    assert again == RecordedSource("b" * 64, None, {"granularity": "all"})
+    # A folder made before drawpipe recorded its settings; one that records nothing.
+    record_path.write_text(json.dumps({"source_sha256": "c" * 64}))
+    assert Takes(root, Freshness(cache)).recorded(folder) == RecordedSource("c" * 64, None, None)
+    record_path.write_text("not json")
+    assert Takes(root, Freshness(cache)).recorded(folder) is None

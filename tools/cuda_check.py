@@ -205,7 +205,7 @@ def main():
     # segment.py end to end on CUDA, in each precision, and once on the CPU.
     fast = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh",
             "0", "--box-nms-thresh", "1.0", "--keep-background", "--min-area-fraction", "0",
-            "--max-cutouts", "4", "--no-progress"]
+            "--max-cutouts", "4", "--no-progress", "--granularity", "parts"]
     roots = {}
     for name, extra in (("cuda float32", []), ("cuda bfloat16", ["--precision", "bfloat16"]),
                         ("cuda float16", ["--precision", "float16"]),

@@ -2,6 +2,7 @@
 
     python -m drawpipe.export --root SHARE --out DIR                       accepted images
     python -m drawpipe.export --root SHARE --out DIR --include-unreviewed  + the unreviewed
+    python -m drawpipe.export --root SHARE --out DIR --cutouts-by-label    + cut-outs by name
 """
 
 import argparse
@@ -26,6 +27,9 @@ def parse_arguments(argv) -> argparse.Namespace:
                         help="a new or empty folder outside the share")
     parser.add_argument("--include-unreviewed", action="store_true",
                         help="also export the images nobody has reviewed yet (never the rejected)")
+    parser.add_argument("--cutouts-by-label", action="store_true",
+                        help="also put the cut-outs in a folder per name (segment.py --label), "
+                             "DIR/cutouts_by_label/<name>/, for browsing")
     return parser.parse_args(argv)
 
 
@@ -35,6 +39,7 @@ def run(args: argparse.Namespace, project_dir: Path) -> int:
         raise UsageError("--out needs a folder")
     return run_export(ExportSettings(root=share.root, out=Path(args.out).expanduser(),
                                      include_unreviewed=args.include_unreviewed,
+                                     cutouts_by_label=args.cutouts_by_label,
                                      cache_dir=default_cache_dir(os.environ)))
 
 

@@ -2,6 +2,7 @@
 
     python -m drawpipe.export --root SHARE --out DIR                       accepted images
     python -m drawpipe.export --root SHARE --out DIR --include-unreviewed  + the unreviewed
+    python -m drawpipe.export --root SHARE --out DIR --cutouts-by-label    + cut-outs by name
 
 (the command and its options: cli/export.py.)
 
@@ -22,6 +23,10 @@ and a dataset card, ``README.md`` in DIR, whose YAML declares every column's typ
     cutouts_file_names     [CUTOUTS/.../France_family_1_upscaled_cutout_1.png, ...]
     cutout_boxes           [[x, y, width, height], ...] in the upscaled image's pixels
                            (cutouts.json), one per cut-out, in the same order
+    cutout_labels, cutout_label_scores, cutout_runners_up, cutout_runner_up_scores
+                           each cut-out's name (segment.py --label), its probability, the
+                           next name and its probability, in the same order; null when
+                           the cut-outs were made without --label
     verdict, verdict_reason, verdict_host, verdict_time      null when not reviewed
     generate_seconds, upscale_seconds, segment_seconds       from logs/<stage>-<host>.csv
     generate_energy_wh, upscale_energy_wh, segment_energy_wh
@@ -37,6 +42,11 @@ exports of different days concatenate (``datasets.concatenate_datasets``). Witho
 card, types would be guessed from the rows: an empty list is a list of nothing and a
 column of nulls is null. ``pandas.read_json(..., lines=True)`` reads the metadata.
 
+With ``--cutouts-by-label`` the cut-outs are also put in a folder per name,
+``DIR/cutouts_by_label/<name>/`` (``<name> (unsure)/`` when the model did not trust
+the name, ``(no label)/`` for cut-outs made without --label), for browsing: the same
+files again (hard links where possible), not rows of the dataset.
+
 Files are hard links when DIR is on the share's file system (no bytes copied;
 do not edit them in place: the share's file is the same file), else copies. The
 share is never written. A DIR that is not empty, or one inside the share, is
@@ -46,6 +56,7 @@ refused before anything is written.
 import errno
 import json
 import os
+import re
 import shutil
 import sys
 from contextlib import nullcontext
@@ -56,13 +67,17 @@ from drawpipe.curate.takes import recorded_take
 from drawpipe.curate.verdicts import load_verdicts
 from drawpipe.errors import ExportRefused
 from drawpipe.files import HashCache, file_sha256, write_atomically
-from drawpipe.inventory import STAGES, latest_done, load_logs, scan_inventory
+from drawpipe.inventory import STAGES, cutout_labels, latest_done, load_logs, scan_inventory
 from drawpipe.layout import CUTOUTS_RECORD, logs_folder
 from drawpipe.pages import counted
 from drawpipe.png import read_text_chunks
 
 METADATA_NAME = "metadata.jsonl"
 CARD_NAME = "README.md"  # the dataset card: what datasets and the Hugging Face Hub read
+BY_LABEL_FOLDER = "cutouts_by_label"  # --cutouts-by-label: a folder per name in it
+UNLABELLED_FOLDER = "(no label)"
+# Characters a folder name on macOS, SMB or Windows cannot hold, or that move it elsewhere.
+_NOT_IN_FOLDER_NAMES = re.compile(r'[/\\:*?"<>|\x00-\x1f]')
 # A hard link across file systems, or on one that has none (FAT, some SMB servers):
 # copy instead, and stop trying to link.
 _NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP,
@@ -82,14 +97,16 @@ def list_of(kind) -> tuple:
 
 
 # The columns of metadata.jsonl, in order: (key, type). The one place the export's schema
-# is declared: a new column (cut-out labels, say: ("cutout_labels", list_of(STRING))) is
-# one line here and one value in the row; the card is made from this table.
+# is declared: a new column is one line here and one value in the row; the card is made
+# from this table.
 COLUMNS = (
     ("id", STRING), ("take", INT), ("file_name", IMAGE), ("nation", STRING),
     ("category", STRING), ("prompt", STRING), ("negative_prompt", STRING), ("seed", INT),
     ("model", STRING), ("sampler", STRING), ("steps", INT), ("size", STRING),
     ("sha256", STRING), ("upscaled_file_name", IMAGE), ("cutouts_file_names", list_of(IMAGE)),
-    ("cutout_boxes", list_of(list_of(INT))), ("verdict", STRING), ("verdict_reason", STRING),
+    ("cutout_boxes", list_of(list_of(INT))), ("cutout_labels", list_of(STRING)),
+    ("cutout_label_scores", list_of(FLOAT)), ("cutout_runners_up", list_of(STRING)),
+    ("cutout_runner_up_scores", list_of(FLOAT)), ("verdict", STRING), ("verdict_reason", STRING),
     ("verdict_host", STRING), ("verdict_time", STRING), ("generate_seconds", FLOAT),
     ("upscale_seconds", FLOAT), ("segment_seconds", FLOAT), ("generate_energy_wh", FLOAT),
     ("upscale_energy_wh", FLOAT), ("segment_energy_wh", FLOAT),
@@ -155,6 +172,7 @@ class ExportSettings:
     out: Path
     include_unreviewed: bool = False
     cache_dir: Path | None = None  # this Mac's SHA-256 cache (files.HashCache)
+    cutouts_by_label: bool = False  # also DIR/cutouts_by_label/<name>/
 
 
 @dataclass
@@ -168,6 +186,7 @@ class ExportResult:
     copied: int = 0
     upscaled: int = 0
     cutouts: int = 0
+    label_folders: set[str] = field(default_factory=set)  # --cutouts-by-label
     problems: list[str] = field(default_factory=list)
 
     def sentence(self, out: Path, include_unreviewed: bool) -> str:
@@ -176,10 +195,12 @@ class ExportResult:
         left = [f"{self.left_rejected:,} rejected"]
         if not include_unreviewed:
             left.append(f"{self.left_unreviewed:,} not reviewed (--include-unreviewed adds them)")
+        grouped = (f"; the cut-outs also by label in {counted(len(self.label_folders), 'folder')} "
+                   f"of {out / BY_LABEL_FOLDER}" if self.label_folders else "")
         return (f"exported {counted(self.exported, 'image')} ({kinds}) with {self.upscaled:,} "
                 f"upscaled and {counted(self.cutouts, 'cut-out')} to {out}: "
                 f"{counted(self.linked, 'file')} hard-linked, "
-                f"{self.copied:,} copied; left out: {', '.join(left)}")
+                f"{self.copied:,} copied; left out: {', '.join(left)}{grouped}")
 
 
 def check_out_folder(root: Path, out: Path) -> None:
@@ -220,18 +241,21 @@ def _is_of_type(value, kind: str) -> bool:
     return isinstance(value, str)  # the request's other fields are all text
 
 
-def _cutouts(root: Path, folder: str | None, problems: list[str]) -> tuple[list[str], list]:
-    """(cut-out files, their boxes) listed in ``folder``'s cutouts.json and present."""
+def _cutouts(root: Path, folder: str | None,
+             problems: list[str]) -> tuple[list[str], list, list[dict | None]]:
+    """(cut-out files, their boxes, their labels or None) listed in ``folder``'s
+    cutouts.json and present."""
     if not folder:
-        return [], []
+        return [], [], []
     try:
         record = json.loads((root / folder / CUTOUTS_RECORD).read_bytes())
         entries = record["cutouts"]
     except (OSError, ValueError, KeyError, TypeError):
         problems.append(f"{folder}/{CUTOUTS_RECORD} is missing or unreadable: its cut-outs are "
                         "left out")
-        return [], []
-    files, boxes = [], []
+        return [], [], []
+    named = cutout_labels(record)[0]
+    files, boxes, labels = [], [], []
     for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
             continue
@@ -239,9 +263,44 @@ def _cutouts(root: Path, folder: str | None, problems: list[str]) -> tuple[list[
         if (root / relative).is_file():
             files.append(relative)
             boxes.append(entry.get("bbox"))
+            labels.append(named.get(entry["file"]))
         else:
             problems.append(f"{relative} is listed in {CUTOUTS_RECORD} but missing: left out")
-    return files, boxes
+    return files, boxes, labels
+
+
+def _label_columns(labels: list[dict | None]) -> dict:
+    """The cut-outs' label columns (COLUMNS), their items of the declared type or null;
+    each column null when a cut-out has no label (made without segment.py --label: a
+    folder's cut-outs are all named or none is). Not a list of nulls: datasets 5 cannot
+    cast a list of nothing but nulls to a list of strings."""
+    if not all(labels):
+        return dict.fromkeys(("cutout_labels", "cutout_label_scores", "cutout_runners_up",
+                              "cutout_runner_up_scores"))
+
+    def value(label, name, kind):
+        got = label.get(name) if label else None
+        if kind == FLOAT:
+            return float(got) if isinstance(got, (int, float)) and not isinstance(got, bool) \
+                else None
+        return got if isinstance(got, str) else None
+
+    return {"cutout_labels": [value(label, "name", STRING) for label in labels],
+            "cutout_label_scores": [value(label, "score", FLOAT) for label in labels],
+            "cutout_runners_up": [value(label, "runner_up", STRING) for label in labels],
+            "cutout_runner_up_scores": [value(label, "runner_up_score", FLOAT)
+                                        for label in labels]}
+
+
+def label_folder(label: dict | None) -> str:
+    """The folder of a cut-out in ``cutouts_by_label/``: its name ("chair"), "chair
+    (unsure)" when the model did not trust it, "(no label)" without one; characters no
+    folder name can hold become "-"."""
+    name = label.get("name") if label else None
+    if not isinstance(name, str) or not name.strip():
+        return UNLABELLED_FOLDER
+    name = _NOT_IN_FOLDER_NAMES.sub("-", name).strip(" .") or "-"
+    return name if label.get("trusted") else f"{name} (unsure)"
 
 
 def energy_wh(done: dict, key: str) -> dict:
@@ -264,8 +323,9 @@ class _Placer:
         self.root, self.out, self.result = root, out, result
         self.link = True
 
-    def place(self, relative: str) -> None:
-        target = self.out / relative
+    def place(self, relative: str, target_relative: str | None = None) -> None:
+        """The share's ``relative`` at the same path in the export (or ``target_relative``)."""
+        target = self.out / (target_relative or relative)
         target.parent.mkdir(parents=True, exist_ok=True)
         if self.link:
             try:
@@ -326,13 +386,17 @@ def run_export(settings: ExportSettings, out=None) -> int:
             result.problems.append(f"{entry.generated.path} has no readable drawpipe request: its "
                                    "prompt, seed and settings are null")
             fields = dict.fromkeys(REQUEST_FIELDS)
-        cutout_files, boxes = _cutouts(root, entry.cutouts_folder, result.problems)
+        cutout_files, boxes, labels = _cutouts(root, entry.cutouts_folder, result.problems)
         placer.place(entry.generated.path)
         if entry.upscaled:
             placer.place(entry.upscaled.path)
             result.upscaled += 1
-        for relative in cutout_files:
+        for relative, label in zip(cutout_files, labels):
             placer.place(relative)
+            if settings.cutouts_by_label:
+                folder = label_folder(label)
+                placer.place(relative, f"{BY_LABEL_FOLDER}/{folder}/{Path(relative).name}")
+                result.label_folders.add(folder)
         result.cutouts += len(cutout_files)
         take = recorded_take(texts)
         row = {"id": f"{Path(entry.generated.path).stem}_take{take}", "take": take,
@@ -340,6 +404,7 @@ def run_export(settings: ExportSettings, out=None) -> int:
                **fields, "sha256": sha256,
                "upscaled_file_name": entry.upscaled.path if entry.upscaled else None,
                "cutouts_file_names": cutout_files, "cutout_boxes": boxes,
+               **_label_columns(labels),
                "verdict": verdict.verdict if verdict else None,
                "verdict_reason": verdict.reason if verdict else None,
                "verdict_host": verdict.host if verdict else None,

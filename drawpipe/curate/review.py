@@ -55,10 +55,11 @@ from drawpipe.curate.verdicts import (ReviewState, Verdict, append_verdict, chec
                                      load_verdicts)
 from drawpipe.errors import BadVerdict, TakeChanged, UsageError
 from drawpipe.files import HashCache, file_sha256
-from drawpipe.inventory import ReportCache, read_metadata, scan_inventory, status_view
+from drawpipe.inventory import (ReportCache, read_cutout_labels, read_metadata, scan_inventory,
+                                status_view)
 from drawpipe.layout import (CUTOUTS_FOLDER, GENERATIONS_FOLDER, IMAGE_FOLDERS, REPORT_CACHE,
                              natural_key, report_folder)
-from drawpipe.pages import anchor, counted, meta_view
+from drawpipe.pages import anchor, counted, cutout_names, cutouts_caption, meta_view
 from drawpipe.settings import default
 
 DEFAULT_PORT = default("port")
@@ -112,7 +113,9 @@ class Review:
         with self._lock:  # two page loads at once would measure the same new images twice
             inventory = scan_inventory(self.root)
             # The report's cache is read, never written here: report/ is the report's.
-            read_metadata(self.root, inventory, ReportCache(report_folder(self.root) / REPORT_CACHE))
+            cache = ReportCache(report_folder(self.root) / REPORT_CACHE)
+            read_metadata(self.root, inventory, cache)
+            read_cutout_labels(self.root, inventory, cache)
             files = [entry.generated for entry in inventory.entries.values() if entry.generated]
             run = update_signals(self.root, files, self.settings.host_name,
                                  self.settings.processes)
@@ -243,7 +246,7 @@ class Review:
                     "alt": f"{label}: {image.path}", "target": True}
 
         tiles = [{"href": f"/files/{cutout.path}", "src": f"/thumbs/{cutout.path}",
-                  "alt": f"cut-out {k}", "target": True}
+                  "target": True, **cutout_names(entry, cutout, k)}
                  for k, cutout in enumerate(entry.cutouts, 1)]
         view = {
             "anchor": anchor("i-", entry.key),
@@ -251,7 +254,7 @@ class Review:
             "upscaled": figure(entry.upscaled, "upscaled", "not upscaled yet"),
             "cutouts": {"tiles": tiles,
                         "absent": "no object found" if entry.cutouts_folder else "no cut-outs yet",
-                        "caption": f"{len(entry.cutouts)} cut-outs" if entry.cutouts_folder
+                        "caption": cutouts_caption(entry) if entry.cutouts_folder
                         else "cut-outs"},
             **meta_view(entry),
             "notes": [entry.meta["error"]] if entry.meta.get("error") else [],

@@ -40,8 +40,10 @@ local cache folder (files.HashCache), so re-planning 2,000 images costs stats.
     is_rejected(image)             the take of a generated image there now was rejected
     made_from_rejected(input)      an input (generated or upscaled) of a rejected take
     is_current(output, input)      an output made from the input there now (or recording none)
+    recorded(output)               what an output records of how it was made (input, settings)
     set_aside_rejected(key, made)  generate.py: the rejected take and what was made of it
     set_aside_stale(key, output)   upscale.py, segment.py: an output made from an older input
+                                   (segment.py: or with other settings, --redo-cutouts)
     take_to_make(key)              generate.py, claim held: the take its job makes now
     take_of_input(input)           upscale.py, claim held: the take of the image it upscales
     seed_for(stem, offset, take)   that take's seed (a module function)
@@ -51,11 +53,12 @@ import hashlib
 import json
 import os
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 from drawpipe.curate.verdicts import VerdictIndex, load_verdicts
 from drawpipe.files import HashCache, file_sha256, make_folders_below
-from drawpipe.inventory import recorded_source
+from drawpipe.inventory import RecordedSource, recorded_source
 from drawpipe.layout import (CUTOUTS_FOLDER, CUTOUTS_RECORD, GENERATIONS_FOLDER, REJECTED_FOLDER,
                              UPSCALED_FOLDER, generated_for_upscaled)
 from drawpipe.png import read_text_chunks
@@ -129,24 +132,30 @@ class Freshness:
     def sha256(self, path: Path) -> str:
         return file_sha256(path, self._hashes)
 
-    def recorded_source(self, output: Path) -> str | None:
-        """The input hash ``output`` records (inventory.recorded_source: an upscaled PNG,
-        or a cut-out folder's cutouts.json), cached by the output's size and mtime;
-        None when it records none (or is gone)."""
+    def record(self, output: Path) -> RecordedSource | None:
+        """What ``output`` records of how it was made (inventory.recorded_source: an
+        upscaled PNG, or a cut-out folder's cutouts.json), cached by the output's size
+        and mtime; None when it records nothing (or is gone)."""
         try:
             stat = os.stat(output)
         except FileNotFoundError:
             return None
         if self._recorded is not None:
             known = self._recorded.get(Path(output).absolute(), stat.st_size, stat.st_mtime_ns)
-            if known is not None:
-                return known or None
+            # A dict: {} records nothing. Older drawpipes cached the hash alone, as text:
+            # read the file again, it may record more.
+            if isinstance(known, dict):
+                return RecordedSource(**known) if known else None
         record = recorded_source(output)
-        recorded = record.sha256 if record is not None else None
         if self._recorded is not None:
             self._recorded.put(Path(output).absolute(), stat.st_size, stat.st_mtime_ns,
-                               recorded or "")
-        return recorded
+                               asdict(record) if record is not None else {})
+        return record
+
+    def recorded_source(self, output: Path) -> str | None:
+        """The input hash ``output`` records (``record``), or None."""
+        record = self.record(output)
+        return record.sha256 if record is not None else None
 
     def is_current(self, output: Path, source: Path) -> bool:
         """Whether ``output`` was made from the ``source`` there now (or records nothing)."""
@@ -217,9 +226,19 @@ class Takes:
     def is_current(self, output: Path, source: Path) -> bool:
         """Whether ``output`` (an upscaled PNG or a cut-out folder) was made from the
         ``source`` there now, or records nothing."""
+        return self.freshness.is_current(self._record_file(output), source)
+
+    def recorded(self, output: Path) -> RecordedSource | None:
+        """What ``output`` (an upscaled PNG or a cut-out folder) records of how it was
+        made - its input, and for cut-outs the settings (``made_with``) - read once per
+        version of the file on this Mac; None when it records nothing."""
+        return self.freshness.record(self._record_file(output))
+
+    def _record_file(self, output: Path) -> Path:
+        """The file that records how ``output`` was made: a cut-out folder's cutouts.json."""
         if Path(output).is_relative_to(self.root / CUTOUTS_FOLDER):
-            output = Path(output) / CUTOUTS_RECORD
-        return self.freshness.is_current(output, source)
+            return Path(output) / CUTOUTS_RECORD
+        return Path(output)
 
     # ------------------------------------------------------------------ setting aside
 

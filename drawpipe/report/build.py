@@ -12,7 +12,8 @@ Modules: this one runs the report (run_report), counts the work left and makes t
 per-image table; stats.py turns the logs into figures and ETAs; html.py makes
 thumbnails, charts, the page and contact sheets (Pillow and matplotlib are imported
 only there, only when needed). The logs and the folders are read by inventory.py
-(load_logs, scan_inventory, read_metadata, ReportCache); the command line is
+(load_logs, scan_inventory, read_metadata, read_cutout_labels, ReportCache); the command
+line is
 cli/report.py.
 
 The report reads ``logs/`` and the image folders and never writes to them; all it
@@ -58,7 +59,7 @@ from drawpipe.curate.verdicts import NOT_REVIEWED, load_verdicts, review_states
 from drawpipe.errors import UsageError
 from drawpipe.files import HashCache, file_sha256, host_name, write_if_changed
 from drawpipe.inventory import (STAGES, ImageEntry, Inventory, Logs, ReportCache, latest_done,
-                                load_logs, read_metadata, scan_inventory)
+                                load_logs, read_cutout_labels, read_metadata, scan_inventory)
 from drawpipe.layout import (CUTOUTS_FOLDER, GENERATIONS_FOLDER, REJECTED_FOLDER, REPORT_CACHE,
                              UPSCALED_FOLDER, image_name, logs_folder, natural_key, report_folder)
 from drawpipe.pages import counted
@@ -192,6 +193,7 @@ def run_report(settings: ReportSettings, out=None, now: float | None = None) -> 
                          "mounted read-write?") from None
     cache = ReportCache(report_dir / REPORT_CACHE)
     read_metadata(root, inventory, cache)
+    read_cutout_labels(root, inventory, cache)
     try:
         if settings.html or settings.contact_sheets:
             from drawpipe.report import \

@@ -47,7 +47,7 @@ from drawpipe.files import save_atomically, write_if_changed
 from drawpipe.curate.verdicts import NOT_REVIEWED
 from drawpipe.inventory import STAGES, ImageEntry, Logs, latest_done, status_view
 from drawpipe.layout import natural_key
-from drawpipe.pages import anchor, counted, meta_view
+from drawpipe.pages import anchor, counted, cutout_names, cutouts_caption, meta_view
 from drawpipe.report.energy import energy_notes, energy_table, power_over_time
 from drawpipe.report.stats import (REVIEW_WORDS, StageReport, eta_sentence, format_time,
                                    summary_table)
@@ -459,12 +459,14 @@ def _item(entry, cache, done: dict, failures: dict, review, up: str) -> dict:
     curate.verdicts.ReviewState."""
     failed = failures.get(entry.key, {})
     if entry.cutouts_folder:
-        tiles = [tile for k, cutout in enumerate(entry.cutouts, 1)
-                 if (tile := _thumbnail(cutout, cache, f"cut-out {k}", up)) is not None]
-        segment = _seconds(done["segment"].get(entry.key))
+        tiles = []
+        for k, cutout in enumerate(entry.cutouts, 1):
+            names = cutout_names(entry, cutout, k)
+            tile = _thumbnail(cutout, cache, names["alt"], up)
+            if tile is not None:
+                tiles.append({**tile, "name": names["name"], "title": names["title"]})
         cutouts = {"tiles": tiles, "absent": "no object found",
-                   "caption": counted(len(entry.cutouts), "cut-out")
-                   + (f" · {segment}" if segment else "")}
+                   "caption": cutouts_caption(entry, _seconds(done["segment"].get(entry.key)))}
     else:
         cutouts = {"tiles": [], "caption": "cut-outs",
                    "absent": "segment failed" if "segment" in failed else "no cut-outs yet"}

@@ -43,9 +43,12 @@ class CheckpointFile:
         return self.url if mirror is None else mirror.rstrip("/") + "/" + self.file_name
 
 
-# The SHA-256 sums are not published by Meta next to the files; these are the sums
-# that several independent projects pin for the same URLs (e.g. micro-sam's model
-# registry), and they agree with one another.
+# The SHA-256 sums are not published by Meta (or MobileSAM's authors) next to the
+# files; these are the sums that several independent projects pin for the same URLs
+# (e.g. micro-sam's model registry; for mobile_sam.pt at least seven projects, among
+# them changesam and a PerSAM/P2SAM benchmark's model table, one of which also pins its
+# size, 40,728,226 bytes), and they agree with one another. mobile_sam.pt lives in
+# MobileSAM's repository (weights/, last changed in commit a509aac).
 OFFICIAL_CHECKPOINTS = {
     "vit_h": CheckpointFile(
         "sam_vit_h_4b8939.pth",
@@ -59,6 +62,10 @@ OFFICIAL_CHECKPOINTS = {
         "sam_vit_b_01ec64.pth",
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
+    "vit_t": CheckpointFile(
+        "mobile_sam.pt",
+        "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+        "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"),
 }
 
 

@@ -17,6 +17,7 @@ name it finds most probable is the cut-out's label, with its score and the runne
     load_label_model(name, file, device)   an open_clip model, in eval mode
     save_random_label_model(...)  a random-weight model file, for tests and benchmarks
     LabelSettings                 model, file, device, trust threshold (no torch)
+    label_picture(rgba)           a cut-out shrunk to what the labeller needs
     settings_record(settings, vocabulary)  what cutouts.json records for the redo rule
     ClipEmbedder                  cut-outs and names -> unit vectors, with one model
     Labeller                      names once, then label(cut-outs) -> [Label]
@@ -94,6 +95,7 @@ from drawpipe.bundled import DEFAULT_VOCABULARY
 from drawpipe.errors import CheckpointError, InputFileError, UsageError
 from drawpipe.files import read_user_text
 from drawpipe.sam.checkpoints import CheckpointFile, download_checkpoint
+from drawpipe.settings import default
 
 # ---------------------------------------------------------------- the vocabulary
 
@@ -168,8 +170,9 @@ def default_vocabulary() -> Vocabulary:
 # ---------------------------------------------------------------- the decision
 
 # Probability the best name needs to be trusted, and the stuff words together to make a
-# cut-out named as stuff background (the module docstring says why one half).
-TRUST_THRESHOLD = 0.5
+# cut-out named as stuff background (the module docstring says why one half); segment.py's
+# --label-threshold (the settings table's label_threshold).
+TRUST_THRESHOLD = default("label_threshold")
 
 # open_clip's zero-shot prompts (src/open_clip/zero_shot_metadata.py,
 # OPENAI_IMAGENET_TEMPLATES, from OpenAI's CLIP ImageNet notebook): the photographic
@@ -252,6 +255,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 # Cut-outs are composited on this colour before the model sees them (the module docstring).
 NEUTRAL_BACKGROUND = (128, 128, 128)
+# A cut-out is handed to the labeller at most this many pixels a side (label_picture): the
+# models see 224 (ViT-B-32) or 256 px (MobileCLIP-S2), and their own resize takes it the
+# rest of the way; 30 cut-outs of a 2048 px image then take 30 MB, not 500.
+LABEL_PICTURE_PX = 512
 LABELS_CACHE_FOLDER = "labels"  # below the cache root, beside SAM's "sam"
 # The preprocessing of a model without a pretrained tag: CLIP's (open_clip constants.py
 # OPENAI_DATASET_MEAN/STD, bicubic, shortest side).
@@ -337,13 +344,16 @@ def missing_label_model_message(model: str, path: Path) -> str:
 
 def download_label_model(model: str, cache_root: Path, mirror: str | None = None, *,
                          official: CheckpointFile | None = None,
+                         destination: Path | None = None,
                          show_progress: bool | None = None, **download_options) -> Path:
-    """Fetch the official file of ``model`` (or ``official``) into the cache unless it is
-    there; returns its path. Resumes a broken download, checks the SHA-256 before the
-    file gets its name (checkpoints.download_checkpoint); ``mirror``: a folder URL
-    holding the same file name (--download-from). DownloadFailed when it cannot."""
+    """Fetch the official file of ``model`` (or ``official``) into the cache (or to
+    ``destination``: a --label-checkpoint path) unless it is there; returns its path.
+    Resumes a broken download, checks the SHA-256 before the file gets its name
+    (checkpoints.download_checkpoint); ``mirror``: a folder URL holding the same file
+    name (--download-from). DownloadFailed when it cannot."""
     official = official or _official(model)
-    destination = Path(cache_root) / LABELS_CACHE_FOLDER / official.file_name
+    if destination is None:
+        destination = Path(cache_root) / LABELS_CACHE_FOLDER / official.file_name
     return download_checkpoint(official.address(mirror), destination, official.sha256,
                                show_progress=show_progress, by_hand_flag="--label-checkpoint",
                                **download_options)
@@ -481,6 +491,18 @@ def settings_record(settings: LabelSettings, vocabulary: Vocabulary) -> dict:
     return {"model": settings.model, "pretrained": architecture.pretrained,
             "vocabulary_sha256": vocabulary.sha256, "prompts_sha256": PROMPTS_SHA256,
             "trust_threshold": settings.trust_threshold}
+
+
+def label_picture(rgba: np.ndarray) -> np.ndarray:
+    """A cut-out (side x side x 4 uint8 RGBA) no larger than LABEL_PICTURE_PX a side, for
+    Labeller.label: the same picture, shrunk (bicubic; Pillow weights colours by alpha)."""
+    from PIL import Image
+
+    if rgba.shape[0] <= LABEL_PICTURE_PX:
+        return rgba
+    picture = Image.fromarray(rgba, "RGBA")
+    size = (LABEL_PICTURE_PX, LABEL_PICTURE_PX)
+    return np.asarray(picture.resize(size, Image.Resampling.BICUBIC))
 
 
 def model_input(rgba: np.ndarray, background=NEUTRAL_BACKGROUND):

@@ -36,7 +36,7 @@ the CPU.
 import math
 import types
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -49,7 +49,8 @@ from segment_anything.utils.amg import (batched_mask_to_box, build_all_layer_poi
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops.boxes import batched_nms
 
-from drawpipe.sam.settings import GeneratorSettings
+from drawpipe.sam.objects import Candidate, ObjectRules, Thresholds, select_objects
+from drawpipe.sam.settings import GRANULARITIES, GeneratorSettings
 
 MIB = 1024 * 1024
 # Query tokens per block in the encoder's global attention: 256 x 4096 scores per head.
@@ -62,6 +63,9 @@ SCORING_MASKS = 8
 # of a batch, transformer and upscaling together. Per point it runs as fast at 16 points
 # a batch as at 64 (stock's default, ~40 MB per point there).
 DECODER_BYTES_PER_POINT = 16 * MIB
+# Objects are told from parts on each mask at the encoder's 1024 px scale sampled every
+# 4th pixel (256 x 256 for a square image): enough to tell what lies inside what.
+SELECTION_STRIDE_PX = 4
 # Stored 256 x 256 logits of the candidates waiting for NMS: above this they are kept
 # as float16 (a 2-byte logit moves the 0-crossing of the upsampled mask by far less
 # than a pixel), so a degenerate image cannot exhaust memory.
@@ -75,12 +79,15 @@ class FoundMask:
     box spans a 2048 px image is 512 KB, not 4 MB); ``box``: (x, y, w, h) with
     exclusive extents (a mask covering 256 columns has w = 256); ``area``: mask
     pixels; ``point``: the grid point (x, y) that prompted it; ``crop_box``:
-    (x, y, w, h) of the image crop the model saw.
+    (x, y, w, h) of the image crop the model saw; ``level``: which of SAM's three
+    outputs for the point it is (objects.LEVEL_NAMES: 0 sub-part, 1 part, 2 whole);
+    ``parts``: for an object (granularity objects), its parts as FoundMasks;
+    ``label``: its name (labels.Label) once the stage has named it.
     """
 
     def __init__(self, mask: np.ndarray, box: tuple[int, int, int, int], area: int,
                  predicted_iou: float, stability_score: float, point: tuple[float, float],
-                 crop_box: tuple[int, int, int, int]):
+                 crop_box: tuple[int, int, int, int], level: int | None = None):
         self._packed = np.packbits(mask, axis=None)
         self.box = box
         self.area = area
@@ -88,6 +95,9 @@ class FoundMask:
         self.stability_score = stability_score
         self.point = point
         self.crop_box = crop_box
+        self.level = level
+        self.parts: list[FoundMask] = []
+        self.label = None  # labels.Label, when segment.py --label named it
 
     @property
     def mask(self) -> np.ndarray:
@@ -111,8 +121,13 @@ def make_encoder_lean(sam) -> None:
     """Make ``sam``'s global-attention layers compute attention in blocks of query rows.
 
     Same sums, same order within each row; only the peak memory changes. The
-    windowed layers (14 x 14 tokens) are left alone.
+    windowed layers (14 x 14 tokens) are left alone, and so is an encoder without
+    global attention (MobileSAM's TinyViT attends within 7 x 7 and 14 x 14 windows only).
     """
+    from segment_anything.modeling import ImageEncoderViT
+
+    if not isinstance(sam.image_encoder, ImageEncoderViT):
+        return
     for block in sam.image_encoder.blocks:
         if block.window_size == 0:
             block.attn.forward = types.MethodType(_blocked_attention_forward, block.attn)
@@ -248,7 +263,7 @@ class _DecoderSession:
 
 
 class _Survivor(NamedTuple):
-    """A candidate that passed its crop's NMS."""
+    """A candidate that passed its crop's NMS (or, for objects, the object selection)."""
 
     logits: torch.Tensor  # 256 x 256, on the CPU
     iou: float
@@ -258,22 +273,42 @@ class _Survivor(NamedTuple):
     crop_box: tuple[int, int, int, int]  # XYWH
     input_size: tuple[int, int]  # (h, w) of the crop resized for the model
     crop_size: tuple[int, int]  # (h, w) of the crop
+    level: int  # 0, 1, 2: which of the point's three masks
 
 
 @dataclass
 class _Candidates:
-    """Candidates of one crop that passed the per-batch filters, waiting for NMS."""
+    """Candidates of one crop that passed the per-batch filters, waiting for NMS.
+    ``stock``: whether each passed SAM's own thresholds (else only the whole level's,
+    kept for objects); ``small_masks``: for objects, each mask at the 1024 px scale
+    sampled every SELECTION_STRIDE_PX-th pixel, bit-packed along rows."""
 
     logits: list  # 256 x 256 tensors on the CPU
     iou: list
     stability: list
     boxes: list  # XYXY, inclusive, in the crop's pixels
     points: list  # (x, y) in the crop's pixels
+    point_indexes: list  # the grid point's number
+    levels: list
+    stock: list
+    small_masks: list = field(default_factory=list)
+    small_width: int = 0  # columns of a small mask (before packing)
     stored_bytes: int = 0
 
 
+class _Stored(NamedTuple):
+    """For objects: one stored candidate, its grid point's number, its small mask (H x W
+    bool) and whether SAM's own rules keep it (thresholds and box NMS)."""
+
+    survivor: _Survivor
+    point_index: int
+    small_mask: np.ndarray
+    kept_as_part: bool
+
+
 class LeanMaskGenerator:
-    """``generate(image)`` -> the automatic mask generator's masks, largest first.
+    """``generate(image)`` -> the automatic mask generator's masks, largest first;
+    ``generate(image, "objects")`` -> objects, each with its parts (objects.py).
 
     ``sam``: a segment-anything ``Sam`` in eval mode on its device (its encoder is made
     lean in place); ``precision``: "float32", or "bfloat16"/"float16" to run the
@@ -281,11 +316,15 @@ class LeanMaskGenerator:
     """
 
     def __init__(self, sam, settings: GeneratorSettings, precision: str = "float32",
-                 points_per_batch: int = 64):
+                 points_per_batch: int = 64, rules: ObjectRules | None = None):
         self.sam = sam
         self.settings = settings
         self.precision = precision
         self.points_per_batch = points_per_batch
+        self.rules = rules or ObjectRules()
+        self.thresholds = Thresholds(settings.pred_iou_thresh, settings.stability_score_thresh,
+                                     settings.whole_pred_iou_thresh,
+                                     settings.whole_stability_score_thresh)
         make_encoder_lean(sam)
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
         self.point_grids = build_all_layer_point_grids(
@@ -299,15 +338,23 @@ class LeanMaskGenerator:
         return torch.autocast(self.device.type, dtype=getattr(torch, self.precision))
 
     @torch.inference_mode()
-    def generate(self, image: np.ndarray) -> list[FoundMask]:
-        """``image``: H x W x 3 uint8 RGB. Returns the masks sorted by area, largest first."""
+    def generate(self, image: np.ndarray, granularity: str = "parts") -> list[FoundMask]:
+        """``image``: H x W x 3 uint8 RGB. Returns the masks sorted by area, largest first:
+        "parts", every mask the stock generator keeps; "objects" (or "all": the same
+        masks), the objects, each with ``parts``."""
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity {granularity!r}: expected one of {GRANULARITIES}")
         settings = self.settings
         orig_h, orig_w = image.shape[:2]
         crop_boxes, layer_indexes = generate_crop_boxes(
             (orig_h, orig_w), settings.crop_n_layers, settings.crop_overlap_ratio)
+        if granularity != "parts":
+            if len(crop_boxes) > 1:
+                raise ValueError("objects are found on the whole image only (crop_n_layers 0)")
+            return self._objects(image, crop_boxes[0])
         survivors: list[_Survivor] = []
         for crop_box, layer_index in zip(crop_boxes, layer_indexes):
-            survivors += self._process_crop(image, crop_box, layer_index)
+            survivors += self._process_crop(image, crop_box, layer_index)[0]
         if len(crop_boxes) > 1 and survivors:
             # Prefer masks from smaller crops (stock's rule).
             boxes = torch.stack([item.box for item in survivors]).float()
@@ -324,8 +371,37 @@ class LeanMaskGenerator:
         found.sort(key=lambda mask: mask.area, reverse=True)
         return found
 
-    def _process_crop(self, image: np.ndarray, crop_box: list[int],
-                      layer_index: int) -> list[_Survivor]:
+    def _objects(self, image: np.ndarray, crop_box: list[int]) -> list[FoundMask]:
+        """The objects of the whole image (objects.select_objects), at full resolution,
+        largest first, each with its parts (largest first)."""
+        orig_h, orig_w = image.shape[:2]
+        stored = self._process_crop(image, crop_box, 0, objects=True)[1]
+        candidates = [Candidate(item.small_mask, item.point_index, item.survivor.level,
+                                item.survivor.iou, item.survivor.stability, item.kept_as_part)
+                      for item in stored]
+        groups = select_objects(candidates, self.thresholds, self.rules)
+
+        def full(index: int) -> FoundMask:
+            found = self._full_resolution(stored[index].survivor, orig_h, orig_w)
+            if self.settings.min_mask_region_area > 0:
+                found = self._cleaned(found, orig_h, orig_w)[0]
+            return found
+
+        objects = []
+        for group in groups:
+            found = full(group.index)
+            found.parts = sorted((part for i in group.parts if (part := full(i)).area > 0),
+                                 key=lambda part: part.area, reverse=True)
+            if found.area > 0:
+                objects.append(found)
+        objects.sort(key=lambda mask: mask.area, reverse=True)
+        return objects
+
+    def _process_crop(self, image: np.ndarray, crop_box: list[int], layer_index: int,
+                      objects: bool = False) -> tuple[list[_Survivor], list[_Stored]]:
+        """(the candidates that pass SAM's thresholds and the crop's box NMS, []); with
+        ``objects``, ([], every candidate stored - those that pass only the whole
+        level's thresholds too)."""
         settings = self.settings
         x0, y0, x1, y1 = crop_box
         crop = image[y0:y1, x0:x1, :]
@@ -342,7 +418,7 @@ class LeanMaskGenerator:
         # Points in the crop's pixels, then in the model's input frame; float32 for MPS.
         points = self.point_grids[layer_index] * np.array([[crop_w, crop_h]])
         scale = np.array([[input_w / crop_w, input_h / crop_h]])
-        store = _Candidates([], [], [], [], [])
+        store = _Candidates([], [], [], [], [], [], [], [])
         for start in range(0, len(points), self.points_per_batch):
             batch_points = points[start:start + self.points_per_batch]
             coords = torch.as_tensor((batch_points * scale).astype(np.float32), device=self.device)
@@ -350,33 +426,54 @@ class LeanMaskGenerator:
                 logits, iou = session.decode(coords)
             logits = logits.float().flatten(0, 1)  # B*3 x 256 x 256
             iou = iou.float().flatten(0, 1)
-            batch_points = np.repeat(batch_points, 3, axis=0)
+            point_indexes = np.repeat(np.arange(start, start + len(batch_points)), 3)
+            levels = np.tile(np.arange(3), len(batch_points))
+            keep = torch.ones_like(iou, dtype=torch.bool)
             if settings.pred_iou_thresh > 0.0:
-                keep = (iou > settings.pred_iou_thresh).nonzero().flatten()
-                logits, iou = logits[keep], iou[keep]
-                batch_points = batch_points[keep.cpu().numpy()]
-            self._score(logits, iou, batch_points, (input_h, input_w), (crop_h, crop_w),
-                        crop_box, (orig_h, orig_w), store)
+                keep = iou > settings.pred_iou_thresh
+            if objects:
+                keep |= (torch.as_tensor(levels == 2, device=iou.device)
+                         & (iou > settings.whole_pred_iou_thresh))
+            keep = keep.nonzero().flatten()
+            logits, iou = logits[keep], iou[keep]
+            keep = keep.cpu().numpy()
+            self._score(logits, iou, point_indexes[keep], levels[keep], (input_h, input_w),
+                        (crop_h, crop_w), crop_box, (orig_h, orig_w), store, objects)
             del logits, iou
         del session, features
 
-        if not store.iou:
-            return []
-        boxes = torch.stack(store.boxes).float()
-        scores = torch.tensor(store.iou)
-        keep = batched_nms(boxes, scores, torch.zeros(len(boxes)),
-                           iou_threshold=settings.box_nms_thresh).tolist()
+        survivor_args = dict(crop_box=(x0, y0, x1 - x0, y1 - y0), input_size=(input_h, input_w),
+                             crop_size=(crop_h, crop_w))
         offset = torch.tensor([x0, y0, x0, y0])
-        crop_xywh = (x0, y0, x1 - x0, y1 - y0)
-        return [_Survivor(store.logits[i], store.iou[i], store.stability[i],
-                          store.boxes[i] + offset,
-                          (store.points[i][0] + x0, store.points[i][1] + y0), crop_xywh,
-                          (input_h, input_w), (crop_h, crop_w)) for i in keep]
 
-    def _score(self, logits, iou, points, input_size, crop_size, crop_box, orig_size,
-               store: _Candidates) -> None:
+        def survivor(i: int) -> _Survivor:
+            x, y = points[store.point_indexes[i]]
+            return _Survivor(store.logits[i], store.iou[i], store.stability[i],
+                             store.boxes[i] + offset, (float(x) + x0, float(y) + y0),
+                             level=store.levels[i], **survivor_args)
+
+        # SAM's own rules: its thresholds, then box NMS by predicted IoU.
+        stock = [i for i, passed in enumerate(store.stock) if passed]
+        kept = []
+        if stock:
+            boxes = torch.stack([store.boxes[i] for i in stock]).float()
+            scores = torch.tensor([store.iou[i] for i in stock])
+            keep = batched_nms(boxes, scores, torch.zeros(len(boxes)),
+                               iou_threshold=settings.box_nms_thresh).tolist()
+            kept = [stock[i] for i in keep]
+        if not objects:
+            return [survivor(i) for i in kept], []
+        kept = set(kept)
+        return [], [_Stored(survivor(i), store.point_indexes[i],
+                            np.unpackbits(store.small_masks[i], axis=-1,
+                                          count=store.small_width).astype(bool), i in kept)
+                    for i in range(len(store.iou))]
+
+    def _score(self, logits, iou, point_indexes, levels, input_size, crop_size, crop_box,
+               orig_size, store: _Candidates, objects: bool) -> None:
         """Stability scores and boxes at the model's 1024 px scale, in small chunks;
-        keeps the candidates that pass in ``store``."""
+        keeps the candidates that pass in ``store`` (with ``objects``, also those of the
+        whole level that pass its own thresholds, and every kept one's small mask)."""
         settings = self.settings
         input_h, input_w = input_size
         crop_h, crop_w = crop_size
@@ -385,22 +482,37 @@ class LeanMaskGenerator:
         threshold = self.sam.mask_threshold
         for start in range(0, logits.shape[0], SCORING_MASKS):
             chunk = logits[start:start + SCORING_MASKS]
+            chunk_iou = iou[start:start + SCORING_MASKS]
             upscaled = F.interpolate(chunk[:, None], (image_size, image_size), mode="bilinear",
                                      align_corners=False)[:, 0, :input_h, :input_w]
             stability = calculate_stability_score(upscaled, threshold,
                                                   settings.stability_score_offset)
-            keep = torch.ones_like(stability, dtype=torch.bool)
+            stock = torch.ones_like(stability, dtype=torch.bool)
+            if settings.pred_iou_thresh > 0.0:
+                stock &= chunk_iou > settings.pred_iou_thresh
             if settings.stability_score_thresh > 0.0:
-                keep &= stability >= settings.stability_score_thresh
+                stock &= stability >= settings.stability_score_thresh
+            keep = stock.clone()
+            if objects:
+                whole = torch.as_tensor(levels[start:start + SCORING_MASKS] == 2,
+                                        device=stability.device)
+                keep |= (whole & (chunk_iou > settings.whole_pred_iou_thresh)
+                         & (stability >= settings.whole_stability_score_thresh))
             if not keep.any():
                 continue
-            boxes = batched_mask_to_box(upscaled > threshold).cpu().float()
+            binary = upscaled > threshold
+            boxes = batched_mask_to_box(binary).cpu().float()
             # Inclusive input-frame box -> the crop's pixels: pixel i covers [i, i+1) * scale.
             boxes = torch.stack([boxes[:, 0] * to_crop[0], boxes[:, 1] * to_crop[1],
                                  (boxes[:, 2] + 1) * to_crop[2] - 1,
                                  (boxes[:, 3] + 1) * to_crop[3] - 1], dim=1).round()
             keep = keep.cpu() & ~is_box_near_crop_edge(boxes, crop_box,
                                                        [0, 0, orig_size[1], orig_size[0]])
+            if objects:
+                half = SELECTION_STRIDE_PX // 2
+                small = binary[:, half::SELECTION_STRIDE_PX, half::SELECTION_STRIDE_PX].cpu().numpy()
+                store.small_width = small.shape[2]
+            stock = stock.cpu()
             for index in keep.nonzero().flatten().tolist():
                 # A copy, not a view: a view would keep the whole batch's logits alive.
                 kept = chunk[index].to("cpu", copy=True)
@@ -408,11 +520,15 @@ class LeanMaskGenerator:
                     kept = kept.half()
                 store.stored_bytes += kept.numel() * kept.element_size()
                 store.logits.append(kept)
-                store.iou.append(float(iou[start + index]))
+                store.iou.append(float(chunk_iou[index]))
                 store.stability.append(float(stability[index]))
                 store.boxes.append(boxes[index])
-                store.points.append(tuple(float(v) for v in points[start + index]))
-            del upscaled
+                store.point_indexes.append(int(point_indexes[start + index]))
+                store.levels.append(int(levels[start + index]))
+                store.stock.append(bool(stock[index]))
+                if objects:
+                    store.small_masks.append(np.packbits(small[index], axis=-1))
+            del upscaled, binary
 
     def _full_resolution(self, item: _Survivor, orig_h: int, orig_w: int) -> FoundMask:
         """Stock's postprocess_masks for one mask: 1024 px, drop the padding, the crop's
@@ -424,29 +540,16 @@ class LeanMaskGenerator:
         mask = F.interpolate(mask, item.crop_size, mode="bilinear", align_corners=False)
         mask = (mask[0, 0] > self.sam.mask_threshold).cpu().numpy()
         return _found_mask(mask, item.crop_box[0], item.crop_box[1], item.iou, item.stability,
-                           item.point, item.crop_box)
+                           item.point, item.crop_box, item.level)
 
     def _remove_small_regions(self, found: list[FoundMask], orig_h: int,
                               orig_w: int) -> list[FoundMask]:
         """Stock's postprocess_small_regions: fill small holes, drop small islands, then
         NMS again preferring masks that needed no change."""
-        area = self.settings.min_mask_region_area
         cleaned, scores = [], []
         for mask in found:
-            x, y, w, h = mask.box
-            # A one-pixel frame of background, except along the image's own edges,
-            # so background regions that reach the box's edge stay connected to the
-            # background around it, as in the whole image.
-            pad = (int(y > 0), int(y + h < orig_h), int(x > 0), int(x + w < orig_w))
-            padded = np.pad(mask.mask, ((pad[0], pad[1]), (pad[2], pad[3])))
-            padded, changed_holes = remove_small_regions(padded, area, mode="holes")
-            padded, changed_islands = remove_small_regions(padded, area, mode="islands")
-            changed = changed_holes or changed_islands
-            if changed:
-                cleaned.append(_found_mask(padded, x - pad[2], y - pad[0], mask.predicted_iou,
-                                           mask.stability_score, mask.point, mask.crop_box))
-            else:
-                cleaned.append(mask)
+            mask, changed = self._cleaned(mask, orig_h, orig_w)
+            cleaned.append(mask)
             scores.append(0.0 if changed else 1.0)
         if not cleaned:
             return cleaned
@@ -457,18 +560,35 @@ class LeanMaskGenerator:
                                              self.settings.crop_nms_thresh))
         return [cleaned[i] for i in keep.tolist()]
 
+    def _cleaned(self, mask: FoundMask, orig_h: int, orig_w: int) -> tuple[FoundMask, bool]:
+        """``mask`` with holes and islands below min_mask_region_area removed, and whether
+        anything changed."""
+        area = self.settings.min_mask_region_area
+        x, y, w, h = mask.box
+        # A one-pixel frame of background, except along the image's own edges,
+        # so background regions that reach the box's edge stay connected to the
+        # background around it, as in the whole image.
+        pad = (int(y > 0), int(y + h < orig_h), int(x > 0), int(x + w < orig_w))
+        padded = np.pad(mask.mask, ((pad[0], pad[1]), (pad[2], pad[3])))
+        padded, changed_holes = remove_small_regions(padded, area, mode="holes")
+        padded, changed_islands = remove_small_regions(padded, area, mode="islands")
+        if not (changed_holes or changed_islands):
+            return mask, False
+        return _found_mask(padded, x - pad[2], y - pad[0], mask.predicted_iou,
+                           mask.stability_score, mask.point, mask.crop_box, mask.level), True
+
 
 def _found_mask(mask: np.ndarray, offset_x: int, offset_y: int, iou: float, stability: float,
-                point, crop_box) -> FoundMask:
+                point, crop_box, level: int | None = None) -> FoundMask:
     """A FoundMask from ``mask`` (bool) whose top-left pixel is (offset_x, offset_y) in the
     source image, trimmed to the mask's box."""
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return FoundMask(np.zeros((0, 0), dtype=bool), (offset_x, offset_y, 0, 0), 0, iou,
-                         stability, point, tuple(crop_box))
+                         stability, point, tuple(crop_box), level)
     columns = np.flatnonzero(mask.any(axis=0))
     top, bottom, left, right = rows[0], rows[-1] + 1, columns[0], columns[-1] + 1
     inside = np.ascontiguousarray(mask[top:bottom, left:right])
     return FoundMask(inside, (int(offset_x + left), int(offset_y + top), int(right - left),
                               int(bottom - top)), int(inside.sum()), float(iou),
-                     float(stability), (float(point[0]), float(point[1])), tuple(crop_box))
+                     float(stability), (float(point[0]), float(point[1])), tuple(crop_box), level)

@@ -1,9 +1,10 @@
 """Segment Anything models: the model table, devices, loading, and the loaded model.
 
     MODEL_TYPES          model type -> SamArchitecture: "vit_h", "vit_l", "vit_b" (the
-                         official ones), and "vit_tiny", a 0.4 M-parameter configuration
-                         the tests and benchmarks build with random weights and load
-                         through the same code (not offered by segment.py --model)
+                         official ones), "vit_t" (MobileSAM: TinyViT encoder, tiny_vit.py),
+                         and "vit_tiny", a 0.4 M-parameter configuration the tests and
+                         benchmarks build with random weights and load through the same
+                         code (not offered by segment.py --model)
     model_type_for(path) the model type a checkpoint's file name says, or None
     missing_checkpoint_message(model_type, path)
     choose_device(name)  "auto" -> "mps" on Apple Silicon, "cuda" where present, else "cpu"
@@ -36,12 +37,15 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 @dataclass(frozen=True)
 class SamArchitecture:
     """The shape of one SAM model type (segment-anything's build_sam.py, with the
-    prompt/decoder sizes made explicit so a tiny test model fits the same code)."""
+    prompt/decoder sizes made explicit so a tiny test model fits the same code).
+    ``encoder``: "vit" (SAM's ImageEncoderViT, shaped by the ``encoder_*`` fields) or
+    "tiny_vit" (MobileSAM's TinyViT-5M, fixed: tiny_vit.py)."""
 
-    encoder_embed_dim: int
-    encoder_depth: int
-    encoder_num_heads: int
-    encoder_global_attn_indexes: tuple[int, ...]
+    encoder: str = "vit"
+    encoder_embed_dim: int | None = None
+    encoder_depth: int | None = None
+    encoder_num_heads: int | None = None
+    encoder_global_attn_indexes: tuple[int, ...] = ()
     prompt_embed_dim: int = 256
     decoder_mlp_dim: int = 2048
     decoder_num_heads: int = 8
@@ -50,13 +54,18 @@ class SamArchitecture:
 
 
 MODEL_TYPES = {
-    "vit_h": SamArchitecture(1280, 32, 16, (7, 15, 23, 31), official=OFFICIAL_CHECKPOINTS["vit_h"]),
-    "vit_l": SamArchitecture(1024, 24, 16, (5, 11, 17, 23), official=OFFICIAL_CHECKPOINTS["vit_l"]),
-    "vit_b": SamArchitecture(768, 12, 12, (2, 5, 8, 11), official=OFFICIAL_CHECKPOINTS["vit_b"]),
+    "vit_h": SamArchitecture("vit", 1280, 32, 16, (7, 15, 23, 31),
+                             official=OFFICIAL_CHECKPOINTS["vit_h"]),
+    "vit_l": SamArchitecture("vit", 1024, 24, 16, (5, 11, 17, 23),
+                             official=OFFICIAL_CHECKPOINTS["vit_l"]),
+    "vit_b": SamArchitecture("vit", 768, 12, 12, (2, 5, 8, 11),
+                             official=OFFICIAL_CHECKPOINTS["vit_b"]),
+    # MobileSAM: SAM's prompt encoder and mask decoder behind TinyViT-5M.
+    "vit_t": SamArchitecture("tiny_vit", official=OFFICIAL_CHECKPOINTS["vit_t"]),
     # For tests only: ~0.4 M parameters, no published weights. Same image size (1024),
     # patch size and code paths as the real ones; a random-weight checkpoint of it is
     # made with save_random_checkpoint().
-    "vit_tiny": SamArchitecture(64, 1, 2, (0,), prompt_embed_dim=32, decoder_mlp_dim=64,
+    "vit_tiny": SamArchitecture("vit", 64, 1, 2, (0,), prompt_embed_dim=32, decoder_mlp_dim=64,
                                 decoder_num_heads=2, iou_head_hidden_dim=32),
 }
 
@@ -66,9 +75,12 @@ MODEL_TYPES = {
 
 def model_type_for(checkpoint: Path) -> str | None:
     """The model type named in a checkpoint's file name ("sam_vit_b_01ec64.pth" ->
-    "vit_b"), or None."""
-    found = re.search(r"vit_(h|l|b|tiny)(?![a-z])", Path(checkpoint).name.lower())
-    return f"vit_{found.group(1)}" if found else None
+    "vit_b", "mobile_sam.pt" -> "vit_t"), or None."""
+    name = Path(checkpoint).name.lower()
+    found = re.search(r"vit_(h|l|b|t|tiny)(?![a-z])", name)
+    if found:
+        return f"vit_{found.group(1)}"
+    return "vit_t" if re.search(r"mobile_?sam", name) else None
 
 
 def missing_checkpoint_message(model_type: str, checkpoint: Path) -> str:
@@ -140,21 +152,13 @@ def build_sam(model_type: str, device: str | None = None):
     """An untrained ``Sam`` of ``model_type`` (random weights; on ``device``, or on
     "meta" - shapes only - for loading a checkpoint into)."""
     torch = import_torch()
-    from functools import partial
-
-    from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
-                                           TwoWayTransformer)
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     arch = MODEL_TYPES[model_type]
     image_size, patch_size = 1024, 16
     with torch.device(device or "cpu"):
         sam = Sam(
-            image_encoder=ImageEncoderViT(
-                depth=arch.encoder_depth, embed_dim=arch.encoder_embed_dim, img_size=image_size,
-                mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-                num_heads=arch.encoder_num_heads, patch_size=patch_size, qkv_bias=True,
-                use_rel_pos=True, global_attn_indexes=arch.encoder_global_attn_indexes,
-                window_size=14, out_chans=arch.prompt_embed_dim),
+            image_encoder=IMAGE_ENCODERS[arch.encoder](arch, image_size, patch_size),
             prompt_encoder=PromptEncoder(
                 embed_dim=arch.prompt_embed_dim,
                 image_embedding_size=(image_size // patch_size, image_size // patch_size),
@@ -170,9 +174,38 @@ def build_sam(model_type: str, device: str | None = None):
     return sam.eval()
 
 
+def _vit_encoder(arch: SamArchitecture, image_size: int, patch_size: int):
+    """SAM's own ImageEncoderViT (segment-anything's build_sam.py)."""
+    from functools import partial
+
+    import torch
+    from segment_anything.modeling import ImageEncoderViT
+
+    return ImageEncoderViT(
+        depth=arch.encoder_depth, embed_dim=arch.encoder_embed_dim, img_size=image_size,
+        mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        num_heads=arch.encoder_num_heads, patch_size=patch_size, qkv_bias=True,
+        use_rel_pos=True, global_attn_indexes=arch.encoder_global_attn_indexes,
+        window_size=14, out_chans=arch.prompt_embed_dim)
+
+
+def _tiny_vit_encoder(arch: SamArchitecture, image_size: int, patch_size: int):
+    """MobileSAM's TinyViT (tiny_vit.py; its size is fixed, so ``arch`` says nothing)."""
+    try:
+        from drawpipe.sam.tiny_vit import TinyViTEncoder
+    except ImportError as exc:
+        raise UsageError(f"--model vit_t needs timm ({exc}): pip install -e '.[segment]'") from None
+    return TinyViTEncoder()
+
+
+IMAGE_ENCODERS = {"vit": _vit_encoder, "tiny_vit": _tiny_vit_encoder}
+
+
 def save_random_checkpoint(model_type: str, path: Path, seed: int = 0) -> Path:
     """Save a random-weight ``model_type`` checkpoint (a state_dict, like the official
-    files) to ``path``: for tests and benchmarks where no trained weights can be had."""
+    files) to ``path``: for tests and benchmarks where no trained weights can be had.
+    (vit_t's is in this code's key layout, which load_sam reads too; MobileSAM's own
+    layout is what its official file has.)"""
     torch = import_torch()
     torch.manual_seed(seed)
     sam = build_sam(model_type)
@@ -180,8 +213,15 @@ def save_random_checkpoint(model_type: str, path: Path, seed: int = 0) -> Path:
     return Path(path)
 
 
+# The stem of MobileSAM's TinyViT in its own checkpoints, and in this code's layout.
+MOBILE_SAM_KEY = "image_encoder.patch_embed.seq.0.c.weight"
+TINY_VIT_KEY = "image_encoder.patch_embed.conv1.conv.weight"
+
+
 def detect_model_type(state_dict: dict) -> str | None:
     """The model type whose shapes a state_dict has, or None."""
+    if MOBILE_SAM_KEY in state_dict or TINY_VIT_KEY in state_dict:
+        return "vit_t"
     embed = state_dict.get("image_encoder.patch_embed.proj.weight")
     prompt = state_dict.get("prompt_encoder.no_mask_embed.weight")
     if embed is None or prompt is None or not hasattr(embed, "shape"):
@@ -210,31 +250,34 @@ def load_sam(model_type: str, checkpoint: Path, device: str = "cpu"):
                          f"{', '.join(MODEL_TYPES)}")
     if not checkpoint.is_file():
         raise CheckpointError(missing_checkpoint_message(model_type, checkpoint))
-    official = MODEL_TYPES[model_type].official
-    fetch_again = (f"delete it and download {official.file_name} again from {official.url}"
-                   if official else "make it again")
+    arch = MODEL_TYPES[model_type]
+    state = read_weights(checkpoint, "SAM checkpoint", arch.official)
+    if arch.encoder == "tiny_vit" and MOBILE_SAM_KEY in state:
+        from drawpipe.sam.tiny_vit import encoder_state_from_mobile_sam
+
+        state = encoder_state_from_mobile_sam(state)
+    # SAM's ViT is built with shapes only and takes the loaded tensors as they are (one
+    # copy of vit_h's 2.5 GB). TinyViT (40 MB) is built for real: timm computes its
+    # attention-bias index tables at construction, and checkpoints do not hold them.
+    on_meta = arch.encoder == "vit"
+    sam = build_sam(model_type, device="meta" if on_meta else "cpu")
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception:  # zip, pickle and I/O errors all mean: not a usable file
-        raise not_a_model_file("SAM checkpoint", checkpoint, fetch_again) from None
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise CheckpointError(f"SAM checkpoint {checkpoint} holds no model weights "
-                              "(expected a state_dict of tensors)")
-    sam = build_sam(model_type, device="meta")
-    try:
-        sam.load_state_dict(state, strict=True, assign=True)
+        sam.load_state_dict(state, strict=True, assign=on_meta)
     except RuntimeError:
         detected = detect_model_type(state)
-        hint = (f"it is a {detected} checkpoint: pass --model {detected}"
+        hint = (f"its tensors are not the shapes of {model_type}'s (another size of the "
+                "same architecture?)" if detected == model_type else
+                f"it is a {detected} checkpoint: pass --model {detected}"
                 if detected in OFFICIAL_CHECKPOINTS else
                 f"it is a {detected} checkpoint: leave out --model and name the file after "
                 f"its model type (sam_{detected}_*.pth)" if detected
                 else "is it a Segment Anything checkpoint?")
         raise CheckpointError(f"SAM checkpoint {checkpoint} does not fit model type "
                               f"{model_type}: {hint}") from None
-    # Buffers that checkpoints do not hold (pixel normalisation) are still shapes only.
-    sam.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), False)
-    sam.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), False)
+    if on_meta:
+        # Buffers that checkpoints do not hold (pixel normalisation) are still shapes only.
+        sam.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), False)
+        sam.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), False)
     return sam.to(device).eval()
 
 
@@ -293,11 +336,13 @@ def read_weights(path: Path, what: str, official: CheckpointFile | None) -> dict
 
 class Segmenter:
     """One loaded SAM and its lean mask generator. Loading takes seconds (vit_h: a
-    2.5 GB file), so a process makes one and keeps it for every image."""
+    2.5 GB file), so a process makes one and keeps it for every image. ``rules``:
+    how objects are told from their parts (objects.ObjectRules; None: its defaults)."""
 
     def __init__(self, model: ModelSettings, generator: GeneratorSettings,
-                 available_bytes: int | None = None):
+                 rules: "ObjectRules | None" = None, available_bytes: int | None = None):
         from drawpipe.sam.mask_generator import LeanMaskGenerator, choose_points_per_batch
+        from drawpipe.sam.objects import ObjectRules
 
         self.device = choose_device(model.device)
         self.precision = choose_precision(model.precision, self.device)
@@ -305,11 +350,13 @@ class Segmenter:
         if available_bytes is None:
             available_bytes = free_memory_bytes(self.device)
         self.points_per_batch = generator.points_per_batch or choose_points_per_batch(available_bytes)
+        self.rules = rules or ObjectRules()
         self.generator = LeanMaskGenerator(self.sam, generator, self.precision,
-                                           self.points_per_batch)
+                                           self.points_per_batch, self.rules)
 
-    def find_masks(self, image):
-        """``image``: H x W x 3 uint8 RGB -> FoundMask list, largest first."""
-        return self.generator.generate(image)
+    def find_masks(self, image, granularity: str = "parts"):
+        """``image``: H x W x 3 uint8 RGB -> FoundMask list, largest first: every mask
+        SAM keeps ("parts"), or the objects, each with its ``parts`` ("objects", "all")."""
+        return self.generator.generate(image, granularity)
 
 
