@@ -31,7 +31,8 @@ What each holds:
   inventory     what is on a share: images, cut-outs, metadata, verdict files, logs
   curate/       verdicts, takes (rejects re-made, stale outputs, the seed), quality
                 signals, the review page, the export
-  stages/       generate (+ prompts), upscale (recipes), segment
+  stages/       generate (+ prompts), upscale (recipes), segment; server (what the two
+                stages that talk to Draw Things share)
   report/       figures, gallery, contact sheets, the per-image table, the night at a glance
   cli/          every command's options and main; the drawpipe command; profiles; dry runs
   __main__, review, export, report.__main__, demo, simulator, status   python -m entry points

@@ -81,8 +81,6 @@ def parse_arguments(argv):
 
 def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     """segment.py: every PNG under <root>/UPSCALED_IMAGES -> a folder of SAM cut-outs in CUTOUTS."""
-    from drawpipe.sam.checkpoints import download_checkpoint
-    from drawpipe.sam.models import MODEL_TYPES, missing_checkpoint_message
     from drawpipe.sam.settings import ModelSettings
     from drawpipe.stages.segment import SegmentStage
 
@@ -96,32 +94,12 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
     rules = _object_rules(settings.values)
     # The vocabulary is read and the label model's file found before anything is loaded.
     labelling = _labelling(args, settings.values, cache_root)
-    if args.demo:
-        model_type, checkpoint = _demo_checkpoint(args, cache_dir, stdout)
-        if checkpoint is None:
-            return 0
-        if args.points_per_side is None:
-            # A 32 x 32 grid takes minutes per image on a CPU; 16 x 16 shows the step.
-            generator = dataclasses.replace(generator, points_per_side=16)
-    else:
-        model_type, checkpoint = _segment_checkpoint(args.model, args.checkpoint, cache_dir)
-    official = MODEL_TYPES[model_type].official
-    if not settings.dry_run and not args.download:
-        # Every missing file is named before anything is fetched or loaded.
-        if not checkpoint.is_file():
-            raise CheckpointError(missing_checkpoint_message(model_type, checkpoint))
-        if labelling is not None:
-            _check_label_model(labelling)
-    if not checkpoint.is_file() and args.download and not settings.dry_run:
-        if official is None:
-            raise UsageError(f"--download: {model_type} has no published checkpoint")
-        url = official.address(args.download_from)
-        print(f"downloading {url} -> {checkpoint}", file=stdout, flush=True)
-        download_checkpoint(url, checkpoint, official.sha256, show_progress=settings.show_progress)
-    if not checkpoint.is_file() and not settings.dry_run:
-        raise CheckpointError(missing_checkpoint_message(model_type, checkpoint))
-    if labelling is not None and not settings.dry_run:
-        _download_label_model(labelling, args.download_from, settings.show_progress, stdout)
+    if args.demo and args.points_per_side is None:
+        # A 32 x 32 grid takes minutes per image on a CPU; 16 x 16 shows the step.
+        generator = dataclasses.replace(generator, points_per_side=16)
+    model_type, checkpoint = _model_files(args, settings, cache_dir, labelling, stdout)
+    if checkpoint is None:
+        return 0  # make demo without a checkpoint to be had: the step is skipped, said why
     model = ModelSettings(model_type, checkpoint, settings.values["device"],
                           settings.values["precision"])
     takes = local_takes(settings.root)
@@ -133,18 +111,7 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
         jobs = stage.plan()
         other_settings = _made_with_other_settings(stage, jobs)
     if settings.dry_run:
-        states = job_states(settings.root, stage, jobs, settings.lease_seconds)
-        words = PlanWords("segment", "claimed", "to redo", _why_redo(stage))
-        counts = print_plan([(None, jobs, states)], words, stdout)
-        waiting = (f", {len(stage.rejected)} rejected in review (cut out once generate.py and "
-                   "upscale.py have made their next take)" if stage.rejected else "")
-        print(f"dry run: {counts.to_do} image(s) to segment into {output_folder}, "
-              f"{counts.done} already done{waiting}; nothing was loaded or written"
-              + ("" if checkpoint.is_file() else f" (the checkpoint {checkpoint} is missing)")
-              + ("" if labelling is None or Path(labelling.settings.checkpoint).is_file()
-                 else f" (the label model {labelling.settings.checkpoint} is missing)"),
-              file=stdout)
-        _print_other_settings(other_settings, stage, redo, stdout)
+        _print_dry_run(stage, jobs, settings, checkpoint, labelling, other_settings, stdout)
         return 0
     device = model.device
     label_device = labelling.settings.device if labelling is not None else None
@@ -170,6 +137,58 @@ def run(args, project_dir: Path, stdin=None, stdout=None) -> int:
         _print_other_settings(other_settings, stage, False, stdout)
     print(f"cut-outs are in {output_folder}", file=stdout)
     return summary.exit_code
+
+
+def _model_files(args, settings, cache_dir: Path, labelling, out) -> tuple[str, Path | None]:
+    """(model type, SAM checkpoint) for this run, each file it needs there: every missing
+    one named before anything is fetched or loaded, then fetched with --download (SAM's
+    and the label model's). (type, None) when make demo can have no checkpoint."""
+    from drawpipe.sam.checkpoints import download_checkpoint
+    from drawpipe.sam.models import MODEL_TYPES, missing_checkpoint_message
+
+    if args.demo:
+        model_type, checkpoint = _demo_checkpoint(args, cache_dir, out)
+        if checkpoint is None:
+            return model_type, None
+    else:
+        model_type, checkpoint = _segment_checkpoint(args.model, args.checkpoint, cache_dir)
+    if settings.dry_run:
+        return model_type, checkpoint  # nothing is fetched; the dry run says what is missing
+    if not args.download:
+        if not checkpoint.is_file():
+            raise CheckpointError(missing_checkpoint_message(model_type, checkpoint))
+        if labelling is not None:
+            _check_label_model(labelling)
+    official = MODEL_TYPES[model_type].official
+    if not checkpoint.is_file() and args.download:
+        if official is None:
+            raise UsageError(f"--download: {model_type} has no published checkpoint")
+        url = official.address(args.download_from)
+        print(f"downloading {url} -> {checkpoint}", file=out, flush=True)
+        download_checkpoint(url, checkpoint, official.sha256, show_progress=settings.show_progress)
+    if not checkpoint.is_file():
+        raise CheckpointError(missing_checkpoint_message(model_type, checkpoint))
+    if labelling is not None:
+        _download_label_model(labelling, args.download_from, settings.show_progress, out)
+    return model_type, checkpoint
+
+
+def _print_dry_run(stage, jobs, settings, checkpoint: Path, labelling, other_settings,
+                   out) -> None:
+    """What a run would do (to segment, done, claimed, to redo), and what is missing."""
+    output_folder = settings.root / CUTOUTS_FOLDER
+    states = job_states(settings.root, stage, jobs, settings.lease_seconds)
+    words = PlanWords("segment", "claimed", "to redo", _why_redo(stage))
+    counts = print_plan([(None, jobs, states)], words, out)
+    waiting = (f", {len(stage.rejected)} rejected in review (cut out once generate.py and "
+               "upscale.py have made their next take)" if stage.rejected else "")
+    print(f"dry run: {counts.to_do} image(s) to segment into {output_folder}, "
+          f"{counts.done} already done{waiting}; nothing was loaded or written"
+          + ("" if checkpoint.is_file() else f" (the checkpoint {checkpoint} is missing)")
+          + ("" if labelling is None or Path(labelling.settings.checkpoint).is_file()
+             else f" (the label model {labelling.settings.checkpoint} is missing)"),
+          file=out)
+    _print_other_settings(other_settings, stage, settings.values["redo_cutouts"], out)
 
 
 def _why_redo(stage):

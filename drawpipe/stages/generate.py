@@ -26,6 +26,7 @@ from drawpipe.engine.jobs import Job, JobResult, WorkerContext
 from drawpipe.layout import GENERATIONS_FOLDER, cutouts_path, image_name, upscaled_path
 from drawpipe.png import add_text_chunks
 from drawpipe.stages.prompts import PromptSets, QueueItem
+from drawpipe.stages.server import ServerStage
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class Planned:
     take: int | None = None
 
 
-class GenerateStage:
+class GenerateStage(ServerStage):
     name = "generate"
     extra_columns = ("server",) + PHASE_COLUMNS
 
@@ -146,21 +147,10 @@ class GenerateStage:
         payload["seed"] = job.seed
         return payload
 
-    def process_to_sample(self, server: str) -> str | None:
-        """Draw Things' process, when ``server`` is this machine."""
-        return backends.sampled_process(server, self.server_settings)
-
-    def probe(self, server: str) -> None:
-        """One look at ``server`` (GET /, or gRPC's Echo): the engine's probe of a
-        quarantined server (engine/quarantine.py)."""
-        backends.probe_server(server, self.server_settings)
-
     def make_worker(self, server: str, context: WorkerContext):
         """Preflight the server (``GET /``, or gRPC's Echo and FilesExist) and return this
         worker's job runner; ``server``: an http(s):// or grpc(s):// URL."""
-        client = backends.open_client(server, self.server_settings, sleep=context.sleep,
-                                      on_resend=context.resent, before_send=context.checkpoint)
-        context.on_cancel(client.cancel)
+        client = self.open_client(server, context)
         app_configuration = backends.preflight(
             client, [(self.template.payload, self.template.source)], self.on_warning)
         expected_size = drawthings.output_size(

@@ -77,6 +77,7 @@ from drawpipe.layout import GENERATIONS_FOLDER, UPSCALED_FOLDER, upscaled_path
 from drawpipe.png import (IEND_CHUNK, PNG_SIGNATURE, PngCheck, add_text_chunks, inspect_png,
                           png_size)
 from drawpipe.settings import default
+from drawpipe.stages.server import ServerStage
 
 DEFAULT_OUTPUT_SIZE = (2048, 2048)
 # An incomplete input younger than this is waited for; older, it is reported as damaged.
@@ -267,7 +268,7 @@ def read_input(path: Path, label: str, settle_seconds: float,
 # --------------------------------------------------------------------------- the stage
 
 
-class UpscaleStage:
+class UpscaleStage(ServerStage):
     """Every PNG under ``<root>/GENERATIONS`` through ``recipe`` into ``<root>/UPSCALED_IMAGES``.
 
     ``on_skipped(label, reason)``: called once per unusable input found by ``plan``
@@ -395,21 +396,10 @@ class UpscaleStage:
         self._screened[path] = (version, check.problem)
         return check.problem
 
-    def process_to_sample(self, server: str) -> str | None:
-        """Draw Things' process, when ``server`` is this machine."""
-        return backends.sampled_process(server, self.server_settings)
-
-    def probe(self, server: str) -> None:
-        """One look at ``server`` (GET /, or gRPC's Echo): the engine's probe of a
-        quarantined server (engine/quarantine.py)."""
-        backends.probe_server(server, self.server_settings)
-
     def make_worker(self, server: str, context: WorkerContext):
         """Preflight the server (``GET /``, or gRPC's Echo and FilesExist) and return this
         worker's job runner; ``server``: an http(s):// or grpc(s):// URL."""
-        client = backends.open_client(server, self.server_settings, sleep=context.sleep,
-                                      on_resend=context.resent, before_send=context.checkpoint)
-        context.on_cancel(client.cancel)
+        client = self.open_client(server, context)
         recipe = self.recipe
         app_configuration = backends.preflight(
             client, [(step.payload, recipe.where(number))
