@@ -162,6 +162,12 @@ def test_reject_and_accept_by_click_and_by_keyboard(server, review_share):
         images = page.evaluate(LOAD_ALL_IMAGES)
         # 5 generated, 1 upscaled, 2 cut-outs: every one decoded.
         assert len(images) == 8 and all(width > 0 for _, width in images), images
+        # The workers panel reads as a heading, not as an error (the cards' error line
+        # is red): its colour is the other headings'.
+        colours = page.evaluate(
+            "[...document.querySelectorAll('h2')].map(h => getComputedStyle(h).color)")
+        assert "no worker is running on this share" in page.locator("#workers").inner_text()
+        assert len(colours) > 1 and len(set(colours)) == 1, colours
 
         # By mouse: a reason typed, then Reject; Accept on the next image.
         first = item(page, KEYS[0])
