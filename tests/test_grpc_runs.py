@@ -116,11 +116,15 @@ def test_generate_and_upscale_over_grpc_and_http_in_one_run_give_the_same_pixels
                 assert {"text_encoding_seconds", "sampling_seconds", "decoding_seconds",
                         "transfer_seconds"} <= set(timed)
                 assert float(row["sampling_seconds"]) > 0
-    report = subprocess.run([sys.executable, "-m", "drawpipe.report", "--root", str(share)],
+    report = subprocess.run([sys.executable, "-m", "drawpipe.report", "--root", str(share),
+                             "--html"],
                             capture_output=True, text=True, cwd=PROJECT_DIR, timeout=120)
     assert report.returncode == 0, report.stderr
     assert report.stdout.count("where the time went on gRPC servers") == 2
     assert "host       images  text encoding" in report.stdout
+    page = (share / "report" / "index.html").read_text()  # the same tables on the page
+    assert page.count("where the time went on gRPC servers") == 2
+    assert "<th>host</th><th>images</th><th>text encoding</th>" in page
 
 
 def test_a_file_a_grpc_server_lacks_stops_the_run_before_anything_is_sent(share, tmp_path):

@@ -565,6 +565,7 @@ def render_pages(data: PageData, cache) -> dict[str, str]:
                                         for group in by_nation[nation]]})
     stages = [{"name": report.stage,
                "table": summary_table(report.figures) if report.figures else None,
+               "phases": report.phases,  # where the time went on gRPC servers
                "eta": eta_sentence(report, data.window_seconds),
                "energy": _energy_view(report)} for report in data.reports]
     failed_rows = [{"stage": row.stage,
