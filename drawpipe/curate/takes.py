@@ -282,10 +282,10 @@ class Takes:
         return take or takes_set_aside(self.root, key) + 1
 
     @staticmethod
-    def take_of_input(image: Path | bytes) -> int:
-        """The take of a generated image (its path, or its bytes as a job read them):
-        what its provenance records; 1 when it records none, is gone or is not a PNG
-        (the job reads it and says why it cannot be used). Other OSErrors propagate (a
+    def take_of_input(image: Path) -> int:
+        """The take of the generated image at ``image``: what its provenance records; 1
+        when it records none, is gone or is not a PNG (the job reads it and says why it
+        cannot be used). Other OSErrors propagate (a
         busy file: the engine tries the job on a later pass)."""
         try:
             return recorded_take(read_text_chunks(image))

@@ -14,7 +14,8 @@ HTTP API cannot cancel: nothing happens), ``close()``.
 Failure kinds, as the caller sees them (see errors.py):
   ServerUnreachable  preflight ``GET /`` failed: URL wrong, app closed, API server off,
                      or the port speaks gRPC (transport.probe_protocol says so);
-                     ServerNotAnswering when nothing answered at all (see probe_server)
+                     ServerNotAnswering when nothing answered at all (backends.probe_server
+                     is the quarantine's one look)
   ServerRejected     HTTP 422: a configuration error; never retried
   TransientError     the app is not drawing this request (any more): connection
                      refused or not made in time, 5xx, an empty ``images`` list, a
@@ -220,17 +221,6 @@ class SdapiClient:
             f"it again (a later run will).{hint}", attempt,
             # Well beyond the read timeout: the app cannot be asked whether it is done.
             retry_after_seconds=2 * read_timeout_seconds)
-
-
-def probe_server(base_url: str, settings: ClientSettings) -> None:
-    """``GET /`` of ``base_url`` once, no retry (the engine's quarantine probe, at a growing
-    interval): ServerNotAnswering or ServerUnreachable when it does not answer as Draw
-    Things does."""
-    client = SdapiClient(base_url, settings)
-    try:
-        client.check_server()
-    finally:
-        client.close()
 
 
 _LOOPBACK_HOSTS = ("localhost", "127.", "[::1]", "0.0.0.0")

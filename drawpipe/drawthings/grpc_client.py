@@ -94,6 +94,7 @@ from drawpipe.drawthings.transport import ImageAnswer, probe_protocol, send_with
 from drawpipe.errors import (DrawpipeError, JobFailed, RequestRejected, ServerIncompatible,
                              ServerNotAnswering, ServerRejected, ServerUnreachable,
                              StepRejected, TransientError, UsageError, WrongSize)
+from drawpipe.settings import default
 
 DEFAULT_PORT = 7859  # gRPCServerCLI.swift:288-289
 SCHEMES = {"grpc": False, "grpcs": True}  # scheme -> TLS
@@ -106,14 +107,14 @@ ENABLE_GRPC_HINT = ("start Draw Things with its API server set to gRPC (Settings
 
 @dataclass(frozen=True)
 class GrpcSettings:
-    connect_timeout_seconds: float = 5.0
+    connect_timeout_seconds: float = default("connect_timeout_seconds")
     # Before the first message: the server runs one generation at a time (a serial queue,
     # ImageGenerationServiceImpl.swift:261-268) and may load a model first.
-    start_timeout_seconds: float = 1800.0
+    start_timeout_seconds: float = default("read_timeout_seconds")
     # Between two messages once it streams: signposts come at every sampling step.
     read_timeout_seconds: float = 600.0
-    retries: int = 4  # extra attempts after the first, for transient failures only
-    backoff_seconds: float = 2.0
+    retries: int = default("retries")  # extra attempts after the first, for transient failures only
+    backoff_seconds: float = default("backoff_seconds")
     backoff_cap_seconds: float = 60.0
     shared_secret: str | None = field(default=None, repr=False)  # never printed
     # Where the secret came from, for messages ("the environment variable DT_SECRET").
@@ -566,13 +567,12 @@ class NeededFile:
 def needed_files(payloads: list[tuple[dict, str]]) -> list[NeededFile]:
     """Every file the payloads name, as the server would look them up (the model and
     refiner by file or display name), in order, each (file, source) once."""
-    from drawpipe.drawthings import api as drawthings
+    from drawpipe.drawthings.payloads import effective_parameters
 
     found, seen = [], set()
     for payload, source in payloads:
-        values = drawthings.decode_body(
-            {k: v for k, v in payload.items() if k != "init_images"}).values
-        parameters = drawthings.effective_parameters(values, grpc_request.default_configuration())
+        without_images = {k: v for k, v in payload.items() if k != "init_images"}
+        parameters = effective_parameters(without_images, grpc_request.default_configuration())
         named = [("model", grpc_request.resolved_model(parameters.get("model"))),
                  ("refiner", grpc_request.resolved_model(parameters.get("refiner_model"))),
                  ("upscaler", parameters.get("upscaler"))]

@@ -132,13 +132,9 @@ def default_configuration() -> dict:
 
 @dataclass(frozen=True)
 class BuiltRequest:
-    """``message``: the ImageGenerationRequest; ``parameters``: what it runs with, as the
-    HTTP API's keys (for the expected size, FilesExist, provenance); ``init_size``:
-    (width, height) px of the init image, or None."""
+    """``message``: the ImageGenerationRequest."""
 
     message: object
-    parameters: dict
-    init_size: tuple[int, int] | None
 
 
 def _decode_png(data: bytes):
@@ -167,12 +163,12 @@ def resolved_model(name: str | None) -> str | None:
     return by_name[0] if by_name else name
 
 
-def effective_request_parameters(mode: str, payload: dict, images: list | None = None) -> dict:
-    """The parameters a request runs with over gRPC: the defaults, the payload's values,
-    strength 1 for txt2img, the model and refiner as files. RequestRejected when the
-    HTTP API would refuse the payload or a required key is missing."""
+def effective_request_parameters(mode: str, decoded: drawthings.DecodedBody) -> dict:
+    """The parameters a request runs with over gRPC: the defaults, the values of the
+    payload (``decoded``: drawthings.decode_body's answer), strength 1 for txt2img, the
+    model and refiner as files. RequestRejected when the HTTP API would refuse the
+    payload or a required key is missing."""
     table = drawthings.api_table()
-    decoded = drawthings.decode_body(payload)
     parameters = drawthings.effective_parameters(decoded.values, default_configuration())
     if mode == "txt2img":
         if decoded.init_images is not None:
@@ -204,18 +200,15 @@ def build_request(mode: str, payload: dict, shared_secret: str | None = None,
     from drawpipe.drawthings.generated import imageService_pb2 as service
 
     table = drawthings.api_table()
-    init_images = None
-    if "init_images" in payload:
-        init_images = drawthings.decode_body({"init_images": payload["init_images"]},
-                                             _decode_png).init_images
-    parameters = effective_request_parameters(mode, payload)
+    decoded = drawthings.decode_body(payload, _decode_png)  # the init image decoded once
+    init_images = decoded.init_images
+    parameters = effective_request_parameters(mode, decoded)
     message = service.ImageGenerationRequest(
         prompt=parameters["prompt"], negativePrompt=parameters.get("negative_prompt") or "",
         configuration=configuration_bytes(parameters), scaleFactor=1, user=CLIENT_NAME,
         device=service.LAPTOP, chunked=True)
     if shared_secret:
         message.sharedSecret = shared_secret
-    init_size = None
     if mode == "img2img":
         if init_images is None or len(init_images) != 1:
             raise RequestRejected(
@@ -232,8 +225,7 @@ def build_request(mode: str, payload: dict, shared_secret: str | None = None,
         data = tensors.encode_tensor(tensors.image_tensor(rgb), upload_codec)
         message.image = hashlib.sha256(data).digest()
         message.contents.append(data)
-        init_size = (width, height)
-    return BuiltRequest(message, parameters, init_size)
+    return BuiltRequest(message)
 
 
 def _field_value(field: dict, parameters: dict):
@@ -401,12 +393,8 @@ def parameters_of_configuration(configuration: dict, prompt: str, negative_promp
         if conversion in ("loras", "controls"):
             rules = table["entries"][conversion]["fields"]
             parameters[key] = [_entry_as_json(entry, rules, table) for entry in value]
-        elif _enumeration_of(field) is not None:
-            parameters[key] = _key_value(field, value)
-        elif conversion == "divide_by_64":
-            parameters[key] = value * 64
         else:
-            parameters[key] = value
+            parameters[key] = _key_value(field, value)
     return parameters
 
 

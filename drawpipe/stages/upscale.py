@@ -409,7 +409,7 @@ class UpscaleStage(ServerStage):
         def run(job: Job, scratch: Path) -> JobResult:
             label = job.input.relative_to(self.root).as_posix()
             source = read_input(job.input, label, self.settle_seconds, context.server_now)
-            take = self.takes.take_of_input(source.data)
+            take = recorded_take(source.texts)  # what take_of_input reads, read once
             if take != job.context:  # job: as claimed, its take and seed fixed then
                 raise JobDeferred(f"{label} was replaced since its job was claimed (take "
                                   f"{take}, not {job.context}): tried again on a later pass")
