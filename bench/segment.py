@@ -288,6 +288,7 @@ def load_photo(path: Path, longer_side_px: int) -> np.ndarray:
 def inside_another(masks: list, fraction: float) -> list:
     """For each FoundMask, the number (1-based) of another one it lies inside (at least
     ``fraction`` of its area, the smallest such one), or None."""
+    pixels = [mask.mask for mask in masks]  # FoundMask.mask unpacks on every read: once
     owners = []
     for index, mask in enumerate(masks):
         x, y, w, h = mask.box
@@ -299,8 +300,8 @@ def inside_another(masks: list, fraction: float) -> list:
             x0, y0, x1, y1 = max(x, ox), max(y, oy), min(x + w, ox + ow), min(y + h, oy + oh)
             if x0 >= x1 or y0 >= y1:
                 continue
-            both = np.count_nonzero(mask.mask[y0 - y:y1 - y, x0 - x:x1 - x]
-                                    & other.mask[y0 - oy:y1 - oy, x0 - ox:x1 - ox])
+            both = np.count_nonzero(pixels[index][y0 - y:y1 - y, x0 - x:x1 - x]
+                                    & pixels[other_index][y0 - oy:y1 - oy, x0 - ox:x1 - ox])
             if both >= fraction * mask.area and (owner_area is None or other.area < owner_area):
                 owner, owner_area = other_index + 1, other.area
         owners.append(owner)

@@ -40,6 +40,7 @@ from drawpipe.sam.mask_generator import LeanMaskGenerator, choose_points_per_bat
 from drawpipe.sam.models import (Segmenter, choose_device, free_memory_bytes,  # noqa: E402
                                  load_sam, save_random_checkpoint)
 from drawpipe.sam.settings import GeneratorSettings, ModelSettings  # noqa: E402
+from drawpipe.settings import default  # noqa: E402
 
 FAILED = []
 
@@ -85,11 +86,12 @@ ENERGY_IMAGES = 8
 IDLE_SECONDS = 5.0
 
 
-def energy_check(work: Path, checkpoint: Path) -> None:
+def energy_check(work: Path, checkpoint: Path, segmenter: Segmenter) -> None:
     """J per image from NVML's total-energy counter of cuda:0: idle power over a few
     seconds, then one window around segment.py on ENERGY_IMAGES 1024 px images (start-up
     and model loading included) and one around the model alone in this process, both with
-    the default generator settings (what a user runs)."""
+    the default generator settings and granularity (what a user runs); ``segmenter``:
+    main's, on the same random-weight checkpoint."""
     try:
         meter = EnergyMeter(NvmlCounter((0,)))
     except CounterUnavailable as exc:
@@ -97,10 +99,13 @@ def energy_check(work: Path, checkpoint: Path) -> None:
         return
     idle_w = meter.measure_idle(IDLE_SECONDS)
     root = work / "energy"
+    images = []
     for number in range(1, ENERGY_IMAGES + 1):
         path = root / "UPSCALED_IMAGES" / "Peru" / "family" / f"Peru_family_{number}_upscaled.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        render_scene(number, "a family at home", 1024, 1024).save(path)
+        scene = render_scene(number, "a family at home", 1024, 1024)
+        scene.save(path)
+        images.append(np.asarray(scene.convert("RGB")))
     command = [sys.executable, str(REPO / "segment.py"), "--root", str(root),
                "--checkpoint", str(checkpoint), "--no-progress"]
     if GPU == "cpu":
@@ -108,16 +113,14 @@ def energy_check(work: Path, checkpoint: Path) -> None:
     with meter.open_window() as run_window:
         run = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                              timeout=300, cwd=REPO)
-    segmenter = Segmenter(ModelSettings(model_type="vit_tiny", checkpoint=checkpoint),
-                          GeneratorSettings())
-    images = [np.asarray(render_scene(n, "a family at home", 1024, 1024).convert("RGB"))
-              for n in range(1, ENERGY_IMAGES + 1)]
-    segmenter.find_masks(images[0])  # warm-up: kernels chosen and loaded
+    # The model alone, on the same images, doing what segment.py's default does.
+    granularity = default("granularity")
+    segmenter.find_masks(images[0], granularity)  # warm-up: kernels chosen and loaded
     if GPU == "cuda":
         torch.cuda.synchronize()
     with meter.open_window() as model_window:
         for image in images:
-            segmenter.find_masks(image)
+            segmenter.find_masks(image, granularity)
         if GPU == "cuda":
             torch.cuda.synchronize()
     meter.close()
@@ -258,7 +261,7 @@ def main():
                pairs=len(ious),
                mean_iou=round(float(np.mean(ious)), 4) if ious else None,
                min_iou=round(float(np.min(ious)), 4) if ious else None)
-    energy_check(work, checkpoint)
+    energy_check(work, checkpoint, segmenter)
     shutil.rmtree(work)
     if FAILED:
         print(f"failed: {', '.join(FAILED)}", file=sys.stderr)

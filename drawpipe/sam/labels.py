@@ -456,11 +456,12 @@ def load_label_model(model: str, checkpoint: Path, device: str = "cpu"):
     official = _architecture(model).official
     if not checkpoint.is_file():
         raise CheckpointError(missing_label_model_message(model, checkpoint))
-    read_weights(checkpoint, "label model file", official)  # unreadable, no weights: one line
     built = build_label_model(model)
-    try:  # open_clip reads the file again, converting older layouts of its weights as it does
+    try:  # open_clip converts older layouts of its weights as it reads them
         open_clip.load_checkpoint(built, str(checkpoint), strict=True, weights_only=True)
-    except Exception:  # size mismatch, missing or unexpected keys, a layout it cannot convert
+    except Exception:  # unreadable, no weights, or weights of another model
+        # Read only now, not before every load: a good file (605 MB) is read once.
+        # read_weights says in one line what is wrong with an unreadable file.
         detected = detect_label_model(read_weights(checkpoint, "label model file", official))
         hint = (f"it is a {detected} model file: pass --label-model {detected}" if detected
                 else "is it an open_clip model file?")

@@ -287,7 +287,6 @@ class _Candidates:
     iou: list
     stability: list
     boxes: list  # XYXY, inclusive, in the crop's pixels
-    points: list  # (x, y) in the crop's pixels
     point_indexes: list  # the grid point's number
     levels: list
     stock: list
@@ -418,7 +417,7 @@ class LeanMaskGenerator:
         # Points in the crop's pixels, then in the model's input frame; float32 for MPS.
         points = self.point_grids[layer_index] * np.array([[crop_w, crop_h]])
         scale = np.array([[input_w / crop_w, input_h / crop_h]])
-        store = _Candidates([], [], [], [], [], [], [], [])
+        store = _Candidates([], [], [], [], [], [], [])
         for start in range(0, len(points), self.points_per_batch):
             batch_points = points[start:start + self.points_per_batch]
             coords = torch.as_tensor((batch_points * scale).astype(np.float32), device=self.device)

@@ -189,13 +189,18 @@ def _vit_encoder(arch: SamArchitecture, image_size: int, patch_size: int):
         window_size=14, out_chans=arch.prompt_embed_dim)
 
 
-def _tiny_vit_encoder(arch: SamArchitecture, image_size: int, patch_size: int):
-    """MobileSAM's TinyViT (tiny_vit.py; its size is fixed, so ``arch`` says nothing)."""
+def _tiny_vit():
+    """drawpipe.sam.tiny_vit (it imports timm); UsageError saying how to install timm."""
     try:
-        from drawpipe.sam.tiny_vit import TinyViTEncoder
+        from drawpipe.sam import tiny_vit
     except ImportError as exc:
         raise UsageError(f"--model vit_t needs timm ({exc}): pip install -e '.[segment]'") from None
-    return TinyViTEncoder()
+    return tiny_vit
+
+
+def _tiny_vit_encoder(arch: SamArchitecture, image_size: int, patch_size: int):
+    """MobileSAM's TinyViT (tiny_vit.py; its size is fixed, so ``arch`` says nothing)."""
+    return _tiny_vit().TinyViTEncoder()
 
 
 IMAGE_ENCODERS = {"vit": _vit_encoder, "tiny_vit": _tiny_vit_encoder}
@@ -253,9 +258,7 @@ def load_sam(model_type: str, checkpoint: Path, device: str = "cpu"):
     arch = MODEL_TYPES[model_type]
     state = read_weights(checkpoint, "SAM checkpoint", arch.official)
     if arch.encoder == "tiny_vit" and MOBILE_SAM_KEY in state:
-        from drawpipe.sam.tiny_vit import encoder_state_from_mobile_sam
-
-        state = encoder_state_from_mobile_sam(state)
+        state = _tiny_vit().encoder_state_from_mobile_sam(state)
     # SAM's ViT is built with shapes only and takes the loaded tensors as they are (one
     # copy of vit_h's 2.5 GB). TinyViT (40 MB) is built for real: timm computes its
     # attention-bias index tables at construction, and checkpoints do not hold them.

@@ -154,7 +154,8 @@ def regroup(masks: list, rules: ObjectRules) -> list[ObjectGroup]:
     shapes = []
     for index, found in enumerate(masks):
         x, y, w, h = found.box
-        shape = _Shape(index, (x, y, x + w, y + h), found.mask, int(np.count_nonzero(found.mask)))
+        pixels = found.mask  # a FoundMask unpacks its bits on every read: once here
+        shape = _Shape(index, (x, y, x + w, y + h), pixels, int(np.count_nonzero(pixels)))
         if shape.area > 0:
             shapes.append(shape)
     return _nest(shapes, [found.predicted_iou for found in masks], rules)

@@ -156,13 +156,14 @@ def _cutout_entry(folder: Path, name: str, image, mask, margin_fraction: float) 
     from drawpipe.sam.cutouts import cut_out, encode_png, mask_polygons
 
     x, y, _, _ = mask.box
-    cutout = cut_out(image, mask.mask, margin_fraction, offset=(x, y))
+    pixels = mask.mask  # a FoundMask unpacks its bits on every read: once for both uses
+    cutout = cut_out(image, pixels, margin_fraction, offset=(x, y))
     png = encode_png(cutout.rgba)
     if mask.label is not None:
         png = add_text_chunks(png, mask.label.png_texts())
     write_synced(folder / name, png)
     return {"file": name, **_label_field(mask), **_mask_fields(mask),
-            "canvas": list(cutout.canvas), "polygons": mask_polygons(mask.mask, offset=(x, y))}
+            "canvas": list(cutout.canvas), "polygons": mask_polygons(pixels, offset=(x, y))}
 
 
 def _label_field(mask) -> dict:
