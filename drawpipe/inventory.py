@@ -665,7 +665,7 @@ def worker_rows(share_status: ShareStatus) -> list[dict]:
             "done": f"{line.done:,}", "failed": f"{line.failed:,}",
             "per_hour": f"{line.images_per_hour:,.1f}" if line.images_per_hour else "-",
             "last_error": line.last_error or "-", "silent": line.silent,
-            "energy_meter": line.energy_meter or "", "notes": list(line.notes)})
+            "notes": list(line.notes)})
     return rows
 
 

@@ -104,6 +104,10 @@ class Review:
         self.hashes = HashCache(settings.cache_dir) if settings.cache_dir else None
         self._lock = threading.Lock()
         self._thumbs: OrderedDict = OrderedDict()
+        # The report's cache of PNG metadata and cut-out labels, read once and then kept
+        # in memory (entries are checked by size and mtime): a page load opens only new or
+        # changed images. Never written here: report/ is the report's.
+        self._metadata_cache: ReportCache | None = None
 
     # ------------------------------------------------------------------ reading the share
 
@@ -112,10 +116,10 @@ class Review:
         or changed images are opened) and every host's verdicts."""
         with self._lock:  # two page loads at once would measure the same new images twice
             inventory = scan_inventory(self.root)
-            # The report's cache is read, never written here: report/ is the report's.
-            cache = ReportCache(report_folder(self.root) / REPORT_CACHE)
-            read_metadata(self.root, inventory, cache)
-            read_cutout_labels(self.root, inventory, cache)
+            if self._metadata_cache is None:
+                self._metadata_cache = ReportCache(report_folder(self.root) / REPORT_CACHE)
+            read_metadata(self.root, inventory, self._metadata_cache)
+            read_cutout_labels(self.root, inventory, self._metadata_cache)
             files = [entry.generated for entry in inventory.entries.values() if entry.generated]
             run = update_signals(self.root, files, self.settings.host_name,
                                  self.settings.processes)

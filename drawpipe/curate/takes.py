@@ -268,7 +268,7 @@ class Takes:
     def set_aside_stale(self, key: str, output: Path) -> None:
         """Move an output made from an older input into REJECTED/ (claim held), numbered
         with the take of the input it records, else one after those set aside."""
-        record = recorded_source(output)
+        record = self.recorded(output)  # what is_current read just now, from the cache
         take = record.take if record is not None and record.take else None
         set_aside(self.root, key, take or takes_set_aside(self.root, key) + 1)
 

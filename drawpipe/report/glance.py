@@ -18,10 +18,10 @@ from pathlib import Path
 
 from drawpipe.engine.control import ShareControl, read_control
 from drawpipe.engine.status import ShareStatus, read_statuses
-from drawpipe.inventory import Inventory, load_logs, scan_inventory, worker_rows
+from drawpipe.inventory import STAGES, Inventory, load_logs, scan_inventory, worker_rows
 from drawpipe.layout import logs_folder
 from drawpipe.report.build import work_left
-from drawpipe.report.stats import (DEFAULT_ETA_WINDOW_SECONDS, StageReport, build_stage_reports,
+from drawpipe.report.stats import (DEFAULT_ETA_WINDOW_SECONDS, StageReport, estimate_eta,
                                    eta_sentence, format_time)
 
 # (heading, row key, right-aligned) of the worker table
@@ -47,7 +47,7 @@ class Glance:
     rows: list[dict]  # inventory.worker_rows
     control: ShareControl
     inventory: Inventory
-    reports: list[StageReport]
+    reports: list[StageReport]  # what is left and the ETA only (take_glance)
     window_seconds: float
     problems: list[str]
 
@@ -60,7 +60,13 @@ def take_glance(root: Path, window_seconds: float = DEFAULT_ETA_WINDOW_SECONDS) 
     queue_left = generate_left(statuses)
     if queue_left is not None:
         left["generate"] = queue_left
-    reports = build_stage_reports(logs, left, window_seconds)
+    # Only what the screen shows of each stage (eta_sentence): what is left and the ETA,
+    # not the report's figures, phases and energy (this runs every --watch refresh).
+    reports = []
+    for stage in STAGES:
+        count, note = left.get(stage, (None, ""))
+        eta = estimate_eta(logs.rows.get(stage, []), count, window_seconds)
+        reports.append(StageReport(stage, [], [], count, note, eta, []))
     return Glance(root, statuses, worker_rows(statuses), read_control(root), inventory,
                   reports, window_seconds, statuses.problems + logs.skipped_lines())
 

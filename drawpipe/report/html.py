@@ -536,33 +536,32 @@ def render_pages(data: PageData, cache) -> dict[str, str]:
               "notes": logs.skipped_lines()}
     done = {stage: latest_done(logs.rows.get(stage, [])) for stage in STAGES}
 
-    def group_view(group: str, with_images: bool) -> dict:
-        """A nation and category: its figures, and on its nation's page its images."""
+    def group_view(group: str) -> dict:
+        """A nation and category: its figures and its images."""
         entries = sorted(grouped[group], key=lambda entry: natural_key(entry.key))
         sheet = cache.get("sheets", group)
         states = {entry.key: data.review.get(entry.key, NOT_REVIEWED) for entry in entries}
         words = [states[entry.key].word for entry in entries if entry.generated]
-        view = {"anchor": anchor("g-", group), "title": group.replace("/", " · ") or "(top)",
+        return {"anchor": anchor("g-", group), "title": group.replace("/", " · ") or "(top)",
                 "sheet": f"{SHEETS_FOLDER}/{sheet[1]}" if sheet else None,
                 "count": len(entries),
                 "upscaled": sum(1 for entry in entries if entry.upscaled),
                 "cutouts": sum(len(entry.cutouts) for entry in entries),
-                "review": {word: words.count(word) for word in REVIEW_WORDS}}
-        if with_images:
-            view["images"] = [_item(entry, cache, done, data.failures, states[entry.key], "../")
-                              for entry in entries]
-        return view
+                "review": {word: words.count(word) for word in REVIEW_WORDS},
+                "images": [_item(entry, cache, done, data.failures, states[entry.key], "../")
+                           for entry in entries]}
 
     pages_made, nation_links = {}, []
     for number, nation in enumerate(nations):
         neighbours = {"previous": nations[number - 1] if number else None,
                       "next": nations[number + 1] if number + 1 < len(nations) else None}
+        groups = [group_view(group) for group in by_nation[nation]]
         pages_made[nation_page(nation)] = pages.render(
-            "nation.html", **common, nation=nation, neighbours=neighbours,
-            groups=[group_view(group, with_images=True) for group in by_nation[nation]])
+            "nation.html", **common, nation=nation, neighbours=neighbours, groups=groups)
+        # The index links each group with its figures, without its images.
         nation_links.append({"nation": nation, "href": nation_page(nation),
-                             "groups": [group_view(group, with_images=False)
-                                        for group in by_nation[nation]]})
+                             "groups": [{key: value for key, value in view.items()
+                                         if key != "images"} for view in groups]})
     stages = [{"name": report.stage,
                "table": summary_table(report.figures) if report.figures else None,
                "phases": report.phases,  # where the time went on gRPC servers
