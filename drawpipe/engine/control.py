@@ -233,15 +233,9 @@ def read_pause_note(path: Path) -> PauseNote:
 # ---------------------------------------------------------------------- writing them
 
 
-def _folder_below_root(root: Path, folder: Path) -> None:
-    """Create ``folder`` under the existing root (never the root: a share unmounted under
-    its mount point must not become folders on the local disk)."""
-    make_folders_below(Path(root), folder)
-
-
 def write_pause(root: Path, reason: str = "", by: str | None = None) -> Path:
     path = pause_path(root)
-    _folder_below_root(root, path.parent)
+    make_folders_below(Path(root), path.parent)  # never the root itself: see files.py
     note = {"by": by or f"{_user()}@{host_name()}",
             "at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "reason": reason}
     write_atomically(path, json.dumps(note).encode() + b"\n")
@@ -266,7 +260,7 @@ def write_drain(root: Path, name: str) -> Path:
     if not name or "/" in name or name.startswith(".") or "\\" in name:
         raise ValueError(f"{name!r} is not a host name (nor <host>-<pid>)")
     path = drain_path(root, name)
-    _folder_below_root(root, path.parent)
+    make_folders_below(Path(root), path.parent)  # never the root itself: see files.py
     write_atomically(path, time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()).encode())
     return path
 

@@ -50,10 +50,6 @@ class NotifySettings:
     timeout_seconds: float = 10.0  # each POST: connect and read
     tries: int = 3  # POSTs of one message to one URL, the pause doubling from 1 s
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.urls) or self.desktop
-
 
 @dataclass
 class Message:
@@ -122,7 +118,6 @@ class Notifier:
         self.settings = settings
         self.warn = warn
         self.desktop = settings.desktop and desktop_available()
-        self.sent: list[tuple[str, str]] = []  # (url or "desktop", event) delivered
         self._queue: queue.Queue = queue.Queue()
         self._said: set[tuple[str, str]] = set()
         self._session = None
@@ -186,7 +181,6 @@ class Notifier:
                 problem, kind = f"no answer ({type(exc).__name__})", "unreachable"
             else:
                 if response.status_code < 300:
-                    self.sent.append((url, message.event))
                     return
                 problem = f"HTTP {response.status_code} {response.text.strip()[:120]}".rstrip()
                 kind = f"http-{response.status_code}"
@@ -204,7 +198,6 @@ class Notifier:
         try:
             subprocess.run(["osascript", "-e", script], capture_output=True, timeout=10,
                            check=True)
-            self.sent.append(("desktop", message.event))
         except (OSError, subprocess.SubprocessError) as exc:
             self._say_once("desktop", "failed", f"warning: --notify-desktop: osascript failed "
                                                 f"({exc}); no banners")

@@ -52,6 +52,11 @@ class Summary:
         a signal that came as the last image landed changes nothing."""
         return self.interrupted and bool(self.remaining or self.watch)
 
+    def counts(self) -> dict:
+        """The run's counts as its status file and its messages give them."""
+        return {"total": self.total, "made": self.made, "already_done": self.already_done,
+                "by_others": self.by_others, "failed": len(self.failed)}
+
     @property
     def exit_code(self) -> int:
         if self.stopped_early:

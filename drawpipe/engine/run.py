@@ -209,9 +209,7 @@ class Run:
         """The process-wide part of the status file (engine/status.py)."""
         summary = self.summary
         with self.progress.lock if self.progress is not None else self.lock:
-            counts = {"total": summary.total, "already_done": summary.already_done,
-                      "made": summary.made, "by_others": summary.by_others,
-                      "failed": len(summary.failed)}
+            counts = summary.counts()
             blocked = dict(summary.blocked)
         return {"stopping": self.stop.is_set() and self.fatal is None, "counts": counts,
                 "blocked": blocked}

@@ -55,7 +55,6 @@ PAUSED = "paused"
 DRAINING = "draining"
 QUARANTINED = "quarantined"
 RETIRED = "retired"
-STOPPING = "stopping"
 FINISHED = "finished"
 
 
@@ -354,12 +353,12 @@ def worker_lines(share: ShareStatus) -> list[WorkerLine]:
         for worker in content.get("workers", []):
             if not isinstance(worker, dict):
                 continue
-            lines.append(_worker_line(process, content, worker, now, share.now, started, notes))
+            lines.append(_worker_line(process, content, worker, now, started, notes))
     return lines
 
 
 def _worker_line(process: ProcessStatus, content: dict, worker: dict, now: float,
-                 share_now: float, started: float | None, notes: tuple) -> WorkerLine:
+                 started: float | None, notes: tuple) -> WorkerLine:
     state = str(worker.get("state", "?"))
     since = _number(worker.get("since"))
     doing = state

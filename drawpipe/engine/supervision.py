@@ -47,9 +47,7 @@ def _others(worker) -> str:
 
 def _message(run, event: str, text: str, **fields) -> Message:
     summary = run.summary
-    counts = {"total": summary.total, "made": summary.made, "already_done": summary.already_done,
-              "by_others": summary.by_others, "failed": len(summary.failed),
-              "left": summary.remaining}
+    counts = {**summary.counts(), "left": summary.remaining}
     report = report_folder(run.settings.root) / "index.html"
     try:
         report_path = str(report) if report.is_file() else None
@@ -255,7 +253,7 @@ def run_ended(run) -> None:
         outcome, first_error = "error", str(fatal)
     elif summary.stopped_early:
         outcome = "stopped"
-    elif summary.failed or (summary.remaining and not summary.drained):
+    elif summary.exit_code:  # failed jobs, or some left undone (not drained to others)
         outcome = "failed"
     elif summary.drained:
         outcome = "drained"

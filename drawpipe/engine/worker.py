@@ -16,9 +16,7 @@ engine/supervision.py decides whether the worker may go on (pause, drain and pri
 files, its server's quarantine) and keeps its line of the status file true.
 """
 
-import errno
 import math
-import os
 import threading
 import time
 from pathlib import Path
@@ -136,11 +134,16 @@ class Worker:
         """Why ``job`` is no longer this worker's, or None while it is. Reads the claim
         and stats the output (one round trip each on a share); OSError when they cannot
         be read now (busy, or the share failing)."""
+        lost = self.why_claim_lost(claim)
+        if lost is None and output_exists(job.output):
+            return "its output appeared (another worker finished it)"
+        return lost
+
+    def why_claim_lost(self, claim: Claim) -> str | None:
+        """Why the claim is no longer ours, or None while it is (reads the claim)."""
         if claim.lost or not self.store.still_ours(claim):
             self.run.claim_lost(self.store, claim)
             return "its claim is no longer ours (our lease lapsed and another worker took it over)"
-        if output_exists(job.output):
-            return "its output appeared (another worker finished it)"
         return None
 
 
@@ -520,11 +523,11 @@ def _deliver(worker: Worker, job: Job, claim: Claim, result: JobResult, scratch:
     """Write the result under its scratch name, then publish it if the job is still
     ours: "done", or "duplicate" when another worker's result is there (kept).
 
-    The lease decides who writes, and the output is never replaced: the claim and the
-    output are checked after the scratch is flushed, just before ``files.publish``,
-    which refuses to move anything over an existing output (a worker whose lease
-    lapsed while it slept between the check and the publish finds the taker's output
-    there). Raises Abandoned after a second stop signal.
+    The lease decides who writes, and the output is never replaced: the claim is
+    checked after the scratch is flushed, just before ``files.publish``, which refuses
+    to move anything over an existing output (an output another worker finished, or
+    the taker's, when this worker's lease lapsed while it slept between the check and
+    the publish). Raises Abandoned after a second stop signal.
     """
     run = worker.run
     with run.in_flight.writing():
@@ -532,12 +535,15 @@ def _deliver(worker: Worker, job: Job, claim: Claim, result: JobResult, scratch:
         if not result.folder_built:
             write_synced(scratch, result.data)
         stop_here("written")
-        if worker.why_not_ours(job, claim) is not None:
+        # Only the claim: publish itself never replaces an output that appeared (it
+        # returns None, the duplicate), so no look at the output here.
+        if worker.why_claim_lost(claim) is not None:
             remove_quietly(scratch)
             return "duplicate"
         stop_here("publish")
         try:
-            method = publish(scratch, job.output)
+            method = publish(scratch, job.output, folder=result.folder_built,
+                             device=run.guard.device)
         except FileNotFoundError:
             # The worker that took the job over removed our scratch: theirs it is.
             if worker.why_not_ours(job, claim) is not None:
