@@ -11,7 +11,7 @@ files and the logs. Read only; the one place that walks the share's folders.
     recorded_source(output)       RecordedSource: the input an output records it was made from
                                   (and, cut-outs, the settings they were made with)
     verdict_files(root)           every host's reviews/<host>.jsonl (curate/verdicts.py reads them)
-    load_logs(logs_dir)           Logs: every stage's rows (engine/metrics.py read_logs), parsed
+    load_logs(logs_dir)           Logs: every stage's rows (engine/metrics.py read_log_files), parsed
                                   (their energy columns too: engine/energy.py ENERGY_COLUMNS)
     latest_done(rows)             image key -> its latest "done" row
     worker_rows(share_status)     each running worker's live state (engine/status.py), as the
@@ -33,12 +33,12 @@ from pathlib import Path
 
 from drawpipe.drawthings.signposts import PHASE_COLUMNS
 from drawpipe.engine.energy import COMPONENTS, LOCAL
-from drawpipe.engine.metrics import COMMON_COLUMNS, read_logs
+from drawpipe.engine.metrics import COMMON_COLUMNS, log_files, read_log_files
 from drawpipe.engine.control import read_control
 from drawpipe.engine.status import ShareStatus, read_statuses, worker_lines
 from drawpipe.files import write_if_changed
 from drawpipe.layout import (CUTOUTS_FOLDER, CUTOUTS_RECORD, GENERATIONS_FOLDER, REVIEWS_FOLDER,
-                             UPSCALED_FOLDER, image_key, log_pattern, natural_key)
+                             UPSCALED_FOLDER, image_key, natural_key)
 from drawpipe.pages import counted
 from drawpipe.png import read_text_chunks
 
@@ -563,12 +563,14 @@ def parse_time_utc(text: str) -> float | None:
 
 
 def load_logs(logs_dir: Path, stages: tuple[str, ...] = STAGES) -> Logs:
-    """Read ``<logs_dir>/<stage>-*.csv`` of every stage (metrics.read_logs), never writing."""
+    """Read ``<logs_dir>/<stage>-*.csv`` of every stage (metrics.read_log_files), never
+    writing; each stage's files are listed once, for their rows and their sizes."""
     logs_dir = Path(logs_dir)
     logs = Logs(rows={}, files={})
     common = set(COMMON_COLUMNS)
     for stage in stages:
-        raw_rows, skipped = read_logs(logs_dir, stage)
+        paths = log_files(logs_dir, stage)  # listed once: for the rows and the file list
+        raw_rows, skipped = read_log_files(paths, stage)
         logs.lines_skipped += skipped
         parsed = []
         for raw in raw_rows:
@@ -584,13 +586,12 @@ def load_logs(logs_dir: Path, stages: tuple[str, ...] = STAGES) -> Logs:
         parsed.sort(key=lambda row: row.end)
         logs.rows[stage] = parsed
         files = []
-        if logs_dir.is_dir():
-            for path in sorted(logs_dir.glob(log_pattern(stage))):
-                try:
-                    stat = path.stat()
-                except OSError:
-                    continue
-                files.append((path.name, stat.st_size, stat.st_mtime_ns))
+        for path in paths:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            files.append((path.name, stat.st_size, stat.st_mtime_ns))
         logs.files[stage] = files
     return logs
 

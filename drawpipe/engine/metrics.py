@@ -7,7 +7,8 @@
     ResourceUsage        what a sampler measured over one job
     find_process(name)   the local server process, cached across jobs
     MetricsLog           appends one row per job to <logs>/<stage>-<host>.csv
-    read_logs(logs, stg) every host's rows of one stage, merged
+    read_logs(logs, stg) every host's rows of one stage, merged (log_files lists them,
+                         read_log_files reads a list)
 
 A host names its log with files.host_name(); the file names come from layout.py.
 
@@ -409,12 +410,21 @@ def read_logs(logs_dir: Path, stage: str) -> tuple[list[dict], int]:
     header line (two processes starting a file at once) is not a row and not counted.
     A missing folder gives ([], 0).
     """
+    return read_log_files(log_files(logs_dir, stage), stage)
+
+
+def log_files(logs_dir: Path, stage: str) -> list[Path]:
+    """Every ``<stage>-*.csv`` in ``logs_dir``, sorted; [] when there is no such folder."""
+    logs_dir = Path(logs_dir)
+    return sorted(logs_dir.glob(log_pattern(stage))) if logs_dir.is_dir() else []
+
+
+def read_log_files(paths: list[Path], stage: str) -> tuple[list[dict], int]:
+    """(rows, skipped) of the given log files of ``stage`` (read_logs, for a caller that
+    listed the folder already)."""
     rows: list[dict] = []
     skipped = 0
-    logs_dir = Path(logs_dir)
-    if not logs_dir.is_dir():
-        return rows, skipped
-    for path in sorted(logs_dir.glob(log_pattern(stage))):
+    for path in paths:
         file_rows, file_skipped = _read_log(path, stage)
         rows.extend(file_rows)
         skipped += file_skipped
